@@ -1,0 +1,32 @@
+import { z } from 'zod';
+import { SchemaVersion, TokenIds } from './common.ts';
+import { Prompt } from './prompt.ts';
+
+export const FinishReason = z.enum(['eos', 'length', 'stop']);
+export type FinishReason = z.infer<typeof FinishReason>;
+
+/** One sampled completion of a prompt, with what the learner needs to compute importance ratios. */
+export const Rollout = z
+  .object({
+    schemaVersion: SchemaVersion,
+    id: z.string().min(1).describe('Unique rollout id: `${groupId}/${index}`; re-deliveries share it.'),
+    groupId: z.string().min(1),
+    index: z.int().nonnegative().describe('Position of this sample in its group, 0..groupSize-1.'),
+    groupSize: z.int().positive().describe('G: how many samples make the group complete.'),
+    prompt: Prompt,
+    promptTokenIds: TokenIds,
+    completionTokenIds: TokenIds,
+    completion: z.string().describe('The decoded completion text.'),
+    behaviourLogProbs: z
+      .array(z.number())
+      .describe('log softmax(logits / temperature) of each sampled token under the behaviour policy.'),
+    policyVersion: z.int().nonnegative().describe('Version of the weights that generated this sample.'),
+    finishReason: FinishReason,
+  })
+  .strict()
+  .refine((r) => r.behaviourLogProbs.length === r.completionTokenIds.length, {
+    message: 'behaviourLogProbs must have one entry per completion token',
+    path: ['behaviourLogProbs'],
+  })
+  .refine((r) => r.index < r.groupSize, { message: 'index must be below groupSize', path: ['index'] });
+export type Rollout = z.infer<typeof Rollout>;

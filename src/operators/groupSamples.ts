@@ -1,0 +1,176 @@
+import {
+  Observable,
+  asyncScheduler,
+  type OperatorFunction,
+  type SchedulerLike,
+  type Subscription,
+} from 'rxjs';
+import { SCHEMA_VERSION, type Group, type ScoredRollout } from '../../schemas/index.ts';
+import { detachedMetrics, type Counter, type Metrics } from '../metrics/metrics.ts';
+
+export type IncompleteReason = 'timeout' | 'evicted' | 'source_completed';
+
+/** A group that did not fill up: reported (and counted), never trained on. */
+export interface IncompleteGroup {
+  groupId: string;
+  reason: IncompleteReason;
+  expected: number;
+  samples: ScoredRollout[];
+}
+
+export interface GroupSamplesOptions {
+  /** How long a group may stay open after its first sample, in ms of the scheduler's clock. */
+  maxWaitMs: number;
+  /** At most this many groups are open; opening one more closes the oldest as incomplete. */
+  maxOpenGroups?: number;
+  /** Remember this many closed group ids to recognise samples that arrive after their group closed. */
+  closedIdMemory?: number;
+  /** Called with every incomplete group. */
+  onIncomplete?: (group: IncompleteGroup) => void;
+  metrics?: Metrics;
+  scheduler?: SchedulerLike;
+}
+
+interface OpenGroup {
+  samples: (ScoredRollout | undefined)[];
+  received: number;
+  deadline: number;
+}
+
+/**
+ * Collects the G samples of each prompt into a Group, emitted as soon as its last sample arrives.
+ *
+ * ```
+ * source:  --a0--b0--a1--b1--c0-------------|
+ * output:  ------------A-----B--------------|    (G = 2; c never completes: onIncomplete(c))
+ * ```
+ *
+ * Groups are keyed by `groupId` and complete at `groupSize` distinct sample indices; a re-delivered
+ * sample (same index) is ignored and counted. A group still open `maxWaitMs` after its first sample,
+ * or pushed out by `maxOpenGroups`, or open when the source completes, goes to `onIncomplete`. One
+ * timer serves every open group: groups open in time order, so the oldest deadline is always first.
+ *
+ * Counters: groups.emitted; drops and drops.samples with reason incomplete_timeout, incomplete_evicted,
+ * incomplete_source_completed; drops.samples{reason=late} (a sample whose group already closed);
+ * samples.duplicate (re-deliveries, not a loss). Gauge: groups.open.
+ */
+export function groupSamples(options: GroupSamplesOptions): OperatorFunction<ScoredRollout, Group> {
+  const scheduler = options.scheduler ?? asyncScheduler;
+  const maxOpen = options.maxOpenGroups ?? 10_000;
+  const closedMemory = options.closedIdMemory ?? 4 * maxOpen;
+  const metrics = options.metrics ?? detachedMetrics();
+  const emitted = metrics.counter('groups.emitted');
+  const reasons: IncompleteReason[] = ['timeout', 'evicted', 'source_completed'];
+  const dropped = Object.fromEntries(
+    reasons.map((r) => [
+      r,
+      {
+        groups: metrics.counter('drops', { reason: `incomplete_${r}` }),
+        samples: metrics.counter('drops.samples', { reason: `incomplete_${r}` }),
+      },
+    ]),
+  ) as Record<IncompleteReason, { groups: Counter; samples: Counter }>;
+  const duplicates = metrics.counter('samples.duplicate');
+  const late = metrics.counter('drops.samples', { reason: 'late' });
+  const openGauge = metrics.gauge('groups.open');
+
+  return (source) =>
+    new Observable<Group>((subscriber) => {
+      // Map iteration order is insertion order, which is deadline order.
+      const open = new Map<string, OpenGroup>();
+      // Closed group ids -> whether they completed: a sample for a completed group is a re-delivery.
+      const closed = new Map<string, boolean>();
+      let timer: Subscription | undefined;
+      let timerDue = Infinity;
+
+      const rememberClosed = (id: string, complete: boolean) => {
+        closed.set(id, complete);
+        if (closed.size > closedMemory) closed.delete(closed.keys().next().value as string);
+      };
+
+      const close = (id: string, group: OpenGroup, reason: IncompleteReason) => {
+        open.delete(id);
+        rememberClosed(id, false);
+        const samples = group.samples.filter((s): s is ScoredRollout => s !== undefined);
+        dropped[reason].groups.inc();
+        dropped[reason].samples.inc(samples.length);
+        options.onIncomplete?.({ groupId: id, reason, expected: group.samples.length, samples });
+      };
+
+      const armTimer = () => {
+        const first = open.values().next();
+        if (first.done) return;
+        const due = first.value.deadline;
+        if (timer && due >= timerDue) return;
+        timer?.unsubscribe();
+        timerDue = due;
+        timer = scheduler.schedule(expire, Math.max(0, due - scheduler.now()));
+      };
+
+      const expire = () => {
+        timer = undefined;
+        timerDue = Infinity;
+        const now = scheduler.now();
+        for (const [id, group] of open) {
+          if (group.deadline > now) break;
+          close(id, group, 'timeout');
+        }
+        openGauge.set(open.size);
+        armTimer();
+      };
+
+      const subscription = source.subscribe({
+        next: (sample) => {
+          const id = sample.groupId;
+          let group = open.get(id);
+          if (!group) {
+            const completed = closed.get(id);
+            if (completed !== undefined) {
+              (completed ? duplicates : late).inc();
+              return;
+            }
+            if (open.size >= maxOpen) {
+              const [oldestId, oldest] = open.entries().next().value as [string, OpenGroup];
+              close(oldestId, oldest, 'evicted');
+            }
+            group = {
+              samples: new Array(sample.groupSize),
+              received: 0,
+              deadline: scheduler.now() + options.maxWaitMs,
+            };
+            open.set(id, group);
+            armTimer();
+          }
+          if (sample.index >= group.samples.length || group.samples[sample.index] !== undefined) {
+            duplicates.inc();
+            return;
+          }
+          group.samples[sample.index] = sample;
+          if (++group.received === group.samples.length) {
+            open.delete(id);
+            rememberClosed(id, true);
+            emitted.inc();
+            subscriber.next({
+              schemaVersion: SCHEMA_VERSION,
+              groupId: id,
+              samples: group.samples as ScoredRollout[],
+            });
+          }
+          openGauge.value = open.size;
+        },
+        error: (err) => subscriber.error(err),
+        complete: () => {
+          for (const [id, group] of open) close(id, group, 'source_completed');
+          openGauge.set(0);
+          subscriber.complete();
+        },
+      });
+
+      return () => {
+        subscription.unsubscribe();
+        timer?.unsubscribe();
+        open.clear();
+        closed.clear();
+      };
+    });
+}

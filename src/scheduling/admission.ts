@@ -1,0 +1,90 @@
+import { BehaviorSubject, distinctUntilChanged, type Observable } from 'rxjs';
+
+export interface StalenessAdmissionOptions {
+  /** Staleness bound, as in boundedStaleness. */
+  eta: number;
+  /** Samples consumed by one optimiser step (B). */
+  samplesPerStep: number;
+  /** Most samples that may be generating at once. */
+  maxConcurrent: number;
+  /** Learner version when this run (or resumed run) started. */
+  initialVersion?: number;
+}
+
+/**
+ * How many more samples generation may start now so that none will be older than eta versions when
+ * the learner reaches it (AReaL's admission control, GRPO.md §5):
+ *
+ *   capacity = min(maxConcurrent - running, (eta + v + 1) * B - (accepted + running))
+ *
+ * where v counts versions since the start, B is samples per step, `running` samples are being
+ * generated and `accepted` have been generated and not discarded. Samples discarded before training
+ * (zero variance, incomplete groups) give their place back.
+ */
+export class StalenessAdmission {
+  private version: number;
+  private running = 0;
+  private accepted = 0;
+  private readonly initialVersion: number;
+  private readonly subject: BehaviorSubject<number>;
+
+  constructor(private readonly options: StalenessAdmissionOptions) {
+    for (const key of ['samplesPerStep', 'maxConcurrent'] as const) {
+      if (!(options[key] >= 1))
+        throw new RangeError(`StalenessAdmission: ${key} must be >= 1, got ${options[key]}`);
+    }
+    if (!Number.isInteger(options.eta) || options.eta < 0) {
+      throw new RangeError(`StalenessAdmission: eta must be an integer >= 0, got ${options.eta}`);
+    }
+    this.initialVersion = options.initialVersion ?? 0;
+    this.version = this.initialVersion;
+    this.subject = new BehaviorSubject(this.compute());
+  }
+
+  /** The capacity after every change; generation waits while it is 0. */
+  get capacity$(): Observable<number> {
+    return this.subject.pipe(distinctUntilChanged());
+  }
+
+  get capacity(): number {
+    return this.subject.value;
+  }
+
+  /** The learner published version `v`. */
+  setVersion(v: number): void {
+    this.version = Math.max(this.version, v);
+    this.update();
+  }
+
+  /** Generation of `n` samples began. Throws if that exceeds the capacity: a caller bug, not a race. */
+  started(n: number): void {
+    if (n > this.capacity)
+      throw new RangeError(`StalenessAdmission: started ${n} samples with capacity ${this.capacity}`);
+    this.running += n;
+    this.update();
+  }
+
+  /** `n` samples finished generating. */
+  finished(n: number): void {
+    this.running -= n;
+    this.accepted += n;
+    this.update();
+  }
+
+  /** `n` accepted samples were dropped before training and no longer count towards a step. */
+  discarded(n: number): void {
+    this.accepted -= n;
+    this.update();
+  }
+
+  private compute(): number {
+    const { eta, samplesPerStep, maxConcurrent } = this.options;
+    const v = this.version - this.initialVersion;
+    const byStaleness = (eta + v + 1) * samplesPerStep - (this.accepted + this.running);
+    return Math.max(0, Math.min(maxConcurrent - this.running, byStaleness));
+  }
+
+  private update(): void {
+    this.subject.next(this.compute());
+  }
+}

@@ -1,0 +1,136 @@
+import { map } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { describe, expect, it } from 'vitest';
+import type { BatchSample } from '../../schemas/index.ts';
+import { Metrics } from '../../src/metrics/metrics.ts';
+import { boundedStaleness } from '../../src/operators/boundedStaleness.ts';
+import { makeGradientBatch, toBatchSample } from '../../src/operators/toGradientBatches.ts';
+import { StalenessAdmission } from '../../src/scheduling/admission.ts';
+import { advantaged } from '../fixtures.ts';
+
+const newScheduler = () => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+const batchAt = (name: string, ...versions: number[]) =>
+  makeGradientBatch(
+    versions.map((v, i) => toBatchSample(advantaged(name, i, 1, { version: v, groupSize: versions.length }))),
+  );
+const ids = map((b: { samples: BatchSample[] }) => b.samples.map((s) => s.rolloutId).join(','));
+
+describe('boundedStaleness', () => {
+  it('lets through samples at most eta versions old and drops the rest, counted', () => {
+    const stale: BatchSample[] = [];
+    const metrics = new Metrics({ run: 't' });
+    newScheduler().run(({ cold, hot, expectObservable, expectSubscriptions }) => {
+      const versions = hot('0-----1-----2-----3---', { 0: 0, 1: 1, 2: 2, 3: 3 });
+      const batches = cold('--A-----B-----C-----D-|', {
+        A: batchAt('A', 0, 0),
+        B: batchAt('B', 0, 1),
+        C: batchAt('C', 0, 1),
+        D: batchAt('D', 1, 1),
+      });
+      const out = batches.pipe(
+        boundedStaleness({ eta: 1, versions, metrics, onStale: (s) => stale.push(...s) }),
+        ids,
+      );
+      expectObservable(out).toBe('--a-----b-----c-------|', { a: 'A/0,A/1', b: 'B/0,B/1', c: 'C/1' });
+      expectSubscriptions(batches.subscriptions).toBe('^---------------------!');
+    });
+    expect(stale.map((s) => s.rolloutId)).toEqual(['C/0', 'D/0', 'D/1']);
+    expect(metrics.snapshot()).toMatchObject({ 'drops.samples{reason=stale}': 3, 'staleness.admitted': 5 });
+  });
+
+  it('eta = 0 admits only samples of the current version (synchronous training)', () => {
+    newScheduler().run(({ cold, hot, expectObservable }) => {
+      const versions = hot('0--1----', { 0: 0, 1: 1 });
+      const out = cold('-A---B-|', { A: batchAt('A', 0), B: batchAt('B', 0) }).pipe(
+        boundedStaleness({ eta: 0, versions }),
+        ids,
+      );
+      expectObservable(out).toBe('-a-----|', { a: 'A/0' });
+    });
+  });
+
+  it('passes errors of either input through and unsubscribes from both', () => {
+    newScheduler().run(({ cold, hot, expectObservable, expectSubscriptions }) => {
+      const versions = hot('0--#', { 0: 0 }, new Error('learner died'));
+      const batches = cold('-A----', { A: batchAt('A', 0) });
+      expectObservable(batches.pipe(boundedStaleness({ eta: 2, versions }), ids)).toBe(
+        '-a-#',
+        { a: 'A/0' },
+        new Error('learner died'),
+      );
+      expectSubscriptions(batches.subscriptions).toBe('^--!');
+      const v2 = hot('0-----');
+      const b2 = cold('-A----', { A: batchAt('A', 0) });
+      expectObservable(b2.pipe(boundedStaleness({ eta: 2, versions: v2 }), ids), '^-!').toBe('-a-', {
+        a: 'A/0',
+      });
+      expectSubscriptions(v2.subscriptions).toBe('^-!');
+    });
+  });
+
+  it('rejects a negative or fractional eta', () => {
+    expect(() => boundedStaleness({ eta: -1, versions: newScheduler().createColdObservable('') })).toThrow(
+      /eta must be an integer >= 0/,
+    );
+  });
+});
+
+describe('StalenessAdmission', () => {
+  it('eta = 0: one step of samples per version, generation waits for the learner', () => {
+    const a = new StalenessAdmission({ eta: 0, samplesPerStep: 4, maxConcurrent: 100 });
+    expect(a.capacity).toBe(4);
+    a.started(4);
+    expect(a.capacity).toBe(0);
+    a.finished(4);
+    expect(a.capacity).toBe(0);
+    a.setVersion(1);
+    expect(a.capacity).toBe(4);
+  });
+
+  it('eta = 2 lets generation run up to three steps ahead, bounded by maxConcurrent', () => {
+    const a = new StalenessAdmission({ eta: 2, samplesPerStep: 4, maxConcurrent: 8 });
+    expect(a.capacity).toBe(8);
+    a.started(8);
+    expect(a.capacity).toBe(0);
+    a.finished(8);
+    expect(a.capacity).toBe(4); // (2 + 0 + 1) * 4 - 8
+    a.started(4);
+    a.finished(4);
+    expect(a.capacity).toBe(0);
+    a.discarded(4); // a zero-variance group gives its place back
+    expect(a.capacity).toBe(4);
+    expect(() => a.started(5)).toThrow(/started 5 samples with capacity 4/);
+  });
+
+  it('a generator that only starts what the capacity allows never produces a sample older than eta', () => {
+    for (const eta of [0, 1, 2, 4]) {
+      const B = 4;
+      const a = new StalenessAdmission({ eta, samplesPerStep: B, maxConcurrent: 1000 });
+      const queue: number[] = []; // versions of generated samples, in order
+      let version = 0;
+      let maxStaleness = 0;
+      for (let round = 0; round < 50; round++) {
+        const n = a.capacity;
+        a.started(n);
+        a.finished(n);
+        for (let i = 0; i < n; i++) queue.push(version);
+        // the learner takes one step's worth, in order
+        const step = queue.splice(0, B);
+        for (const v of step) maxStaleness = Math.max(maxStaleness, version - v);
+        version++;
+        a.setVersion(version);
+      }
+      expect(maxStaleness, `eta ${eta}`).toBeLessThanOrEqual(eta);
+    }
+  });
+
+  it('emits capacity changes', () => {
+    const a = new StalenessAdmission({ eta: 0, samplesPerStep: 2, maxConcurrent: 2 });
+    const seen: number[] = [];
+    a.capacity$.subscribe((c) => seen.push(c));
+    a.started(2);
+    a.finished(2);
+    a.setVersion(1);
+    expect(seen).toEqual([2, 0, 2]);
+  });
+});
