@@ -79,13 +79,20 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
       // Map iteration order is insertion order, which is deadline order.
       const open = new Map<string, OpenGroup>();
       // Closed group ids -> whether they completed: a sample for a completed group is a re-delivery.
+      // The oldest are forgotten through a ring of ids; deleting at the front of a Map and then asking
+      // for its first key walks every deleted slot, which made this quadratic.
       const closed = new Map<string, boolean>();
+      const closedRing = new Array<string | undefined>(closedMemory);
+      let ringNext = 0;
       let timer: Subscription | undefined;
       let timerDue = Infinity;
 
       const rememberClosed = (id: string, complete: boolean) => {
+        const evicted = closedRing[ringNext];
+        if (evicted !== undefined) closed.delete(evicted);
+        closedRing[ringNext] = id;
+        ringNext = (ringNext + 1) % closedMemory;
         closed.set(id, complete);
-        if (closed.size > closedMemory) closed.delete(closed.keys().next().value as string);
       };
 
       const close = (id: string, group: OpenGroup, reason: IncompleteReason) => {
@@ -171,6 +178,7 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
         timer?.unsubscribe();
         open.clear();
         closed.clear();
+        closedRing.fill(undefined);
       };
     });
 }

@@ -59,7 +59,7 @@ describe('boundedStaleness', () => {
         new Error('learner died'),
       );
       expectSubscriptions(batches.subscriptions).toBe('^--!');
-      const v2 = hot('0-----');
+      const v2 = hot('0-----', { 0: 0 });
       const b2 = cold('-A----', { A: batchAt('A', 0) });
       expectObservable(b2.pipe(boundedStaleness({ eta: 2, versions: v2 }), ids), '^-!').toBe('-a-', {
         a: 'A/0',
