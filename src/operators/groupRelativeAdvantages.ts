@@ -1,5 +1,5 @@
 import { Observable, type OperatorFunction } from 'rxjs';
-import type { AdvantagedSample, Group, ScoredRollout } from '../../schemas/index.ts';
+import type { AdvantagedSample, Group } from '../../schemas/index.ts';
 import {
   defaultScale,
   groupAdvantages,
@@ -8,31 +8,7 @@ import {
   type AdvantageOptions,
 } from '../grpo/advantages.ts';
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
-
-/**
- * The sample with its advantage. Spelled out rather than `{ ...s, advantage }`: spread copies got a
- * hidden class each in V8 and made every later property read megamorphic (20x slower downstream).
- * The return type makes the compiler list any field the schema gains.
- */
-function withAdvantage(s: ScoredRollout, advantage: number): AdvantagedSample {
-  return {
-    schemaVersion: s.schemaVersion,
-    id: s.id,
-    groupId: s.groupId,
-    index: s.index,
-    groupSize: s.groupSize,
-    prompt: s.prompt,
-    promptTokenIds: s.promptTokenIds,
-    completionTokenIds: s.completionTokenIds,
-    completion: s.completion,
-    behaviourLogProbs: s.behaviourLogProbs,
-    policyVersion: s.policyVersion,
-    finishReason: s.finishReason,
-    rewards: s.rewards,
-    reward: s.reward,
-    advantage,
-  };
-}
+import { withAdvantage } from './records.ts';
 
 export interface GroupRelativeAdvantagesOptions extends AdvantageOptions {
   /** With batch scaling: how many groups share one batch std (the groups of one optimiser step). */

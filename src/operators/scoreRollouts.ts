@@ -1,0 +1,113 @@
+import { from, mergeMap, of, type ObservableInput, type OperatorFunction } from 'rxjs';
+import type { Rollout, ScoredRollout } from '../../schemas/index.ts';
+import { weightedReward } from '../grpo/advantages.ts';
+import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
+import type { RewardFunction, RewardInput } from '../rewards/rewards.ts';
+import { withRewards } from './records.ts';
+
+export interface WeightedReward {
+  fn: RewardFunction;
+  weight?: number;
+}
+
+export interface ScoreRolloutsOptions {
+  rewards: WeightedReward[];
+  /** Most rollouts being scored at once when a reward is async. */
+  concurrency?: number;
+  /** An async reward that has not answered after this many ms scores null (a recorded failure). */
+  timeoutMs?: number;
+  metrics?: Metrics;
+}
+
+class RewardTimeout extends Error {}
+
+/**
+ * The reward stage: scores each rollout with every reward function, keeps each value by name and the
+ * weighted total (TRL reward_weights; null rewards are left out of the sum).
+ *
+ * ```
+ * source:  -a--b--c-|
+ * output:  -A--B--C-|     (sync rewards: at once; async ones: when all of a rollout's have answered)
+ * ```
+ *
+ * A reward function that throws, rejects or times out gives null for that rollout, counted as
+ * reward.failures{reward, kind=error|timeout}; the run goes on. Async scoring may reorder rollouts.
+ */
+export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<Rollout, ScoredRollout> {
+  const metrics = options.metrics ?? detachedMetrics();
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const names = options.rewards.map((r) => r.fn.name);
+  if (new Set(names).size !== names.length)
+    throw new Error(`scoreRollouts: reward names must be unique, got ${names}`);
+  const weights = Object.fromEntries(options.rewards.map((r) => [r.fn.name, r.weight ?? 1]));
+  const failures = Object.fromEntries(
+    names.flatMap((name) =>
+      (['error', 'timeout'] as const).map((kind) => [
+        `${name}/${kind}`,
+        metrics.counter('reward.failures', { reward: name, kind }),
+      ]),
+    ),
+  );
+  const scored = metrics.counter('reward.scored');
+
+  const fail = (name: string, err: unknown): null => {
+    failures[`${name}/${err instanceof RewardTimeout ? 'timeout' : 'error'}`]!.inc();
+    return null;
+  };
+
+  const withTimeout = (name: string, promise: Promise<number | null>, controller: AbortController) =>
+    new Promise<number | null>((resolve) => {
+      const timer = setTimeout(() => {
+        controller.abort(new RewardTimeout(`${name} timed out after ${timeoutMs} ms`));
+        resolve(fail(name, new RewardTimeout()));
+      }, timeoutMs);
+      promise.then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (err) => {
+          clearTimeout(timer);
+          resolve(controller.signal.aborted ? null : fail(name, err));
+        },
+      );
+    });
+
+  const finish = (rollout: Rollout, values: (number | null)[]): ScoredRollout => {
+    const rewards: Record<string, number | null> = {};
+    names.forEach((name, i) => {
+      const v = values[i]!;
+      rewards[name] = v === null || Number.isFinite(v) ? v : fail(name, new Error('non-finite'));
+    });
+    scored.inc();
+    return withRewards(rollout, rewards, weightedReward(rewards, weights));
+  };
+
+  const score = (rollout: Rollout): ObservableInput<ScoredRollout> => {
+    const input: RewardInput = {
+      prompt: rollout.prompt,
+      completion: rollout.completion,
+      completionTokens: rollout.completionTokenIds.length,
+      finishReason: rollout.finishReason,
+    };
+    const controller = new AbortController();
+    let pending = false;
+    const values = options.rewards.map(({ fn }) => {
+      try {
+        const v = fn.score(input, controller.signal);
+        if (v instanceof Promise) {
+          pending = true;
+          return withTimeout(fn.name, v, controller);
+        }
+        return v;
+      } catch (err) {
+        return fail(fn.name, err);
+      }
+    });
+    return pending
+      ? from(Promise.all(values).then((vs) => finish(rollout, vs)))
+      : of(finish(rollout, values as (number | null)[]));
+  };
+
+  return mergeMap(score, options.concurrency ?? 64);
+}

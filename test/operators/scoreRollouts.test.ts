@@ -1,0 +1,109 @@
+import { firstValueFrom, from, toArray } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { describe, expect, it } from 'vitest';
+import type { Rollout } from '../../schemas/index.ts';
+import { Metrics } from '../../src/metrics/metrics.ts';
+import { scoreRollouts } from '../../src/operators/scoreRollouts.ts';
+import { accuracyReward, formatReward, type RewardFunction } from '../../src/rewards/rewards.ts';
+import { parseMessage } from '../../src/validation.ts';
+import { scored } from '../fixtures.ts';
+
+const rollout = (id: string, completion: string): Rollout => {
+  const { rewards: _r, reward: _t, ...r } = scored(id, 0, null);
+  return { ...r, completion };
+};
+const good = rollout('a', '<think>2+2</think><answer>4</answer>');
+const wrong = rollout('b', '<think>2+2</think><answer>5</answer>');
+
+describe('scoreRollouts', () => {
+  it('keeps every reward by name and the weighted total; sync rewards emit at once', () => {
+    new TestScheduler((a, e) => expect(a).toEqual(e)).run(
+      ({ cold, expectObservable, expectSubscriptions }) => {
+        const source = cold('-a-b-|', { a: good, b: wrong });
+        const out = source.pipe(
+          scoreRollouts({ rewards: [{ fn: accuracyReward() }, { fn: formatReward(), weight: 0.5 }] }),
+        );
+        expectObservable(out).toBe('-A-B-|', {
+          A: { ...good, rewards: { accuracy: 1, format: 1 }, reward: 1.5 },
+          B: { ...wrong, rewards: { accuracy: 0, format: 1 }, reward: 0.5 },
+        });
+        expectSubscriptions(source.subscriptions).toBe('^----!');
+      },
+    );
+  });
+
+  it('scored rollouts are valid ScoredRollout messages', async () => {
+    const [s] = await firstValueFrom(
+      from([good]).pipe(scoreRollouts({ rewards: [{ fn: accuracyReward() }] }), toArray()),
+    );
+    expect(parseMessage('ScoredRollout', s).reward).toBe(1);
+  });
+
+  it('a reward that throws, rejects or times out scores null, is counted, and the run goes on', async () => {
+    const metrics = new Metrics({ run: 't' });
+    const throws: RewardFunction = {
+      name: 'throws',
+      score: () => {
+        throw new Error('bug in reward');
+      },
+    };
+    const rejects: RewardFunction = { name: 'rejects', score: async () => Promise.reject(new Error('503')) };
+    let aborted = 0;
+    const hangs: RewardFunction = {
+      name: 'hangs',
+      score: (_input, signal) =>
+        new Promise(() => {
+          signal.addEventListener('abort', () => aborted++);
+        }),
+    };
+    const remote: RewardFunction = { name: 'remote', score: async () => 0.25 };
+    const out = await firstValueFrom(
+      from([good, wrong]).pipe(
+        scoreRollouts({
+          rewards: [{ fn: accuracyReward() }, { fn: throws }, { fn: rejects }, { fn: hangs }, { fn: remote }],
+          timeoutMs: 50,
+          metrics,
+        }),
+        toArray(),
+      ),
+    );
+    expect(out.map((s) => s.rewards)).toEqual([
+      { accuracy: 1, throws: null, rejects: null, hangs: null, remote: 0.25 },
+      { accuracy: 0, throws: null, rejects: null, hangs: null, remote: 0.25 },
+    ]);
+    expect(out.map((s) => s.reward)).toEqual([1.25, 0.25]);
+    expect(aborted).toBe(2);
+    expect(metrics.snapshot()).toMatchObject({
+      'reward.failures{reward=throws,kind=error}': 2,
+      'reward.failures{reward=rejects,kind=error}': 2,
+      'reward.failures{reward=hangs,kind=timeout}': 2,
+      'reward.scored': 2,
+    });
+  });
+
+  it('limits how many rollouts are scored at once', async () => {
+    let inFlight = 0;
+    let peak = 0;
+    const slow: RewardFunction = {
+      name: 'slow',
+      score: async () => {
+        peak = Math.max(peak, ++inFlight);
+        await new Promise((r) => setTimeout(r, 5));
+        inFlight--;
+        return 1;
+      },
+    };
+    const many = Array.from({ length: 20 }, (_, i) => rollout(`g${i}`, ''));
+    const out = await firstValueFrom(
+      from(many).pipe(scoreRollouts({ rewards: [{ fn: slow }], concurrency: 3 }), toArray()),
+    );
+    expect(out).toHaveLength(20);
+    expect(peak).toBe(3);
+  });
+
+  it('rejects duplicate reward names', () => {
+    expect(() => scoreRollouts({ rewards: [{ fn: accuracyReward() }, { fn: accuracyReward() }] })).toThrow(
+      /reward names must be unique/,
+    );
+  });
+});

@@ -1,0 +1,113 @@
+import { describe, expect, it } from 'vitest';
+import { extractAnswer, numericallyEqual, parseNumber } from '../../src/rewards/answer.ts';
+import { evaluateExpression } from '../../src/rewards/expression.ts';
+import {
+  accuracyReward,
+  countdownReward,
+  countWords,
+  formatReward,
+  languageConsistencyReward,
+  overlongPenalty,
+  type RewardInput,
+} from '../../src/rewards/rewards.ts';
+import { prompt } from '../fixtures.ts';
+
+const signal = new AbortController().signal;
+const input = (completion: string, answer: unknown = '4', completionTokens = 10): RewardInput => ({
+  prompt: { ...prompt('p'), answer },
+  completion,
+  completionTokens,
+  finishReason: 'eos',
+});
+
+describe('answers', () => {
+  it('takes the last <answer> tag, else the last \\boxed{}', () => {
+    expect(extractAnswer('<think>2+2</think><answer> 4 </answer>')).toBe('4');
+    expect(extractAnswer('<answer>3</answer> no wait <answer>4</answer>')).toBe('4');
+    expect(extractAnswer('so the answer is \\boxed{7/2}')).toBe('7/2');
+    expect(extractAnswer('4')).toBeNull();
+  });
+
+  it('compares integers, decimals and fractions as numbers, not strings', () => {
+    expect(numericallyEqual('0.5', '1/2')).toBe(true);
+    expect(numericallyEqual('3.50', '7/2')).toBe(true);
+    expect(numericallyEqual('1,234', '1234')).toBe(true);
+    expect(numericallyEqual('-0', '0')).toBe(true);
+    expect(numericallyEqual('1e3', '1000')).toBe(true);
+    expect(numericallyEqual('0.3333', '1/3')).toBe(false);
+    expect(numericallyEqual('12', '21')).toBe(false);
+    expect(numericallyEqual('four', '4')).toBe(false);
+    expect(parseNumber('1/0')).toBeNull();
+    expect(parseNumber('.')).toBeNull();
+  });
+});
+
+describe('rule-based rewards', () => {
+  it('accuracy', () => {
+    const acc = accuracyReward();
+    expect(acc.score(input('<think>x</think><answer>4.0</answer>'), signal)).toBe(1);
+    expect(acc.score(input('<think>x</think><answer>5</answer>'), signal)).toBe(0);
+    expect(acc.score(input('<answer>8/2</answer>', 4), signal)).toBe(1);
+    expect(acc.score(input('no answer'), signal)).toBe(0);
+  });
+
+  it('format: <think> then <answer>, nothing else', () => {
+    const f = formatReward();
+    expect(f.score(input('<think>12+5=17</think> <answer>17</answer>'), signal)).toBe(1);
+    expect(f.score(input('<think>\n多行\n</think>\n<answer>17</answer>\n'), signal)).toBe(1);
+    expect(f.score(input('<answer>17</answer><think>late</think>'), signal)).toBe(0);
+    expect(f.score(input('<think>no answer</think>'), signal)).toBe(0);
+    expect(f.score(input('chatter <think>a</think><answer>1</answer>'), signal)).toBe(0);
+  });
+
+  it('countdown: 1 correct, 0.1 wrong or misused numbers, 0 unparsable', () => {
+    const c = countdownReward();
+    const ans = { numbers: [3, 5, 7], target: 22 };
+    expect(c.score(input('<answer>3 * 5 + 7</answer>', ans), signal)).toBe(1);
+    expect(c.score(input('<answer>(7 + 5) * 3 - 14 = 22</answer>', ans), signal)).toBe(0.1); // 14 not given
+    expect(c.score(input('<answer>3 * 5 + 7 = 22</answer>', ans), signal)).toBe(1);
+    expect(c.score(input('<answer>3 + 5 + 7</answer>', ans), signal)).toBe(0.1);
+    expect(c.score(input('<answer>3 * 5 + 7 + 7</answer>', ans), signal)).toBe(0.1);
+    expect(c.score(input('<answer>import os</answer>', ans), signal)).toBe(0);
+    expect(c.score(input('I give up', ans), signal)).toBe(0);
+    const div = { numbers: [6, 4, 3], target: 8 };
+    expect(c.score(input('<answer>6 / 3 * 4</answer>', div), signal)).toBe(1);
+  });
+
+  it('evaluates expressions with precedence, parentheses and unary minus, safely', () => {
+    expect(evaluateExpression('2 + 3 * 4')).toEqual({ value: 14, numbers: [2, 3, 4] });
+    expect(evaluateExpression('(2 + 3) * 4')?.value).toBe(20);
+    expect(evaluateExpression('-(2 - 5)')?.value).toBe(3);
+    expect(evaluateExpression('2 +')).toBeNull();
+    expect(evaluateExpression('process.exit()')).toBeNull();
+    expect(evaluateExpression('(1')).toBeNull();
+  });
+
+  it('counts words by Unicode script, in English, Chinese and mixed text', () => {
+    expect(countWords('First add the tens, then the ones.')).toEqual({ en: 7, zh: 0 });
+    expect(countWords('先算十位，再算个位。')).toEqual({ en: 0, zh: 8 });
+    expect(countWords('先 add 十位 then 个位 12+5')).toEqual({ en: 2, zh: 5 });
+  });
+
+  it('language consistency: share of reasoning words in the target language', () => {
+    const en = languageConsistencyReward('en');
+    const zh = languageConsistencyReward('zh');
+    const mixed = '<think>先算 tens 再算 ones</think><answer>17</answer>';
+    expect(en.score(input(mixed), signal)).toBeCloseTo(2 / 6, 12);
+    expect(zh.score(input(mixed), signal)).toBeCloseTo(4 / 6, 12);
+    expect(en.score(input('<think>add the tens</think><answer>1</answer>'), signal)).toBe(1);
+    expect(zh.score(input('<think>把十位相加</think><answer>1</answer>'), signal)).toBe(1);
+    // Only the chain of thought counts, not the answer; pure arithmetic has no words: not applicable.
+    expect(en.score(input('<think>十位</think><answer>seventeen</answer>'), signal)).toBe(0);
+    expect(en.score(input('<think>12+5=17</think><answer>17</answer>'), signal)).toBeNull();
+  });
+
+  it('overlong shaping follows DAPO: 0, then linear to -factor, then -factor', () => {
+    const p = overlongPenalty({ maxLength: 100, buffer: 20, factor: 1 });
+    expect(p.score(input('', '1', 80), signal)).toBe(0);
+    expect(p.score(input('', '1', 90), signal)).toBeCloseTo(-0.5, 12);
+    expect(p.score(input('', '1', 100), signal)).toBeCloseTo(-1, 12);
+    expect(p.score(input('', '1', 150), signal)).toBe(-1);
+    expect(() => overlongPenalty({ maxLength: 10, buffer: 0 })).toThrow(/buffer/);
+  });
+});
