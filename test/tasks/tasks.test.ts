@@ -1,0 +1,134 @@
+import { describe, expect, it } from 'vitest';
+import { accuracyReward, countdownReward, type CountdownAnswer } from '../../src/rewards/rewards.ts';
+import { arithmeticExamples } from '../../src/tasks/arithmetic.ts';
+import { countdownExamples } from '../../src/tasks/countdown.ts';
+import { parseJsonlExamples } from '../../src/tasks/jsonl.ts';
+import { applyTemplate, R1_ZERO_TEMPLATE, toPrompt } from '../../src/tasks/task.ts';
+
+const signal = new AbortController().signal;
+
+describe('arithmetic', () => {
+  it('is fixed by its seed, with disjoint train and held-out sets and correct answers', () => {
+    const train = arithmeticExamples('train', 500, 1);
+    expect(arithmeticExamples('train', 500, 1)).toEqual(train);
+    expect(arithmeticExamples('train', 500, 2)).not.toEqual(train);
+    const test = arithmeticExamples('test', 200, 1);
+    const trainQs = new Set(train.map((e) => e.question));
+    expect(test.some((e) => trainQs.has(e.question))).toBe(false);
+    // held-out of another seed is still disjoint from this train set
+    expect(arithmeticExamples('test', 200, 9).some((e) => trainQs.has(e.question))).toBe(false);
+    for (const e of [...train, ...test]) {
+      const [a, b] = e.question.split('+').map(Number);
+      expect(e.answer).toBe(String(a! + b!));
+    }
+  });
+
+  it('makes multiplication questions when asked', () => {
+    const ex = arithmeticExamples('train', 50, 3, { digits: 2, operations: ['*'] });
+    for (const e of ex) {
+      const [a, b] = e.question.split('*').map(Number);
+      expect(e.answer).toBe(String(a! * b!));
+    }
+  });
+});
+
+describe('countdown', () => {
+  it('every question is solvable, and the reward scores a known solution 1', () => {
+    const ex = countdownExamples('train', 50, 1, { numbers: 3, maxNumber: 20 });
+    expect(countdownExamples('train', 50, 1, { numbers: 3, maxNumber: 20 })).toEqual(ex);
+    const reward = countdownReward();
+    for (const e of ex) {
+      const { numbers, target } = e.answer as CountdownAnswer;
+      expect(numbers).toHaveLength(3);
+      expect(target).toBeGreaterThan(0);
+      // brute-force a solution to prove solvability independently of the generator
+      const [a, b, c] = numbers as [number, number, number];
+      const perms = [
+        [a, b, c],
+        [a, c, b],
+        [b, a, c],
+        [b, c, a],
+        [c, a, b],
+        [c, b, a],
+      ];
+      const ops = ['+', '-', '*', '/'];
+      const exprs = perms.flatMap(([x, y, z]) =>
+        ops.flatMap((o1) =>
+          ops.flatMap((o2) => [`(${x} ${o1} ${y}) ${o2} ${z}`, `${x} ${o1} (${y} ${o2} ${z})`]),
+        ),
+      );
+      const solution = exprs.find(
+        (expr) =>
+          reward.score(
+            {
+              prompt: toPrompt('countdown', e, '{prompt}'),
+              completion: `<answer>${expr}</answer>`,
+              completionTokens: 1,
+              finishReason: 'eos',
+            },
+            signal,
+          ) === 1,
+      );
+      expect(solution, e.question).toBeDefined();
+    }
+  });
+
+  it('train and held-out sets are disjoint', () => {
+    const train = new Set(countdownExamples('train', 200, 1).map((e) => e.question));
+    expect(countdownExamples('test', 50, 1).some((e) => train.has(e.question))).toBe(false);
+  });
+});
+
+describe('templates and prompts', () => {
+  it('applies the R1-Zero template', () => {
+    const text = applyTemplate(R1_ZERO_TEMPLATE, '12+5');
+    expect(text).toMatch(/^A conversation between User and Assistant\./);
+    expect(text.endsWith('User: 12+5. Assistant:')).toBe(true);
+    expect(() => applyTemplate('no placeholder', 'x')).toThrow(/no \{prompt\} placeholder/);
+  });
+
+  it('prompts carry the answer for the verifier', () => {
+    const [e] = arithmeticExamples('train', 1, 1);
+    const p = toPrompt('arithmetic', e!, 'User: {prompt}. Assistant:', '@0');
+    expect(p.id).toBe(`${e!.id}@0`);
+    expect(
+      accuracyReward().score(
+        {
+          prompt: p,
+          completion: `<answer>${String(e!.answer)}</answer>`,
+          completionTokens: 1,
+          finishReason: 'eos',
+        },
+        signal,
+      ),
+    ).toBe(1);
+  });
+});
+
+describe('JSONL data sets', () => {
+  it('reads records and names every bad line with its reason', () => {
+    const good = '{"prompt":"2+2","answer":"4"}\n\n{"id":"q2","prompt":"3+3","answer":6}\n';
+    expect(parseJsonlExamples(good, 'data.jsonl')).toEqual([
+      { id: 'data.jsonl#1', question: '2+2', answer: '4' },
+      { id: 'q2', question: '3+3', answer: 6 },
+    ]);
+    const bad = [
+      '{"prompt":"2+2","answer":"4"}',
+      '{"prompt":"2+2"',
+      '{"prompt":"","answer":1}',
+      '{"prompt":"x","answer":1,"extra":true}',
+      '[1]',
+    ].join('\n');
+    let error: AggregateError | undefined;
+    try {
+      parseJsonlExamples(bad, 'data.jsonl');
+    } catch (err) {
+      error = err as AggregateError;
+    }
+    expect(error?.message).toMatch(/4 bad line\(s\) in data\.jsonl/);
+    expect(error?.message).toMatch(/data\.jsonl:2: not valid JSON/);
+    expect(error?.message).toMatch(/data\.jsonl:3: prompt: .*>=1 characters/);
+    expect(error?.message).toMatch(/data\.jsonl:4: .*Unrecognized key.*extra/);
+    expect(error?.message).toMatch(/data\.jsonl:5: .*expected object/);
+  });
+});
