@@ -21,7 +21,13 @@ export function arithmeticExamples(
   const lo = options.digits === 1 ? 0 : 10 ** (options.digits - 1);
   const hi = 10 ** options.digits - 1;
   const space = (hi - lo + 1) ** 2 * options.operations.length;
-  if (count > space / 4) throw new RangeError(`arithmetic: ${count} questions asked of a space of ${space}`);
+  // About 1 question in 8 is held out (splitOf); sampling without replacement stops short of exhausting a split.
+  const available = Math.floor(0.9 * space * (split === 'train' ? 7 / 8 : 1 / 8));
+  if (count > available) {
+    throw new RangeError(
+      `arithmetic: ${count} ${split} questions asked, at most ${available} with ${options.digits} digits`,
+    );
+  }
   const seen = new Set<string>();
   const out: TaskExample[] = [];
   while (out.length < count) {

@@ -1,0 +1,276 @@
+import * as tf from '@tensorflow/tfjs';
+import type { BatchSample, GradientBatch } from '../../schemas/index.ts';
+import { DEFAULT_GRPO_LOSS, grpoLoss, type GrpoLossConfig } from '../grpo/loss.ts';
+import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
+import { GPT, pickTokenLogProbs, tokenEntropy } from '../policy/gpt.ts';
+import { AdamW, type AdamWConfig } from './adamw.ts';
+import { clipByGlobalNorm, lossAndGradients } from './gradients.ts';
+import { learningRateAt, type LearningRateSchedule } from './schedule.ts';
+
+export interface LearnerConfig {
+  loss: GrpoLossConfig;
+  learningRate: LearningRateSchedule;
+  optimizer?: AdamWConfig;
+  /** Clip the global gradient norm to this (0: no clipping). */
+  maxGradNorm?: number;
+  /** Optimisation passes over each batch (PPO epochs, "mu"). */
+  epochs?: number;
+  /** Each pass splits the batch into this many minibatches, one optimiser step each. */
+  minibatches?: number;
+  /** The temperature the samples were drawn at: log-probs are log softmax(logits / temperature). */
+  temperature?: number;
+  /** Refresh the frozen reference policy from the current one every this many steps (R1: 400). */
+  referenceRefreshEvery?: number;
+  /** DAPO overlong filtering: truncated completions (finish reason "length") get no loss. */
+  maskTruncated?: boolean;
+}
+
+/** What one optimiser step did: the names users of TRL / verl look for (GRPO.md §7). */
+export interface StepReport {
+  version: number;
+  loss: number;
+  pgLoss: number;
+  klLoss: number;
+  kl: number;
+  clipRatioLow: number;
+  clipRatioHigh: number;
+  clipRatioRegion: number;
+  ratioMean: number;
+  entropy: number;
+  gradNorm: number;
+  learningRate: number;
+  /** Tokens through the forward and backward pass (prompt + completion) of this step. */
+  tokens: number;
+  seconds: number;
+}
+
+interface PreparedBatch {
+  ids: tf.Tensor2D;
+  /** 1 on completion tokens, [B, T]. */
+  mask: tf.Tensor2D;
+  /** Behaviour log-probs aligned with the next-token outputs, [B, T-1]. */
+  old: tf.Tensor2D;
+  advantages: tf.Tensor1D;
+  tokens: number;
+  activeTokens: number;
+}
+
+/**
+ * The GRPO learner: for each GradientBatch, `epochs` passes of `minibatches` optimiser steps on the
+ * GRPO loss (src/grpo/loss.ts) against the behaviour log-probs the samples carry, with AdamW,
+ * global-norm clipping and a learning-rate schedule. The policy version is the count of optimiser
+ * steps; each step is reported on the metrics stream.
+ */
+export class Learner {
+  readonly model: GPT;
+  private readonly reference: GPT | undefined;
+  readonly optimizer: AdamW;
+  private readonly config: Required<Omit<LearnerConfig, 'optimizer'>>;
+  private readonly metrics: Metrics;
+  private stepCount: number;
+
+  constructor(
+    model: GPT,
+    config: LearnerConfig,
+    options: { metrics?: Metrics; initialVersion?: number } = {},
+  ) {
+    this.model = model;
+    this.config = {
+      loss: { ...DEFAULT_GRPO_LOSS, ...config.loss },
+      learningRate: config.learningRate,
+      maxGradNorm: config.maxGradNorm ?? 1,
+      epochs: config.epochs ?? 1,
+      minibatches: config.minibatches ?? 1,
+      temperature: config.temperature ?? 1,
+      referenceRefreshEvery: config.referenceRefreshEvery ?? 0,
+      maskTruncated: config.maskTruncated ?? false,
+    };
+    this.optimizer = new AdamW(model.params, config.optimizer);
+    this.metrics = options.metrics ?? detachedMetrics();
+    this.stepCount = options.initialVersion ?? 0;
+    if (this.config.loss.beta > 0) {
+      this.reference = new GPT(model.config);
+      this.reference.assignWeights(model.params);
+    }
+  }
+
+  /** Optimiser steps taken so far: the current policy version. */
+  get version(): number {
+    return this.stepCount;
+  }
+
+  /** Train on one batch; returns a report per optimiser step. */
+  train(batch: GradientBatch): StepReport[] {
+    const reports: StepReport[] = [];
+    const { epochs, minibatches } = this.config;
+    const parts = split(batch.samples, Math.min(minibatches, batch.samples.length));
+    const prepared = parts.map((samples) => this.prepare(samples));
+    const activeTokens = prepared.reduce((n, p) => n + p.activeTokens, 0);
+    try {
+      for (let epoch = 0; epoch < epochs; epoch++) {
+        for (const part of prepared) reports.push(this.optimiserStep(part, activeTokens));
+      }
+    } finally {
+      for (const p of prepared) tf.dispose([p.ids, p.mask, p.old, p.advantages]);
+    }
+    return reports;
+  }
+
+  /** Per-token log-probs of the current policy on these samples, [B, T-1], for checks and evaluation. */
+  logProbs(samples: readonly BatchSample[]): number[][] {
+    const p = this.prepare(samples);
+    try {
+      return tf
+        .tidy(() => this.model.sequenceLogProbs(p.ids, p.mask, this.config.temperature))
+        .arraySync() as number[][];
+    } finally {
+      tf.dispose([p.ids, p.mask, p.old, p.advantages]);
+    }
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+    this.reference?.dispose();
+  }
+
+  private optimiserStep(batch: PreparedBatch, globalActiveTokens: number): StepReport {
+    const started = performance.now();
+    const lossConfig: GrpoLossConfig =
+      this.config.loss.lossAggregation === 'dapo' && this.config.loss.activeTokens === undefined
+        ? { ...this.config.loss, activeTokens: globalActiveTokens }
+        : this.config.loss;
+    const temperature = this.config.temperature;
+    const nextMask = tf.tidy(() =>
+      tf.slice(batch.mask, [0, 1], [batch.mask.shape[0], batch.mask.shape[1] - 1]),
+    );
+    const ref = this.reference
+      ? tf.tidy(() => this.reference!.sequenceLogProbs(batch.ids, batch.mask, temperature))
+      : undefined;
+
+    let diagnostics: tf.Scalar[] = [];
+    const { value, grads } = lossAndGradients(this.model, () => {
+      const all = this.model.nextTokenLogProbs(batch.ids, temperature);
+      const logProbs = pickTokenLogProbs(all, batch.ids, batch.mask);
+      const r = grpoLoss(
+        { logProbs, oldLogProbs: batch.old, refLogProbs: ref, advantages: batch.advantages, mask: nextMask },
+        lossConfig,
+      );
+      const entropy = tf.div(tf.sum(tokenEntropy(all, batch.mask)), tf.maximum(tf.sum(nextMask), 1));
+      diagnostics = [
+        r.pgLoss,
+        r.klLoss,
+        r.kl,
+        r.clipRatioLow,
+        r.clipRatioHigh,
+        r.clipRatioRegion,
+        r.ratioMean,
+        entropy as tf.Scalar,
+      ].map((t) => tf.keep(t));
+      return r.loss;
+    });
+
+    const gradNorm = clipByGlobalNorm(grads, this.config.maxGradNorm);
+    const learningRate = learningRateAt(this.config.learningRate, this.stepCount);
+    this.optimizer.apply(grads, learningRate);
+    this.stepCount++;
+    if (
+      this.reference &&
+      this.config.referenceRefreshEvery > 0 &&
+      this.stepCount % this.config.referenceRefreshEvery === 0
+    ) {
+      this.reference.assignWeights(this.model.params);
+    }
+
+    const [pgLoss, klLoss, kl, low, high, region, ratioMean, entropy] = diagnostics.map(
+      (d) => d.dataSync()[0]!,
+    );
+    const loss = value.dataSync()[0]!;
+    tf.dispose([value, ...Object.values(grads), ...diagnostics, nextMask, ...(ref ? [ref] : [])]);
+    const seconds = (performance.now() - started) / 1000;
+    const report: StepReport = {
+      version: this.stepCount,
+      loss,
+      pgLoss: pgLoss!,
+      klLoss: klLoss!,
+      kl: kl!,
+      clipRatioLow: low!,
+      clipRatioHigh: high!,
+      clipRatioRegion: region!,
+      ratioMean: ratioMean!,
+      entropy: entropy!,
+      gradNorm,
+      learningRate,
+      tokens: batch.tokens,
+      seconds,
+    };
+    this.report(report);
+    return report;
+  }
+
+  private report(r: StepReport): void {
+    const m = this.metrics;
+    const step = r.version;
+    m.record('train/loss', r.loss, step);
+    m.record('train/pg_loss', r.pgLoss, step);
+    m.record('train/kl_loss', r.klLoss, step);
+    m.record('train/kl', r.kl, step);
+    m.record('train/clip_ratio/low_mean', r.clipRatioLow, step);
+    m.record('train/clip_ratio/high_mean', r.clipRatioHigh, step);
+    m.record('train/clip_ratio/region_mean', r.clipRatioRegion, step);
+    m.record('train/ratio_mean', r.ratioMean, step);
+    m.record('train/entropy', r.entropy, step);
+    m.record('train/grad_norm', r.gradNorm, step);
+    m.record('train/learning_rate', r.learningRate, step);
+    m.record('train/tokens_per_second', r.tokens / r.seconds, step);
+  }
+
+  /** Right-pads prompt + completion to the longest row; masks completion tokens. */
+  private prepare(samples: readonly BatchSample[]): PreparedBatch {
+    const B = samples.length;
+    const T = Math.max(...samples.map((s) => s.promptTokenIds.length + s.completionTokenIds.length));
+    if (T > this.model.config.contextLength) {
+      throw new Error(
+        `Learner: a sample has ${T} tokens, more than the model's context of ${this.model.config.contextLength}`,
+      );
+    }
+    const ids = new Int32Array(B * T);
+    const mask = new Float32Array(B * T);
+    const old = new Float32Array(B * (T - 1));
+    let tokens = 0;
+    let activeTokens = 0;
+    samples.forEach((s, b) => {
+      const P = s.promptTokenIds.length;
+      const C = s.completionTokenIds.length;
+      if (s.behaviourLogProbs.length !== C) {
+        throw new Error(
+          `Learner: rollout ${s.rolloutId} has ${C} tokens but ${s.behaviourLogProbs.length} log-probs`,
+        );
+      }
+      ids.set(s.promptTokenIds, b * T);
+      ids.set(s.completionTokenIds, b * T + P);
+      tokens += P + C;
+      const trained = !(this.config.maskTruncated && s.finishReason === 'length');
+      for (let j = 0; j < C; j++) {
+        if (trained) mask[b * T + P + j] = 1;
+        // Completion token j sits at position P + j; its log-prob is next-token output P + j - 1.
+        old[b * (T - 1) + P + j - 1] = s.behaviourLogProbs[j]!;
+      }
+      if (trained) activeTokens += C;
+    });
+    return {
+      ids: tf.tensor2d(ids, [B, T], 'int32'),
+      mask: tf.tensor2d(mask, [B, T]),
+      old: tf.tensor2d(old, [B, T - 1]),
+      advantages: tf.tensor1d(samples.map((s) => s.advantage)),
+      tokens,
+      activeTokens,
+    };
+  }
+}
+
+function split<T>(items: readonly T[], parts: number): T[][] {
+  const out: T[][] = [];
+  const size = Math.ceil(items.length / parts);
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}

@@ -1,0 +1,99 @@
+/**
+ * Picks the TensorFlow.js compute backend once per process (DESIGN.md "Policy and learner").
+ *
+ * auto: tfjs-node-gpu (CUDA) if installed, else tfjs-node (native CPU), else WebAssembly with
+ * SIMD, else the plain JS `cpu` backend. Forcing a backend that is not installed throws and says
+ * how to install it: there is no silent fallback (DESIGN.md "Non-negotiables").
+ *
+ * The native packages are optional: their install script downloads libtensorflow, which some
+ * machines cannot do, so they are never imported statically, only probed and loaded here.
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+
+export type BackendRequest = 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
+export type BackendKind = Exclude<BackendRequest, 'auto'>;
+
+const require = createRequire(import.meta.url);
+
+const NATIVE_PACKAGE = {
+  'tensorflow-gpu': '@tensorflow/tfjs-node-gpu',
+  tensorflow: '@tensorflow/tfjs-node',
+} as const;
+
+let active: { kind: BackendKind; ready: Promise<BackendKind> } | undefined;
+
+/**
+ * Makes `requested` the tfjs backend and resolves to the kind in use. Idempotent: a second call
+ * with the same request (or 'auto') returns the backend already set up.
+ */
+export function selectBackend(requested: BackendRequest = 'auto'): Promise<BackendKind> {
+  if (active && (requested === 'auto' || requested === active.kind)) return active.ready;
+  const kind = requested === 'auto' ? autoKind() : requested;
+  const ready = setUp(kind);
+  active = { kind, ready };
+  ready.catch(() => {
+    if (active?.ready === ready) active = undefined;
+  });
+  return ready;
+}
+
+function autoKind(): BackendKind {
+  if (isInstalled(NATIVE_PACKAGE['tensorflow-gpu'])) return 'tensorflow-gpu';
+  if (isInstalled(NATIVE_PACKAGE.tensorflow)) return 'tensorflow';
+  if (isInstalled('@tensorflow/tfjs-backend-wasm')) return 'wasm';
+  return 'cpu';
+}
+
+function isInstalled(pkg: string): boolean {
+  try {
+    require.resolve(pkg);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function missing(kind: BackendKind, pkg: string): Error {
+  return new Error(
+    `The '${kind}' backend was requested but ${pkg} is not installed. ` +
+      `Install it with \`npm install ${pkg}@${tf.version.tfjs}\` (same version as @tensorflow/tfjs), ` +
+      `or choose another backend ('auto' picks the best one installed).`,
+  );
+}
+
+async function setUp(kind: BackendKind): Promise<BackendKind> {
+  if (kind === 'tensorflow-gpu' || kind === 'tensorflow') {
+    const pkg = NATIVE_PACKAGE[kind];
+    if (!isInstalled(pkg)) throw missing(kind, pkg);
+    // Importing the package registers its backend, named 'tensorflow' for both CPU and GPU builds.
+    try {
+      await import(pkg);
+    } catch (error) {
+      throw new Error(
+        `${pkg} is installed but failed to load (${(error as Error).message}); ` +
+          `reinstall it, or request the 'wasm' backend explicitly.`,
+        { cause: error },
+      );
+    }
+    await activate('tensorflow', kind);
+  } else if (kind === 'wasm') {
+    const pkg = '@tensorflow/tfjs-backend-wasm';
+    if (!isInstalled(pkg)) throw missing(kind, pkg);
+    const wasm = await import('@tensorflow/tfjs-backend-wasm');
+    // The .wasm binaries sit beside the package's main file (dist/); tfjs picks the SIMD one
+    // itself (its threaded build is disabled under Node). The trailing separator makes it a prefix.
+    wasm.setWasmPaths(path.dirname(require.resolve(pkg)) + path.sep);
+    await activate('wasm', kind);
+  } else {
+    await activate('cpu', kind);
+  }
+  return kind;
+}
+
+async function activate(tfName: string, kind: BackendKind): Promise<void> {
+  const ok = await tf.setBackend(tfName);
+  if (!ok) throw new Error(`The '${kind}' backend is installed but failed to initialise (tfjs '${tfName}').`);
+  await tf.ready();
+}

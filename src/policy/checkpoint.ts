@@ -1,0 +1,195 @@
+/**
+ * Saves and loads a policy: weights, optional optimiser state, model config, tokenizer spec and
+ * policy version, in one directory written atomically.
+ *
+ * Format (formatVersion 1), two files:
+ *   manifest.json  { format, formatVersion, policyVersion, model: GPTConfig, tokenizer: TokenizerSpec,
+ *                    tensors: [{ name, group: 'model' | 'optimizer', shape, offset }], metadata? }
+ *   tensors.bin    the tensors back to back as little-endian float32, in manifest order; `offset`
+ *                  counts floats from the start of the file, the length is the product of `shape`.
+ *
+ * Atomic: everything is written and fsynced in a temporary directory beside the target, then
+ * renamed onto it, so a reader never sees a half-written checkpoint. An existing checkpoint at
+ * the target is first renamed aside and deleted after the swap.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { z } from 'zod';
+import { GPT, GPTConfig } from './gpt.ts';
+import { TokenizerSpec, tokenizerFromSpec, type Tokenizer } from './tokenizer.ts';
+
+const MANIFEST = 'manifest.json';
+const TENSORS = 'tensors.bin';
+
+const TensorEntry = z
+  .object({
+    name: z.string().min(1),
+    group: z.enum(['model', 'optimizer']),
+    shape: z.array(z.int().nonnegative()),
+    offset: z.int().nonnegative(),
+  })
+  .strict();
+
+export const CheckpointManifest = z
+  .object({
+    format: z.literal('rxrl-policy'),
+    formatVersion: z.literal(1),
+    policyVersion: z.int().nonnegative(),
+    model: GPTConfig,
+    tokenizer: TokenizerSpec,
+    tensors: z.array(TensorEntry),
+    metadata: z.record(z.string(), z.unknown()).optional(),
+  })
+  .strict();
+export type CheckpointManifest = z.infer<typeof CheckpointManifest>;
+
+export interface Checkpoint {
+  model: GPT;
+  tokenizer: Tokenizer;
+  policyVersion: number;
+  /** Optimiser state by name (e.g. Adam moments), float32; empty when none was saved. */
+  optimizer: ReadonlyMap<string, tf.Tensor>;
+  /** Free-form JSON saved with the checkpoint (e.g. step, consumed batch ids). */
+  metadata?: Record<string, unknown>;
+}
+
+/** Writes `checkpoint` to directory `dir` atomically, replacing what was there. */
+export async function saveCheckpoint(
+  dir: string,
+  checkpoint: Omit<Checkpoint, 'optimizer'> & { optimizer?: ReadonlyMap<string, tf.Tensor> },
+): Promise<void> {
+  const target = path.resolve(dir);
+  if (checkpoint.tokenizer.vocabSize > checkpoint.model.config.vocabSize) {
+    throw new Error(
+      `saveCheckpoint: the tokenizer has ${checkpoint.tokenizer.vocabSize} tokens but the model only ` +
+        `${checkpoint.model.config.vocabSize}`,
+    );
+  }
+  const groups = [
+    ['model', checkpoint.model.params],
+    ['optimizer', checkpoint.optimizer ?? new Map<string, tf.Tensor>()],
+  ] as const;
+  const tensors: z.infer<typeof TensorEntry>[] = [];
+  const chunks: Buffer[] = [];
+  let offset = 0;
+  for (const [group, named] of groups) {
+    for (const [name, tensor] of named) {
+      if (tensor.dtype !== 'float32') {
+        throw new Error(`saveCheckpoint: ${group} tensor ${name} is ${tensor.dtype}; only float32 is stored`);
+      }
+      const data = (await tensor.data()) as Float32Array;
+      tensors.push({ name, group, shape: tensor.shape, offset });
+      chunks.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+      offset += data.length;
+    }
+  }
+  const manifest: CheckpointManifest = {
+    format: 'rxrl-policy',
+    formatVersion: 1,
+    policyVersion: checkpoint.policyVersion,
+    model: { ...checkpoint.model.config },
+    tokenizer: checkpoint.tokenizer.spec(),
+    tensors,
+    ...(checkpoint.metadata ? { metadata: checkpoint.metadata } : {}),
+  };
+
+  await mkdir(path.dirname(target), { recursive: true });
+  const temporary = siblingName(target, 'tmp');
+  await mkdir(temporary);
+  try {
+    await writeDurably(path.join(temporary, TENSORS), Buffer.concat(chunks));
+    await writeDurably(path.join(temporary, MANIFEST), JSON.stringify(manifest, null, 2) + '\n');
+    await syncDirectory(temporary);
+    const previous = (await exists(target)) ? siblingName(target, 'old') : undefined;
+    if (previous) await rename(target, previous);
+    await rename(temporary, target);
+    await syncDirectory(path.dirname(target));
+    if (previous) await rm(previous, { recursive: true, force: true });
+  } catch (error) {
+    await rm(temporary, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+/** Reads a checkpoint written by `saveCheckpoint` into a new model on the current backend. */
+export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
+  const manifestPath = path.join(dir, MANIFEST);
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(manifestPath, 'utf8'));
+  } catch (error) {
+    throw new Error(`loadCheckpoint: cannot read ${manifestPath}: ${(error as Error).message}`);
+  }
+  const parsed = CheckpointManifest.safeParse(json);
+  if (!parsed.success)
+    throw new Error(`loadCheckpoint: ${manifestPath} is invalid: ${z.prettifyError(parsed.error)}`);
+  const manifest = parsed.data;
+
+  const bytes = await readFile(path.join(dir, TENSORS));
+  if (bytes.byteLength % 4 !== 0)
+    throw new Error(`loadCheckpoint: ${TENSORS} in ${dir} is not whole float32s`);
+  // Float32Array needs a 4-byte aligned offset, which a pooled Buffer may not have.
+  const aligned = bytes.byteOffset % 4 === 0 ? bytes : new Uint8Array(bytes);
+  const floats = new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4);
+  const arrays = new Map<string, Float32Array>();
+  const optimizer = new Map<string, tf.Tensor>();
+  for (const { name, group, shape, offset } of manifest.tensors) {
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (offset + size > floats.length) {
+      throw new Error(`loadCheckpoint: ${TENSORS} in ${dir} is truncated (${name} ends past its end)`);
+    }
+    // slice copies: the tensors must not alias the file buffer.
+    const values = floats.slice(offset, offset + size);
+    if (group === 'model') arrays.set(name, values);
+    else optimizer.set(name, tf.tensor(values, shape, 'float32'));
+  }
+  const model = new GPT(manifest.model);
+  try {
+    model.assignWeights(arrays);
+  } catch (error) {
+    model.dispose();
+    tf.dispose([...optimizer.values()]);
+    throw new Error(`loadCheckpoint: ${dir} does not match its model config: ${(error as Error).message}`);
+  }
+  return {
+    model,
+    tokenizer: tokenizerFromSpec(manifest.tokenizer),
+    policyVersion: manifest.policyVersion,
+    optimizer,
+    ...(manifest.metadata ? { metadata: manifest.metadata } : {}),
+  };
+}
+
+function siblingName(target: string, kind: string): string {
+  return `${target}.${kind}-${process.pid}-${randomBytes(4).toString('hex')}`;
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await stat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function writeDurably(file: string, data: Buffer | string): Promise<void> {
+  const handle = await open(file, 'wx');
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,402 @@
+/**
+ * A GPT-style causal transformer language model on TensorFlow.js, read top to bottom:
+ * config, parameters, the fast differentiable pieces, the block, forward, log-probs.
+ *
+ *   logits = head(LN_f(block_L(...block_1(wte[ids] + wpe[positions]))))
+ *   block(x) = x' + MLP(LN_2(x')),  x' = x + Attention(LN_1(x))      (pre-LayerNorm, GPT-2)
+ *
+ * The output head is untied from the token embedding: with a vocabulary of ~100 characters the
+ * head is about 1% of the weights, and separate matrices keep both the one-hot embedding and the
+ * head plain no-transpose matmuls (the fast path on wasm, below).
+ *
+ * Backend traps this file works around (TFJS.md): `gather` has no usable gradient on wasm, so
+ * lookups are `oneHot(ids) @ W`; matmuls with transpose flags leave XNNPACK, so the matmul
+ * gradients transpose explicitly.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { z } from 'zod';
+import { normalArray, seededUniform } from './random.ts';
+
+export const GPTConfig = z
+  .object({
+    vocabSize: z.int().positive(),
+    contextLength: z.int().positive().describe('Longest sequence (prompt + completion) the positions cover.'),
+    dModel: z.int().positive(),
+    nLayers: z.int().positive(),
+    nHeads: z.int().positive(),
+    mlpRatio: z
+      .int()
+      .positive()
+      .optional()
+      .describe('MLP hidden width as a multiple of dModel; 4 by default.'),
+    seed: z.int().describe('Fixes the initial weights, the same on every backend.'),
+  })
+  .strict()
+  .refine((c) => c.dModel % c.nHeads === 0, {
+    message: 'dModel must be a multiple of nHeads',
+    path: ['dModel'],
+  });
+export type GPTConfig = z.infer<typeof GPTConfig>;
+
+/**
+ * Keys and values of one layer for every position attended to so far: [B, H, S, headDim].
+ * A type alias, not an interface, so that tf.tidy accepts it in what it returns.
+ */
+export type LayerKV = { k: tf.Tensor4D; v: tf.Tensor4D };
+
+export interface RunOptions {
+  /** Position of every token [B, T] int32; default 0..T-1 in every row. */
+  positions?: tf.Tensor2D;
+  /** Added to the attention scores [B or 1, 1, T, S]: 0 to attend, MASKED not to. */
+  bias: tf.Tensor4D;
+  /** Keys/values of the S - T earlier positions, per layer (the KV cache). */
+  past?: readonly LayerKV[];
+  /** Compute logits for the last position of each row only. */
+  lastOnly?: boolean;
+}
+
+const LN_EPS = 1e-5;
+/** Added to the attention scores of masked keys. Finite, so a row with no valid key gives no NaN. */
+export const MASKED = -1e9;
+
+// ---------------------------------------------------------------------------------------------
+// Differentiable pieces with hand-written gradients.
+
+/**
+ * tf.customGrad with typed arguments: `f` gets the inputs and returns the value, the tensors the
+ * gradient needs, and the gradient itself (one tensor per input).
+ */
+function differentiable(
+  f: (...inputs: tf.Tensor[]) => {
+    value: tf.Tensor;
+    save: tf.Tensor[];
+    gradient: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[];
+  },
+): (...inputs: tf.Tensor[]) => tf.Tensor {
+  return tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const save = args.pop() as tf.GradSaveFunc;
+    const { value, save: toSave, gradient } = f(...(args as tf.Tensor[]));
+    save(toSave);
+    return { value, gradFunc: gradient };
+  });
+}
+
+/**
+ * x @ w (+ b) for 2-D x. wasm runs a matmul on XNNPACK only without transpose flags and with
+ * batch 1; tfjs's stock matMul gradient uses the flags and falls to a loop 3-4x slower (TFJS.md).
+ * Transposing explicitly keeps the forward and both gradient matmuls on the fast path.
+ */
+const matMulFast = differentiable((x, w) => ({
+  value: tf.matMul(x, w),
+  save: [x, w],
+  gradient: (dy, [xs, ws]) => [tf.matMul(dy, tf.transpose(ws!)), tf.matMul(tf.transpose(xs!), dy)],
+}));
+
+const linear = differentiable((x, w, b) => ({
+  value: tf.fused.matMul({ a: x as tf.Tensor2D, b: w as tf.Tensor2D, bias: b! }),
+  save: [x, w],
+  gradient: (dy, [xs, ws]) => [
+    tf.matMul(dy, tf.transpose(ws!)),
+    tf.matMul(tf.transpose(xs!), dy),
+    columnSum(dy),
+  ],
+}));
+
+/** Sum over the rows of 2-D x, as ones @ x: wasm's Sum over axis 0 is ~9x slower than XNNPACK. */
+function columnSum(x: tf.Tensor): tf.Tensor1D {
+  const [rows, cols] = x.shape as [number, number];
+  return tf.reshape(tf.matMul(tf.ones([1, rows]), x), [cols]);
+}
+
+/** oneHot @ W: an embedding lookup with a gradient on every backend; no gradient to the one-hot. */
+const embed = differentiable((oneHot, w) => ({
+  value: tf.matMul(oneHot, w),
+  save: [oneHot],
+  gradient: (dy, [oh]) => [tf.zerosLike(oh!), tf.matMul(tf.transpose(oh!), dy)],
+}));
+
+/** LayerNorm over the last axis of 2-D x; the gradient in closed form rather than via moments. */
+const layerNorm = differentiable((x, gain, bias) => {
+  const centred = tf.sub(x, tf.mean(x, 1, true));
+  const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centred), 1, true), LN_EPS));
+  const xhat = tf.mul(centred, rstd);
+  return {
+    value: tf.add(tf.mul(xhat, gain!), bias!),
+    save: [xhat, rstd, gain!],
+    gradient: (dy, [xh, rs, g]) => {
+      // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dy * gain
+      const dxhat = tf.mul(dy, g!);
+      const dx = tf.mul(
+        rs!,
+        tf.sub(tf.sub(dxhat, tf.mean(dxhat, 1, true)), tf.mul(xh!, tf.mean(tf.mul(dxhat, xh!), 1, true))),
+      );
+      return [dx, columnSum(tf.mul(dy, xh!)), columnSum(dy)];
+    },
+  };
+});
+
+/**
+ * GELU in its sigmoid form x * sigmoid(1.702 x) (Hendrycks & Gimpel 2016, sec. 2), not the erf or
+ * tanh forms: on wasm, Sigmoid runs ~12x faster than Erf or Tanh.
+ * d/dx = s + 1.702 x s (1 - s), s = sigmoid(1.702 x).
+ */
+const GELU_K = 1.702;
+const gelu = differentiable((x) => {
+  const s = tf.sigmoid(tf.mul(x, GELU_K));
+  return {
+    value: tf.mul(x, s),
+    save: [x, s],
+    gradient: (dy, [xs, ss]) => {
+      const slope = tf.mul(tf.mul(xs!, GELU_K), tf.mul(ss!, tf.sub(1, ss!)));
+      return [tf.mul(dy, tf.add(ss!, slope))];
+    },
+  };
+});
+
+// ---------------------------------------------------------------------------------------------
+// The model.
+
+export class GPT {
+  readonly config: Readonly<Required<GPTConfig>>;
+  /** Every weight by name, in a fixed order: what optimisers and checkpoints see. */
+  readonly params: ReadonlyMap<string, tf.Variable>;
+  readonly headDim: number;
+
+  constructor(config: GPTConfig) {
+    const parsed = GPTConfig.safeParse(config);
+    if (!parsed.success) throw new Error(`GPT config is invalid: ${z.prettifyError(parsed.error)}`);
+    this.config = Object.freeze({ ...parsed.data, mlpRatio: parsed.data.mlpRatio ?? 4 });
+    this.headDim = this.config.dModel / this.config.nHeads;
+    this.params = initialParams(this.config);
+  }
+
+  /** Weights in creation order, for optimisers and tf.variableGrads. */
+  variables(): tf.Variable[] {
+    return [...this.params.values()];
+  }
+
+  parameterCount(): number {
+    return this.variables().reduce((n, v) => n + v.size, 0);
+  }
+
+  dispose(): void {
+    for (const v of this.params.values()) v.dispose();
+  }
+
+  /**
+   * Overwrites every weight with the same-named, same-shaped entry of `weights` (another model's
+   * `params`, or arrays read from a checkpoint). Names or shapes that differ are an error.
+   */
+  assignWeights(weights: ReadonlyMap<string, tf.Tensor | Float32Array>): void {
+    const missing = [...this.params.keys()].filter((name) => !weights.has(name));
+    const extra = [...weights.keys()].filter((name) => !this.params.has(name));
+    if (missing.length > 0 || extra.length > 0) {
+      throw new Error(
+        `assignWeights: names differ; missing [${missing.join(', ')}], unexpected [${extra.join(', ')}]`,
+      );
+    }
+    for (const [name, variable] of this.params) {
+      const value = weights.get(name)!;
+      const size = value instanceof tf.Tensor ? value.size : value.length;
+      if (
+        value instanceof tf.Tensor
+          ? !tf.util.arraysEqual(value.shape, variable.shape)
+          : size !== variable.size
+      ) {
+        const shape = value instanceof tf.Tensor ? `[${value.shape.join(', ')}]` : `${size} values`;
+        throw new Error(`assignWeights: ${name} has shape [${variable.shape.join(', ')}], got ${shape}`);
+      }
+      tf.tidy(() => variable.assign(value instanceof tf.Tensor ? value : tf.tensor(value, variable.shape)));
+    }
+  }
+
+  private p(name: string): tf.Variable {
+    const v = this.params.get(name);
+    if (!v) throw new Error(`GPT: no parameter named ${name}`);
+    return v;
+  }
+
+  /** Logits [B, T, V] of the next token at every position; rows start at position 0. */
+  forward(ids: tf.Tensor2D): tf.Tensor3D {
+    return tf.tidy(() => {
+      const [B, T] = ids.shape;
+      const { logits } = this.run(ids, { bias: causalBias(T) });
+      return tf.reshape(logits, [B, T, this.config.vocabSize]);
+    });
+  }
+
+  /**
+   * Full next-token distributions log softmax(logits / temperature) [B, T-1, V]: entry t is the
+   * distribution of token t+1 given tokens 0..t. One batched forward; differentiable.
+   */
+  nextTokenLogProbs(ids: tf.Tensor2D, temperature = 1): tf.Tensor3D {
+    if (!(temperature > 0)) throw new Error(`nextTokenLogProbs: temperature must be > 0, got ${temperature}`);
+    return tf.tidy(() => {
+      const [B, T] = ids.shape;
+      if (T < 2) throw new Error(`nextTokenLogProbs: need at least 2 tokens per row, got ${T}`);
+      const inputs = tf.slice(ids, [0, 0], [B, T - 1]);
+      const { logits } = this.run(inputs, { bias: causalBias(T - 1) });
+      const scaled = temperature === 1 ? logits : tf.div(logits, temperature);
+      return tf.reshape(tf.logSoftmax(scaled), [B, T - 1, this.config.vocabSize]);
+    });
+  }
+
+  /**
+   * Log-prob of each next token, log softmax(logits / temperature)[ids[t+1]], as [B, T-1], times
+   * mask[t+1] (mask [B, T] marks the tokens to score, e.g. the completion). Rows start at position
+   * 0; padding goes at the end (causal attention never lets it reach earlier tokens).
+   * Differentiable w.r.t. the variables: call it inside tf.variableGrads.
+   */
+  sequenceLogProbs(ids: tf.Tensor2D, mask: tf.Tensor2D, temperature = 1): tf.Tensor2D {
+    return tf.tidy(() => pickTokenLogProbs(this.nextTokenLogProbs(ids, temperature), ids, mask));
+  }
+
+  /**
+   * The transformer on ids [B, T], for callers that place rows themselves (the sampler; call it
+   * inside tf.tidy). Returns logits [B*T, V] (or [B, V] with lastOnly: the last position of each
+   * row) and the keys/values of all S = past + T positions per layer, to cache.
+   */
+  run(ids: tf.Tensor2D, options: RunOptions): { logits: tf.Tensor2D; present: LayerKV[] } {
+    const { positions, bias, past, lastOnly = false } = options;
+    const { vocabSize, contextLength, dModel, nLayers } = this.config;
+    const [B, T] = ids.shape;
+    const flatIds = tf.reshape(ids, [B * T]);
+    let x = embed(oneHotFloat(flatIds, vocabSize), this.p('wte')) as tf.Tensor2D;
+    if (positions) {
+      const onePos = oneHotFloat(tf.reshape(positions, [B * T]), contextLength);
+      x = tf.add(x, embed(onePos, this.p('wpe')));
+    } else {
+      if (T > contextLength)
+        throw new Error(`GPT: sequence of ${T} tokens exceeds contextLength ${contextLength}`);
+      const wpe = tf.slice(this.p('wpe'), [0, 0], [T, dModel]);
+      x = tf.reshape(tf.add(tf.reshape(x, [B, T, dModel]), wpe), [B * T, dModel]);
+    }
+    const present: LayerKV[] = [];
+    for (let l = 0; l < nLayers; l++) {
+      const attn = this.attention(l, this.norm(`h${l}.ln1`, x), B, T, bias, past?.[l]);
+      present.push(attn.kv);
+      x = tf.add(x, attn.y);
+      x = tf.add(x, this.mlp(l, this.norm(`h${l}.ln2`, x)));
+    }
+    if (lastOnly) {
+      x = tf.reshape(tf.slice(tf.reshape(x, [B, T, dModel]), [0, T - 1, 0], [B, 1, dModel]), [B, dModel]);
+    }
+    const logits = matMulFast(this.norm('lnf', x), this.p('head')) as tf.Tensor2D;
+    return { logits, present };
+  }
+
+  private norm(name: string, x: tf.Tensor2D): tf.Tensor2D {
+    return layerNorm(x, this.p(`${name}.g`), this.p(`${name}.b`)) as tf.Tensor2D;
+  }
+
+  /** Multi-head causal self-attention on x [B*T, d]; `past` holds earlier keys/values. */
+  private attention(
+    l: number,
+    x: tf.Tensor2D,
+    B: number,
+    T: number,
+    bias: tf.Tensor4D,
+    past: LayerKV | undefined,
+  ): { y: tf.Tensor2D; kv: LayerKV } {
+    const { dModel, nHeads } = this.config;
+    const hd = this.headDim;
+    const qkv = linear(x, this.p(`h${l}.attn.wqkv`), this.p(`h${l}.attn.bqkv`));
+    // [B*T, d] -> [B, H, T, hd] for each of q, k, v. With one position (a decoding step) the
+    // transpose only moves a size-1 axis, so a reshape (no copy, no kernel) does it.
+    const heads = (t: tf.Tensor): tf.Tensor4D =>
+      T === 1
+        ? tf.reshape(t, [B, nHeads, 1, hd])
+        : tf.transpose(tf.reshape(t, [B, T, nHeads, hd]), [0, 2, 1, 3]);
+    const [q, k, v] = tf.split(qkv, 3, 1).map(heads) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
+    const kAll = past ? tf.concat([past.k, k], 2) : k;
+    const vAll = past ? tf.concat([past.v, v], 2) : v;
+    // softmax(q k^T / sqrt(hd) + bias) v; the scale goes on q, the smaller tensor. These matmuls
+    // are batched, so wasm runs them on its plain loop whatever the transpose flags.
+    const scores = tf.add(tf.matMul(tf.mul(q, 1 / Math.sqrt(hd)), kAll, false, true), bias);
+    const y = tf.matMul(tf.softmax(scores), vAll);
+    const merged = tf.reshape(T === 1 ? y : tf.transpose(y, [0, 2, 1, 3]), [B * T, dModel]);
+    const out = linear(merged, this.p(`h${l}.attn.wo`), this.p(`h${l}.attn.bo`)) as tf.Tensor2D;
+    return { y: out, kv: { k: kAll, v: vAll } };
+  }
+
+  private mlp(l: number, x: tf.Tensor2D): tf.Tensor2D {
+    const hidden = gelu(linear(x, this.p(`h${l}.mlp.w1`), this.p(`h${l}.mlp.b1`)));
+    return linear(hidden, this.p(`h${l}.mlp.w2`), this.p(`h${l}.mlp.b2`)) as tf.Tensor2D;
+  }
+}
+
+/**
+ * GPT-2 initialisation, drawn in JS from the seed so it is the same on every backend: weights
+ * normal(0, 0.02), the two projections into the residual stream scaled by 1/sqrt(2 nLayers) so
+ * the stream's variance does not grow with depth, biases 0, LayerNorm gains 1.
+ */
+function initialParams(c: Required<GPTConfig>): Map<string, tf.Variable> {
+  const uniform = seededUniform(c.seed);
+  const d = c.dModel;
+  const hidden = c.mlpRatio * d;
+  const residualStd = 0.02 / Math.sqrt(2 * c.nLayers);
+  const params = new Map<string, tf.Variable>();
+  const normal = (name: string, shape: number[], std = 0.02): void => {
+    const size = shape.reduce((a, b) => a * b, 1);
+    params.set(name, tf.variable(tf.tensor(normalArray(size, std, uniform), shape)));
+  };
+  const constant = (name: string, size: number, value: number): void => {
+    params.set(name, tf.variable(tf.fill([size], value)));
+  };
+  normal('wte', [c.vocabSize, d]);
+  normal('wpe', [c.contextLength, d]);
+  for (let l = 0; l < c.nLayers; l++) {
+    constant(`h${l}.ln1.g`, d, 1);
+    constant(`h${l}.ln1.b`, d, 0);
+    normal(`h${l}.attn.wqkv`, [d, 3 * d]);
+    constant(`h${l}.attn.bqkv`, 3 * d, 0);
+    normal(`h${l}.attn.wo`, [d, d], residualStd);
+    constant(`h${l}.attn.bo`, d, 0);
+    constant(`h${l}.ln2.g`, d, 1);
+    constant(`h${l}.ln2.b`, d, 0);
+    normal(`h${l}.mlp.w1`, [d, hidden]);
+    constant(`h${l}.mlp.b1`, hidden, 0);
+    normal(`h${l}.mlp.w2`, [hidden, d], residualStd);
+    constant(`h${l}.mlp.b2`, d, 0);
+  }
+  constant('lnf.g', d, 1);
+  constant('lnf.b', d, 0);
+  normal('head', [d, c.vocabSize]);
+  return params;
+}
+
+/** Attention bias [1, 1, T, T]: 0 where key <= query, MASKED above the diagonal. */
+export function causalBias(T: number): tf.Tensor4D {
+  const bias = new Float32Array(T * T);
+  for (let i = 0; i < T; i++) bias.fill(MASKED, i * T + i + 1, (i + 1) * T);
+  return tf.tensor4d(bias, [1, 1, T, T]);
+}
+
+/** From next-token log-probs [B, T-1, V], the log-prob of each actual next token, masked: [B, T-1]. */
+export function pickTokenLogProbs(logProbs: tf.Tensor3D, ids: tf.Tensor2D, mask: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const [B, T] = ids.shape;
+    const V = logProbs.shape[2];
+    // sum(logp * oneHot) instead of gather: gather has no gradient on wasm (TFJS.md).
+    const targets = oneHotFloat(tf.slice(ids, [0, 1], [B, T - 1]), V);
+    return tf.mul(tf.sum(tf.mul(logProbs, targets), 2), nextMask(mask));
+  });
+}
+
+/** Entropy -sum_v p log p of each next-token distribution [B, T-1, V], masked like pickTokenLogProbs. */
+export function tokenEntropy(logProbs: tf.Tensor3D, mask: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => tf.mul(tf.neg(tf.sum(tf.mul(tf.exp(logProbs), logProbs), 2)), nextMask(mask)));
+}
+
+/**
+ * One-hot as float32. Not tf.oneHot(..., 'float32'): wasm's OneHot kernel ignores the dtype and
+ * writes int32 bits into a tensor labelled float32 (1 reads as 1.4e-45).
+ */
+function oneHotFloat(ids: tf.Tensor, depth: number): tf.Tensor {
+  return tf.cast(tf.oneHot(ids, depth), 'float32');
+}
+
+function nextMask(mask: tf.Tensor2D): tf.Tensor2D {
+  const [B, T] = mask.shape;
+  return tf.cast(tf.slice(mask, [0, 1], [B, T - 1]), 'float32');
+}

@@ -1,0 +1,320 @@
+/**
+ * Batched sampling from a GPT policy, with a KV cache: the prompts are run once (prefill), then
+ * each step feeds only the newest token of every row and attends to the cached keys/values.
+ *
+ * Layout: prompts of different lengths are left-padded to the longest, P. Row b's first real
+ * token sits at column P - L_b but at position 0, and attention never looks at its padding, so
+ * every row computes exactly what it would alone; that is also what `sequenceLogProbs` computes
+ * on the unpadded prompt + completion.
+ *
+ * Each sampled token comes with its behaviour log-prob log softmax(logits / temperature), taken
+ * before top-k / top-p truncation: the quantity the learner recomputes for importance ratios.
+ * Draws use a seeded JS generator, so a seed fixes the tokens on a given backend.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { MASKED, type GPT, type LayerKV } from './gpt.ts';
+import { seededUniform, type Uniform } from './random.ts';
+
+export interface SampleOptions {
+  /** Most tokens generated per row; a row also stops when its position reaches contextLength. */
+  maxNewTokens: number;
+  /** Softmax temperature; 0 is greedy (argmax), whose log-probs are then at temperature 1. */
+  temperature: number;
+  /** Keep only the k most likely tokens (0 or undefined: all). */
+  topK?: number;
+  /** Keep the smallest set of most likely tokens whose probability reaches p (1 or undefined: all). */
+  topP?: number;
+  /** Ends a row; the EOS token is part of the completion, with its log-prob. */
+  eosId: number;
+  seed: number;
+  /** Fills the left padding and the rows already finished; never attended to. Default 0. */
+  padId?: number;
+}
+
+export interface SampledCompletion {
+  tokens: number[];
+  /** Behaviour log-prob of each token in `tokens`. */
+  logProbs: number[];
+  finishReason: 'eos' | 'length';
+}
+
+/** Samples one completion per prompt with a KV cache. */
+export function sample(
+  model: GPT,
+  prompts: readonly (readonly number[])[],
+  options: SampleOptions,
+): Promise<SampledCompletion[]> {
+  return decode(model, prompts, options, CachedDecoder);
+}
+
+/**
+ * Same as `sample` but recomputes the whole sequence at every step: the reference the KV cache
+ * is tested against, and the baseline it is measured against.
+ */
+export function sampleFullForward(
+  model: GPT,
+  prompts: readonly (readonly number[])[],
+  options: SampleOptions,
+): Promise<SampledCompletion[]> {
+  return decode(model, prompts, options, FullForwardDecoder);
+}
+
+/** Gives next-token log-probs [B, V] at the given temperature, one step at a time. */
+interface Decoder {
+  prefill(temperature: number): tf.Tensor2D;
+  /** Appends one token per row and returns the log-probs after it. */
+  step(tokens: Int32Array, temperature: number): tf.Tensor2D;
+  dispose(): void;
+}
+
+type DecoderClass = new (model: GPT, prompts: readonly (readonly number[])[], padId: number) => Decoder;
+
+async function decode(
+  model: GPT,
+  prompts: readonly (readonly number[])[],
+  options: SampleOptions,
+  Decoder: DecoderClass,
+): Promise<SampledCompletion[]> {
+  const { maxNewTokens, temperature, eosId } = options;
+  const B = prompts.length;
+  const V = model.config.vocabSize;
+  checkRequest(prompts, options, V);
+  const rows: SampledCompletion[] = prompts.map(() => ({ tokens: [], logProbs: [], finishReason: 'length' }));
+  // A row may not grow past the position embedding.
+  const limits = prompts.map((p) => Math.min(maxNewTokens, model.config.contextLength - p.length));
+  const done = limits.map((limit) => limit <= 0);
+  const uniform = seededUniform(options.seed);
+  const logitTemperature = temperature === 0 ? 1 : temperature;
+  const next = new Int32Array(B).fill(options.padId ?? 0);
+  if (done.every(Boolean)) return rows;
+  const decoder = new Decoder(model, prompts, options.padId ?? 0);
+  try {
+    let logProbs = decoder.prefill(logitTemperature);
+    for (;;) {
+      const data = (await logProbs.data()) as Float32Array;
+      logProbs.dispose();
+      for (let b = 0; b < B; b++) {
+        const row = rows[b]!;
+        if (done[b]) {
+          next[b] = options.padId ?? 0;
+          continue;
+        }
+        const dist = data.subarray(b * V, (b + 1) * V);
+        const token = temperature === 0 ? argmax(dist) : drawToken(dist, options, uniform);
+        row.tokens.push(token);
+        row.logProbs.push(dist[token]!);
+        next[b] = token;
+        if (token === eosId) row.finishReason = 'eos';
+        if (token === eosId || row.tokens.length >= limits[b]!) done[b] = true;
+      }
+      if (done.every(Boolean)) return rows;
+      logProbs = decoder.step(next, logitTemperature);
+    }
+  } finally {
+    decoder.dispose();
+  }
+}
+
+function checkRequest(prompts: readonly (readonly number[])[], options: SampleOptions, V: number): void {
+  const { maxNewTokens, temperature, topK, topP } = options;
+  const fail = (what: string): never => {
+    throw new Error(`sample: ${what}`);
+  };
+  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0)
+    fail(`maxNewTokens must be an integer >= 0, got ${maxNewTokens}`);
+  if (!(temperature >= 0) || !Number.isFinite(temperature))
+    fail(`temperature must be >= 0, got ${temperature}`);
+  if (topK !== undefined && (!Number.isInteger(topK) || topK < 0))
+    fail(`topK must be an integer >= 0, got ${topK}`);
+  if (topP !== undefined && !(topP > 0 && topP <= 1)) fail(`topP must be in (0, 1], got ${topP}`);
+  prompts.forEach((prompt, b) => {
+    if (prompt.length === 0) fail(`prompt ${b} is empty; give at least one token (e.g. BOS)`);
+    const bad = prompt.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= V);
+    if (bad >= 0)
+      fail(`prompt ${b} has token ${prompt[bad]} at position ${bad}, outside the vocabulary [0, ${V})`);
+  });
+}
+
+function argmax(values: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i]! > values[best]!) best = i;
+  return best;
+}
+
+/** Draws from exp(logProbs) truncated to the top-k, then to the top-p nucleus, renormalised. */
+export function drawToken(
+  logProbs: Float32Array,
+  options: Pick<SampleOptions, 'topK' | 'topP'>,
+  uniform: Uniform,
+): number {
+  const candidates = truncatedSupport(logProbs, options);
+  let mass = 0;
+  for (const i of candidates) mass += Math.exp(logProbs[i]!);
+  const u = uniform() * mass;
+  let cumulative = 0;
+  for (const i of candidates) {
+    cumulative += Math.exp(logProbs[i]!);
+    if (u < cumulative) return i;
+  }
+  return candidates[candidates.length - 1]!;
+}
+
+/** Token ids that top-k and top-p keep, most likely first when either is on. */
+export function truncatedSupport(
+  logProbs: Float32Array,
+  { topK, topP }: Pick<SampleOptions, 'topK' | 'topP'>,
+): number[] {
+  const ids = Array.from(logProbs.keys());
+  const truncateK = topK !== undefined && topK > 0 && topK < ids.length;
+  const truncateP = topP !== undefined && topP < 1;
+  if (!truncateK && !truncateP) return ids;
+  ids.sort((a, b) => logProbs[b]! - logProbs[a]! || a - b);
+  let keep = truncateK ? topK : ids.length;
+  if (truncateP) {
+    let cumulative = 0;
+    for (let n = 0; n < keep; n++) {
+      cumulative += Math.exp(logProbs[ids[n]!]!);
+      if (cumulative >= topP) {
+        keep = n + 1;
+        break;
+      }
+    }
+  }
+  return ids.slice(0, keep);
+}
+
+/**
+ * Left-padded rows: the padded token grid, each token's position, and which columns are padding.
+ * Tokens are appended to every row at once, so the padding of row b stays `offsets[b]` columns.
+ */
+class PaddedBatch {
+  readonly offsets: number[];
+  readonly columns: number[][];
+
+  constructor(prompts: readonly (readonly number[])[], padId: number) {
+    const longest = Math.max(...prompts.map((p) => p.length));
+    this.offsets = prompts.map((p) => longest - p.length);
+    this.columns = prompts.map((p, b) => [...new Array<number>(this.offsets[b]!).fill(padId), ...p]);
+  }
+
+  get width(): number {
+    return this.columns[0]!.length;
+  }
+
+  append(tokens: Int32Array): void {
+    this.columns.forEach((row, b) => row.push(tokens[b]!));
+  }
+
+  /** Ids and positions [B, T] of the last T columns. */
+  window(T: number): { ids: tf.Tensor2D; positions: tf.Tensor2D } {
+    const B = this.columns.length;
+    const start = this.width - T;
+    const ids = new Int32Array(B * T);
+    const positions = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) {
+        ids[b * T + t] = this.columns[b]![start + t]!;
+        positions[b * T + t] = Math.max(0, start + t - this.offsets[b]!);
+      }
+    }
+    return { ids: tf.tensor2d(ids, [B, T], 'int32'), positions: tf.tensor2d(positions, [B, T], 'int32') };
+  }
+
+  /**
+   * Attention bias [B, 1, T, S] for the last T columns as queries over all S columns as keys:
+   * MASKED for padding keys and for keys after the query.
+   */
+  bias(T: number): tf.Tensor4D {
+    const B = this.columns.length;
+    const S = this.width;
+    const bias = new Float32Array(B * T * S);
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) {
+        const base = (b * T + t) * S;
+        bias.fill(MASKED, base, base + this.offsets[b]!);
+        bias.fill(MASKED, base + S - T + t + 1, base + S);
+      }
+    }
+    return tf.tensor4d(bias, [B, 1, T, S]);
+  }
+}
+
+function logSoftmaxAt(logits: tf.Tensor2D, temperature: number): tf.Tensor2D {
+  return tf.logSoftmax(temperature === 1 ? logits : tf.div<tf.Tensor2D>(logits, temperature));
+}
+
+class CachedDecoder implements Decoder {
+  private readonly batch: PaddedBatch;
+  private cache: LayerKV[] = [];
+
+  constructor(
+    private readonly model: GPT,
+    prompts: readonly (readonly number[])[],
+    padId: number,
+  ) {
+    this.batch = new PaddedBatch(prompts, padId);
+  }
+
+  prefill(temperature: number): tf.Tensor2D {
+    return this.advance(this.batch.width, temperature);
+  }
+
+  step(tokens: Int32Array, temperature: number): tf.Tensor2D {
+    this.batch.append(tokens);
+    return this.advance(1, temperature);
+  }
+
+  /** Runs the last T columns against the cache, which then holds every column. */
+  private advance(T: number, temperature: number): tf.Tensor2D {
+    const { logProbs, present } = tf.tidy(() => {
+      const { ids, positions } = this.batch.window(T);
+      const out = this.model.run(ids, {
+        positions,
+        bias: this.batch.bias(T),
+        past: this.cache,
+        lastOnly: true,
+      });
+      return { logProbs: logSoftmaxAt(out.logits, temperature), present: out.present };
+    });
+    this.disposeCache();
+    this.cache = present;
+    return logProbs;
+  }
+
+  private disposeCache(): void {
+    for (const { k, v } of this.cache) tf.dispose([k, v]);
+    this.cache = [];
+  }
+
+  dispose(): void {
+    this.disposeCache();
+  }
+}
+
+class FullForwardDecoder implements Decoder {
+  private readonly batch: PaddedBatch;
+
+  constructor(
+    private readonly model: GPT,
+    prompts: readonly (readonly number[])[],
+    padId: number,
+  ) {
+    this.batch = new PaddedBatch(prompts, padId);
+  }
+
+  prefill(temperature: number): tf.Tensor2D {
+    return tf.tidy(() => {
+      const T = this.batch.width;
+      const { ids, positions } = this.batch.window(T);
+      const { logits } = this.model.run(ids, { positions, bias: this.batch.bias(T), lastOnly: true });
+      return logSoftmaxAt(logits, temperature);
+    });
+  }
+
+  step(tokens: Int32Array, temperature: number): tf.Tensor2D {
+    this.batch.append(tokens);
+    return this.prefill(temperature);
+  }
+
+  dispose(): void {}
+}

@@ -1,0 +1,93 @@
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { SftTrainer, type SftExample } from '../learner/sft.ts';
+import type { Metrics } from '../metrics/metrics.ts';
+import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
+import { GPT, type GPTConfig } from '../policy/gpt.ts';
+import type { Tokenizer } from '../policy/tokenizer.ts';
+import { seededRandom } from '../tasks/random.ts';
+import type { Topology } from '../topology/topology.ts';
+import type { TaskRuntime } from './taskRuntime.ts';
+
+export interface BaseModel {
+  model: GPT;
+  dir: string;
+  /** True when it was read from the cache rather than trained now. */
+  cached: boolean;
+}
+
+export function modelConfig(topology: Topology, tokenizer: Tokenizer): GPTConfig {
+  return { ...topology.model, vocabSize: tokenizer.vocabSize, seed: topology.seed };
+}
+
+/**
+ * The base model R1-Zero starts from: next-token training on the task's noisy synthetic corpus
+ * (src/tasks/corpus.ts), cached on disk under a hash of everything that shapes it, so later runs
+ * reuse it.
+ */
+export async function ensureBaseModel(options: {
+  topology: Topology;
+  runtime: TaskRuntime;
+  tokenizer: Tokenizer;
+  cacheDir: string;
+  metrics?: Metrics;
+  onStep?: (step: number, total: number, loss: number) => void;
+}): Promise<BaseModel> {
+  const { topology, runtime, tokenizer } = options;
+  const config = modelConfig(topology, tokenizer);
+  const key = createHash('sha256')
+    .update(
+      JSON.stringify([
+        config,
+        topology.pretrain,
+        topology.task,
+        topology.template,
+        topology.seed,
+        tokenizer.spec(),
+      ]),
+    )
+    .digest('hex')
+    .slice(0, 12);
+  const dir = join(options.cacheDir, `${topology.name}-${key}`);
+  if (existsSync(join(dir, 'manifest.json'))) {
+    return { model: (await loadCheckpoint(dir)).model, dir, cached: true };
+  }
+  const corpus = runtime.corpusCompletion;
+  if (!corpus && topology.pretrain.steps > 0) {
+    throw new Error(`pretrain: the ${runtime.name} task has no pretraining corpus; set pretrain.steps to 0`);
+  }
+  const model = new GPT(config);
+  const trainer = new SftTrainer(
+    model,
+    {
+      learningRate: {
+        peak: topology.pretrain.learningRate,
+        warmupSteps: 20,
+        decay: 'cosine',
+        totalSteps: topology.pretrain.steps,
+        min: topology.pretrain.learningRate / 10,
+      },
+    },
+    { ...(options.metrics ? { metrics: options.metrics } : {}), metricPrefix: 'pretrain' },
+  );
+  const rand = seededRandom(topology.seed + 1);
+  for (let step = 1; step <= topology.pretrain.steps; step++) {
+    const batch: SftExample[] = Array.from({ length: topology.pretrain.batchSize }, () => {
+      const example = runtime.train[Math.floor(rand() * runtime.train.length)]!;
+      const prompt = tokenizer.encode(runtime.prompt(example).text);
+      const completion = tokenizer.encode(corpus!(example, rand));
+      return { tokens: [...prompt, ...completion, tokenizer.eosId], lossStart: prompt.length };
+    });
+    const loss = trainer.train(batch);
+    options.onStep?.(step, topology.pretrain.steps, loss);
+  }
+  trainer.dispose();
+  await saveCheckpoint(dir, {
+    model,
+    tokenizer,
+    policyVersion: 0,
+    metadata: { stage: 'pretrain', topology: topology.name },
+  });
+  return { model, dir, cached: false };
+}

@@ -1,0 +1,444 @@
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
+import type { GradientBatch, Rollout, ScoredRollout } from '../../schemas/index.ts';
+import type { StepReport } from '../learner/learner.ts';
+import { Metrics } from '../metrics/metrics.ts';
+import { boundedStaleness } from '../operators/boundedStaleness.ts';
+import { dropZeroVariance } from '../operators/dropZeroVariance.ts';
+import { groupRelativeAdvantages } from '../operators/groupRelativeAdvantages.ts';
+import { groupSamples } from '../operators/groupSamples.ts';
+import { scoreRollouts } from '../operators/scoreRollouts.ts';
+import { toGradientBatches } from '../operators/toGradientBatches.ts';
+import { selectBackend, type BackendRequest } from '../policy/backend.ts';
+import { loadCheckpoint } from '../policy/checkpoint.ts';
+import { CharTokenizer } from '../policy/tokenizer.ts';
+import { StalenessAdmission } from '../scheduling/admission.ts';
+import { seededRandom } from '../tasks/random.ts';
+import type { TaskExample } from '../tasks/task.ts';
+import type { Topology } from '../topology/topology.ts';
+import { evaluate, type EvalResult } from './evaluate.ts';
+import { ensureBaseModel, modelConfig } from './pretrain.ts';
+import { taskRuntime } from './taskRuntime.ts';
+import type { GeneratorReply, GeneratorRequest, LearnerReply, LearnerRequest } from './workers/protocol.ts';
+import { WorkerClient } from './workers/rpc.ts';
+import { buffersOf, exportWeights, type WeightArrays } from './workers/weights.ts';
+
+export interface RunOptions {
+  topology: Topology;
+  backend: BackendRequest;
+  /** Where the run writes metrics.jsonl, checkpoints and its summary. */
+  runDir: string;
+  /** Where base models are cached between runs. */
+  cacheDir: string;
+  resume?: boolean;
+  /** Overrides topology.run.steps (e.g. short test runs). */
+  steps?: number;
+  /** Overrides topology.grpo.eta. */
+  eta?: number;
+  metrics?: Metrics;
+  /** Progress events for a display. */
+  onEvent?: (event: RunEvent) => void;
+}
+
+export type RunEvent =
+  | { kind: 'backend'; generator: string; learner: string }
+  | { kind: 'pretrain'; step: number; total: number; loss: number }
+  | { kind: 'base-model'; dir: string; cached: boolean }
+  | { kind: 'eval'; step: number; result: EvalResult }
+  | {
+      kind: 'step';
+      step: number;
+      total: number;
+      report: StepReport;
+      rollout: RolloutStats;
+      staleness: number;
+    }
+  | { kind: 'checkpoint'; step: number; dir: string };
+
+export interface RolloutStats {
+  rewardMean: number;
+  accuracy: number;
+  formatRate: number;
+  lengthMean: number;
+  tokensPerSecond: number;
+}
+
+/** Where every generated sample ended: the counts add up to `generated` (DESIGN.md "Nothing lost"). */
+export interface Accounting {
+  generated: number;
+  trained: number;
+  drops: Record<string, number>;
+}
+
+export interface RunSummary {
+  steps: number;
+  seconds: number;
+  evals: { step: number; result: EvalResult }[];
+  accounting: Accounting;
+  backend: { generator: string; learner: string };
+}
+
+interface RunState {
+  /**
+   * Position in the data order (a pure function of seed and cursor) just past the last prompt trained
+   * on: a resumed run regenerates from here, so samples in flight at a checkpoint are not skipped.
+   */
+  trainedCursor: number;
+  version: number;
+}
+
+/** Deterministic data order: epoch e is the train set shuffled by (seed, e). */
+function promptAt(
+  train: TaskExample[],
+  seed: number,
+  cursor: number,
+): { example: TaskExample; epoch: number } {
+  const epoch = Math.floor(cursor / train.length);
+  const rand = seededRandom(seed * 1000 + epoch);
+  const order = train.map((_, i) => i);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return { example: train[order[cursor % train.length]!]!, epoch };
+}
+
+/**
+ * R1-Zero in miniature: pure GRPO from a pretrained base model, generation and learning on their own
+ * worker threads, overlapped within the staleness bound eta (0: synchronous).
+ */
+export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
+  const { topology } = options;
+  const totalSteps = options.steps ?? topology.run.steps;
+  const eta = options.eta ?? topology.grpo.eta;
+  const { groupSize: G, promptsPerStep: P } = topology.grpo;
+  const B = G * P;
+  const emit = options.onEvent ?? (() => undefined);
+  const metrics = options.metrics ?? new Metrics({ run: topology.name });
+  mkdirSync(options.runDir, { recursive: true });
+  const metricsLog = join(options.runDir, 'metrics.jsonl');
+  const statePath = join(options.runDir, 'state.json');
+  const checkpointDir = join(options.runDir, 'checkpoint');
+  const resuming = options.resume === true && existsSync(statePath);
+  if (options.resume && !resuming)
+    throw new Error(`--resume: no checkpoint in ${options.runDir} to resume from`);
+  if (!resuming) writeFileSync(metricsLog, '');
+  const logSubscription = metrics.stream.subscribe((m) =>
+    appendFileSync(metricsLog, `${JSON.stringify(m)}\n`),
+  );
+
+  // The main thread pretrains the base model; the workers pick their own backends the same way.
+  await selectBackend(options.backend);
+  const runtime = taskRuntime(topology);
+  const tokenizer = new CharTokenizer(runtime.alphabet);
+  const started = performance.now();
+  let state: RunState = resuming
+    ? (JSON.parse(readFileSync(statePath, 'utf8')) as RunState)
+    : { trainedCursor: 0, version: 0 };
+  let cursor = state.trainedCursor;
+  // Data-order position of each group still in flight.
+  const cursorOf = new Map<string, number>();
+  const forget = (groupId: string) => cursorOf.delete(groupId);
+
+  let weights: WeightArrays;
+  if (resuming) {
+    const ckpt = await loadCheckpoint(checkpointDir);
+    weights = exportWeights(ckpt.model);
+    ckpt.model.dispose();
+  } else {
+    const base = await ensureBaseModel({
+      topology,
+      runtime,
+      tokenizer,
+      cacheDir: options.cacheDir,
+      metrics,
+      onStep: (step, total, loss) => emit({ kind: 'pretrain', step, total, loss }),
+    });
+    emit({ kind: 'base-model', dir: base.dir, cached: base.cached });
+    weights = exportWeights(base.model);
+    base.model.dispose();
+  }
+
+  const generator = new WorkerClient<GeneratorRequest, GeneratorReply>(
+    'generator',
+    new URL('./workers/generator.worker.ts', import.meta.url),
+  );
+  const learner = new WorkerClient<LearnerRequest, LearnerReply>(
+    'learner',
+    new URL('./workers/learner.worker.ts', import.meta.url),
+  );
+  const init = {
+    backend: options.backend,
+    model: modelConfig(topology, tokenizer),
+    tokenizer: tokenizer.spec(),
+    version: state.version,
+  };
+  const g = topology.grpo;
+  const [genReady, learnReady] = await Promise.all([
+    generator.request<Extract<GeneratorReply, { type: 'ready' }>>({ type: 'init', ...init, weights }),
+    learner.request<Extract<LearnerReply, { type: 'ready' }>>({
+      type: 'init',
+      ...init,
+      weights,
+      ...(resuming ? { checkpoint: checkpointDir } : {}),
+      config: {
+        loss: {
+          lossAggregation: g.lossAggregation,
+          importanceSampling: g.importanceSampling,
+          epsLow: g.epsLow,
+          epsHigh: g.epsHigh,
+          beta: g.beta,
+          klEstimator: g.klEstimator,
+        },
+        learningRate: { peak: g.learningRate, warmupSteps: g.warmupSteps },
+        maxGradNorm: g.maxGradNorm,
+        epochs: g.epochs,
+        temperature: topology.sampling.temperature,
+        referenceRefreshEvery: g.referenceRefreshEvery,
+      },
+    }),
+  ]);
+  const backend = { generator: genReady.backend, learner: learnReady.backend };
+  emit({ kind: 'backend', ...backend });
+  if (learnReady.version !== state.version) {
+    throw new Error(`resume: checkpoint is at version ${learnReady.version}, run state at ${state.version}`);
+  }
+
+  const evalSettings = { ...topology.eval, maxNewTokens: topology.sampling.maxNewTokens };
+  const evals: RunSummary['evals'] = [];
+  const runEval = async (step: number) => {
+    const result = await evaluate(generator, runtime, evalSettings, topology.seed + step);
+    evals.push({ step, result });
+    metrics.record('eval/pass@1', result.pass1, step);
+    metrics.record(`eval/pass@${topology.eval.k}`, result.passAtK[topology.eval.k] ?? result.pass1, step);
+    metrics.record(`eval/cons@${topology.eval.k}`, result.consAtK, step);
+    metrics.record('eval/format_rate', result.formatRate, step);
+    metrics.record('eval/completion_length', result.meanLength, step);
+    emit({ kind: 'eval', step, result });
+  };
+  if (!resuming) await runEval(0);
+
+  // --- the stream topology -------------------------------------------------------------------
+  const admission = new StalenessAdmission({
+    eta,
+    samplesPerStep: B,
+    maxConcurrent: B * (eta + 1),
+    initialVersion: state.version,
+  });
+  const versions = new Subject<number>();
+  const rollouts = new Subject<Rollout>();
+  const generated = metrics.counter('samples.generated');
+  const trainedSamples = metrics.counter('samples.trained');
+  const runEnded = metrics.counter('drops.samples', { reason: 'run_ended' });
+  let window = { reward: 0, accuracy: 0, format: 0, length: 0, n: 0, tokens: 0, seconds: 0 };
+  let done = state.version >= totalSteps;
+  let roundsSinceStep = 0;
+  let stopGeneration: () => void = () => undefined;
+  const generationStopped = new Promise<void>((resolve) => (stopGeneration = resolve));
+
+  const tally = (s: ScoredRollout) => {
+    window.n++;
+    window.reward += s.reward ?? 0;
+    window.accuracy += s.rewards['accuracy'] ?? s.rewards['countdown'] ?? 0;
+    window.format += s.rewards['format'] ?? 0;
+    window.length += s.completionTokenIds.length;
+  };
+
+  const train = (batch: GradientBatch): Observable<void> =>
+    from(
+      (async () => {
+        if (done) {
+          runEnded.inc(batch.samples.length);
+          return;
+        }
+        const staleness =
+          batch.samples.reduce((a, s) => a + (state.version - s.policyVersion), 0) / batch.samples.length;
+        const reply = await learner.request<Extract<LearnerReply, { type: 'trained' }>>({
+          type: 'train',
+          batch,
+        });
+        trainedSamples.inc(batch.samples.length);
+        roundsSinceStep = 0;
+        let trainedCursor = state.trainedCursor;
+        for (const s of batch.samples) {
+          trainedCursor = Math.max(trainedCursor, (cursorOf.get(s.groupId) ?? -1) + 1);
+          forget(s.groupId);
+        }
+        state = { trainedCursor, version: reply.version };
+        await generator.request(
+          { type: 'weights', version: reply.version, weights: reply.weights },
+          buffersOf(reply.weights),
+        );
+        admission.setVersion(reply.version);
+        versions.next(reply.version);
+        const w = window;
+        window = { reward: 0, accuracy: 0, format: 0, length: 0, n: 0, tokens: 0, seconds: 0 };
+        const rollout: RolloutStats = {
+          rewardMean: w.reward / Math.max(w.n, 1),
+          accuracy: w.accuracy / Math.max(w.n, 1),
+          formatRate: w.format / Math.max(w.n, 1),
+          lengthMean: w.length / Math.max(w.n, 1),
+          tokensPerSecond: w.tokens / Math.max(w.seconds, 1e-9),
+        };
+        const step = reply.version;
+        metrics.record('reward/mean', rollout.rewardMean, step);
+        metrics.record('reward/accuracy', rollout.accuracy, step);
+        metrics.record('reward/format', rollout.formatRate, step);
+        metrics.record('completion_length/mean', rollout.lengthMean, step);
+        metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
+        metrics.record('staleness/mean', staleness, step);
+        for (const r of reply.reports) {
+          metrics.record('train/loss', r.loss, r.version);
+          metrics.record('train/kl', r.kl, r.version);
+          metrics.record('train/entropy', r.entropy, r.version);
+          metrics.record('train/grad_norm', r.gradNorm, r.version);
+          metrics.record('train/clip_ratio/region_mean', r.clipRatioRegion, r.version);
+          metrics.record('train/tokens_per_second', r.tokens / r.seconds, r.version);
+        }
+        metrics.flush(step);
+        emit({
+          kind: 'step',
+          step,
+          total: totalSteps,
+          report: reply.reports[reply.reports.length - 1]!,
+          rollout,
+          staleness,
+        });
+        if (
+          topology.run.checkpointEvery > 0 &&
+          (step % topology.run.checkpointEvery === 0 || step >= totalSteps)
+        ) {
+          await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...state } });
+          writeFileSync(statePath, JSON.stringify(state));
+          emit({ kind: 'checkpoint', step, dir: checkpointDir });
+        }
+        if (topology.eval.every > 0 && step % topology.eval.every === 0 && step < totalSteps)
+          await runEval(step);
+        if (step >= totalSteps) {
+          done = true;
+          stopGeneration();
+        }
+      })(),
+    );
+
+  const pipeline = rollouts.pipe(
+    scoreRollouts({ rewards: runtime.rewards, metrics }),
+    tap(tally),
+    groupSamples({
+      maxWaitMs: topology.grpo.groupTimeoutMs,
+      metrics,
+      onIncomplete: (grp) => {
+        forget(grp.groupId);
+        admission.discarded(grp.samples.length);
+      },
+    }),
+    g.dynamicSampling
+      ? dropZeroVariance({
+          metrics,
+          onDrop: (grp) => {
+            forget(grp.groupId);
+            admission.discarded(grp.samples.length);
+          },
+        })
+      : filter(() => true),
+    groupRelativeAdvantages({ estimator: g.estimator, metrics }),
+    toGradientBatches({ limit: { samples: B }, metrics }),
+    boundedStaleness({
+      eta,
+      versions,
+      initialVersion: state.version,
+      metrics,
+      onStale: (stale) => {
+        admission.discarded(stale.length);
+        for (const s of stale) forget(s.groupId);
+      },
+    }),
+    concatMap(train),
+  );
+  const finished = lastValueFrom(pipeline, { defaultValue: undefined });
+
+  // --- generation: as far ahead as the admission control allows ------------------------------
+  const generation = (async () => {
+    while (!done) {
+      if (admission.capacity < B) {
+        await Promise.race([
+          new Promise<void>((resolve) => {
+            const sub = admission.capacity$.subscribe((c) => {
+              if (c >= B || done) {
+                queueMicrotask(() => sub.unsubscribe());
+                resolve();
+              }
+            });
+          }),
+          generationStopped,
+        ]);
+        continue;
+      }
+      const prompts = Array.from({ length: P }, (_, i) => {
+        const { example, epoch } = promptAt(runtime.train, topology.seed, cursor + i);
+        const prompt = runtime.prompt(example, `@${epoch}`);
+        cursorOf.set(prompt.id, cursor + i);
+        return prompt;
+      });
+      const seed = topology.seed * 7919 + cursor;
+      cursor += P;
+      if (++roundsSinceStep > g.maxGenerationRounds) {
+        throw new Error(
+          `dynamic sampling: ${g.maxGenerationRounds} rounds of ${B} samples did not fill one batch, because ` +
+            'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
+            'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
+        );
+      }
+      admission.started(B);
+      const reply = await generator.request<Extract<GeneratorReply, { type: 'rollouts' }>>({
+        type: 'generate',
+        prompts,
+        groupSize: G,
+        sampling: topology.sampling,
+        seed,
+      });
+      admission.finished(B);
+      generated.inc(reply.rollouts.length);
+      window.tokens += reply.tokens;
+      window.seconds += reply.seconds;
+      for (const r of reply.rollouts) rollouts.next(r);
+    }
+  })();
+
+  try {
+    try {
+      await generation;
+    } catch (err) {
+      finished.catch(() => undefined); // the generation error is the one to report
+      rollouts.error(err);
+      throw err;
+    }
+    rollouts.complete();
+    await finished;
+    await runEval(state.version);
+  } finally {
+    await Promise.all([generator.close(), learner.close()]);
+    logSubscription.unsubscribe();
+  }
+
+  const counts = metrics.snapshot();
+  const drops: Record<string, number> = {};
+  for (const [key, value] of Object.entries(counts)) {
+    const m = /^drops\.samples\{reason=(.+)\}$/.exec(key);
+    if (m && value > 0) drops[m[1]!] = value;
+  }
+  const summary: RunSummary = {
+    steps: state.version,
+    seconds: (performance.now() - started) / 1000,
+    evals,
+    accounting: {
+      generated: counts['samples.generated'] ?? 0,
+      trained: counts['samples.trained'] ?? 0,
+      drops,
+    },
+    backend,
+  };
+  writeFileSync(join(options.runDir, 'summary.json'), JSON.stringify(summary, null, 2));
+  return summary;
+}

@@ -1,0 +1,102 @@
+import type { Prompt } from '../../schemas/index.ts';
+import type { WeightedReward } from '../operators/scoreRollouts.ts';
+import { extractAnswer, parseNumber } from '../rewards/answer.ts';
+import {
+  accuracyReward,
+  countdownReward,
+  formatReward,
+  languageConsistencyReward,
+  overlongPenalty,
+  type RewardFunction,
+} from '../rewards/rewards.ts';
+import { arithmeticExamples } from '../tasks/arithmetic.ts';
+import { noisyAdditionCompletion } from '../tasks/corpus.ts';
+import { countdownExamples } from '../tasks/countdown.ts';
+import { loadJsonlExamples } from '../tasks/jsonl.ts';
+import { toPrompt, type TaskExample } from '../tasks/task.ts';
+import type { Topology } from '../topology/topology.ts';
+
+/** What a run needs of its task: data, prompts, rewards, the verifier and the pretraining corpus. */
+export interface TaskRuntime {
+  name: string;
+  train: TaskExample[];
+  test: TaskExample[];
+  rewards: WeightedReward[];
+  /** The reward that decides correctness for pass@k / cons@k. */
+  correctness: RewardFunction;
+  prompt(example: TaskExample, idSuffix?: string): Prompt;
+  /** Characters the tokenizer must cover. */
+  alphabet: string;
+  /** A noisy pretraining document (the completion text) for an example, or undefined if the task has none. */
+  corpusCompletion?: (example: TaskExample, rand: () => number) => string;
+  /** The answer normalised for majority voting ("0.50" and "1/2" vote together). */
+  voteKey(completion: string): string | null;
+}
+
+function rewardFunction(spec: Topology['rewards'][number]): RewardFunction {
+  switch (spec.kind) {
+    case 'accuracy':
+      return accuracyReward();
+    case 'format':
+      return formatReward();
+    case 'countdown':
+      return countdownReward();
+    case 'language_consistency':
+      return languageConsistencyReward(spec.language);
+    case 'overlong':
+      return overlongPenalty({ maxLength: spec.maxLength, buffer: spec.buffer });
+  }
+}
+
+export function taskRuntime(topology: Topology): TaskRuntime {
+  const { task, seed, data, pretrain } = topology;
+  let train: TaskExample[];
+  let test: TaskExample[];
+  let corpusCompletion: TaskRuntime['corpusCompletion'];
+  let correctness: RewardFunction;
+  switch (task.kind) {
+    case 'arithmetic': {
+      const options = { digits: task.digits, operations: task.operations };
+      train = arithmeticExamples('train', data.trainPrompts, seed, options);
+      test = arithmeticExamples('test', data.testPrompts, seed, options);
+      correctness = accuracyReward();
+      if (task.operations.length === 1 && task.operations[0] === '+') {
+        const noise = { columnAccuracy: pretrain.columnAccuracy, brokenFormat: pretrain.brokenFormat };
+        corpusCompletion = (e, rand) => {
+          const [a, b] = e.question.split('+').map(Number);
+          return noisyAdditionCompletion(a!, b!, rand, noise);
+        };
+      }
+      break;
+    }
+    case 'countdown':
+      train = countdownExamples('train', data.trainPrompts, seed, task);
+      test = countdownExamples('test', data.testPrompts, seed, task);
+      correctness = countdownReward(0);
+      break;
+    case 'jsonl':
+      train = loadJsonlExamples(task.train).slice(0, data.trainPrompts);
+      test = loadJsonlExamples(task.test).slice(0, data.testPrompts);
+      correctness = accuracyReward();
+      break;
+  }
+  const prompt = (e: TaskExample, idSuffix = '') => toPrompt(task.kind, e, topology.template, idSuffix);
+  const chars = new Set<string>('0123456789+-*/=,.()[] ');
+  for (const e of [...train, ...test]) for (const ch of prompt(e).text) chars.add(ch);
+  return {
+    name: task.kind,
+    train,
+    test,
+    rewards: topology.rewards.map((spec) => ({ fn: rewardFunction(spec), weight: spec.weight })),
+    correctness,
+    prompt,
+    alphabet: [...chars].sort().join(''),
+    ...(corpusCompletion ? { corpusCompletion } : {}),
+    voteKey: (completion) => {
+      const answer = extractAnswer(completion);
+      if (answer === null) return null;
+      const n = parseNumber(answer);
+      return n ? `${n.p}/${n.q}` : answer.replace(/\s+/g, '');
+    },
+  };
+}

@@ -1,0 +1,139 @@
+import { z } from 'zod';
+
+/**
+ * A topology declares a run as data (Kafka Streams / Beam style): the task, the policy, the rewards,
+ * the GRPO settings and the run's limits. It is validated, printed by `rxrl describe`, then run.
+ */
+
+const TaskSpec = z.discriminatedUnion('kind', [
+  z
+    .object({
+      kind: z.literal('arithmetic'),
+      digits: z.int().min(1).max(6),
+      operations: z.array(z.enum(['+', '*'])).min(1),
+    })
+    .strict(),
+  z
+    .object({
+      kind: z.literal('countdown'),
+      numbers: z.union([z.literal(3), z.literal(4)]),
+      maxNumber: z.int().min(2),
+    })
+    .strict(),
+  z.object({ kind: z.literal('jsonl'), train: z.string(), test: z.string() }).strict(),
+]);
+
+const RewardSpec = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('accuracy'), weight: z.number().default(1) }).strict(),
+  z.object({ kind: z.literal('format'), weight: z.number().default(1) }).strict(),
+  z.object({ kind: z.literal('countdown'), weight: z.number().default(1) }).strict(),
+  z
+    .object({
+      kind: z.literal('language_consistency'),
+      language: z.enum(['en', 'zh']),
+      weight: z.number().default(1),
+    })
+    .strict(),
+  z
+    .object({
+      kind: z.literal('overlong'),
+      maxLength: z.int().positive(),
+      buffer: z.int().positive(),
+      weight: z.number().default(1),
+    })
+    .strict(),
+]);
+
+export const Topology = z
+  .object({
+    name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, 'lowercase letters, digits and dashes'),
+    description: z.string(),
+    seed: z.int(),
+    task: TaskSpec,
+    template: z.string().includes('{prompt}'),
+    data: z.object({ trainPrompts: z.int().positive(), testPrompts: z.int().positive() }).strict(),
+    model: z
+      .object({
+        contextLength: z.int().positive(),
+        dModel: z.int().positive(),
+        nLayers: z.int().positive(),
+        nHeads: z.int().positive(),
+      })
+      .strict(),
+    pretrain: z
+      .object({
+        steps: z.int().nonnegative(),
+        batchSize: z.int().positive(),
+        learningRate: z.number().positive(),
+        columnAccuracy: z.number().min(0).max(1),
+        brokenFormat: z.number().min(0).max(1),
+      })
+      .strict(),
+    rewards: z.array(RewardSpec).min(1),
+    grpo: z
+      .object({
+        groupSize: z.int().min(2),
+        promptsPerStep: z.int().positive(),
+        estimator: z.enum(['grpo', 'dr_grpo', 'rloo', 'reinforce_pp_baseline']),
+        dynamicSampling: z.boolean(),
+        maxGenerationRounds: z
+          .int()
+          .positive()
+          .default(16)
+          .describe('With dynamic sampling: most rounds of generation (P prompts each) per optimiser step.'),
+        lossAggregation: z.enum(['grpo', 'bnpo', 'dr_grpo', 'dapo']),
+        importanceSampling: z.enum(['token', 'sequence']),
+        epsLow: z.number().nonnegative(),
+        epsHigh: z.number().nonnegative(),
+        beta: z.number().nonnegative(),
+        klEstimator: z.enum(['k1', 'k2', 'k3']),
+        learningRate: z.number().positive(),
+        warmupSteps: z.int().nonnegative(),
+        maxGradNorm: z.number().nonnegative(),
+        epochs: z.int().positive(),
+        referenceRefreshEvery: z.int().nonnegative(),
+        eta: z.int().nonnegative().describe('Bounded staleness: 0 is synchronous.'),
+        groupTimeoutMs: z.int().positive(),
+      })
+      .strict(),
+    sampling: z
+      .object({
+        temperature: z.number().positive(),
+        topP: z.number().gt(0).max(1),
+        topK: z.int().nonnegative(),
+        maxNewTokens: z.int().positive(),
+      })
+      .strict(),
+    eval: z
+      .object({
+        every: z.int().nonnegative().describe('Evaluate every this many steps (0: only at start and end).'),
+        prompts: z.int().positive(),
+        k: z.int().positive(),
+        temperature: z.number().positive(),
+        topP: z.number().gt(0).max(1),
+      })
+      .strict(),
+    run: z
+      .object({
+        steps: z.int().positive(),
+        checkpointEvery: z.int().nonnegative(),
+      })
+      .strict(),
+  })
+  .strict();
+export type Topology = z.infer<typeof Topology>;
+export type TopologyInput = z.input<typeof Topology>;
+
+/** Validate a topology declaration; the error names every field at fault. */
+export function defineTopology(t: TopologyInput): Topology {
+  const parsed = Topology.safeParse(t);
+  if (!parsed.success) {
+    throw new Error(
+      `Topology "${(t as { name?: string }).name ?? '?'}" is invalid:\n${z.prettifyError(parsed.error)}`,
+    );
+  }
+  const topo = parsed.data;
+  if (topo.model.dModel % topo.model.nHeads !== 0)
+    throw new Error('Topology: model.dModel must be a multiple of model.nHeads');
+  return topo;
+}

@@ -1,0 +1,196 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BatchSample, GradientBatch } from '../../schemas/index.ts';
+import { Learner, type LearnerConfig } from '../../src/learner/learner.ts';
+import { learningRateAt } from '../../src/learner/schedule.ts';
+import { makeGradientBatch } from '../../src/operators/toGradientBatches.ts';
+import { loadCheckpoint, saveCheckpoint } from '../../src/policy/checkpoint.ts';
+import { GPT } from '../../src/policy/gpt.ts';
+import { CharTokenizer } from '../../src/policy/tokenizer.ts';
+import { TINY, useWasm } from '../policy/helpers.ts';
+
+const config: LearnerConfig = {
+  loss: {
+    lossAggregation: 'grpo',
+    importanceSampling: 'token',
+    epsLow: 0.2,
+    epsHigh: 0.2,
+    beta: 0,
+    klEstimator: 'k3',
+  },
+  learningRate: { peak: 1e-2 },
+};
+
+/** Samples whose behaviour log-probs are the model's own: an on-policy batch. */
+function onPolicyBatch(
+  model: GPT,
+  rows: { prompt: number[]; completion: number[]; advantage: number; finish?: 'eos' | 'length' }[],
+): GradientBatch {
+  const samples: BatchSample[] = rows.map((r, i) => {
+    const ids = tf.tensor2d([[...r.prompt, ...r.completion]], undefined, 'int32');
+    const mask = tf.tensor2d([[...r.prompt.map(() => 0), ...r.completion.map(() => 1)]]);
+    const lp = (model.sequenceLogProbs(ids, mask).arraySync() as number[][])[0]!;
+    tf.dispose([ids, mask]);
+    return {
+      rolloutId: `g/${i}`,
+      groupId: 'g',
+      promptTokenIds: r.prompt,
+      completionTokenIds: r.completion,
+      behaviourLogProbs: lp.slice(r.prompt.length - 1),
+      advantage: r.advantage,
+      policyVersion: 0,
+      finishReason: r.finish ?? 'eos',
+    };
+  });
+  return makeGradientBatch(samples);
+}
+
+const sumCompletion = (learner: Learner, batch: GradientBatch) =>
+  learner.logProbs(batch.samples).map((row) => row.reduce((a, b) => a + b, 0));
+
+const rows = [
+  { prompt: [3, 4, 5], completion: [6, 7, 1], advantage: 1 },
+  { prompt: [3, 4, 5], completion: [8, 9, 1], advantage: -1 },
+  { prompt: [10, 11], completion: [12, 13, 14, 1], advantage: 1 },
+  { prompt: [10, 11], completion: [15, 1], advantage: -1 },
+];
+
+beforeAll(useWasm);
+
+describe('Learner', () => {
+  it('one step raises the probability of positively-advantaged completions and lowers the others', () => {
+    const model = new GPT({ ...TINY, seed: 3 });
+    const learner = new Learner(model, config);
+    const batch = onPolicyBatch(model, rows);
+    const before = sumCompletion(learner, batch);
+    const [report] = learner.train(batch);
+    const after = sumCompletion(learner, batch);
+    rows.forEach((r, i) => {
+      if (r.advantage > 0) expect(after[i]!, `row ${i}`).toBeGreaterThan(before[i]!);
+      else expect(after[i]!, `row ${i}`).toBeLessThan(before[i]!);
+    });
+    expect(report!.version).toBe(1);
+    expect(report!.ratioMean).toBeCloseTo(1, 4); // on-policy: behaviour = current
+    expect(report!.gradNorm).toBeGreaterThan(0);
+    expect(report!.entropy).toBeGreaterThan(0);
+    learner.dispose();
+    model.dispose();
+  });
+
+  it('takes epochs x minibatches optimiser steps per batch, one version each', () => {
+    const model = new GPT({ ...TINY, seed: 4 });
+    const learner = new Learner(model, { ...config, epochs: 2, minibatches: 2 });
+    const reports = learner.train(onPolicyBatch(model, rows));
+    expect(reports.map((r) => r.version)).toEqual([1, 2, 3, 4]);
+    // the second pass is off-policy: ratios move away from 1
+    expect(Math.abs(reports[3]!.ratioMean - 1)).toBeGreaterThan(1e-4);
+    learner.dispose();
+    model.dispose();
+  });
+
+  it('KL to the frozen reference starts at 0, grows with training, and resets when the reference is refreshed', () => {
+    const model = new GPT({ ...TINY, seed: 5 });
+    const learner = new Learner(model, {
+      ...config,
+      loss: { ...config.loss, beta: 0.1 },
+      referenceRefreshEvery: 4,
+    });
+    const kls = [1, 2, 3, 4, 5].map(() => learner.train(onPolicyBatch(model, rows))[0]!.kl);
+    expect(kls[0]).toBeCloseTo(0, 6);
+    expect(kls[3]!).toBeGreaterThan(kls[1]!);
+    expect(kls[4]!).toBeCloseTo(0, 6); // refreshed after step 4
+    learner.dispose();
+    model.dispose();
+  });
+
+  it('with maskTruncated, truncated completions carry no loss', () => {
+    const model = new GPT({ ...TINY, seed: 6 });
+    const learner = new Learner(model, { ...config, maskTruncated: true });
+    const [r] = learner.train(
+      onPolicyBatch(
+        model,
+        rows.map((row) => ({ ...row, finish: 'length' as const })),
+      ),
+    );
+    expect(r!.gradNorm).toBe(0);
+    expect(r!.loss).toBe(0);
+    learner.dispose();
+    model.dispose();
+  });
+
+  it('clips the global gradient norm', () => {
+    const model = new GPT({ ...TINY, seed: 3 });
+    const learner = new Learner(model, { ...config, maxGradNorm: 1e-3, learningRate: { peak: 0 } });
+    const [r] = learner.train(onPolicyBatch(model, rows));
+    expect(r!.gradNorm).toBeGreaterThan(1e-3); // reported before clipping
+    learner.dispose();
+    model.dispose();
+  });
+
+  it('leaks no tensors across many steps', () => {
+    const model = new GPT({ ...TINY, seed: 7 });
+    const learner = new Learner(model, {
+      ...config,
+      loss: { ...config.loss, beta: 0.05 },
+      epochs: 2,
+      minibatches: 2,
+    });
+    const batch = onPolicyBatch(model, rows);
+    learner.train(batch);
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 5; i++) learner.train(batch);
+    expect(tf.memory().numTensors).toBe(before);
+    learner.dispose();
+    model.dispose();
+  });
+
+  describe('checkpoint round trip', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rxrl-learner-'));
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+    it('restores weights and optimiser state: training on continues exactly as without the restart', async () => {
+      const model = new GPT({ ...TINY, seed: 8 });
+      const learner = new Learner(model, config);
+      const batch = onPolicyBatch(model, rows);
+      learner.train(batch);
+      const state = learner.optimizer.state();
+      await saveCheckpoint(join(dir, 'ckpt'), {
+        model,
+        tokenizer: new CharTokenizer('abcdefghij'),
+        policyVersion: learner.version,
+        optimizer: state,
+      });
+      state.get('adam.t')!.dispose();
+
+      const restored = await loadCheckpoint(join(dir, 'ckpt'));
+      expect(restored.policyVersion).toBe(1);
+      const resumed = new Learner(restored.model, config, { initialVersion: restored.policyVersion });
+      resumed.optimizer.load(restored.optimizer);
+      expect(resumed.logProbs(batch.samples)).toEqual(learner.logProbs(batch.samples));
+
+      learner.train(batch);
+      resumed.train(batch);
+      const a = learner.logProbs(batch.samples).flat();
+      const b = resumed.logProbs(batch.samples).flat();
+      a.forEach((x, i) => expect(b[i]).toBeCloseTo(x, 5));
+      expect(resumed.version).toBe(2);
+      for (const l of [learner, resumed]) l.dispose();
+      for (const m of [model, restored.model]) m.dispose();
+    });
+  });
+});
+
+describe('learning-rate schedule', () => {
+  it('warms up linearly, then decays to the minimum', () => {
+    const s = { peak: 1, warmupSteps: 4, decay: 'cosine' as const, totalSteps: 14, min: 0.1 };
+    expect([0, 1, 3].map((t) => learningRateAt(s, t))).toEqual([0.25, 0.5, 1]);
+    expect(learningRateAt(s, 4)).toBeCloseTo(1, 12);
+    expect(learningRateAt(s, 9)).toBeCloseTo(0.55, 12);
+    expect(learningRateAt(s, 14)).toBeCloseTo(0.1, 12);
+    expect(learningRateAt({ ...s, decay: 'linear' }, 9)).toBeCloseTo(0.55, 12);
+    expect(learningRateAt({ peak: 2 }, 100)).toBe(2);
+  });
+});

@@ -1,0 +1,79 @@
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadCheckpoint, saveCheckpoint } from '../../src/policy/checkpoint.ts';
+import type { GPT } from '../../src/policy/gpt.ts';
+import { CharTokenizer } from '../../src/policy/tokenizer.ts';
+import { PROMPTS, tinyModel, useWasm } from './helpers.ts';
+
+let root: string;
+beforeAll(async () => {
+  await useWasm();
+  root = await mkdtemp(path.join(tmpdir(), 'rxrl-checkpoint-'));
+});
+afterAll(() => rm(root, { recursive: true, force: true }));
+
+const tokenizer = new CharTokenizer('0123456789+-*/=( ');
+
+function logProbs(model: GPT): number[][] {
+  return tf.tidy(() => {
+    const ids = tf.tensor2d([[...PROMPTS[1]!, 1]], undefined, 'int32');
+    return model.sequenceLogProbs(ids, tf.onesLike(ids).cast('float32') as tf.Tensor2D, 0.8).arraySync();
+  });
+}
+
+describe('checkpoint', () => {
+  it('round-trips weights, optimiser state, tokenizer, version and metadata', async () => {
+    const model = tinyModel(21, 3);
+    const moment = tf.tensor2d([
+      [1.5, -2],
+      [0, 3.25],
+    ]);
+    const dir = path.join(root, 'v7');
+    await saveCheckpoint(dir, {
+      model,
+      tokenizer,
+      policyVersion: 7,
+      optimizer: new Map([['adam.m.head', moment]]),
+      metadata: { step: 7, consumedBatches: ['b1'] },
+    });
+    const loaded = await loadCheckpoint(dir);
+    expect(loaded.policyVersion).toBe(7);
+    expect(loaded.metadata).toEqual({ step: 7, consumedBatches: ['b1'] });
+    expect(loaded.model.config).toEqual(model.config);
+    expect(loaded.tokenizer.spec()).toEqual(tokenizer.spec());
+    expect(loaded.tokenizer.encode('12+3')).toEqual(tokenizer.encode('12+3'));
+    expect(loaded.optimizer.get('adam.m.head')!.arraySync()).toEqual(moment.arraySync());
+    expect(logProbs(loaded.model)).toEqual(logProbs(model));
+    expect(await readdir(root)).toEqual(['v7']);
+    expect((await readdir(dir)).sort()).toEqual(['manifest.json', 'tensors.bin']);
+    [model, loaded.model].forEach((m) => m.dispose());
+  });
+
+  it('replaces an existing checkpoint atomically and leaves no temporary directories', async () => {
+    const dir = path.join(root, 'latest');
+    const [first, second] = [tinyModel(31), tinyModel(32)];
+    await saveCheckpoint(dir, { model: first, tokenizer, policyVersion: 1 });
+    await saveCheckpoint(dir, { model: second, tokenizer, policyVersion: 2 });
+    const loaded = await loadCheckpoint(dir);
+    expect(loaded.policyVersion).toBe(2);
+    expect(logProbs(loaded.model)).toEqual(logProbs(second));
+    expect((await readdir(root)).filter((name) => name.startsWith('latest'))).toEqual(['latest']);
+    [first, second, loaded.model].forEach((m) => m.dispose());
+  });
+
+  it('rejects a damaged checkpoint with the reason', async () => {
+    const dir = path.join(root, 'damaged');
+    const model = tinyModel(41);
+    await saveCheckpoint(dir, { model, tokenizer, policyVersion: 0 });
+    const bin = path.join(dir, 'tensors.bin');
+    await writeFile(bin, (await readFile(bin)).subarray(0, 1000));
+    await expect(loadCheckpoint(dir)).rejects.toThrow(/tensors.bin .* is truncated/);
+    await writeFile(path.join(dir, 'manifest.json'), '{"format":"other"}');
+    await expect(loadCheckpoint(dir)).rejects.toThrow(/manifest.json is invalid/);
+    await expect(loadCheckpoint(path.join(root, 'absent'))).rejects.toThrow(/cannot read/);
+    model.dispose();
+  });
+});

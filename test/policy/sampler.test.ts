@@ -1,0 +1,157 @@
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GPT } from '../../src/policy/gpt.ts';
+import { sample, sampleFullForward, type SampleOptions } from '../../src/policy/sampler.ts';
+import { PROMPTS, TINY, distributions, tinyModel, useWasm } from './helpers.ts';
+
+const NO_EOS = -1;
+let model: GPT;
+let sharp: GPT;
+
+beforeAll(async () => {
+  await useWasm();
+  model = tinyModel(11);
+  sharp = tinyModel(12, 40);
+});
+afterAll(() => {
+  model.dispose();
+  sharp.dispose();
+});
+
+const base: SampleOptions = { maxNewTokens: 8, temperature: 1, eosId: NO_EOS, seed: 1 };
+
+/** For each sampled token, the full next-token distribution it was drawn from (recomputed). */
+function stepDistributions(m: GPT, prompt: number[], tokens: number[], temperature: number): number[][] {
+  const all = distributions(m, [...prompt, ...tokens], temperature);
+  return tokens.map((_, i) => all[prompt.length - 1 + i]!);
+}
+
+describe('sample', () => {
+  it('at temperature 0 takes the argmax, with log-probs at temperature 1', async () => {
+    const rows = await sample(sharp, PROMPTS, { ...base, temperature: 0 });
+    rows.forEach((row, b) => {
+      expect(row.tokens).toHaveLength(8);
+      stepDistributions(sharp, PROMPTS[b]!, row.tokens, 1).forEach((dist, i) => {
+        expect(row.tokens[i]).toBe(dist.indexOf(Math.max(...dist)));
+        expect(row.logProbs[i]).toBeCloseTo(Math.max(...dist), 4);
+      });
+    });
+  });
+
+  it('returns behaviour log-probs equal to sequenceLogProbs on the sampled tokens', async () => {
+    for (const options of [
+      { ...base, temperature: 0.7, seed: 3 },
+      { ...base, temperature: 1.3, topK: 5, topP: 0.8, seed: 4 },
+    ]) {
+      const rows = await sample(model, PROMPTS, options);
+      for (const [b, row] of rows.entries()) {
+        const prompt = PROMPTS[b]!;
+        const sequence = [...prompt, ...row.tokens];
+        const fresh = tf.tidy(() => {
+          const ids = tf.tensor2d([sequence], undefined, 'int32');
+          const mask = tf.tensor2d([sequence.map((_, t) => (t >= prompt.length ? 1 : 0))]);
+          return model.sequenceLogProbs(ids, mask, options.temperature).arraySync()[0]!;
+        });
+        const expected = fresh.slice(prompt.length - 1);
+        expect(row.logProbs).toHaveLength(expected.length);
+        row.logProbs.forEach((lp, i) => expect(Math.abs(lp - expected[i]!)).toBeLessThan(1e-4));
+      }
+    }
+  });
+
+  it('never samples outside the top-p nucleus or the top-k', async () => {
+    const topP = 0.6;
+    const topK = 3;
+    let truncated = 0;
+    for (const seed of [1, 2, 3]) {
+      const rows = await sample(sharp, PROMPTS, { ...base, temperature: 1, topP, seed, maxNewTokens: 12 });
+      const rowsK = await sample(model, PROMPTS, { ...base, temperature: 1, topK, seed, maxNewTokens: 12 });
+      rows.forEach((row, b) => {
+        stepDistributions(sharp, PROMPTS[b]!, row.tokens, 1).forEach((dist, i) => {
+          const p = dist.map(Math.exp);
+          const chosen = p[row.tokens[i]!]!;
+          // A token is in the nucleus iff the mass of the tokens more likely than it is below p.
+          const above = p.filter((q) => q > chosen).reduce((s, q) => s + q, 0);
+          expect(above).toBeLessThan(topP + 1e-4);
+          if (p.filter((q) => q > 1e-6).length > 1 && Math.max(...p) < topP) truncated++;
+        });
+      });
+      rowsK.forEach((row, b) => {
+        stepDistributions(model, PROMPTS[b]!, row.tokens, 1).forEach((dist, i) => {
+          const rank = dist.filter((lp) => lp > dist[row.tokens[i]!]!).length;
+          expect(rank).toBeLessThan(topK);
+        });
+      });
+    }
+    // The nucleus was a real restriction on some steps, so the test can fail.
+    expect(truncated).toBeGreaterThan(0);
+  });
+
+  it('is seeded: same seed, same tokens; another seed, other tokens', async () => {
+    const a = await sample(model, PROMPTS, { ...base, seed: 42 });
+    const b = await sample(model, PROMPTS, { ...base, seed: 42 });
+    const c = await sample(model, PROMPTS, { ...base, seed: 43 });
+    expect(b).toEqual(a);
+    expect(c.map((r) => r.tokens)).not.toEqual(a.map((r) => r.tokens));
+  });
+
+  it('gives the same tokens and log-probs with the KV cache as with a full forward per token', async () => {
+    const options = { ...base, temperature: 0.9, topK: 10, seed: 7, maxNewTokens: 12 };
+    const cached = await sample(model, PROMPTS, options);
+    const full = await sampleFullForward(model, PROMPTS, options);
+    expect(cached.map((r) => r.tokens)).toEqual(full.map((r) => r.tokens));
+    cached.forEach((row, b) =>
+      row.logProbs.forEach((lp, i) => expect(Math.abs(lp - full[b]!.logProbs[i]!)).toBeLessThan(1e-4)),
+    );
+  });
+
+  it('treats each row as if it were alone in the batch', async () => {
+    const options = { ...base, temperature: 0 };
+    const batched = await sample(sharp, PROMPTS, options);
+    for (const [b, prompt] of PROMPTS.entries()) {
+      const [alone] = await sample(sharp, [prompt], options);
+      expect(alone!.tokens).toEqual(batched[b]!.tokens);
+    }
+  });
+
+  it('stops a row at EOS (included) and others at maxNewTokens or the context length', async () => {
+    const greedy = { ...base, temperature: 0, maxNewTokens: 6 };
+    const reference = await sample(sharp, PROMPTS, greedy);
+    const eosId = reference[1]!.tokens[2]!;
+    const rows = await sample(sharp, PROMPTS, { ...greedy, eosId });
+    rows.forEach((row, b) => {
+      const stop = reference[b]!.tokens.indexOf(eosId);
+      if (stop === -1) {
+        expect(row).toMatchObject({ finishReason: 'length', tokens: reference[b]!.tokens });
+      } else {
+        expect(row).toMatchObject({ finishReason: 'eos', tokens: reference[b]!.tokens.slice(0, stop + 1) });
+      }
+    });
+    expect(rows[1]!.finishReason).toBe('eos');
+    const long = Array.from({ length: TINY.contextLength - 2 }, (_, i) => (i % 20) + 2);
+    const [capped, short] = await sample(sharp, [long, [5]], greedy);
+    expect(capped).toMatchObject({ finishReason: 'length' });
+    expect(capped!.tokens).toHaveLength(2);
+    expect(short!.tokens).toHaveLength(6);
+  });
+
+  it('rejects a bad request and says what is wrong', async () => {
+    await expect(sample(model, [[1, 99]], base)).rejects.toThrow(
+      /prompt 0 has token 99 at position 1, outside/,
+    );
+    await expect(sample(model, [[1], []], base)).rejects.toThrow(/prompt 1 is empty/);
+    await expect(sample(model, PROMPTS, { ...base, topP: 0 })).rejects.toThrow(/topP must be in \(0, 1\]/);
+    await expect(sample(model, PROMPTS, { ...base, temperature: -1 })).rejects.toThrow(/temperature/);
+  });
+
+  it('leaves no tensors behind', async () => {
+    await sample(model, PROMPTS, base);
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 5; i++) {
+      await sample(model, PROMPTS, { ...base, seed: i, topP: 0.9 });
+      await sample(model, PROMPTS, { ...base, seed: i, temperature: 0, eosId: 3 });
+      await sampleFullForward(model, PROMPTS.slice(0, 2), { ...base, seed: i, maxNewTokens: 3 });
+    }
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});

@@ -1,0 +1,84 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import base from '../../pipelines/r1-zero-arithmetic.ts';
+import { loadCheckpoint } from '../../src/policy/checkpoint.ts';
+import { runR1Zero, type RunEvent } from '../../src/run/r1zero.ts';
+import { defineTopology } from '../../src/topology/topology.ts';
+import { validateMessage } from '../../src/validation.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'rxrl-run-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+// A tiny version of the shipped pipeline: the same code path, seconds instead of minutes.
+const tiny = defineTopology({
+  ...base,
+  name: 'tiny',
+  data: { trainPrompts: 200, testPrompts: 8 },
+  model: { contextLength: 64, dModel: 32, nLayers: 1, nHeads: 2 },
+  pretrain: { ...base.pretrain, steps: 30, batchSize: 16 },
+  grpo: { ...base.grpo, promptsPerStep: 2, groupSize: 4, dynamicSampling: false },
+  sampling: { ...base.sampling, maxNewTokens: 24 },
+  eval: { ...base.eval, every: 0, prompts: 4, k: 2 },
+  run: { steps: 4, checkpointEvery: 2 },
+});
+
+const run = (name: string, extra: Partial<Parameters<typeof runR1Zero>[0]> = {}) =>
+  runR1Zero({
+    topology: tiny,
+    backend: 'wasm',
+    runDir: join(root, name),
+    cacheDir: join(root, 'cache'),
+    ...extra,
+  });
+
+describe('runR1Zero', { timeout: 240_000 }, () => {
+  it('trains with generation and learning on worker threads, and every sample is accounted for', async () => {
+    const events: RunEvent[] = [];
+    const summary = await run('async', { eta: 1, onEvent: (e) => events.push(e) });
+    expect(summary.steps).toBe(4);
+    expect(summary.backend).toEqual({ generator: 'wasm', learner: 'wasm' });
+    const { generated, trained, drops } = summary.accounting;
+    expect(trained).toBe(4 * 8);
+    expect(generated).toBe(trained + Object.values(drops).reduce((a, b) => a + b, 0));
+    expect(events.filter((e) => e.kind === 'step').map((e) => (e as { step: number }).step)).toEqual([
+      1, 2, 3, 4,
+    ]);
+    expect(summary.evals.map((e) => e.step)).toEqual([0, 4]);
+    const lines = readFileSync(join(root, 'async', 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n');
+    for (const line of lines) expect(validateMessage('Metric', JSON.parse(line)).ok).toBe(true);
+    expect(lines.some((l) => l.includes('"train/loss"'))).toBe(true);
+  });
+
+  it('reuses the cached base model on the next run', async () => {
+    const events: RunEvent[] = [];
+    await run('cached', { steps: 1, onEvent: (e) => events.push(e) });
+    expect(events.find((e) => e.kind === 'base-model')).toMatchObject({ cached: true });
+    expect(events.some((e) => e.kind === 'pretrain')).toBe(false);
+  });
+
+  it('a resumed run ends where an uninterrupted one does: same data order, no update twice', async () => {
+    const whole = await run('whole', { eta: 0 });
+    await run('split', { eta: 0, steps: 2 });
+    const resumed = await run('split', { eta: 0, resume: true });
+    expect(resumed.steps).toBe(4);
+    const state = (dir: string) => JSON.parse(readFileSync(join(root, dir, 'state.json'), 'utf8'));
+    expect(state('split')).toEqual(state('whole'));
+    const a = await loadCheckpoint(join(root, 'whole', 'checkpoint'));
+    const b = await loadCheckpoint(join(root, 'split', 'checkpoint'));
+    expect(b.policyVersion).toBe(a.policyVersion);
+    for (const [name, v] of a.model.params) {
+      expect(Array.from(b.model.params.get(name)!.dataSync()), name).toEqual(Array.from(v.dataSync()));
+    }
+    expect(whole.steps).toBe(4);
+  });
+
+  it('says so when there is nothing to resume', async () => {
+    await expect(run('nothing', { resume: true })).rejects.toThrow(
+      /no checkpoint in .*nothing to resume from/,
+    );
+  });
+});

@@ -1,0 +1,58 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { accuracyReward, formatReward } from '../../src/rewards/rewards.ts';
+import {
+  additionWorking,
+  correctAdditionCompletion,
+  noisyAdditionCompletion,
+} from '../../src/tasks/corpus.ts';
+import { seededRandom } from '../../src/tasks/random.ts';
+import { prompt } from '../fixtures.ts';
+
+const signal = new AbortController().signal;
+const score = (completion: string, answer: string) => {
+  const input = {
+    prompt: { ...prompt('p'), answer },
+    completion,
+    completionTokens: 1,
+    finishReason: 'eos' as const,
+  };
+  return { accuracy: accuracyReward().score(input, signal), format: formatReward().score(input, signal) };
+};
+
+describe('pretraining corpus', () => {
+  it('writes column-by-column working with carries', () => {
+    expect(additionWorking(57, 68, () => 0)).toEqual({ think: '7+8=15,5+6+1=12', answer: '125' });
+    expect(additionWorking(5, 4, () => 0)).toEqual({ think: '5+4=9', answer: '9' });
+  });
+
+  it('careful working always gives the right answer', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 9999 }), fc.integer({ min: 0, max: 9999 }), (a, b) => {
+        expect(additionWorking(a, b, () => 0).answer).toBe(String(a + b));
+        expect(score(correctAdditionCompletion(a, b), String(a + b))).toEqual({ accuracy: 1, format: 1 });
+      }),
+    );
+  });
+
+  it('noisy documents are right and well formatted about as often as the noise says', () => {
+    const rand = seededRandom(3);
+    let right = 0;
+    let formatted = 0;
+    const n = 4000;
+    for (let i = 0; i < n; i++) {
+      const a = 10 + Math.floor(rand() * 90);
+      const b = 10 + Math.floor(rand() * 90);
+      const s = score(
+        noisyAdditionCompletion(a, b, rand, { columnAccuracy: 0.5, brokenFormat: 0.25 }),
+        String(a + b),
+      );
+      right += s.accuracy === 1 ? 1 : 0;
+      formatted += s.format === 1 ? 1 : 0;
+    }
+    // two columns right with probability 0.25; a wrong column can still land right only rarely
+    expect(right / n).toBeGreaterThan(0.2);
+    expect(right / n).toBeLessThan(0.35);
+    expect(formatted / n).toBeCloseTo(0.75, 1);
+  });
+});
