@@ -85,7 +85,6 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
       const closedRing = new Array<string | undefined>(closedMemory);
       let ringNext = 0;
       let timer: Subscription | undefined;
-      let timerDue = Infinity;
 
       const rememberClosed = (id: string, complete: boolean) => {
         const evicted = closedRing[ringNext];
@@ -104,19 +103,17 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
         options.onIncomplete?.({ groupId: id, reason, expected: group.samples.length, samples });
       };
 
+      // Deadlines only grow (each new group's is the latest), so a pending timer is never late for a
+      // new group: only expire() needs to look for the next deadline.
       const armTimer = () => {
+        if (timer) return;
         const first = open.values().next();
         if (first.done) return;
-        const due = first.value.deadline;
-        if (timer && due >= timerDue) return;
-        timer?.unsubscribe();
-        timerDue = due;
-        timer = scheduler.schedule(expire, Math.max(0, due - scheduler.now()));
+        timer = scheduler.schedule(expire, Math.max(0, first.value.deadline - scheduler.now()));
       };
 
       const expire = () => {
         timer = undefined;
-        timerDue = Infinity;
         const now = scheduler.now();
         for (const [id, group] of open) {
           if (group.deadline > now) break;
