@@ -90,6 +90,37 @@ export function weightedReward(
   return any ? total : null;
 }
 
+/** Statistics of a group's valid rewards, returned beside its advantages. */
+export type GroupStats = ReturnType<typeof validStats>;
+
+/**
+ * Advantages of one group of scalar rewards, and the group's statistics. `batchStd` is the std that
+ * batch scaling divides by (ignored otherwise).
+ */
+export function oneGroupAdvantages(
+  rewards: readonly (number | null)[],
+  options: AdvantageOptions,
+  batchStd = 0,
+): { advantages: number[]; stats: GroupStats } {
+  const scale = options.scale ?? defaultScale(options.estimator);
+  const eps = options.epsilon ?? DEFAULT_EPSILON;
+  const stats = validStats(rewards);
+  const { n, mean, std } = stats;
+  const advantages = new Array<number>(rewards.length);
+  if (n < 2 || std === 0) {
+    advantages.fill(0);
+    return { advantages, stats };
+  }
+  const divisor = scale === 'group' ? std + eps : scale === 'batch' ? batchStd + eps : 1;
+  // Leave-one-out: r_i - (n*mean - r_i)/(n-1) = n/(n-1) * (r_i - mean).
+  const factor = (options.estimator === 'rloo' ? n / (n - 1) : 1) / divisor;
+  for (let i = 0; i < rewards.length; i++) {
+    const r = rewards[i];
+    advantages[i] = isValid(r) ? (r - mean) * factor : 0;
+  }
+  return { advantages, stats };
+}
+
 /**
  * Advantages of groups of scalar rewards. `groups[g][i]` is the reward of sample i of group g; the
  * result has the same shape. Batch scaling uses every valid reward of all the groups passed together.
@@ -98,21 +129,9 @@ export function groupAdvantages(
   groups: readonly (readonly (number | null)[])[],
   options: AdvantageOptions,
 ): number[][] {
-  const scale = options.scale ?? defaultScale(options.estimator);
-  const eps = options.epsilon ?? DEFAULT_EPSILON;
-  const batchStd = scale === 'batch' ? validStats(groups.flat()).std : 0;
-
-  return groups.map((rewards) => {
-    const { n, mean, std } = validStats(rewards);
-    if (n < 2) return rewards.map(() => 0);
-    const divisor = scale === 'group' ? std + eps : scale === 'batch' ? batchStd + eps : 1;
-    return rewards.map((r) => {
-      if (!isValid(r)) return 0;
-      // Leave-one-out: r_i - (n*mean - r_i)/(n-1) = n/(n-1) * (r_i - mean).
-      const centred = options.estimator === 'rloo' ? ((r - mean) * n) / (n - 1) : r - mean;
-      return centred / divisor;
-    });
-  });
+  const batchStd =
+    (options.scale ?? defaultScale(options.estimator)) === 'batch' ? validStats(groups.flat()).std : 0;
+  return groups.map((rewards) => oneGroupAdvantages(rewards, options, batchStd).advantages);
 }
 
 /**

@@ -2,8 +2,8 @@ import { Observable, type OperatorFunction } from 'rxjs';
 import type { AdvantagedSample, Group } from '../../schemas/index.ts';
 import {
   defaultScale,
-  groupAdvantages,
   multiRewardAdvantages,
+  oneGroupAdvantages,
   validStats,
   type AdvantageOptions,
 } from '../grpo/advantages.ts';
@@ -51,27 +51,24 @@ export function groupRelativeAdvantages(
       const release = () => {
         const groups = pending;
         pending = [];
-        // The samples' own totals serve unless weights or per-reward normalisation ask to recompute.
-        const advantages = recompute
+        const totals = groups.map((g) => g.samples.map((s) => s.reward));
+        // Recomputed from the named rewards when weights or per-reward normalisation ask for it.
+        const recomputed = recompute
           ? multiRewardAdvantages(
               groups.map((g) => g.samples.map((s) => s.rewards)),
               options,
             )
-          : groupAdvantages(
-              groups.map((g) => g.samples.map((s) => s.reward)),
-              options,
-            );
+          : undefined;
+        const batchStd = hold > 1 ? validStats(totals.flat()).std : 0;
         for (let g = 0; g < groups.length; g++) {
           const samples = groups[g]!.samples;
-          const totals = samples.map((s) => s.reward);
-          const stats = validStats(totals);
+          const { advantages, stats } = oneGroupAdvantages(totals[g]!, options, batchStd);
+          const final = recomputed ? recomputed[g]! : advantages;
           groupsCounter.inc();
           samplesCounter.inc(samples.length);
           nullRewards.inc(samples.length - stats.n);
           if (stats.std === 0) zeroStd.inc();
-          for (let i = 0; i < samples.length; i++) {
-            subscriber.next(withAdvantage(samples[i]!, advantages[g]![i]!));
-          }
+          for (let i = 0; i < samples.length; i++) subscriber.next(withAdvantage(samples[i]!, final[i]!));
         }
       };
 
