@@ -15,7 +15,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import { normalArray, seededUniform } from './random.ts';
+import { normalArray, seededUniform } from '../random.ts';
 
 export const GPTConfig = z
   .object({

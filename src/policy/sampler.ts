@@ -13,7 +13,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { MASKED, type GPT, type LayerKV } from './gpt.ts';
-import { seededUniform, type Uniform } from './random.ts';
+import { seededUniform, type Uniform } from '../random.ts';
 
 export interface SampleOptions {
   /** Most tokens generated per row; a row also stops when its position reaches contextLength. */

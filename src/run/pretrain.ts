@@ -6,7 +6,7 @@ import type { Metrics } from '../metrics/metrics.ts';
 import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
 import { GPT, type GPTConfig } from '../policy/gpt.ts';
 import type { Tokenizer } from '../policy/tokenizer.ts';
-import { seededRandom } from '../tasks/random.ts';
+import { seededUniform } from '../random.ts';
 import type { Topology } from '../topology/topology.ts';
 import type { TaskRuntime } from './taskRuntime.ts';
 
@@ -71,7 +71,7 @@ export async function ensureBaseModel(options: {
     },
     { ...(options.metrics ? { metrics: options.metrics } : {}), metricPrefix: 'pretrain' },
   );
-  const rand = seededRandom(topology.seed + 1);
+  const rand = seededUniform(topology.seed + 1);
   for (let step = 1; step <= topology.pretrain.steps; step++) {
     const batch: SftExample[] = Array.from({ length: topology.pretrain.batchSize }, () => {
       const example = runtime.train[Math.floor(rand() * runtime.train.length)]!;

@@ -14,7 +14,7 @@ import { selectBackend, type BackendRequest } from '../policy/backend.ts';
 import { loadCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
 import { StalenessAdmission } from '../scheduling/admission.ts';
-import { seededRandom } from '../tasks/random.ts';
+import { seededUniform } from '../random.ts';
 import type { TaskExample } from '../tasks/task.ts';
 import type { Topology } from '../topology/topology.ts';
 import { evaluate, type EvalResult } from './evaluate.ts';
@@ -95,7 +95,7 @@ function promptAt(
   cursor: number,
 ): { example: TaskExample; epoch: number } {
   const epoch = Math.floor(cursor / train.length);
-  const rand = seededRandom(seed * 1000 + epoch);
+  const rand = seededUniform(seed * 1000 + epoch);
   const order = train.map((_, i) => i);
   for (let i = order.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));

@@ -1,5 +1,5 @@
 import type { TaskExample } from './task.ts';
-import { randomInt, seededRandom } from './random.ts';
+import { randomInt, seededUniform } from '../random.ts';
 
 export interface ArithmeticOptions {
   /** Digits of each operand. */
@@ -17,7 +17,7 @@ export function arithmeticExamples(
   seed: number,
   options: ArithmeticOptions = { digits: 2, operations: ['+'] },
 ): TaskExample[] {
-  const rand = seededRandom(seed * 2 + (split === 'train' ? 0 : 1));
+  const rand = seededUniform(seed * 2 + (split === 'train' ? 0 : 1));
   const lo = options.digits === 1 ? 0 : 10 ** (options.digits - 1);
   const hi = 10 ** options.digits - 1;
   const space = (hi - lo + 1) ** 2 * options.operations.length;

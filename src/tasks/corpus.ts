@@ -1,4 +1,4 @@
-import { randomInt } from './random.ts';
+import { randomInt } from '../random.ts';
 
 /**
  * The synthetic pretraining corpus that makes a base model for R1-Zero in miniature. A real base

@@ -1,5 +1,5 @@
 import type { CountdownAnswer } from '../rewards/rewards.ts';
-import { randomInt, seededRandom } from './random.ts';
+import { randomInt, seededUniform } from '../random.ts';
 import { splitOf } from './arithmetic.ts';
 import type { TaskExample } from './task.ts';
 
@@ -44,7 +44,7 @@ export function countdownExamples(
   seed: number,
   options: CountdownOptions = { numbers: 3, maxNumber: 20 },
 ): TaskExample[] {
-  const rand = seededRandom(seed * 2 + (split === 'train' ? 0 : 1) + 7919);
+  const rand = seededUniform(seed * 2 + (split === 'train' ? 0 : 1) + 7919);
   const seen = new Set<string>();
   const out: TaskExample[] = [];
   for (let attempts = 0; out.length < count; attempts++) {

@@ -6,7 +6,7 @@ import {
   correctAdditionCompletion,
   noisyAdditionCompletion,
 } from '../../src/tasks/corpus.ts';
-import { seededRandom } from '../../src/tasks/random.ts';
+import { seededUniform } from '../../src/random.ts';
 import { prompt } from '../fixtures.ts';
 
 const signal = new AbortController().signal;
@@ -36,7 +36,7 @@ describe('pretraining corpus', () => {
   });
 
   it('noisy documents are right and well formatted about as often as the noise says', () => {
-    const rand = seededRandom(3);
+    const rand = seededUniform(3);
     let right = 0;
     let formatted = 0;
     const n = 4000;

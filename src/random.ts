@@ -43,3 +43,8 @@ export function normalArray(size: number, std: number, uniform: Uniform): Float3
   }
   return out;
 }
+
+/** An integer uniform in [min, max]. */
+export function randomInt(uniform: Uniform, min: number, max: number): number {
+  return min + Math.floor(uniform() * (max - min + 1));
+}
