@@ -203,25 +203,8 @@ export class Learner {
       tokens: batch.tokens,
       seconds,
     };
-    this.report(report);
+    recordStepReport(this.metrics, report);
     return report;
-  }
-
-  private report(r: StepReport): void {
-    const m = this.metrics;
-    const step = r.version;
-    m.record('train/loss', r.loss, step);
-    m.record('train/pg_loss', r.pgLoss, step);
-    m.record('train/kl_loss', r.klLoss, step);
-    m.record('train/kl', r.kl, step);
-    m.record('train/clip_ratio/low_mean', r.clipRatioLow, step);
-    m.record('train/clip_ratio/high_mean', r.clipRatioHigh, step);
-    m.record('train/clip_ratio/region_mean', r.clipRatioRegion, step);
-    m.record('train/ratio_mean', r.ratioMean, step);
-    m.record('train/entropy', r.entropy, step);
-    m.record('train/grad_norm', r.gradNorm, step);
-    m.record('train/learning_rate', r.learningRate, step);
-    m.record('train/tokens_per_second', r.tokens / r.seconds, step);
   }
 
   /** Right-pads prompt + completion to the longest row; masks completion tokens. */
@@ -266,6 +249,23 @@ export class Learner {
       activeTokens,
     };
   }
+}
+
+/** Publish a step report under the names users of TRL / verl look for. */
+export function recordStepReport(m: Metrics, r: StepReport): void {
+  const step = r.version;
+  m.record('train/loss', r.loss, step);
+  m.record('train/pg_loss', r.pgLoss, step);
+  m.record('train/kl_loss', r.klLoss, step);
+  m.record('train/kl', r.kl, step);
+  m.record('train/clip_ratio/low_mean', r.clipRatioLow, step);
+  m.record('train/clip_ratio/high_mean', r.clipRatioHigh, step);
+  m.record('train/clip_ratio/region_mean', r.clipRatioRegion, step);
+  m.record('train/ratio_mean', r.ratioMean, step);
+  m.record('train/entropy', r.entropy, step);
+  m.record('train/grad_norm', r.gradNorm, step);
+  m.record('train/learning_rate', r.learningRate, step);
+  m.record('train/tokens_per_second', r.tokens / r.seconds, step);
 }
 
 function split<T>(items: readonly T[], parts: number): T[][] {

@@ -2,7 +2,7 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } fr
 import { join } from 'node:path';
 import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
 import type { GradientBatch, Rollout, ScoredRollout } from '../../schemas/index.ts';
-import type { StepReport } from '../learner/learner.ts';
+import { recordStepReport, type StepReport } from '../learner/learner.ts';
 import { Metrics } from '../metrics/metrics.ts';
 import { boundedStaleness } from '../operators/boundedStaleness.ts';
 import { dropZeroVariance } from '../operators/dropZeroVariance.ts';
@@ -288,14 +288,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
         metrics.record('completion_length/mean', rollout.lengthMean, step);
         metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
         metrics.record('staleness/mean', staleness, step);
-        for (const r of reply.reports) {
-          metrics.record('train/loss', r.loss, r.version);
-          metrics.record('train/kl', r.kl, r.version);
-          metrics.record('train/entropy', r.entropy, r.version);
-          metrics.record('train/grad_norm', r.gradNorm, r.version);
-          metrics.record('train/clip_ratio/region_mean', r.clipRatioRegion, r.version);
-          metrics.record('train/tokens_per_second', r.tokens / r.seconds, r.version);
-        }
+        for (const r of reply.reports) recordStepReport(metrics, r);
         metrics.flush(step);
         emit({
           kind: 'step',
