@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { registerKafkaCommands } from './commands/kafka.ts';
 import { registerRunCommand } from './commands/run.ts';
 
 const program = new Command();
@@ -7,6 +8,7 @@ program
   .description('Reactive stream-processing RL for language models, the DeepSeek-R1 way (GRPO).')
   .version('0.1.0');
 registerRunCommand(program);
+registerKafkaCommands(program);
 
 try {
   await program.parseAsync(process.argv);
