@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BatchSample, GradientBatch } from '../../schemas/index.ts';
+import { DEFAULT_GRPO_LOSS } from '../../src/grpo/loss.ts';
 import { Learner, type LearnerConfig } from '../../src/learner/learner.ts';
 import { learningRateAt } from '../../src/learner/schedule.ts';
 import { makeGradientBatch } from '../../src/operators/toGradientBatches.ts';
@@ -12,17 +13,7 @@ import { GPT } from '../../src/policy/gpt.ts';
 import { CharTokenizer } from '../../src/policy/tokenizer.ts';
 import { TINY, useWasm } from '../policy/helpers.ts';
 
-const config: LearnerConfig = {
-  loss: {
-    lossAggregation: 'grpo',
-    importanceSampling: 'token',
-    epsLow: 0.2,
-    epsHigh: 0.2,
-    beta: 0,
-    klEstimator: 'k3',
-  },
-  learningRate: { peak: 1e-2 },
-};
+const config: LearnerConfig = { loss: DEFAULT_GRPO_LOSS, learningRate: { peak: 1e-2 } };
 
 /** Samples whose behaviour log-probs are the model's own: an on-policy batch. */
 function onPolicyBatch(
