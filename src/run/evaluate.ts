@@ -1,9 +1,16 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Prompt } from '../../schemas/index.ts';
 import { summarizeEval, type EvalSummary, type QuestionSamples } from '../eval/passAtK.ts';
 import { formatReward } from '../rewards/rewards.ts';
-import type { TaskRuntime } from './taskRuntime.ts';
+import type { BackendRequest } from '../policy/backend.ts';
+import { loadCheckpoint } from '../policy/checkpoint.ts';
+import { CharTokenizer } from '../policy/tokenizer.ts';
+import type { Topology } from '../topology/topology.ts';
+import { taskRuntime, type TaskRuntime } from './taskRuntime.ts';
 import type { GeneratorReply, GeneratorRequest } from './workers/protocol.ts';
-import type { WorkerClient } from './workers/rpc.ts';
+import { WorkerClient } from './workers/rpc.ts';
+import { exportWeights } from './workers/weights.ts';
 
 export interface EvalSettings {
   prompts: number;
@@ -62,10 +69,65 @@ export async function evaluate(
     if (format.score(input, signal) === 1) formatted++;
     length += r.completionTokenIds.length;
   }
-  const ks = [1, settings.k].filter((k, i, a) => a.indexOf(k) === i);
+  // pass@k for k = 1, 2, 4, ... up to the samples per question, and k itself.
+  const ks = [1];
+  while (ks[ks.length - 1]! * 2 <= settings.k) ks.push(ks[ks.length - 1]! * 2);
+  if (!ks.includes(settings.k)) ks.push(settings.k);
   return {
     ...summarizeEval(questions, ks),
     formatRate: formatted / reply.rollouts.length,
     meanLength: length / reply.rollouts.length,
   };
+}
+
+export interface CheckpointEvalOptions {
+  topology: Topology;
+  backend: BackendRequest;
+  /** A checkpoint directory (a run's checkpoint/ or a cached base model). */
+  checkpoint: string;
+  settings: EvalSettings;
+  seed: number;
+}
+
+/** `rxrl eval`: the R1 protocol on the held-out prompts of a topology's task, for one checkpoint. */
+export async function evaluateCheckpoint(
+  options: CheckpointEvalOptions,
+): Promise<EvalResult & { backend: string; policyVersion: number }> {
+  const { topology } = options;
+  if (!existsSync(join(options.checkpoint, 'manifest.json'))) {
+    throw new Error(`eval: ${options.checkpoint} is not a checkpoint directory (no manifest.json in it)`);
+  }
+  const runtime = taskRuntime(topology);
+  if (options.settings.prompts > runtime.test.length) {
+    throw new Error(
+      `eval: asked for ${options.settings.prompts} prompts but the held-out set of ${topology.name} has ${runtime.test.length}`,
+    );
+  }
+  const ckpt = await loadCheckpoint(options.checkpoint);
+  const tokenizer = new CharTokenizer(runtime.alphabet);
+  if (JSON.stringify(ckpt.tokenizer.spec()) !== JSON.stringify(tokenizer.spec())) {
+    ckpt.model.dispose();
+    throw new Error(`eval: the checkpoint's tokenizer differs from the one ${topology.name}'s task uses`);
+  }
+  const weights = exportWeights(ckpt.model);
+  const model = ckpt.model.config;
+  ckpt.model.dispose();
+  const generator = new WorkerClient<GeneratorRequest, GeneratorReply>(
+    'generator',
+    new URL('./workers/generator.worker.ts', import.meta.url),
+  );
+  try {
+    const ready = await generator.request<Extract<GeneratorReply, { type: 'ready' }>>({
+      type: 'init',
+      backend: options.backend,
+      model,
+      tokenizer: tokenizer.spec(),
+      version: ckpt.policyVersion,
+      weights,
+    });
+    const result = await evaluate(generator, runtime, options.settings, options.seed);
+    return { ...result, backend: ready.backend, policyVersion: ckpt.policyVersion };
+  } finally {
+    await generator.close();
+  }
 }

@@ -37,6 +37,8 @@ export interface RunOptions {
   /** Overrides topology.grpo.eta. */
   eta?: number;
   metrics?: Metrics;
+  /** Every scored completion as it is scored (dashboards list recent ones). */
+  onCompletion?: (sample: ScoredRollout) => void;
   /** Progress events for a display. */
   onEvent?: (event: RunEvent) => void;
 }
@@ -74,7 +76,8 @@ export interface Accounting {
 export interface RunSummary {
   steps: number;
   seconds: number;
-  evals: { step: number; result: EvalResult }[];
+  /** Held-out evaluations; `seconds` is the RL wall-clock so far, evaluation time excluded. */
+  evals: { step: number; seconds: number; result: EvalResult }[];
   accounting: Accounting;
   backend: { generator: string; learner: string };
 }
@@ -207,9 +210,13 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
 
   const evalSettings = { ...topology.eval, maxNewTokens: topology.sampling.maxNewTokens };
   const evals: RunSummary['evals'] = [];
+  let rlStarted = performance.now();
+  let evalSeconds = 0;
   const runEval = async (step: number) => {
+    const evalStarted = performance.now();
     const result = await evaluate(generator, runtime, evalSettings, topology.seed + step);
-    evals.push({ step, result });
+    evalSeconds += (performance.now() - evalStarted) / 1000;
+    evals.push({ step, seconds: (performance.now() - rlStarted) / 1000 - evalSeconds, result });
     metrics.record('eval/pass@1', result.pass1, step);
     metrics.record(`eval/pass@${topology.eval.k}`, result.passAtK[topology.eval.k] ?? result.pass1, step);
     metrics.record(`eval/cons@${topology.eval.k}`, result.consAtK, step);
@@ -218,6 +225,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     emit({ kind: 'eval', step, result });
   };
   if (!resuming) await runEval(0);
+  rlStarted = performance.now();
+  evalSeconds = 0;
 
   // --- the stream topology -------------------------------------------------------------------
   const admission = new StalenessAdmission({
@@ -317,7 +326,10 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
 
   const pipeline = rollouts.pipe(
     scoreRollouts({ rewards: runtime.rewards, metrics }),
-    tap(tally),
+    tap((s) => {
+      tally(s);
+      options.onCompletion?.(s);
+    }),
     groupSamples({
       maxWaitMs: topology.grpo.groupTimeoutMs,
       metrics,

@@ -7,10 +7,11 @@ import {
   formatReward,
   languageConsistencyReward,
   overlongPenalty,
+  type CountdownAnswer,
   type RewardFunction,
 } from '../rewards/rewards.ts';
 import { arithmeticExamples } from '../tasks/arithmetic.ts';
-import { noisyAdditionCompletion } from '../tasks/corpus.ts';
+import { noisyAdditionCompletion, noisyCountdownCompletion } from '../tasks/corpus.ts';
 import { countdownExamples } from '../tasks/countdown.ts';
 import { loadJsonlExamples } from '../tasks/jsonl.ts';
 import { toPrompt, type TaskExample } from '../tasks/task.ts';
@@ -61,7 +62,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       test = arithmeticExamples('test', data.testPrompts, seed, options);
       correctness = accuracyReward();
       if (task.operations.length === 1 && task.operations[0] === '+') {
-        const noise = { columnAccuracy: pretrain.columnAccuracy, brokenFormat: pretrain.brokenFormat };
+        const noise = { columnAccuracy: pretrain.columnAccuracy ?? 0.5, brokenFormat: pretrain.brokenFormat };
         corpusCompletion = (e, rand) => {
           const [a, b] = e.question.split('+').map(Number);
           return noisyAdditionCompletion(a!, b!, rand, noise);
@@ -73,6 +74,11 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       train = countdownExamples('train', data.trainPrompts, seed, task);
       test = countdownExamples('test', data.testPrompts, seed, task);
       correctness = countdownReward(0);
+      corpusCompletion = (e, rand) => {
+        const { numbers, target } = e.answer as CountdownAnswer;
+        const noise = { solveRate: pretrain.solveRate ?? 0.3, brokenFormat: pretrain.brokenFormat };
+        return noisyCountdownCompletion(numbers, target, rand, noise);
+      };
       break;
     case 'jsonl':
       train = loadJsonlExamples(task.train).slice(0, data.trainPrompts);

@@ -65,7 +65,20 @@ export const Topology = z
         steps: z.int().nonnegative(),
         batchSize: z.int().positive(),
         learningRate: z.number().positive(),
-        columnAccuracy: z.number().min(0).max(1),
+        columnAccuracy: z
+          .number()
+          .min(0)
+          .max(1)
+          .optional()
+          .describe(
+            'Arithmetic corpus: probability that each column of a written sum is right (default 0.5).',
+          ),
+        solveRate: z
+          .number()
+          .min(0)
+          .max(1)
+          .optional()
+          .describe('Countdown corpus: probability that a document reaches the target (default 0.3).'),
         brokenFormat: z.number().min(0).max(1),
       })
       .strict(),

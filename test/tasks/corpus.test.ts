@@ -1,11 +1,16 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { accuracyReward, formatReward } from '../../src/rewards/rewards.ts';
+import { evaluateExpression } from '../../src/rewards/expression.ts';
+import { accuracyReward, countdownReward, formatReward } from '../../src/rewards/rewards.ts';
 import {
   additionWorking,
   correctAdditionCompletion,
+  countdownChains,
   noisyAdditionCompletion,
+  noisyCountdownCompletion,
 } from '../../src/tasks/corpus.ts';
+import { countdownExamples } from '../../src/tasks/countdown.ts';
+import type { CountdownAnswer } from '../../src/rewards/rewards.ts';
 import { seededUniform } from '../../src/random.ts';
 import { prompt } from '../fixtures.ts';
 
@@ -54,5 +59,52 @@ describe('pretraining corpus', () => {
     expect(right / n).toBeGreaterThan(0.2);
     expect(right / n).toBeLessThan(0.35);
     expect(formatted / n).toBeCloseTo(0.75, 1);
+  });
+});
+
+describe('Countdown pretraining corpus', () => {
+  it('chains use each number once and their expression evaluates to the value the steps reach', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 1, max: 12 }), { minLength: 3, maxLength: 4 }), (numbers) => {
+        const chains = countdownChains(numbers);
+        expect(chains.length).toBeGreaterThan(0);
+        for (const c of chains) {
+          const parsed = evaluateExpression(c.expression)!;
+          expect(parsed.value).toBe(c.value);
+          expect([...parsed.numbers].sort()).toEqual([...numbers].sort());
+          expect(c.steps).toHaveLength(numbers.length - 1);
+          expect(c.steps[c.steps.length - 1]!.endsWith(`=${c.value}`)).toBe(true);
+        }
+      }),
+      { numRuns: 15 },
+    );
+    expect(countdownChains([8, 5, 3]).map((c) => c.expression)).toContain('(8+5)*3');
+  });
+
+  it('solves at about the solve rate and breaks the format at its rate', () => {
+    const examples = countdownExamples('train', 300, 1, { numbers: 3, maxNumber: 10 });
+    const rand = seededUniform(5);
+    const reward = countdownReward(0);
+    let solved = 0;
+    let formatted = 0;
+    for (const e of examples) {
+      const { numbers, target } = e.answer as CountdownAnswer;
+      const completion = noisyCountdownCompletion(numbers, target, rand, {
+        solveRate: 0.3,
+        brokenFormat: 0.2,
+      });
+      const input = {
+        prompt: { ...prompt('p'), answer: e.answer },
+        completion,
+        completionTokens: 1,
+        finishReason: 'eos' as const,
+      };
+      solved += reward.score(input, signal) === 1 ? 1 : 0;
+      formatted += formatReward().score(input, signal) === 1 ? 1 : 0;
+    }
+    // 0.3 of the well-formatted documents aim at the target; a random attempt hits it now and then
+    expect(solved / examples.length).toBeGreaterThan(0.2);
+    expect(solved / examples.length).toBeLessThan(0.45);
+    expect(formatted / examples.length).toBeCloseTo(0.8, 1);
   });
 });

@@ -1,0 +1,91 @@
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import type { BackendRequest } from '../../policy/backend.ts';
+import { evaluateCheckpoint } from '../../run/evaluate.ts';
+import { loadPipeline } from '../pipelines.ts';
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`expected a positive integer, got "${value}"`);
+  return n;
+}
+
+function probability(value: string): number {
+  const n = Number(value);
+  if (!(n > 0 && n <= 1)) throw new Error(`expected a number in (0, 1], got "${value}"`);
+  return n;
+}
+
+function positiveNumber(value: string): number {
+  const n = Number(value);
+  if (!(n > 0)) throw new Error(`expected a positive number, got "${value}"`);
+  return n;
+}
+
+export function registerEvalCommand(program: Command): void {
+  program
+    .command('eval')
+    .description(
+      "Evaluate a checkpoint on a pipeline's held-out prompts the R1 way: k samples per question, " +
+        'pass@1 averaged over them, unbiased pass@k, cons@k majority voting',
+    )
+    .argument('<pipeline>', 'pipeline name (pipelines/<name>.ts) or path to a topology module')
+    .option('--checkpoint <dir>', 'checkpoint directory (default: runs/<pipeline>/checkpoint)')
+    .option('--backend <backend>', 'auto | tensorflow-gpu | tensorflow | wasm | cpu', 'auto')
+    .option('--prompts <n>', 'held-out prompts to use (default: the topology eval.prompts)', positiveInt)
+    .option('-k, --samples <k>', 'samples per prompt (default: the topology eval.k)', positiveInt)
+    .option(
+      '--temperature <t>',
+      'sampling temperature (default: the topology eval.temperature)',
+      positiveNumber,
+    )
+    .option('--top-p <p>', 'nucleus sampling (default: the topology eval.topP)', probability)
+    .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10), 0)
+    .option('--json', 'print the result as JSON')
+    .action(
+      async (
+        name: string,
+        opts: {
+          checkpoint?: string;
+          backend: BackendRequest;
+          prompts?: number;
+          samples?: number;
+          temperature?: number;
+          topP?: number;
+          seed: number;
+          json?: boolean;
+        },
+      ) => {
+        const topology = await loadPipeline(name);
+        const checkpoint = opts.checkpoint ?? join('runs', topology.name, 'checkpoint');
+        const settings = {
+          prompts: opts.prompts ?? topology.eval.prompts,
+          k: opts.samples ?? topology.eval.k,
+          temperature: opts.temperature ?? topology.eval.temperature,
+          topP: opts.topP ?? topology.eval.topP,
+          maxNewTokens: topology.sampling.maxNewTokens,
+        };
+        const result = await evaluateCheckpoint({
+          topology,
+          backend: opts.backend,
+          checkpoint,
+          settings,
+          seed: opts.seed,
+        });
+        if (opts.json) {
+          console.log(JSON.stringify({ checkpoint, settings, ...result }));
+          return;
+        }
+        const f = (x: number) => x.toFixed(3);
+        console.log(
+          `${topology.name} @ policy version ${result.policyVersion} (${checkpoint}, ${result.backend}): ` +
+            `${result.questions} held-out prompts x ${result.samplesPerQuestion} samples, ` +
+            `temperature ${settings.temperature}, top-p ${settings.topP}`,
+        );
+        for (const [k, v] of Object.entries(result.passAtK)) console.log(`  pass@${k.padEnd(4)} ${f(v)}`);
+        console.log(`  cons@${String(result.samplesPerQuestion).padEnd(4)} ${f(result.consAtK)}`);
+        console.log(`  format   ${f(result.formatRate)}`);
+        console.log(`  length   ${result.meanLength.toFixed(1)} tokens`);
+      },
+    );
+}
