@@ -1,5 +1,7 @@
 import { Command } from 'commander';
+import { registerEvalCommand } from './commands/eval.ts';
 import { registerKafkaCommands } from './commands/kafka.ts';
+import { registerMetricsCommands } from './commands/metrics.ts';
 import { registerRunCommand } from './commands/run.ts';
 
 const program = new Command();
@@ -8,7 +10,9 @@ program
   .description('Reactive stream-processing RL for language models, the DeepSeek-R1 way (GRPO).')
   .version('0.1.0');
 registerRunCommand(program);
+registerEvalCommand(program);
 registerKafkaCommands(program);
+registerMetricsCommands(program);
 
 try {
   await program.parseAsync(process.argv);

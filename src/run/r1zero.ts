@@ -424,6 +424,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     await runEval(state.version);
   } finally {
     await Promise.all([generator.close(), learner.close()]);
+    // The last counts (drops at the end of the run included) reach metrics.jsonl and subscribers.
+    metrics.flush(state.version);
     logSubscription.unsubscribe();
   }
 

@@ -1,7 +1,6 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { BackendRequest } from '../../policy/backend.ts';
-import { evaluateCheckpoint } from '../../run/evaluate.ts';
 import { loadPipeline } from '../pipelines.ts';
 
 function positiveInt(value: string): number {
@@ -65,6 +64,8 @@ export function registerEvalCommand(program: Command): void {
           topP: opts.topP ?? topology.eval.topP,
           maxNewTokens: topology.sampling.maxNewTokens,
         };
+        // Loaded here so that commands which need no tfjs start without it.
+        const { evaluateCheckpoint } = await import('../../run/evaluate.ts');
         const result = await evaluateCheckpoint({
           topology,
           backend: opts.backend,

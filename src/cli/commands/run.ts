@@ -1,8 +1,12 @@
 import { join } from 'node:path';
 import cliProgress from 'cli-progress';
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
+import { Subject } from 'rxjs';
+import type { ScoredRollout } from '../../../schemas/index.ts';
+import { Metrics } from '../../metrics/metrics.ts';
+import { createMetricsServer, type MetricsServer } from '../../metrics/server.ts';
 import type { BackendRequest } from '../../policy/backend.ts';
-import { runR1Zero, type RunEvent, type RunSummary } from '../../run/r1zero.ts';
+import type { RunEvent, RunSummary } from '../../run/r1zero.ts';
 import { loadPipeline } from '../pipelines.ts';
 
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
@@ -89,6 +93,39 @@ export function printSummary(summary: RunSummary): void {
     console.log(`  WARNING: ${generated - trained - dropped} samples unaccounted for`);
 }
 
+function port(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new InvalidArgumentError('expected a port, 0 to 65535.');
+  return n;
+}
+
+/**
+ * The metrics server of `--dashboard [port]` or `--metrics-port <port>` (one server either way; with both,
+ * their ports must agree), listening before the run starts so its first metrics are kept.
+ */
+async function serveMetrics(
+  metrics: Metrics,
+  completions: Subject<ScoredRollout>,
+  opts: { dashboard?: number | true; metricsPort?: number; metricsHost: string },
+): Promise<MetricsServer | undefined> {
+  if (opts.dashboard === undefined && opts.metricsPort === undefined) return undefined;
+  const dashboardPort = typeof opts.dashboard === 'number' ? opts.dashboard : undefined;
+  if (dashboardPort !== undefined && opts.metricsPort !== undefined && dashboardPort !== opts.metricsPort) {
+    throw new Error('--dashboard and --metrics-port name one server: give the port once');
+  }
+  const server = createMetricsServer(metrics.stream, completions);
+  try {
+    const { url } = await server.listen(dashboardPort ?? opts.metricsPort ?? 0, opts.metricsHost);
+    if (opts.dashboard !== undefined) console.log(`dashboard: ${url}/  (rxrl metrics --follow ${url})`);
+    console.log(`metrics: ${url}/metrics (Prometheus), ${url}/metrics/stream (server-sent events)`);
+  } catch (error) {
+    await server.close();
+    throw new Error(`The metrics server could not listen: ${(error as Error).message}`, { cause: error });
+  }
+  return server;
+}
+
 export function registerRunCommand(program: Command): void {
   program
     .command('run')
@@ -103,6 +140,17 @@ export function registerRunCommand(program: Command): void {
     .option('--resume', 'continue from the last checkpoint in the run directory')
     .option('--steps <n>', 'override the number of optimiser steps', (v) => Number.parseInt(v, 10))
     .option('--eta <n>', 'override the staleness bound (0: synchronous)', (v) => Number.parseInt(v, 10))
+    .option(
+      '--dashboard [port]',
+      'serve a live dashboard of the run, with /metrics (Prometheus) and /metrics/stream (SSE), on this port (default: a free one); its address is printed',
+      port,
+    )
+    .option(
+      '--metrics-port <port>',
+      'serve /metrics (Prometheus) and /metrics/stream (SSE) on this port (0: a free one), for scrapers and `rxrl metrics`',
+      port,
+    )
+    .option('--metrics-host <host>', 'address the metrics server listens on', '127.0.0.1')
     .action(
       async (
         name: string,
@@ -113,13 +161,23 @@ export function registerRunCommand(program: Command): void {
           resume?: boolean;
           steps?: number;
           eta?: number;
+          dashboard?: number | true;
+          metricsPort?: number;
+          metricsHost: string;
         },
       ) => {
         const topology = await loadPipeline(name);
         console.log(`${topology.name}: ${topology.description}`);
+        const metrics = new Metrics({ run: topology.name });
+        const completions = new Subject<ScoredRollout>();
+        const server = await serveMetrics(metrics, completions, opts);
         const display = progressDisplay();
         try {
-          const summary = await runR1Zero({
+          const summary = await (
+            await import('../../run/r1zero.ts')
+          ).runR1Zero({
+            metrics,
+            ...(server ? { onCompletion: (s: ScoredRollout) => completions.next(s) } : {}),
             topology,
             backend: opts.backend,
             runDir: opts.runDir ?? join('runs', topology.name),
@@ -133,6 +191,8 @@ export function registerRunCommand(program: Command): void {
           printSummary(summary);
         } finally {
           display.stop();
+          completions.complete();
+          await server?.close();
         }
       },
     );

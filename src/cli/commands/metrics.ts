@@ -1,0 +1,226 @@
+/**
+ * Watching and plotting a run's metrics: `rxrl metrics <source>` prints them (a table of the latest values,
+ * one line per step, or JSON lines) from a running process, a metrics.jsonl file or a Kafka topic;
+ * `rxrl plot <metrics.jsonl...>` draws the standard curves of one or more runs to an SVG or PNG file.
+ */
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { extname } from 'node:path';
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import type { Observable } from 'rxjs';
+import type { Metric } from '../../../schemas/index.ts';
+import { loadRuns, plotSpec, renderSvg, STANDARD_PANELS, svgToPng } from '../../metrics/plot.ts';
+import { createMetricsServer } from '../../metrics/server.ts';
+import { metricsFromKafka, metricsFromServer } from '../../metrics/sources.ts';
+import { followMetricsJsonl, metricsOf, readMetricsJsonl, type MetricFilter } from '../../metrics/streams.ts';
+import { LatestTable, StepLines } from '../../metrics/table.ts';
+import {
+  parseBrokers,
+  SASL_MECHANISMS,
+  type KafkaConnectionOptions,
+  type SaslMechanism,
+} from '../../transport/kafka/client.ts';
+
+interface MetricsFlags {
+  follow?: boolean;
+  name?: string[];
+  run?: string;
+  format?: 'table' | 'steps' | 'jsonl';
+  topic?: string;
+  brokers?: string;
+  clientId?: string;
+  ssl?: boolean;
+  saslMechanism?: SaslMechanism;
+  interval: number;
+}
+
+const FORMATS = ['table', 'steps', 'jsonl'] as const;
+
+/** Adds `metrics` and `plot` to the program. */
+export function registerMetricsCommands(program: Command): void {
+  program
+    .command('metrics')
+    .description(
+      "Print a run's metrics: from a running process (its --dashboard/--metrics-port address), a metrics.jsonl file, or a Kafka topic (--topic <run>.metrics)",
+    )
+    .argument('[source]', 'http://host:port of a running rxrl, or a metrics.jsonl file')
+    .option('-f, --follow', 'keep printing as new metrics come (Ctrl-C to stop)')
+    .option('--name <prefix>', 'only metrics whose name starts with this (repeatable)', collect)
+    .option('--run <run>', 'only the metrics of this run')
+    .addOption(
+      new Option(
+        '--format <format>',
+        'table: latest value of each metric (redrawn while following on a terminal); steps: one line per step; jsonl: each metric as JSON (default: table, or steps when following into a pipe)',
+      ).choices(FORMATS),
+    )
+    .option('--interval <ms>', 'with --follow: redraw the table at most this often', positiveInt, 500)
+    .option('--topic <topic>', "read the run's Kafka topic <run>.metrics instead of a source")
+    .option('--brokers <list>', 'Kafka brokers, host:port[,host:port...] (default: env KAFKA_BROKERS)')
+    .option('--client-id <id>', 'client id the brokers see', 'rxrl')
+    .option('--ssl', 'connect to Kafka with TLS (system CAs)')
+    .addOption(
+      new Option(
+        '--sasl-mechanism <mechanism>',
+        'authenticate with SASL; user and password from env KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD',
+      ).choices(SASL_MECHANISMS),
+    )
+    .action(async (source: string | undefined, flags: MetricsFlags, command: Command) => {
+      const filter: MetricFilter = {
+        ...(flags.name ? { name: flags.name } : {}),
+        ...(flags.run ? { run: flags.run } : {}),
+      };
+      const follow = flags.follow === true;
+      const out = (text: string) => process.stdout.write(`${text}\n`);
+      let metrics: Observable<Metric>;
+      let closed: () => Promise<void> = async () => undefined;
+      if (flags.topic !== undefined) {
+        if (source !== undefined) command.error('Give either a source or --topic, not both');
+        const kafka = metricsFromKafka({
+          connection: connectionOf(flags, command),
+          topic: flags.topic,
+          follow,
+        });
+        metrics = metricsOf(kafka, filter);
+        closed = () => kafka.closed();
+      } else if (source === undefined) {
+        command.error('Give a source (http://host:port or a metrics.jsonl file) or --topic <run>.metrics');
+      } else if (/^https?:\/\//.test(source)) {
+        metrics = metricsFromServer(source, { follow, filter });
+      } else {
+        if (!follow && !existsSync(source)) command.error(`No such file: ${source}`);
+        metrics = metricsOf(follow ? followMetricsJsonl(source) : readMetricsJsonl(source), filter);
+      }
+
+      const tty = process.stdout.isTTY === true;
+      const format = flags.format ?? (follow && !tty ? 'steps' : 'table');
+      const table = new LatestTable();
+      const steps = new StepLines();
+      let timer: NodeJS.Timeout | undefined;
+      const draw = () => {
+        timer = undefined;
+        // Redrawn in place on a terminal; appended (one table per redraw) otherwise.
+        out(`${tty ? '\x1b[H\x1b[2J' : ''}${table.render()}`);
+      };
+
+      await new Promise<void>((resolve, reject) => {
+        const subscription = metrics.subscribe({
+          next: (m) => {
+            if (format === 'jsonl') out(JSON.stringify(m));
+            else if (format === 'steps') for (const line of steps.update(m)) out(line);
+            else {
+              table.update(m);
+              if (follow && timer === undefined) timer = setTimeout(draw, flags.interval);
+            }
+          },
+          error: reject,
+          complete: resolve,
+        });
+        const stop = () => {
+          subscription.unsubscribe();
+          resolve();
+        };
+        process.once('SIGINT', stop);
+        subscription.add(() => process.off('SIGINT', stop));
+      });
+      clearTimeout(timer);
+      if (format === 'steps') for (const line of steps.flush()) out(line);
+      if (format === 'table') draw();
+      await closed();
+    });
+
+  program
+    .command('dashboard')
+    .description(
+      "Serve the live dashboard (and /metrics, /metrics/stream) for a run's metrics.jsonl, followed as it grows: for a run started without --dashboard, or one that has ended",
+    )
+    .argument('<file>', "the run's metrics.jsonl")
+    .option('--port <port>', 'port to listen on (0: a free one)', portNumber, 0)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .action(async (file: string, flags: { port: number; host: string }) => {
+      const server = createMetricsServer(followMetricsJsonl(file));
+      const { url } = await server.listen(flags.port, flags.host);
+      process.stdout.write(`dashboard of ${file}: ${url}/  (Ctrl-C to stop)\n`);
+      await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+      await server.close();
+    });
+
+  program
+    .command('plot')
+    .description(
+      'Draw the standard curves (reward, accuracy, pass@1, response length, KL, staleness) of one or more runs against the step, one panel each, runs overlaid',
+    )
+    .argument('<files...>', "runs' metrics.jsonl files (each run is named after its directory)")
+    .requiredOption('-o, --out <file>', 'where to write the plot: .svg, or .png (rendered with resvg)')
+    .option(
+      '--metric <name>',
+      `a metric to draw (repeatable; default: ${STANDARD_PANELS.join(', ')})`,
+      collect,
+    )
+    .option('--columns <n>', 'panels per row', positiveInt, 2)
+    .option('--title <title>', 'title above the panels')
+    .action(
+      async (
+        files: string[],
+        flags: { out: string; metric?: string[]; columns: number; title?: string },
+        command: Command,
+      ) => {
+        const format = extname(flags.out).toLowerCase();
+        if (format !== '.svg' && format !== '.png') {
+          command.error(`--out must end in .svg or .png, got ${flags.out}`);
+        }
+        for (const file of files) if (!existsSync(file)) command.error(`No such file: ${file}`);
+        const runs = await loadRuns(files);
+        const spec = plotSpec(runs, {
+          columns: flags.columns,
+          ...(flags.metric ? { panels: flags.metric } : {}),
+          ...(flags.title ? { title: flags.title } : {}),
+        });
+        if (!spec) {
+          command.error(
+            `None of ${files.join(', ')} has per-step values of ${(flags.metric ?? STANDARD_PANELS).join(', ')}`,
+          );
+        }
+        const svg = await renderSvg(spec);
+        await writeFile(flags.out, format === '.svg' ? svg : await svgToPng(svg));
+        const panels = (spec.facet as { sort: string[] }).sort;
+        process.stdout.write(
+          `wrote ${flags.out}: ${panels.join(', ')} for ${runs.map((r) => r.label).join(', ')}\n`,
+        );
+      },
+    );
+}
+
+function connectionOf(flags: MetricsFlags, command: Command): KafkaConnectionOptions {
+  const brokers = parseBrokers(flags.brokers ?? process.env.KAFKA_BROKERS);
+  if (brokers.length === 0) command.error('No Kafka brokers: pass --brokers host:port or set KAFKA_BROKERS');
+  const connection: KafkaConnectionOptions = { brokers, clientId: flags.clientId ?? 'rxrl' };
+  if (flags.ssl) connection.ssl = true;
+  if (flags.saslMechanism) {
+    const username = process.env.KAFKA_SASL_USERNAME;
+    const password = process.env.KAFKA_SASL_PASSWORD;
+    if (!username || !password) {
+      command.error(
+        `--sasl-mechanism ${flags.saslMechanism} needs env KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD`,
+      );
+    }
+    connection.sasl = { mechanism: flags.saslMechanism, username, password };
+  }
+  return connection;
+}
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+function portNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new InvalidArgumentError('expected a port, 0 to 65535.');
+  return n;
+}
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer.');
+  return n;
+}

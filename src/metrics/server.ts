@@ -1,0 +1,359 @@
+/**
+ * An HTTP server for watching a run live:
+ *
+ * - `GET /metrics/stream`: Server-Sent Events. Each metric is an event `metric` whose data is the Metric as
+ *   JSON; each scored completion an event `completion` ({@link CompletionSummary}). A new subscriber first
+ *   gets what was published before it came, in order (each per-step value series up to its last
+ *   `history` points, the latest value of each counter and gauge, the last `completionHistory`
+ *   completions), then an event `replayed`, then the live events. Query filters: `name` (a
+ *   prefix; repeat it for several), `run`, and `completions=0` to leave completions out. Every event has an
+ *   id, so a client that reconnects with Last-Event-ID (as EventSource does) gets only what it missed. When
+ *   the metrics stream ends, or the server closes, subscribers get an event `end`.
+ * - `GET /metrics`: the Prometheus text exposition ({@link PrometheusExporter}).
+ * - `GET /`: the live dashboard (static HTML and JS, charts drawn with uPlot served from node_modules).
+ * - `GET /healthz`: `{"status":"ok", ...}`.
+ */
+import { readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import type { Observable, Subscription } from 'rxjs';
+import type { Metric, ScoredRollout } from '../../schemas/index.ts';
+import { PrometheusExporter } from './prometheus.ts';
+import { metricMatches, type MetricFilter } from './streams.ts';
+import { seriesKey } from './table.ts';
+
+/** What the stream says about one scored completion. */
+export interface CompletionSummary {
+  /** The policy version that generated it. */
+  step: number;
+  prompt: string;
+  completion: string;
+  rewards: Record<string, number | null>;
+  reward: number | null;
+  tokens: number;
+  finishReason: string;
+  /** When the server saw it (ms since the epoch). */
+  time: number;
+}
+
+export interface MetricsServerOptions {
+  /**
+   * Per-step values (kind "value") kept for late subscribers, per series (default 10,000: the whole curve
+   * of most runs). Of counters and gauges, only the latest value of each series is kept.
+   */
+  history?: number;
+  /** Completions kept for late subscribers (default 100). */
+  completionHistory?: number;
+  /** Prompts and completions longer than this are cut (default 4,000 characters). */
+  maxTextChars?: number;
+  /** Prefix of the Prometheus names (default "rxrl"). */
+  prometheusPrefix?: string;
+  /** A comment line is sent this often to keep idle connections open (default 15 s). */
+  heartbeatMs?: number;
+  /** A subscriber this far behind (bytes not yet sent) is disconnected; it may reconnect (default 16 MiB). */
+  maxBufferedBytes?: number;
+}
+
+export interface MetricsServerAddress {
+  host: string;
+  port: number;
+  /** `http://host:port` (the dashboard; the stream is at `${url}/metrics/stream`). */
+  url: string;
+}
+
+interface StreamEvent {
+  id: number;
+  /** The text sent on the wire: `id`, `event` and `data` lines. */
+  wire: string;
+  metric?: Metric;
+}
+
+interface Subscriber {
+  res: ServerResponse;
+  filter: MetricFilter;
+  completions: boolean;
+}
+
+/** The last `capacity` items pushed, oldest first. */
+class Ring<T> {
+  private readonly items: T[] = [];
+  private start = 0;
+  constructor(private readonly capacity: number) {}
+  push(item: T): void {
+    if (this.capacity <= 0) return;
+    if (this.items.length < this.capacity) this.items.push(item);
+    else {
+      this.items[this.start] = item;
+      this.start = (this.start + 1) % this.capacity;
+    }
+  }
+  toArray(): T[] {
+    return [...this.items.slice(this.start), ...this.items.slice(0, this.start)];
+  }
+}
+
+const resolveModule = createRequire(import.meta.url).resolve;
+const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
+const STATIC: Record<string, { file: string; type: string }> = {
+  '/': { file: here('./dashboard/index.html'), type: 'text/html; charset=utf-8' },
+  '/dashboard.js': {
+    file: here('./dashboard/dashboard.js'),
+    type: 'text/javascript; charset=utf-8',
+  },
+  '/dashboard.css': {
+    file: here('./dashboard/dashboard.css'),
+    type: 'text/css; charset=utf-8',
+  },
+  '/vendor/uPlot.iife.min.js': {
+    file: resolveModule('uplot/dist/uPlot.iife.min.js'),
+    type: 'text/javascript; charset=utf-8',
+  },
+  '/vendor/uPlot.min.css': {
+    file: resolveModule('uplot/dist/uPlot.min.css'),
+    type: 'text/css; charset=utf-8',
+  },
+};
+STATIC['/index.html'] = STATIC['/']!;
+
+function truncate(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
+export function summarizeCompletion(s: ScoredRollout, maxChars = 4000): CompletionSummary {
+  return {
+    step: s.policyVersion,
+    prompt: truncate(s.prompt.text, maxChars),
+    completion: truncate(s.completion, maxChars),
+    rewards: s.rewards,
+    reward: s.reward,
+    tokens: s.completionTokenIds.length,
+    finishReason: s.finishReason,
+    time: Date.now(),
+  };
+}
+
+/** See the module comment. Subscribes to its sources when created, so history builds up before `listen`. */
+export class MetricsServer {
+  readonly exporter: PrometheusExporter;
+  private readonly server: Server;
+  private readonly subscriptions: Subscription[] = [];
+  /** Per-step values, a ring per series; counters and gauges, the latest of each series. */
+  private readonly valueHistory = new Map<string, Ring<StreamEvent>>();
+  private readonly latestTotals = new Map<string, StreamEvent>();
+  private readonly completionHistory: Ring<StreamEvent>;
+  private readonly subscribers = new Set<Subscriber>();
+  private readonly options: Required<MetricsServerOptions>;
+  private readonly heartbeat: NodeJS.Timeout;
+  private nextId = 1;
+  private published = 0;
+  private ended = false;
+  private address: MetricsServerAddress | undefined;
+
+  constructor(
+    metrics: Observable<Metric>,
+    completions?: Observable<ScoredRollout>,
+    options: MetricsServerOptions = {},
+  ) {
+    this.options = {
+      history: options.history ?? 10_000,
+      completionHistory: options.completionHistory ?? 100,
+      maxTextChars: options.maxTextChars ?? 4000,
+      prometheusPrefix: options.prometheusPrefix ?? 'rxrl',
+      heartbeatMs: options.heartbeatMs ?? 15_000,
+      maxBufferedBytes: options.maxBufferedBytes ?? 16 * 1024 * 1024,
+    };
+    this.completionHistory = new Ring(this.options.completionHistory);
+    this.exporter = new PrometheusExporter({ prefix: this.options.prometheusPrefix });
+    this.server = createServer((req, res) => this.handle(req, res));
+    this.heartbeat = setInterval(() => {
+      for (const s of this.subscribers) this.write(s, ': keep-alive\n\n');
+    }, this.options.heartbeatMs);
+    this.heartbeat.unref();
+
+    this.subscriptions.push(
+      metrics.subscribe({
+        next: (m) => this.onMetric(m),
+        error: (error: unknown) => this.end(error instanceof Error ? error.message : String(error)),
+        complete: () => this.end(),
+      }),
+    );
+    if (completions) {
+      this.subscriptions.push(
+        completions.subscribe({
+          next: (s) => this.onCompletion(s),
+          error: () => undefined,
+        }),
+      );
+    }
+  }
+
+  /** Starts listening (port 0: a free port) and resolves with where. */
+  listen(port = 0, host = '127.0.0.1'): Promise<MetricsServerAddress> {
+    return new Promise((resolve, reject) => {
+      const onError = (error: Error) => reject(error);
+      this.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.off('error', onError);
+        const address = this.server.address() as AddressInfo;
+        const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+        this.address = { host: address.address, port: address.port, url: `http://${shown}:${address.port}` };
+        resolve(this.address);
+      });
+    });
+  }
+
+  /** Where it listens, once listening. */
+  get url(): string | undefined {
+    return this.address?.url;
+  }
+
+  /** Metrics seen so far (including those no longer in the history). */
+  get count(): number {
+    return this.published;
+  }
+
+  /** Stops listening: subscribers get `end` and are disconnected; the sources are unsubscribed. */
+  async close(): Promise<void> {
+    clearInterval(this.heartbeat);
+    for (const s of this.subscriptions) s.unsubscribe();
+    this.end();
+    for (const s of this.subscribers) s.res.end();
+    this.subscribers.clear();
+    if (!this.server.listening) return;
+    await new Promise<void>((resolve, reject) => {
+      this.server.close((error) => (error ? reject(error) : resolve()));
+      this.server.closeAllConnections();
+    });
+  }
+
+  private onMetric(metric: Metric): void {
+    this.published++;
+    this.exporter.update(metric);
+    const id = this.nextId++;
+    const event: StreamEvent = { id, wire: frame(id, 'metric', JSON.stringify(metric)), metric };
+    const key = `${metric.run} ${seriesKey(metric)}`;
+    if (metric.kind === 'value') {
+      let ring = this.valueHistory.get(key);
+      if (!ring) this.valueHistory.set(key, (ring = new Ring(this.options.history)));
+      ring.push(event);
+    } else this.latestTotals.set(`${metric.kind} ${key}`, event);
+    for (const s of this.subscribers) if (metricMatches(metric, s.filter)) this.write(s, event.wire);
+  }
+
+  private onCompletion(sample: ScoredRollout): void {
+    const id = this.nextId++;
+    const summary = summarizeCompletion(sample, this.options.maxTextChars);
+    const event: StreamEvent = { id, wire: frame(id, 'completion', JSON.stringify(summary)) };
+    this.completionHistory.push(event);
+    for (const s of this.subscribers) if (s.completions) this.write(s, event.wire);
+  }
+
+  private end(error?: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    const wire = frame(undefined, 'end', JSON.stringify(error ? { error } : {}));
+    for (const s of this.subscribers) this.write(s, wire);
+  }
+
+  private write(s: Subscriber, text: string): void {
+    if (s.res.writableLength > this.options.maxBufferedBytes) {
+      // Too slow: dropped rather than holding the run's memory; EventSource reconnects with Last-Event-ID.
+      this.subscribers.delete(s);
+      s.res.destroy();
+      return;
+    }
+    s.res.write(text);
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('Method not allowed\n');
+      return;
+    }
+    try {
+      switch (url.pathname) {
+        case '/metrics/stream':
+          return this.stream(req, res, url);
+        case '/metrics':
+          void this.exporter.metrics().then(
+            (text) => res.writeHead(200, { 'content-type': this.exporter.contentType }).end(text),
+            (error: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${error.message}\n`),
+          );
+          return;
+        case '/healthz':
+          res.writeHead(200, { 'content-type': 'application/json' }).end(
+            JSON.stringify({
+              status: 'ok',
+              metrics: this.published,
+              subscribers: this.subscribers.size,
+              ended: this.ended,
+            }),
+          );
+          return;
+      }
+      const asset = STATIC[url.pathname];
+      if (!asset) {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('Not found\n');
+        return;
+      }
+      const body = readFileSync(asset.file);
+      res.writeHead(200, { 'content-type': asset.type, 'cache-control': 'no-cache' }).end(body);
+    } catch (error) {
+      res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(error as Error).message}\n`);
+    }
+  }
+
+  private stream(req: IncomingMessage, res: ServerResponse, url: URL): void {
+    const names = url.searchParams.getAll('name').filter((n) => n !== '');
+    const run = url.searchParams.get('run') ?? undefined;
+    const subscriber: Subscriber = {
+      res,
+      filter: { ...(names.length > 0 ? { name: names } : {}), ...(run ? { run } : {}) },
+      completions: !['0', 'false', 'no'].includes(url.searchParams.get('completions') ?? ''),
+    };
+    const lastId = Number(req.headers['last-event-id'] ?? url.searchParams.get('after') ?? 0) || 0;
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
+    if (req.method === 'HEAD') {
+      res.end();
+      return;
+    }
+    res.socket?.setNoDelay(true);
+    // Replay and live events are written in one turn of the event loop: none is missed or sent twice.
+    const replay = [
+      ...[...this.valueHistory.values()].flatMap((ring) => ring.toArray()),
+      ...this.latestTotals.values(),
+      ...(subscriber.completions ? this.completionHistory.toArray() : []),
+    ]
+      .filter((e) => e.id > lastId && (!e.metric || metricMatches(e.metric, subscriber.filter)))
+      .sort((a, b) => a.id - b.id);
+    res.write('retry: 2000\n\n');
+    res.write(replay.map((e) => e.wire).join(''));
+    res.write(frame(undefined, 'replayed', JSON.stringify({ events: replay.length, ended: this.ended })));
+    if (this.ended) res.write(frame(undefined, 'end', '{}'));
+    this.subscribers.add(subscriber);
+    const drop = () => this.subscribers.delete(subscriber);
+    res.on('close', drop);
+    res.on('error', drop);
+  }
+}
+
+function frame(id: number | undefined, event: string, data: string): string {
+  return `${id !== undefined ? `id: ${id}\n` : ''}event: ${event}\ndata: ${data}\n\n`;
+}
+
+/** A {@link MetricsServer} for these sources; call `listen()` to serve. */
+export function createMetricsServer(
+  metrics: Observable<Metric>,
+  completions?: Observable<ScoredRollout>,
+  options?: MetricsServerOptions,
+): MetricsServer {
+  return new MetricsServer(metrics, completions, options);
+}

@@ -1,0 +1,175 @@
+/**
+ * Where a run's metrics can be read from, each as an Observable<Metric>: a running process's metrics
+ * server (its Server-Sent Events), and the run's Kafka topic `<run>.metrics`. (A metrics.jsonl file:
+ * streams.ts.) Without `follow` each completes once it has given what was there when it was subscribed.
+ */
+import { randomUUID } from 'node:crypto';
+import { createParser } from 'eventsource-parser';
+import { Observable } from 'rxjs';
+import type { Metric } from '../../schemas/index.ts';
+import type { KafkaConnectionOptions } from '../transport/kafka/client.ts';
+import { createKafka } from '../transport/kafka/client.ts';
+import { decodeMessage, kafkaRecords } from '../transport/kafka/source.ts';
+import { parseTopicName, topicName } from '../transport/kafka/topics.ts';
+import type { MetricFilter } from './streams.ts';
+
+/** `http://host:port` (or the full `.../metrics/stream` address) to the stream's URL with filters. */
+export function streamUrl(address: string, filter: MetricFilter = {}): URL {
+  const url = new URL(address);
+  if (!url.pathname.endsWith('/metrics/stream')) {
+    url.pathname = `${url.pathname.replace(/\/+$/, '')}/metrics/stream`;
+  }
+  const names = filter.name === undefined ? [] : Array.isArray(filter.name) ? filter.name : [filter.name];
+  for (const name of names) {
+    if (typeof name !== 'string') throw new Error('A metrics server filters by name prefix, not by pattern');
+    url.searchParams.append('name', name);
+  }
+  if (filter.run !== undefined) url.searchParams.set('run', filter.run);
+  url.searchParams.set('completions', '0');
+  return url;
+}
+
+export interface ServerSourceOptions {
+  /** Keep reading live metrics (until the server says the stream ended); otherwise stop after the replay. */
+  follow?: boolean;
+  filter?: MetricFilter;
+}
+
+/**
+ * The metrics of a running process's metrics server (see server.ts): what it has kept, then with `follow`
+ * those published from now on. Completes on the server's `end` event; a connection that closes before that
+ * is an error.
+ */
+export function metricsFromServer(address: string, options: ServerSourceOptions = {}): Observable<Metric> {
+  return new Observable<Metric>((subscriber) => {
+    const url = streamUrl(address, options.filter);
+    const abort = new AbortController();
+    let done = false;
+    const finish = () => {
+      done = true;
+      subscriber.complete();
+      abort.abort();
+    };
+    const parser = createParser({
+      onEvent: (event) => {
+        if (done) return;
+        if (event.event === 'metric') subscriber.next(JSON.parse(event.data) as Metric);
+        else if (event.event === 'end' || (event.event === 'replayed' && !options.follow)) finish();
+      },
+    });
+    (async () => {
+      const response = await fetch(url, { signal: abort.signal, headers: { accept: 'text/event-stream' } });
+      if (!response.ok || !response.body) {
+        throw new Error(
+          `${url.origin} answered ${response.status} ${response.statusText} for ${url.pathname}`,
+        );
+      }
+      const decoder = new TextDecoder();
+      for await (const chunk of response.body) {
+        parser.feed(decoder.decode(chunk as Uint8Array, { stream: true }));
+        if (done) return;
+      }
+      if (!done) throw new Error(`${url.origin} closed the stream before its end`);
+    })().catch((error: Error) => {
+      if (done || abort.signal.aborted) return;
+      const cause = (error.cause as Error | undefined)?.message;
+      subscriber.error(
+        new Error(`Reading metrics from ${url.origin}: ${error.message}${cause ? ` (${cause})` : ''}`),
+      );
+    });
+    return () => {
+      done = true;
+      abort.abort();
+    };
+  });
+}
+
+export interface KafkaMetricsOptions {
+  connection: KafkaConnectionOptions;
+  /** `<run>.metrics`. */
+  topic: string;
+  /** Keep reading new records; otherwise stop once the records there when it started are read. */
+  follow?: boolean;
+  /** Records that are not valid metrics (skipped; a viewer writes no dead letters). Default: a warning. */
+  onInvalid?: (reason: string) => void;
+}
+
+/**
+ * The metrics on a run's Kafka topic, from the oldest record held, read by a consumer group of its own that
+ * is deleted afterwards (so no real consumer group moves). Records are validated with the Metric schema,
+ * like {@link kafkaSource} does; invalid ones are reported and skipped rather than dead-lettered.
+ */
+export function metricsFromKafka(
+  options: KafkaMetricsOptions,
+): Observable<Metric> & { closed(): Promise<void> } {
+  const parsed = parseTopicName(options.topic);
+  if (!parsed || parsed.edge !== 'metrics') {
+    throw new Error(`${options.topic} is not a run's metrics topic (<run>.metrics)`);
+  }
+  const onInvalid = options.onInvalid ?? ((reason: string) => console.warn(`${options.topic}: ${reason}`));
+  const closing = new Set<Promise<void>>();
+  const observable = new Observable<Metric>((subscriber) => {
+    const groupId = `rxrl-metrics-${randomUUID()}`;
+    let stopped = false;
+    let remaining = Infinity;
+    let consumed = 0;
+    const records = kafkaRecords<Metric>({
+      connection: options.connection,
+      groupId,
+      topic: options.topic,
+      deadLetterTopic: topicName(parsed.run, 'dlq'),
+      fromBeginning: true,
+      decode: (message) => {
+        consumed++;
+        if (consumed >= remaining) setImmediate(() => subscriber.complete());
+        const decoded = decodeMessage('Metric', message.value);
+        if (decoded.kind !== 'invalid') return decoded;
+        onInvalid(`offset ${message.offset}: ${decoded.reason}`);
+        return { kind: 'skip' };
+      },
+    });
+    let subscription: { unsubscribe(): void } | undefined;
+    (async () => {
+      if (!options.follow) {
+        const admin = createKafka(options.connection).admin();
+        await admin.connect();
+        try {
+          const offsets = await admin.fetchTopicOffsets(options.topic);
+          remaining = offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
+        } finally {
+          await admin.disconnect();
+        }
+        if (remaining === 0) {
+          subscriber.complete();
+          return;
+        }
+      }
+      if (stopped) return;
+      subscription = records.subscribe({
+        next: (delivery) => {
+          delivery.ack();
+          subscriber.next(delivery.value);
+        },
+        error: (error: unknown) => subscriber.error(error),
+      });
+    })().catch((error: unknown) => subscriber.error(error));
+    return () => {
+      stopped = true;
+      subscription?.unsubscribe();
+      // The consumer group was ours alone: gone once the consumer has left it.
+      const cleanup = records
+        .closed()
+        .catch(() => undefined)
+        .then(async () => {
+          const admin = createKafka(options.connection).admin();
+          await admin.connect();
+          await admin.deleteGroups([groupId]).catch(() => undefined);
+          await admin.disconnect();
+        })
+        .catch(() => undefined);
+      closing.add(cleanup);
+    };
+  });
+  /** Resolves once every subscription's consumer has left and its group is deleted. */
+  return Object.assign(observable, { closed: async () => void (await Promise.all(closing)) });
+}

@@ -1,0 +1,242 @@
+import { join } from 'node:path';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
+import { lastValueFrom, Subject, toArray } from 'rxjs';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Metric, ScoredRollout } from '../../schemas/index.ts';
+import { Metrics } from '../../src/metrics/metrics.ts';
+import { sanitizeMetricName } from '../../src/metrics/prometheus.ts';
+import { createMetricsServer, type MetricsServer } from '../../src/metrics/server.ts';
+import { metricsFromServer } from '../../src/metrics/sources.ts';
+import { metricsOf, readMetricsJsonl } from '../../src/metrics/streams.ts';
+import { scored } from '../fixtures.ts';
+import { logToJsonl, publishStep, sse, tempDir } from './helpers.ts';
+
+const servers: MetricsServer[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+
+async function serve(metrics: Metrics, completions?: Subject<ScoredRollout>) {
+  const server = createMetricsServer(metrics.stream, completions);
+  servers.push(server);
+  return { server, ...(await server.listen(0)) };
+}
+
+const metricEvents = (events: { event?: string; data: string }[]) =>
+  events.filter((e) => e.event === 'metric').map((e) => JSON.parse(e.data) as Metric);
+
+describe('metrics server: /metrics/stream', () => {
+  it('sends what the Observable and the JSONL log get, live and replayed to a late subscriber', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const jsonl = join(tempDir(), 'metrics.jsonl');
+    const log = logToJsonl(metrics, jsonl);
+    const seen: Metric[] = [];
+    metrics.stream.subscribe((m) => seen.push(m));
+    const { url } = await serve(metrics);
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+
+    const early = await sse(`${url}/metrics/stream`);
+    await early.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    publishStep(metrics, 0);
+    publishStep(metrics, 1);
+    const late = await sse(`${url}/metrics/stream`);
+    await late.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    publishStep(metrics, 2);
+    publishStep(metrics, 3);
+    log.unsubscribe();
+    const fromFile = await lastValueFrom(readMetricsJsonl(jsonl).pipe(toArray()));
+    expect(fromFile).toHaveLength(4 * 9);
+    await early.waitFor((events) => metricEvents(events).length >= fromFile.length);
+    await late.waitFor(
+      (events) => metricEvents(events).at(-1)?.step === 3 && events.at(-1)?.event === 'metric',
+    );
+    early.close();
+    late.close();
+
+    expect(fromFile).toEqual(seen);
+    expect(metricEvents(early.events)).toEqual(seen);
+    // The late one: every per-step value of steps 0 and 1 but only the latest counters and gauges (step 1's),
+    // in the order they were published; then the live ones.
+    const replayedAt = late.events.findIndex((e) => e.event === 'replayed');
+    expect(metricEvents(late.events.slice(0, replayedAt))).toEqual(
+      seen.slice(0, 18).filter((m) => m.kind === 'value' || m.step === 1),
+    );
+    expect(metricEvents(late.events.slice(replayedAt))).toEqual(seen.slice(18));
+    const ids = late.events.filter((e) => e.event === 'metric').map((e) => Number(e.id));
+    expect(ids).toEqual([...ids].sort((a, b) => a - b));
+    expect(new Set(ids).size).toBe(ids.length);
+  });
+
+  it('filters by name prefix and run like metricsOf, and resumes after Last-Event-ID', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const seen: Metric[] = [];
+    metricsOf(metrics.stream, { name: ['reward/', 'train/kl'], run: 'run-a' }).subscribe((m) => seen.push(m));
+    const { url } = await serve(metrics);
+    publishStep(metrics, 0);
+    publishStep(metrics, 1);
+
+    const filtered = await sse(`${url}/metrics/stream?name=reward/&name=train/kl&run=run-a`);
+    const otherRun = await sse(`${url}/metrics/stream?run=run-b`);
+    await filtered.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    await otherRun.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    expect(metricEvents(filtered.events)).toEqual(seen);
+    expect(seen.map((m) => m.name)).toEqual([
+      'reward/mean',
+      'reward/accuracy',
+      'train/kl',
+      'reward/mean',
+      'reward/accuracy',
+      'train/kl',
+    ]);
+    expect(metricEvents(otherRun.events)).toEqual([]);
+    filtered.close();
+    otherRun.close();
+
+    // A reconnecting client gets only what came after the last event it had.
+    const lastId = filtered.events.filter((e) => e.event === 'metric').at(-1)!.id!;
+    publishStep(metrics, 2);
+    const resumed = await sse(`${url}/metrics/stream?name=reward/&name=train/kl`, {
+      'last-event-id': lastId,
+    });
+    await resumed.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    resumed.close();
+    expect(metricEvents(resumed.events)).toEqual(seen.slice(6));
+    expect(metricEvents(resumed.events).map((m) => m.step)).toEqual([2, 2, 2]);
+  });
+
+  it('keeps the whole curve of each per-step series for late subscribers, and only the latest counter values', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const server = createMetricsServer(metrics.stream, undefined, { history: 3 });
+    servers.push(server);
+    const { url } = await server.listen(0);
+    for (let step = 0; step < 5; step++) publishStep(metrics, step);
+    const replay = await lastValueFrom(metricsFromServer(url).pipe(toArray()));
+    const byName = (name: string) => replay.filter((m) => m.name === name).map((m) => [m.step, m.value]);
+    expect(byName('reward/mean')).toEqual([
+      [2, 0.625],
+      [3, 0.875],
+      [4, 1.125],
+    ]);
+    expect(byName('samples.generated')).toEqual([[4, 80]]);
+    expect(byName('drops.samples')).toEqual([[4, 2]]);
+  });
+
+  it('sends recent completions as `completion` events with step, prompt, completion and rewards', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const completions = new Subject<ScoredRollout>();
+    const { url } = await serve(metrics, completions);
+    const sample = { ...scored('g1', 0, 1, { version: 7 }), rewards: { accuracy: 1, format: 0 } };
+    completions.next(sample);
+    const client = await sse(`${url}/metrics/stream`);
+    completions.next({ ...sample, id: 'g1/1', index: 1, completion: 'live one', reward: null });
+    await client.waitFor((events) => events.filter((e) => e.event === 'completion').length === 2);
+    const [replayed, live] = client.events
+      .filter((e) => e.event === 'completion')
+      .map((e) => JSON.parse(e.data));
+    expect(replayed).toMatchObject({
+      step: 7,
+      prompt: 'question g1',
+      completion: 'xxx',
+      rewards: { accuracy: 1, format: 0 },
+      reward: 1,
+      tokens: 3,
+    });
+    expect(live).toMatchObject({ step: 7, completion: 'live one', reward: null });
+    const without = await sse(`${url}/metrics/stream?completions=0`);
+    await without.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    expect(without.events.filter((e) => e.event === 'completion')).toEqual([]);
+    client.close();
+    without.close();
+  });
+
+  it('tells subscribers the stream ended when it closes, and then stops listening', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const { server, url } = await serve(metrics);
+    const client = await sse(`${url}/metrics/stream`);
+    await client.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    await server.close();
+    await client.ended;
+    expect(client.events.at(-1)?.event).toBe('end');
+    await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+  });
+});
+
+describe('metrics server: other endpoints', () => {
+  it('GET /metrics is Prometheus text that a strict parser reads: sanitised names, latest values, labels', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const { server, url } = await serve(metrics);
+    publishStep(metrics, 0);
+    publishStep(metrics, 1);
+    metrics.record('eval/pass@1', 0.75, 1);
+    // A series that first comes without labels and then with some: one family with both.
+    metrics.record('kafka.lag', 5, 1);
+    metrics.record('kafka.lag', 7, 1, { topic: 'run-a.rollouts' });
+
+    const response = await fetch(`${url}/metrics`);
+    expect(response.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    const text = await response.text();
+    const families = parsePrometheusTextFormat(text);
+    const family = (name: string) => families.find((f) => f.name === name);
+
+    expect(family('rxrl_reward_mean')).toEqual({
+      name: 'rxrl_reward_mean',
+      help: 'rxrl latest per-step value: reward/mean',
+      type: 'GAUGE',
+      metrics: [{ labels: { run: 'run-a' }, value: '0.375' }],
+    });
+    expect(family('rxrl_eval_pass_1')?.metrics).toEqual([{ labels: { run: 'run-a' }, value: '0.75' }]);
+    expect(family('rxrl_samples_generated_total')).toMatchObject({
+      type: 'COUNTER',
+      metrics: [{ labels: { run: 'run-a' }, value: '32' }],
+    });
+    expect(family('rxrl_drops_samples_total')).toMatchObject({
+      type: 'COUNTER',
+      metrics: [{ labels: { run: 'run-a', reason: 'stale' }, value: '1' }],
+    });
+    expect(family('rxrl_groups_open')).toMatchObject({ type: 'GAUGE', metrics: [{ value: '4' }] });
+    expect(family('rxrl_kafka_lag')?.metrics).toEqual([
+      { labels: { run: 'run-a' }, value: '5' },
+      { labels: { run: 'run-a', topic: 'run-a.rollouts' }, value: '7' },
+    ]);
+    for (const f of families) expect(f.name).toMatch(/^rxrl_[a-zA-Z0-9_]+$/);
+
+    // The text and prom-client's own view of its registry agree.
+    const json = await server.exporter.registry.getMetricsAsJSON();
+    expect(families.map((f) => f.name).sort()).toEqual(json.map((m) => m.name).sort());
+    for (const m of json) {
+      const parsed = family(m.name)!;
+      expect(parsed.type.toLowerCase()).toBe(m.type);
+      expect(parsed.metrics.map((s) => Number(s.value))).toEqual(m.values.map((v) => v.value));
+    }
+  });
+
+  it('names follow the Prometheus rules', () => {
+    expect(sanitizeMetricName('reward/mean')).toBe('reward_mean');
+    expect(sanitizeMetricName('train/clip_ratio/low_mean')).toBe('train_clip_ratio_low_mean');
+    expect(sanitizeMetricName('eval/pass@1')).toBe('eval_pass_1');
+    expect(sanitizeMetricName('4xx')).toBe('_4xx');
+  });
+
+  it('serves /healthz, the dashboard and its chart library from node_modules, and 404s the rest', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const { url } = await serve(metrics);
+    publishStep(metrics, 0);
+    expect(await (await fetch(`${url}/healthz`)).json()).toMatchObject({ status: 'ok', metrics: 9 });
+    const page = await fetch(`${url}/`);
+    expect(page.headers.get('content-type')).toMatch(/^text\/html/);
+    const html = await page.text();
+    for (const asset of [
+      'vendor/uPlot.iife.min.js',
+      'vendor/uPlot.min.css',
+      'dashboard.js',
+      'dashboard.css',
+    ]) {
+      expect(html).toContain(asset);
+      const response = await fetch(`${url}/${asset}`);
+      expect(response.status).toBe(200);
+      expect((await response.text()).length).toBeGreaterThan(100);
+    }
+    expect((await fetch(`${url}/nothing`)).status).toBe(404);
+    expect((await fetch(`${url}/metrics`, { method: 'POST' })).status).toBe(405);
+  });
+});

@@ -1,0 +1,156 @@
+import { appendFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { lastValueFrom, Subject, toArray } from 'rxjs';
+import { describe, expect, it } from 'vitest';
+import type { Metric } from '../../schemas/index.ts';
+import { Metrics } from '../../src/metrics/metrics.ts';
+import {
+  followMetricsJsonl,
+  metricsOf,
+  readMetricsJsonl,
+  type InvalidMetricLine,
+} from '../../src/metrics/streams.ts';
+import { LatestTable, StepLines } from '../../src/metrics/table.ts';
+import { logToJsonl, publishStep, tempDir } from './helpers.ts';
+
+const metric = (name: string, value: number, step?: number, run = 'r'): Metric => ({
+  schemaVersion: 1,
+  run,
+  time: 0,
+  name,
+  kind: 'value',
+  value,
+  ...(step !== undefined ? { step } : {}),
+});
+
+/** Resolves once `items` has `n` entries (or rejects after a while). */
+async function until<T>(items: T[], n: number, timeoutMs = 5000): Promise<void> {
+  const start = Date.now();
+  while (items.length < n) {
+    if (Date.now() - start > timeoutMs) throw new Error(`only ${items.length} of ${n} after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe('metricsOf', () => {
+  it('keeps the metrics whose name starts with a prefix or matches a pattern, of one run', () => {
+    const source = new Subject<Metric>();
+    const byPrefix: string[] = [];
+    const byPattern: string[] = [];
+    metricsOf(source, { name: 'reward/', run: 'a' }).subscribe((m) => byPrefix.push(`${m.run}:${m.name}`));
+    metricsOf(source, { name: [/kl$/, 'eval/pass@1'] }).subscribe((m) =>
+      byPattern.push(`${m.run}:${m.name}`),
+    );
+    for (const m of [
+      metric('reward/mean', 1, 0, 'a'),
+      metric('reward/mean', 1, 0, 'b'),
+      metric('train/kl', 1, 0, 'a'),
+      metric('eval/pass@1', 1, 0, 'b'),
+      metric('eval/pass@16', 1, 0, 'b'),
+    ]) {
+      source.next(m);
+    }
+    expect(byPrefix).toEqual(['a:reward/mean']);
+    // 'eval/pass@1' is a prefix of 'eval/pass@16' too.
+    expect(byPattern).toEqual(['a:train/kl', 'b:eval/pass@1', 'b:eval/pass@16']);
+  });
+});
+
+describe('readMetricsJsonl', () => {
+  it('gives the metrics a run logged, in order, and reports bad lines by number without stopping', async () => {
+    const metrics = new Metrics({ run: 'r' });
+    const path = join(tempDir(), 'metrics.jsonl');
+    const seen: Metric[] = [];
+    metrics.stream.subscribe((m) => seen.push(m));
+    const log = logToJsonl(metrics, path);
+    publishStep(metrics, 0);
+    appendFileSync(path, '{"not": "a metric"}\n\nnot json\n');
+    publishStep(metrics, 1);
+    log.unsubscribe();
+
+    const invalid: InvalidMetricLine[] = [];
+    const read = await lastValueFrom(
+      readMetricsJsonl(path, { onInvalid: (i) => invalid.push(i) }).pipe(toArray()),
+    );
+    expect(read).toEqual(seen);
+    expect(invalid.map((i) => i.line)).toEqual([10, 12]);
+    expect(invalid[0]!.reason).toMatch(/^Invalid Metric: /);
+    expect(invalid[1]!.reason).toMatch(/^not valid JSON/);
+    expect(invalid[0]!.path).toBe(path);
+  });
+
+  it('errors when the file cannot be read', async () => {
+    await expect(lastValueFrom(readMetricsJsonl(join(tempDir(), 'missing.jsonl')))).rejects.toThrow(/ENOENT/);
+  });
+});
+
+describe('followMetricsJsonl', () => {
+  it('gives what is there, then lines as they are appended (waiting for partial ones), and starts over on truncation', async () => {
+    const path = join(tempDir(), 'metrics.jsonl');
+    const seen: Metric[] = [];
+    const invalid: number[] = [];
+    const subscription = followMetricsJsonl(path, {
+      pollMs: 10,
+      onInvalid: (i) => invalid.push(i.line),
+    }).subscribe((m) => seen.push(m));
+    // Waits for a file that is not there yet.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    writeFileSync(path, `${JSON.stringify(metric('a', 1, 0))}\n`);
+    await until(seen, 1);
+    const second = JSON.stringify(metric('a', 2, 1));
+    appendFileSync(path, second.slice(0, 10));
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    expect(seen).toHaveLength(1);
+    appendFileSync(path, `${second.slice(10)}\nbroken\n${JSON.stringify(metric('b', 3, 1))}\n`);
+    await until(seen, 3);
+    expect(invalid).toEqual([3]);
+    // A new run in the same directory writes the file anew.
+    writeFileSync(path, `${JSON.stringify(metric('c', 4, 0))}\n`);
+    await until(seen, 4);
+    subscription.unsubscribe();
+    expect(seen.map((m) => `${m.name}=${m.value}`)).toEqual(['a=1', 'a=2', 'b=3', 'c=4']);
+  });
+});
+
+describe('terminal views', () => {
+  it('LatestTable keeps the latest value of each series and renders them sorted', () => {
+    const table = new LatestTable();
+    const metrics = new Metrics({ run: 'r' });
+    metrics.stream.subscribe((m) => table.update(m));
+    publishStep(metrics, 0);
+    publishStep(metrics, 1);
+    const lines = table.render().split('\n');
+    expect(lines[0]).toBe('r: 18 metrics, step 1');
+    expect(lines[2]).toMatch(/^metric\s+kind\s+step\s+value$/);
+    expect(lines.slice(3).map((l) => l.split(/\s+/)[0])).toEqual([
+      'completion_length/mean',
+      'drops.samples{reason=stale}',
+      'groups.open',
+      'reward/accuracy',
+      'reward/mean',
+      'rollout/tokens_per_second',
+      'samples.generated',
+      'staleness/mean',
+      'train/kl',
+    ]);
+    expect(lines.find((l) => l.startsWith('reward/mean'))).toMatch(/^reward\/mean\s+value\s+1\s+0\.375$/);
+    expect(lines.find((l) => l.startsWith('samples.generated'))).toMatch(/counter\s+1\s+32$/);
+  });
+
+  it('StepLines prints a step once the next one starts, and a late step on its own', () => {
+    const lines = new StepLines();
+    const out = [
+      metric('x', 1, 0),
+      metric('y', 2, 0),
+      metric('x', 3, 1),
+      metric('eval', 0.5, 0),
+      metric('x', 4, 2),
+    ].flatMap((m) => lines.update(m));
+    expect([...out, ...lines.flush()]).toEqual([
+      'step 0  x 1  y 2',
+      'step 0  eval 0.5',
+      'step 1  x 3',
+      'step 2  x 4',
+    ]);
+  });
+});
