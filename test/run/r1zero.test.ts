@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import base from '../../pipelines/r1-zero-arithmetic.ts';
 import { loadCheckpoint } from '../../src/policy/checkpoint.ts';
+import { evaluateCheckpoint } from '../../src/run/evaluate.ts';
 import { runR1Zero, type RunEvent } from '../../src/run/r1zero.ts';
 import { defineTopology } from '../../src/topology/topology.ts';
 import { validateMessage } from '../../src/validation.ts';
@@ -51,6 +52,34 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
       .split('\n');
     for (const line of lines) expect(validateMessage('Metric', JSON.parse(line)).ok).toBe(true);
     expect(lines.some((l) => l.includes('"train/loss"'))).toBe(true);
+  });
+
+  it("rxrl eval on the final checkpoint reproduces the run's last held-out evaluation", async () => {
+    const summary = await run('evaluated', { eta: 0 });
+    const last = summary.evals[summary.evals.length - 1]!;
+    const result = await evaluateCheckpoint({
+      topology: tiny,
+      backend: 'wasm',
+      checkpoint: join(root, 'evaluated', 'checkpoint'),
+      settings: { ...tiny.eval, maxNewTokens: tiny.sampling.maxNewTokens },
+      seed: tiny.seed + last.step,
+    });
+    expect(result.policyVersion).toBe(4);
+    expect(result.questions).toBe(4);
+    expect(result.samplesPerQuestion).toBe(2);
+    const { backend, policyVersion, ...rest } = result;
+    expect({ backend, policyVersion }).toEqual({ backend: 'wasm', policyVersion: 4 });
+    expect(rest).toEqual(last.result);
+    expect(summary.evals[0]!.seconds).toBeLessThan(last.seconds);
+    await expect(
+      evaluateCheckpoint({
+        topology: tiny,
+        backend: 'wasm',
+        checkpoint: join(root, 'no-such-run'),
+        settings: { ...tiny.eval, maxNewTokens: 24 },
+        seed: 0,
+      }),
+    ).rejects.toThrow(/is not a checkpoint directory/);
   });
 
   it('reuses the cached base model on the next run', async () => {
