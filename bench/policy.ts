@@ -1,44 +1,102 @@
 /**
- * Throughput of the policy model on the backend `selectBackend` picks (`npx tsx bench/policy.ts`):
- * sampling with the KV cache vs a full forward per token (16 prompts x 48 new tokens), and one
- * forward + backward of sequenceLogProbs (16 x 64 tokens). TFJS.md has the reference numbers.
- * Options: --backend <auto|wasm|cpu|...>, --runs <n>, --d <dModel>, --layers <n>, --heads <n>.
+ * Throughput of the policy model (`npx tsx bench/policy.ts`), for a ~1M and a ~10M parameter model
+ * on every installed tfjs backend, against PyTorch on the CPU in the same run:
+ *
+ *   sampling   16 prompts (10..16 tokens) x 128 new tokens, with the KV cache and with a full
+ *              forward per token (the baseline the cache is measured against)
+ *   learner    one optimiser step of the real Learner on 16 rows x 128 tokens (16 prompt +
+ *              112 completion): forward, GRPO loss (DEFAULT_GRPO_LOSS), backward, global-norm
+ *              clipping, AdamW; tokens/s counts all 128 tokens of each row, as the Learner does
+ *   PyTorch    the same learner step in PyTorch on CPU (bench/torch/policy_bench.py: same model
+ *              shape, batch, loss, clipping and optimiser), one thread, and all cores. Installed the
+ *              first time into the cached virtual environment .cache/bench-venv
+ *              (bench/torch/requirements.txt); if python3 or the install fails, that is said and the
+ *              tfjs side still runs
+ *
+ * The models have contextLength 160 (>= 16 + 128). It ends with a table and the issue's goals,
+ * met or not, on the wasm backend: learner within 3x of PyTorch CPU (one thread, since the wasm
+ * backend runs on one); KV cache >= 10x the full forward at 128 new tokens; for the ~1M model
+ * >= 2,000 train tok/s and >= 4,000 sampled tok/s per core. Rates are of the median run; the "per
+ * CPU-second" figures divide by this process's CPU time instead, which other processes on a busy
+ * machine stretch less than wall time.
+ *
+ * Options: --backend <all|wasm|cpu|tensorflow|tensorflow-gpu>[,...] (default all: every installed
+ * backend but the plain JS 'cpu' fallback, which is far slower; name it to include it),
+ * --sizes <1m,10m or d:layers:heads,...>, --runs <n> (default 5), --full-runs <n> (full-forward
+ * sampling runs, default 1: one takes minutes on the ~10M model; 0 skips it), --no-torch.
  */
+import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
-import { selectBackend, type BackendRequest } from '../src/policy/backend.ts';
+import type { BatchSample, GradientBatch } from '../schemas/index.ts';
+import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
+import { Learner, type LearnerConfig } from '../src/learner/learner.ts';
+import { makeGradientBatch } from '../src/operators/toGradientBatches.ts';
+import { selectBackend, type BackendKind, type BackendRequest } from '../src/policy/backend.ts';
 import { GPT } from '../src/policy/gpt.ts';
 import { sample, sampleFullForward, type SampleOptions } from '../src/policy/sampler.ts';
 import { CharTokenizer } from '../src/policy/tokenizer.ts';
 
 const { values } = parseArgs({
   options: {
-    backend: { type: 'string', default: 'auto' },
+    backend: { type: 'string', default: 'all' },
+    sizes: { type: 'string', default: '1m,10m' },
     runs: { type: 'string', default: '5' },
-    d: { type: 'string', default: '128' },
-    layers: { type: 'string', default: '4' },
-    heads: { type: 'string', default: '4' },
+    'full-runs': { type: 'string', default: '1' },
+    'no-torch': { type: 'boolean', default: false },
   },
 });
-const runs = Number(values.runs);
-const backend = await selectBackend(values.backend as BackendRequest);
+const runs = positiveInt('runs', values.runs);
+const fullRuns = values['full-runs'] === '0' ? 0 : positiveInt('full-runs', values['full-runs']);
 
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BATCH = 16;
-const NEW_TOKENS = 48;
-const TRAIN_LENGTH = 64;
-const tokenizer = new CharTokenizer();
-const model = new GPT({
-  vocabSize: tokenizer.vocabSize,
-  contextLength: 64,
-  dModel: Number(values.d),
-  nLayers: Number(values.layers),
-  nHeads: Number(values.heads),
-  seed: 1,
+const NEW_TOKENS = 128;
+const CONTEXT = 160;
+const PROMPT_LENGTH = 16;
+const TRAIN_LENGTH = 128;
+const MLP_RATIO = 4;
+const LEARNING_RATE = 1e-4;
+const MAX_GRAD_NORM = 1;
+const GOALS = { torchRatio: 3, kvSpeedup: 10, trainPerCore: 2000, sampledPerCore: 4000 };
+
+interface Size {
+  name: string;
+  dModel: number;
+  nLayers: number;
+  nHeads: number;
+}
+const NAMED_SIZES: Record<string, Size> = {
+  '1m': { name: '~1M', dModel: 128, nLayers: 4, nHeads: 4 },
+  '10m': { name: '~10M', dModel: 384, nLayers: 6, nHeads: 6 },
+};
+const sizes: Size[] = values.sizes.split(',').map((s) => {
+  const named = NAMED_SIZES[s.trim().toLowerCase()];
+  if (named) return named;
+  const [dModel, nLayers, nHeads] = s.split(':').map(Number);
+  if (![dModel, nLayers, nHeads].every((n) => Number.isInteger(n) && n! > 0)) {
+    throw new Error(`--sizes: '${s}' is neither 1m, 10m nor d:layers:heads`);
+  }
+  return { name: `d${dModel}L${nLayers}H${nHeads}`, dModel: dModel!, nLayers: nLayers!, nHeads: nHeads! };
 });
-console.log(
-  `backend ${backend}; model d=${values.d} layers=${values.layers} heads=${values.heads} ` +
-    `vocab=${tokenizer.vocabSize} context=64: ${(model.parameterCount() / 1e6).toFixed(2)}M parameters`,
-);
+
+const tokenizer = new CharTokenizer();
+const VOCAB = tokenizer.vocabSize;
+
+function positiveInt(name: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got '${text}'`);
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing.
 
 interface Timing {
   /** Wall times of the runs in ms, fastest first. */
@@ -47,12 +105,24 @@ interface Timing {
   cpu: number[];
 }
 
-/** Times `runs` calls after one warm-up call. */
-async function time(f: () => Promise<unknown> | unknown): Promise<Timing> {
-  await f();
+interface Rate {
+  /** Tokens per second of the median run (wall time). */
+  median: number;
+  fastest: number;
+  /** Tokens per CPU-second of this process, median run. */
+  perCpu: number;
+}
+
+/** Times `n` calls of `f` after one warm-up call of `warmUp` (default `f`). */
+async function time(
+  n: number,
+  f: () => Promise<unknown> | unknown,
+  warmUp: () => Promise<unknown> | unknown = f,
+): Promise<Timing> {
+  await warmUp();
   const wall: number[] = [];
   const cpu: number[] = [];
-  for (let i = 0; i < runs; i++) {
+  for (let i = 0; i < n; i++) {
     const start = performance.now();
     const startCpu = process.cpuUsage();
     await f();
@@ -64,46 +134,406 @@ async function time(f: () => Promise<unknown> | unknown): Promise<Timing> {
   return { wall: wall.sort(ascending), cpu: cpu.sort(ascending) };
 }
 
-/**
- * Prints tokens per second of the median run, of the fastest run, and per CPU-second of this
- * process: on a shared machine other processes stretch the wall time, less so the CPU time.
- */
-function report(name: string, { wall, cpu }: Timing, tokens: number): number {
-  const median = (xs: number[]): number => xs[Math.floor(xs.length / 2)]!;
-  const rate = (ms: number): string => ((tokens / ms) * 1000).toFixed(0).padStart(6);
-  console.log(
-    `${name.padEnd(34)} median ${median(wall).toFixed(0).padStart(6)} ms ${rate(median(wall))} tok/s` +
-      ` | fastest ${rate(wall[0]!)} tok/s | per CPU-second ${rate(median(cpu))} tok/s`,
-  );
-  return (tokens / median(wall)) * 1000;
+const median = (xs: readonly number[]): number => xs[Math.floor(xs.length / 2)]!;
+
+function rate({ wall, cpu }: Timing, tokens: number): Rate {
+  const perSecond = (ms: number): number => (tokens / ms) * 1000;
+  return { median: perSecond(median(wall)), fastest: perSecond(wall[0]!), perCpu: perSecond(median(cpu)) };
 }
 
-// Prompts of 10..16 tokens; EOS -1 never matches, so every row generates all 48 tokens.
+const fmt = (x: number): string => Math.round(x).toLocaleString('en-US');
+
+function report(name: string, r: Rate): Rate {
+  console.log(
+    `  ${name.padEnd(40)} median ${fmt(r.median).padStart(7)} tok/s | fastest ${fmt(r.fastest).padStart(7)}` +
+      ` | per CPU-second ${fmt(r.perCpu).padStart(7)}`,
+  );
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tfjs side.
+
+interface TfjsResult {
+  backend: BackendKind;
+  size: Size;
+  parameters: number;
+  kv: Rate;
+  /** Undefined with --full-runs 0. */
+  full: Rate | undefined;
+  learner: Rate;
+}
+
+function modelOf(size: Size): GPT {
+  const { dModel, nLayers, nHeads } = size;
+  return new GPT({
+    vocabSize: VOCAB,
+    contextLength: CONTEXT,
+    dModel,
+    nLayers,
+    nHeads,
+    mlpRatio: MLP_RATIO,
+    seed: 1,
+  });
+}
+
+/** Prompts of 10..16 tokens; EOS -1 never matches, so every row generates all NEW_TOKENS tokens. */
 const prompts = Array.from({ length: BATCH }, (_, b) =>
   tokenizer.encode(`${b * 7} + ${b * 13} = `.padEnd(10 + (b % 7), ' ')),
 );
-const options: SampleOptions = { maxNewTokens: NEW_TOKENS, temperature: 1, topP: 0.95, eosId: -1, seed: 1 };
-const sampled = BATCH * NEW_TOKENS;
-const kv = report('sampling, KV cache', await time(() => sample(model, prompts, options)), sampled);
-const full = report(
-  'sampling, full forward per token',
-  await time(() => sampleFullForward(model, prompts, options)),
-  sampled,
-);
-console.log(`KV cache / full forward: ${(kv / full).toFixed(1)}x`);
-
-const ids = tf.tensor2d(
-  Int32Array.from({ length: BATCH * TRAIN_LENGTH }, (_, i) => (i * 31) % tokenizer.vocabSize),
-  [BATCH, TRAIN_LENGTH],
-  'int32',
-);
-const mask = tf.onesLike(ids).cast('float32') as tf.Tensor2D;
-const trainStep = (): void => {
-  const { value, grads } = tf.variableGrads(
-    () => tf.sum(model.sequenceLogProbs(ids, mask, 1)),
-    model.variables(),
-  );
-  tf.dispose([value, ...Object.values(grads)]);
+const sampleOptions: SampleOptions = {
+  maxNewTokens: NEW_TOKENS,
+  temperature: 1,
+  topP: 0.95,
+  eosId: -1,
+  seed: 1,
 };
-report(`forward+backward, ${BATCH}x${TRAIN_LENGTH} tokens`, await time(trainStep), BATCH * TRAIN_LENGTH);
-console.log(`tensors alive: ${tf.memory().numTensors}`);
+
+/**
+ * BATCH rows of TRAIN_LENGTH tokens, (i * 31) % vocab, PROMPT_LENGTH of them prompt; behaviour
+ * log-probs -log(vocab) (a fresh model's, near uniform), advantages +1 / -1 alternately.
+ * bench/torch/policy_bench.py builds the same rows.
+ */
+function learnerBatch(): GradientBatch {
+  const samples: BatchSample[] = Array.from({ length: BATCH }, (_, b) => {
+    const ids = Array.from({ length: TRAIN_LENGTH }, (_, t) => ((b * TRAIN_LENGTH + t) * 31) % VOCAB);
+    const completion = ids.slice(PROMPT_LENGTH);
+    return {
+      rolloutId: `bench/${b}`,
+      groupId: 'bench',
+      promptTokenIds: ids.slice(0, PROMPT_LENGTH),
+      completionTokenIds: completion,
+      behaviourLogProbs: completion.map(() => -Math.log(VOCAB)),
+      advantage: b % 2 === 0 ? 1 : -1,
+      policyVersion: 0,
+      finishReason: 'length',
+    };
+  });
+  return makeGradientBatch(samples);
+}
+
+const learnerConfig: LearnerConfig = {
+  loss: DEFAULT_GRPO_LOSS,
+  learningRate: { peak: LEARNING_RATE },
+  maxGradNorm: MAX_GRAD_NORM,
+};
+
+async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> {
+  const model = modelOf(size);
+  const parameters = model.parameterCount();
+  console.log(
+    `\n${backend}, ${size.name}: d=${size.dModel} layers=${size.nLayers} heads=${size.nHeads} ` +
+      `vocab=${VOCAB} context=${CONTEXT}, ${fmt(parameters)} parameters`,
+  );
+  const sampled = BATCH * NEW_TOKENS;
+  const kv = report(
+    `sampling ${BATCH}x${NEW_TOKENS}, KV cache`,
+    rate(await time(runs, () => sample(model, prompts, sampleOptions)), sampled),
+  );
+  let full: Rate | undefined;
+  if (fullRuns > 0) {
+    // Warm up on a few tokens: a full run at this length takes minutes on the ~10M model.
+    const fullForward = (maxNewTokens: number) => () =>
+      sampleFullForward(model, prompts, { ...sampleOptions, maxNewTokens });
+    full = report(
+      `sampling ${BATCH}x${NEW_TOKENS}, full forward/token`,
+      rate(await time(fullRuns, fullForward(NEW_TOKENS), fullForward(4)), sampled),
+    );
+    console.log(`  KV cache / full forward: ${(kv.median / full.median).toFixed(1)}x`);
+  }
+
+  const learner = new Learner(model, learnerConfig);
+  const batch = learnerBatch();
+  let tokens = 0;
+  const step = rate(
+    await time(runs, () => {
+      const [r] = learner.train(batch);
+      tokens = r!.tokens;
+    }),
+    BATCH * TRAIN_LENGTH,
+  );
+  if (tokens !== BATCH * TRAIN_LENGTH) throw new Error(`learner step saw ${tokens} tokens`);
+  report(`learner step, ${BATCH}x${TRAIN_LENGTH} tokens`, step);
+  learner.dispose();
+  model.dispose();
+  return { backend, size, parameters, kv, full, learner: step };
+}
+
+const BACKEND_PACKAGES: Record<BackendKind, string> = {
+  'tensorflow-gpu': '@tensorflow/tfjs-node-gpu',
+  tensorflow: '@tensorflow/tfjs-node',
+  wasm: '@tensorflow/tfjs-backend-wasm',
+  cpu: '@tensorflow/tfjs',
+};
+
+function backendsToRun(request: string): BackendRequest[] {
+  const require = createRequire(import.meta.url);
+  const installed = (Object.keys(BACKEND_PACKAGES) as BackendKind[]).filter((kind) => {
+    try {
+      require.resolve(BACKEND_PACKAGES[kind]);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  // The plain JS 'cpu' backend is the fallback of last resort, far slower than the others (one ~1M
+  // learner step takes minutes): 'all' includes it only when nothing else is installed.
+  if (request === 'all') return installed.length > 1 ? installed.filter((kind) => kind !== 'cpu') : installed;
+  return request.split(',').map((r) => {
+    const kind = r.trim();
+    if (!(kind in BACKEND_PACKAGES) && kind !== 'auto') {
+      throw new Error(`--backend: '${kind}' is not all, auto, ${Object.keys(BACKEND_PACKAGES).join(', ')}`);
+    }
+    return kind as BackendRequest;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The PyTorch side.
+
+interface TorchRun {
+  d: number;
+  layers: number;
+  heads: number;
+  parameters: number;
+  threads: number;
+  tokens: number;
+  wall_ms: number[];
+  cpu_ms: number[];
+}
+interface TorchOutput {
+  torch: string;
+  cpu_count: number;
+  results: TorchRun[];
+}
+
+const VENV = path.join(ROOT, '.cache', 'bench-venv');
+const REQUIREMENTS = path.join(ROOT, 'bench', 'torch', 'requirements.txt');
+const TORCH_SCRIPT = path.join(ROOT, 'bench', 'torch', 'policy_bench.py');
+const relative = (p: string): string => path.relative(ROOT, p);
+
+/** Last lines of a failed command's output, for the message. */
+function tail(text: string | null | undefined, lines = 8): string {
+  const kept = (text ?? '').trimEnd().split('\n').slice(-lines).join('\n    ');
+  return kept ? `\n    ${kept}` : '';
+}
+
+/**
+ * The venv's python, after creating .cache/bench-venv and installing bench/torch/requirements.txt
+ * into it if that has not been done for this requirements file; a string saying what failed if not.
+ */
+function torchPython(): { python: string } | { error: string } {
+  const python = path.join(VENV, 'bin', 'python');
+  const stamp = path.join(VENV, 'requirements.sha256');
+  const wanted = createHash('sha256').update(readFileSync(REQUIREMENTS)).digest('hex');
+  if (existsSync(python) && existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === wanted) {
+    return { python };
+  }
+  const version = spawnSync('python3', ['--version'], { encoding: 'utf8' });
+  if (version.error || version.status !== 0) {
+    return { error: `python3 is not available (${version.error?.message ?? `exit ${version.status}`})` };
+  }
+  if (!existsSync(python)) {
+    console.log(`creating ${relative(VENV)} with ${version.stdout.trim()} (python3 -m venv)`);
+    const venv = spawnSync('python3', ['-m', 'venv', VENV], { encoding: 'utf8' });
+    if (venv.error || venv.status !== 0) {
+      return {
+        error:
+          `\`python3 -m venv ${relative(VENV)}\` failed (${venv.error?.message ?? `exit ${venv.status}`}; ` +
+          `on Debian/Ubuntu the python3-venv package provides venv)${tail(venv.stderr)}`,
+      };
+    }
+  }
+  console.log(
+    `installing ${relative(REQUIREMENTS)} into ${relative(VENV)} (again whenever that file changes; ` +
+      `the first install downloads PyPI's torch wheel with its CUDA libraries, about 3 GB)`,
+  );
+  const started = performance.now();
+  const pip = spawnSync(python, ['-m', 'pip', 'install', '-r', REQUIREMENTS], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  if (pip.error || pip.status !== 0) {
+    return {
+      error: `\`pip install -r ${relative(REQUIREMENTS)}\` in ${relative(VENV)} failed (${pip.error?.message ?? `exit ${pip.status}`}; its output is above)`,
+    };
+  }
+  console.log(`installed in ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  writeFileSync(stamp, wanted + '\n');
+  return { python };
+}
+
+function runTorch(python: string): TorchOutput | { error: string } {
+  const threads = [...new Set([1, availableParallelism()])];
+  const args = [
+    TORCH_SCRIPT,
+    ...sizes.flatMap((s) => ['--size', `${s.dModel}:${s.nLayers}:${s.nHeads}`]),
+    ...threads.flatMap((t) => ['--threads', String(t)]),
+    ...['--vocab', String(VOCAB), '--context', String(CONTEXT), '--mlp-ratio', String(MLP_RATIO)],
+    ...['--batch', String(BATCH), '--prompt-length', String(PROMPT_LENGTH)],
+    ...['--train-length', String(TRAIN_LENGTH), '--runs', String(runs)],
+    ...['--eps-low', String(DEFAULT_GRPO_LOSS.epsLow), '--eps-high', String(DEFAULT_GRPO_LOSS.epsHigh)],
+    ...['--max-grad-norm', String(MAX_GRAD_NORM), '--lr', String(LEARNING_RATE)],
+  ];
+  console.log(
+    `\nPyTorch: ${relative(python)} ${args.map((a) => (path.isAbsolute(a) ? relative(a) : a)).join(' ')}`,
+  );
+  const run = spawnSync(python, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  if (run.error || run.status !== 0) {
+    return {
+      error: `the PyTorch bench failed (${run.error?.message ?? `exit ${run.status}`})${tail(run.stdout)}`,
+    };
+  }
+  const line = run.stdout.trim().split('\n').at(-1) ?? '';
+  try {
+    return JSON.parse(line) as TorchOutput;
+  } catch {
+    return { error: `the PyTorch bench printed no JSON line${tail(run.stdout)}` };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run everything, then the summary.
+
+const results: TfjsResult[] = [];
+const skipped: string[] = [];
+for (const request of backendsToRun(values.backend)) {
+  let backend: BackendKind;
+  try {
+    backend = await selectBackend(request);
+  } catch (error) {
+    skipped.push(`${request}: ${(error as Error).message}`);
+    console.log(`\n${request}: skipped, ${(error as Error).message}`);
+    continue;
+  }
+  for (const size of sizes) results.push(await benchTfjs(backend, size));
+}
+console.log(`\ntensors alive: ${tf.memory().numTensors}`);
+
+let torch: TorchOutput | undefined;
+let torchError: string | undefined;
+if (values['no-torch']) {
+  torchError = 'skipped (--no-torch)';
+} else {
+  const env = torchPython();
+  const out = 'error' in env ? env : runTorch(env.python);
+  if ('error' in out) {
+    torchError = out.error;
+    console.log(`\nPyTorch side not measured: ${torchError}\nThe tfjs side's figures stand.`);
+  } else {
+    torch = out;
+    checkParameterCounts(out);
+  }
+}
+
+function torchRun(size: Size, threads: number): TorchRun | undefined {
+  return torch?.results.find(
+    (r) =>
+      r.d === size.dModel && r.layers === size.nLayers && r.heads === size.nHeads && r.threads === threads,
+  );
+}
+
+/** The PyTorch model must have exactly the tfjs model's parameters, or the comparison means nothing. */
+function checkParameterCounts(out: TorchOutput): void {
+  for (const size of sizes) {
+    const tfjs = results.find((r) => r.size === size)?.parameters;
+    for (const run of out.results.filter((r) => r.d === size.dModel && r.layers === size.nLayers)) {
+      if (tfjs === undefined) continue;
+      if (run.parameters !== tfjs) {
+        throw new Error(
+          `parameter counts differ for ${size.name}: tfjs ${tfjs}, PyTorch ${run.parameters}; ` +
+            `bench/torch/policy_bench.py no longer mirrors src/policy/gpt.ts`,
+        );
+      }
+    }
+    const torchCount = out.results.find((r) => r.d === size.dModel && r.layers === size.nLayers)?.parameters;
+    console.log(
+      `parameters, ${size.name}: tfjs ${tfjs === undefined ? '-' : fmt(tfjs)}, ` +
+        `PyTorch ${torchCount === undefined ? '-' : fmt(torchCount)}`,
+    );
+  }
+}
+const torchRate = (run: TorchRun): Rate => rate({ wall: run.wall_ms, cpu: run.cpu_ms }, run.tokens);
+
+console.log(
+  `\nSummary: tok/s of the median run (per CPU-second in brackets). Sampling ${BATCH}x${NEW_TOKENS} new ` +
+    `tokens; learner step ${BATCH}x${TRAIN_LENGTH} tokens (${PROMPT_LENGTH} prompt + ` +
+    `${TRAIN_LENGTH - PROMPT_LENGTH} completion), context ${CONTEXT}, vocab ${VOCAB}.`,
+);
+if (torch) {
+  console.log(`PyTorch ${torch.torch}, CPU, ${torch.cpu_count} cores; ratio = PyTorch tok/s / tfjs tok/s.`);
+}
+const both = (r: Rate): string => `${fmt(r.median)} (${fmt(r.perCpu)})`;
+const header = ['backend', 'model', 'params', 'KV sampling', 'full forward', 'KV/full', 'learner'];
+const allThreads = availableParallelism();
+if (torch)
+  header.push('PyTorch 1 thread', 'ratio', ...(allThreads > 1 ? [`PyTorch ${allThreads} threads`] : []));
+const rows = results.map((r) => {
+  const row = [
+    r.backend,
+    r.size.name,
+    `${(r.parameters / 1e6).toFixed(2)}M`,
+    both(r.kv),
+    r.full ? both(r.full) : '-',
+    r.full ? `${(r.kv.median / r.full.median).toFixed(1)}x` : '-',
+    both(r.learner),
+  ];
+  const one = torchRun(r.size, 1);
+  if (torch && one) {
+    const t = torchRate(one);
+    row.push(
+      both(t),
+      `${(t.median / r.learner.median).toFixed(1)}x (${(t.perCpu / r.learner.perCpu).toFixed(1)}x)`,
+    );
+    const many = torchRun(r.size, allThreads);
+    if (allThreads > 1) row.push(many ? fmt(torchRate(many).median) : '-');
+  } else if (torch) {
+    row.push('-', '-');
+  }
+  return row;
+});
+const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? '').length)));
+for (const row of [header, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  '));
+
+// Goals (issue #3), judged on the wasm backend by the median wall-clock run.
+console.log('\nGoals (wasm backend, median run; per CPU-second in brackets):');
+const goal = (text: string, value: string, met: boolean): void =>
+  console.log(`  ${text.padEnd(58)} ${value.padEnd(24)} ${met ? 'met' : 'NOT met'}`);
+const wasm = results.filter((r) => r.backend === 'wasm');
+if (wasm.length === 0) console.log('  not judged: the wasm backend was not measured');
+for (const r of wasm) {
+  const run = torchRun(r.size, 1);
+  if (run) {
+    const t = torchRate(run);
+    const ratio = t.median / r.learner.median;
+    goal(
+      `${r.size.name}: learner within ${GOALS.torchRatio}x of PyTorch CPU (1 thread)`,
+      `${ratio.toFixed(1)}x (${(t.perCpu / r.learner.perCpu).toFixed(1)}x)`,
+      ratio <= GOALS.torchRatio,
+    );
+  } else {
+    console.log(`  ${r.size.name}: learner vs PyTorch not judged: ${torchError ?? 'no PyTorch result'}`);
+  }
+  if (r.full) {
+    const speedup = r.kv.median / r.full.median;
+    goal(
+      `${r.size.name}: KV cache >= ${GOALS.kvSpeedup}x full forward at ${NEW_TOKENS} new tokens`,
+      `${speedup.toFixed(1)}x (${(r.kv.perCpu / r.full.perCpu).toFixed(1)}x)`,
+      speedup >= GOALS.kvSpeedup,
+    );
+  } else {
+    console.log(`  ${r.size.name}: KV cache vs full forward not judged (--full-runs 0)`);
+  }
+  if (r.size === NAMED_SIZES['1m']) {
+    goal(
+      `${r.size.name}: >= ${fmt(GOALS.trainPerCore)} train tok/s per core`,
+      `${fmt(r.learner.median)} (${fmt(r.learner.perCpu)})`,
+      r.learner.median >= GOALS.trainPerCore,
+    );
+    goal(
+      `${r.size.name}: >= ${fmt(GOALS.sampledPerCore)} sampled tok/s per core (KV cache)`,
+      `${fmt(r.kv.median)} (${fmt(r.kv.perCpu)})`,
+      r.kv.median >= GOALS.sampledPerCore,
+    );
+  }
+}
+if (skipped.length > 0) console.log(`\nbackends skipped:\n  ${skipped.join('\n  ')}`);
