@@ -57,6 +57,12 @@ export interface KafkaConsumerOptions {
   resumeAt?: number;
   /** Where a group with no committed offset starts: the oldest record (default) or only new ones. */
   fromBeginning?: boolean;
+  /**
+   * Offsets to start reading partitions from, by partition, instead of the group's committed offsets (a
+   * learner resuming from the positions its checkpoint recorded). Each applies once: the first time this
+   * consumer is assigned that partition. Partitions without one start from the committed offset.
+   */
+  startOffsets?: ReadonlyMap<number, number>;
   /** Acked offsets are committed at most this often (default 100 ms), and on unsubscribe. */
   commitIntervalMs?: number;
   /** Give up after this many failed commits in a row (default 10); a failed commit is retried otherwise. */
@@ -277,7 +283,17 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
         if (owned === ending) rejoined();
       });
     });
-    consumer.on(consumer.events.GROUP_JOIN, rejoined);
+    const startOffsets = new Map(options.startOffsets);
+    consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
+      rejoined();
+      // kafkajs applies a seek before its next fetch of the partition, so nothing is read from elsewhere.
+      for (const partition of payload.memberAssignment[topic] ?? []) {
+        const offset = startOffsets.get(partition);
+        if (offset === undefined) continue;
+        startOffsets.delete(partition);
+        consumer.seek({ topic, partition, offset: String(offset) });
+      }
+    });
     consumer.on(consumer.events.CRASH, ({ payload }) => {
       if (!payload.restart) fail(payload.error);
     });

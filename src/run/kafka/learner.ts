@@ -1,0 +1,760 @@
+/**
+ * The learner role: the driver and the learner of a run over Kafka.
+ *
+ * - Publishes prompts to `<run>.prompts` in the deterministic data order, as far ahead as the staleness
+ *   admission allows, each naming its data-order cursor and the oldest policy version it may be sampled with.
+ * - Reads `<run>.scored` (group `<run>.learner`) and assembles groups exactly as the in-memory run does:
+ *   groupSamples -> dropZeroVariance -> groupRelativeAdvantages -> toGradientBatches -> boundedStaleness -> train.
+ * - After each step: checkpoint (model, optimizer and the learner state below, in one atomic directory),
+ *   then the new version with its weights on `<run>.versions`, then the offset commits.
+ *
+ * The learner state says what has been consumed: the prompt cursor, the prompts published and not yet
+ * decided, per partition of `<run>.scored` the offset to read again from (the lowest offset of a sample whose
+ * group is not trained or dropped yet) and the groups decided past it. A learner started on a directory with
+ * a checkpoint resumes from it: it reads `<run>.scored` from those offsets, skips the samples of groups
+ * decided already (by group id), adopts the prompts a previous incarnation published after its checkpoint,
+ * and publishes the checkpoint's version if the versions topic does not have it yet. A version is published
+ * only once its checkpoint is durable, so a restart never publishes two different policies as one version.
+ */
+import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Subject, concatMap, from, identity, tap, type Observable } from 'rxjs';
+import { z } from 'zod';
+import {
+  SCHEMA_VERSION,
+  type GradientBatch,
+  type Prompt,
+  type ScoredRollout,
+} from '../../../schemas/index.ts';
+import { recordStepReport } from '../../learner/learner.ts';
+import { boundedStaleness } from '../../operators/boundedStaleness.ts';
+import { dropZeroVariance } from '../../operators/dropZeroVariance.ts';
+import { groupRelativeAdvantages } from '../../operators/groupRelativeAdvantages.ts';
+import { groupSamples } from '../../operators/groupSamples.ts';
+import { toGradientBatches } from '../../operators/toGradientBatches.ts';
+import { selectBackend } from '../../policy/backend.ts';
+import { loadCheckpoint } from '../../policy/checkpoint.ts';
+import { CharTokenizer } from '../../policy/tokenizer.ts';
+import { seededUniform } from '../../random.ts';
+import { StalenessAdmission } from '../../scheduling/admission.ts';
+import type { TaskExample } from '../../tasks/task.ts';
+import { createKafka } from '../../transport/kafka/client.ts';
+import { KafkaPublisher } from '../../transport/kafka/sink.ts';
+import { decodeMessage, kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
+import { createRunTopics, recordKey, topicName } from '../../transport/kafka/topics.ts';
+import {
+  decodeVersionsRecord,
+  publishPolicyVersion,
+  WEIGHTS_CHUNK_BYTES,
+} from '../../transport/kafka/weights.ts';
+import type { RolloutStats } from '../r1zero.ts';
+import { ensureBaseModel, modelConfig } from '../pretrain.ts';
+import { taskRuntime } from '../taskRuntime.ts';
+import type { LearnerReply, LearnerRequest } from '../workers/protocol.ts';
+import { WorkerClient } from '../workers/rpc.ts';
+import { exportWeights, type WeightArrays } from '../workers/weights.ts';
+import { Changes, readTopicSince, retrying } from './common.ts';
+import { ConsumedPositions } from './positions.ts';
+import type { LearnerSummary, RoleContext } from './types.ts';
+import { encodeWeights } from './weights.ts';
+
+const Counts = z.record(z.string(), z.int().nonnegative());
+
+/** The learner state a checkpoint carries (in its metadata, under `kafka`) and state.json shows. */
+export const LearnerState = z
+  .object({
+    format: z.literal('rxrl-kafka-learner'),
+    formatVersion: z.literal(1),
+    run: z.string().min(1),
+    /** 1 for the first process of the run, one more for each restart. */
+    incarnation: z.int().positive(),
+    version: z.int().nonnegative(),
+    /** Prompts below this data-order position are published (durably). */
+    promptCursor: z.int().nonnegative(),
+    /** End offsets of `<run>.prompts` when the state was taken: what was published after is read at restart. */
+    promptsEnd: Counts,
+    /** Per partition of `<run>.scored`: where a restart reads from. */
+    positions: Counts,
+    /** Prompts published and neither trained nor dropped yet. */
+    pending: z.array(z.object({ id: z.string(), cursor: z.int().nonnegative() }).strict()),
+    /** Recently decided groups and how ("trained" or the drop reason), every one decided past `positions` included. */
+    resolved: z.array(z.tuple([z.string(), z.string()])),
+    prompts: z
+      .object({ published: z.int().nonnegative(), trained: z.int().nonnegative(), dropped: Counts })
+      .strict(),
+    samples: z
+      .object({ trained: z.int().nonnegative(), dropped: Counts, duplicates: z.int().nonnegative() })
+      .strict(),
+  })
+  .strict();
+export type LearnerState = z.infer<typeof LearnerState>;
+
+/** Decided group ids a checkpoint remembers beyond those it must (late duplicates of older ones are skipped too). */
+const RESOLVED_IN_CHECKPOINT = 10_000;
+
+/** Deterministic data order: epoch e is the train set shuffled by (seed, e); the same as the in-memory run. */
+export function promptAt(
+  train: TaskExample[],
+  seed: number,
+  cursor: number,
+): { example: TaskExample; epoch: number } {
+  const epoch = Math.floor(cursor / train.length);
+  const rand = seededUniform(seed * 1000 + epoch);
+  const order = train.map((_, i) => i);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return { example: train[order[cursor % train.length]!]!, epoch };
+}
+
+/** The data-order position a prompt of this run was published at, if it says. */
+export function promptCursorOf(prompt: Prompt): number | undefined {
+  const c = prompt.meta?.['cursor'];
+  return typeof c === 'number' && Number.isInteger(c) && c >= 0 ? c : undefined;
+}
+
+interface PendingPrompt {
+  cursor: number;
+  publishedAt: number;
+  /** Sample indices received. */
+  indices: Set<number>;
+  /** Deliveries of its samples, settled when the group is decided. */
+  deliveries: Delivery<ScoredRollout>[];
+}
+
+/** One async section at a time (prompt publishing and the checkpoint's snapshot). */
+class Lock {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(section: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(section);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+}
+
+const bump = (counts: Record<string, number>, key: string, by = 1) => {
+  if (by > 0) counts[key] = (counts[key] ?? 0) + by;
+};
+
+export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
+  const { options, run, metrics, emit, totalSteps, eta } = ctx;
+  const { topology, connection } = options;
+  const g = topology.grpo;
+  const { groupSize: G, promptsPerStep: P } = g;
+  const B = G * P;
+  mkdirSync(options.runDir, { recursive: true });
+  const paths = {
+    checkpoint: join(options.runDir, 'checkpoint'),
+    state: join(options.runDir, 'state.json'),
+    log: join(options.runDir, 'learner.jsonl'),
+    metrics: join(options.runDir, 'metrics.jsonl'),
+  };
+  const topics = {
+    prompts: topicName(run, 'prompts'),
+    scored: topicName(run, 'scored'),
+    versions: topicName(run, 'versions'),
+  };
+
+  const created = await createRunTopics(connection, run, {
+    ...(options.partitions !== undefined ? { partitions: options.partitions } : {}),
+  });
+  emit({ kind: 'topics', run, created });
+  const admin = createKafka(connection).admin();
+  await admin.connect();
+  const endOffsets = async (topic: string) =>
+    Object.fromEntries(
+      (await retrying(() => admin.fetchTopicOffsets(topic))).map((o) => [
+        String(o.partition),
+        Number(o.high),
+      ]),
+    ) as Record<string, number>;
+
+  const metricsLog = metrics.stream.subscribe((m) => appendFileSync(paths.metrics, `${JSON.stringify(m)}\n`));
+  const publisher = new KafkaPublisher({ connection, metrics });
+  let learner: WorkerClient<LearnerRequest, LearnerReply> | undefined;
+  try {
+    await selectBackend(options.backend);
+    const runtime = taskRuntime(topology);
+    const tokenizer = new CharTokenizer(runtime.alphabet);
+
+    // --- where to start: the checkpoint in runDir, or the base model ------------------------------------
+    const resuming = existsSync(join(paths.checkpoint, 'manifest.json'));
+    let state: LearnerState;
+    let weights: WeightArrays;
+    if (resuming) {
+      const ckpt = await loadCheckpoint(paths.checkpoint);
+      weights = exportWeights(ckpt.model);
+      ckpt.model.dispose();
+      for (const tensor of ckpt.optimizer.values()) tensor.dispose();
+      const parsed = LearnerState.safeParse(ckpt.metadata?.['kafka']);
+      if (!parsed.success) {
+        throw new Error(
+          `${paths.checkpoint} is not the checkpoint of a learner over Kafka (its metadata has no valid learner ` +
+            `state: ${z.prettifyError(parsed.error)}); give the learner a run directory of its own`,
+        );
+      }
+      state = parsed.data;
+      if (state.run !== run) {
+        throw new Error(
+          `${options.runDir} holds the checkpoint of run "${state.run}", not of "${run}": ` +
+            'use another run directory, or the run name of that checkpoint',
+        );
+      }
+      if (ckpt.policyVersion !== state.version) {
+        throw new Error(
+          `${paths.checkpoint} is at policy version ${ckpt.policyVersion} but its learner state at ${state.version}`,
+        );
+      }
+      state.incarnation++;
+    } else {
+      const base = await ensureBaseModel({
+        topology,
+        runtime,
+        tokenizer,
+        cacheDir: options.cacheDir,
+        metrics,
+        onStep: (step, total, loss) => emit({ kind: 'pretrain', step, total, loss }),
+      });
+      emit({ kind: 'base-model', dir: base.dir, cached: base.cached });
+      weights = exportWeights(base.model);
+      base.model.dispose();
+      state = {
+        format: 'rxrl-kafka-learner',
+        formatVersion: 1,
+        run,
+        incarnation: 1,
+        version: 0,
+        promptCursor: 0,
+        // Records already on the topics (an earlier run of the same name) are not this run's.
+        promptsEnd: await endOffsets(topics.prompts),
+        positions: await endOffsets(topics.scored),
+        pending: [],
+        resolved: [],
+        prompts: { published: 0, trained: 0, dropped: {} },
+        samples: { trained: 0, dropped: {}, duplicates: 0 },
+      };
+    }
+    const resumedFrom = resuming ? state.version : undefined;
+
+    learner = new WorkerClient<LearnerRequest, LearnerReply>(
+      'learner',
+      new URL('../workers/learner.worker.ts', import.meta.url),
+    );
+    const ready = await learner.request<Extract<LearnerReply, { type: 'ready' }>>({
+      type: 'init',
+      backend: options.backend,
+      model: modelConfig(topology, tokenizer),
+      tokenizer: tokenizer.spec(),
+      version: state.version,
+      weights,
+      ...(resuming ? { checkpoint: paths.checkpoint } : {}),
+      config: {
+        loss: {
+          lossAggregation: g.lossAggregation,
+          importanceSampling: g.importanceSampling,
+          epsLow: g.epsLow,
+          epsHigh: g.epsHigh,
+          beta: g.beta,
+          klEstimator: g.klEstimator,
+        },
+        learningRate: { peak: g.learningRate, warmupSteps: g.warmupSteps },
+        maxGradNorm: g.maxGradNorm,
+        epochs: g.epochs,
+        temperature: topology.sampling.temperature,
+        referenceRefreshEvery: g.referenceRefreshEvery,
+      },
+    });
+    emit({ kind: 'backend', role: 'learner', backend: ready.backend });
+    if (ready.version !== state.version) {
+      throw new Error(
+        `resume: the checkpoint loaded at version ${ready.version}, its state says ${state.version}`,
+      );
+    }
+
+    // --- the bookkeeping ------------------------------------------------------------------------------
+    const pending = new Map<string, PendingPrompt>();
+    const resolved = new Map<string, string>(state.resolved);
+    const positions = new ConsumedPositions(state.positions);
+    /** Deliveries whose group is decided, acked once a checkpoint records that. */
+    let toAck: Delivery<ScoredRollout>[] = [];
+    const now = Date.now();
+    for (const p of state.pending) {
+      pending.set(p.id, { cursor: p.cursor, publishedAt: now, indices: new Set(), deliveries: [] });
+    }
+    let cursor = state.promptCursor;
+    /** Cursors at or past `cursor` published already (by an earlier incarnation): not published again. */
+    const published = new Set<number>();
+    for (const p of pending.values()) if (p.cursor >= cursor) published.add(p.cursor);
+
+    let adopted = 0;
+    if (resuming) {
+      // Prompts an earlier incarnation published after its checkpoint: pending too, not published again.
+      for (const message of await readTopicSince(connection, topics.prompts, state.promptsEnd)) {
+        const decoded = decodeMessage('Prompt', message.value);
+        if (decoded.kind !== 'message') continue;
+        const prompt = decoded.value;
+        const c = promptCursorOf(prompt);
+        if (c === undefined || c < state.promptCursor) continue;
+        if (pending.has(prompt.id) || resolved.has(prompt.id)) continue;
+        pending.set(prompt.id, { cursor: c, publishedAt: now, indices: new Set(), deliveries: [] });
+        published.add(c);
+        state.prompts.published++;
+        adopted++;
+      }
+      emit({ kind: 'resume', version: state.version, promptCursor: cursor, pending: pending.size, adopted });
+    }
+    appendFileSync(
+      paths.log,
+      `${JSON.stringify({
+        event: resuming ? 'resume' : 'start',
+        incarnation: state.incarnation,
+        version: state.version,
+        promptCursor: cursor,
+        positions: state.positions,
+        pending: pending.size,
+        adopted,
+        time: Date.now(),
+      })}\n`,
+    );
+
+    const admission = new StalenessAdmission({
+      eta,
+      samplesPerStep: B,
+      maxConcurrent: B * (eta + 1),
+      initialVersion: state.version,
+    });
+    if (pending.size > 0) {
+      // Already generating: they count against the staleness bound like any other. Over capacity only when
+      // a previous incarnation ran with a larger eta; nothing more is published until they are decided.
+      const n = Math.min(pending.size * G, admission.capacity);
+      admission.started(n);
+      admission.finished(n);
+    }
+
+    const lock = new Lock();
+    const rememberResolved = (id: string, outcome: string) => {
+      resolved.set(id, outcome);
+      if (resolved.size > 4 * RESOLVED_IN_CHECKPOINT) {
+        const keep = new Set(positions.settledPast());
+        for (const key of resolved.keys()) {
+          if (resolved.size <= 2 * RESOLVED_IN_CHECKPOINT) break;
+          if (!keep.has(key)) resolved.delete(key);
+        }
+      }
+    };
+    const settle = (delivery: Delivery<ScoredRollout>, groupId: string) => {
+      positions.settled(delivery.partition, Number(delivery.offset), groupId);
+      toAck.push(delivery);
+    };
+    const droppedSamples = (reason: string) => metrics.counter('drops.samples', { reason });
+    const droppedPrompts = (reason: string) => metrics.counter('prompts.dropped', { reason });
+    const trainedPrompts = metrics.counter('prompts.trained');
+    const publishedPrompts = metrics.counter('prompts.published');
+    const duplicates = metrics.counter('learner.duplicates');
+    const admission$ = new Changes();
+    admission.capacity$.subscribe(() => admission$.notify());
+
+    /** Decides a prompt's group: trained, or dropped for `outcome`, with its samples by outcome. */
+    const resolve = (id: string, outcome: string, trained: number, dropped: Record<string, number> = {}) => {
+      const p = pending.get(id);
+      if (!p) return;
+      pending.delete(id);
+      rememberResolved(id, outcome);
+      for (const delivery of p.deliveries) settle(delivery, id);
+      p.deliveries = [];
+      if (outcome === 'trained') {
+        state.prompts.trained++;
+        trainedPrompts.inc();
+      } else {
+        bump(state.prompts.dropped, outcome);
+        droppedPrompts(outcome).inc();
+      }
+      state.samples.trained += trained;
+      for (const [reason, n] of Object.entries(dropped)) bump(state.samples.dropped, reason, n);
+      admission.discarded(G - trained);
+    };
+
+    // --- stopping ---------------------------------------------------------------------------------------
+    let done = state.version >= totalSteps;
+    let stopReason: 'finished' | 'signal' = 'finished';
+    let failure: Error | undefined;
+    const stopChanges = new Changes();
+    const stop = (reason: 'finished' | 'signal') => {
+      if (done && reason === 'signal') return;
+      if (!done) stopReason = reason;
+      done = true;
+      stopChanges.notify();
+      admission$.notify();
+    };
+    const fail = (error: unknown) => {
+      failure ??= error instanceof Error ? error : new Error(String(error));
+      stop('signal');
+    };
+    const onAbort = () => stop('signal');
+    ctx.signal.addEventListener('abort', onAbort);
+    if (ctx.signal.aborted) onAbort();
+
+    // --- checkpoint, then version, then commits ---------------------------------------------------------
+    const snapshot = (): LearnerState => {
+      const past = positions.settledPast();
+      const recent = [...resolved].slice(-RESOLVED_IN_CHECKPOINT);
+      const kept = new Set(recent.map(([id]) => id));
+      const older = [...resolved].filter(([id]) => !kept.has(id) && past.has(id));
+      return {
+        ...state,
+        promptCursor: cursor,
+        positions: positions.positions(),
+        pending: [...pending].map(([id, p]) => ({ id, cursor: p.cursor })),
+        resolved: [...older, ...recent],
+        prompts: { ...state.prompts, dropped: { ...state.prompts.dropped } },
+        samples: { ...state.samples, dropped: { ...state.samples.dropped } },
+      };
+    };
+    /** `reason`: the initial checkpoint, one after a step, or the last one when the learner stops. */
+    const checkpoint = async (reason: 'start' | 'step' | 'stop') => {
+      const { taken, acks } = await lock.run(async () => {
+        // No prompt is being published now: the end offsets cover exactly the prompts below the cursor.
+        state.promptsEnd = await endOffsets(topics.prompts);
+        const acks = toAck;
+        toAck = [];
+        return { taken: snapshot(), acks };
+      });
+      await learner!.request({ type: 'save', dir: paths.checkpoint, metadata: { kafka: taken } });
+      writeFileSync(paths.state, `${JSON.stringify(taken, null, 2)}\n`);
+      appendFileSync(
+        paths.log,
+        `${JSON.stringify({
+          event: 'checkpoint',
+          reason,
+          incarnation: taken.incarnation,
+          version: taken.version,
+          promptCursor: taken.promptCursor,
+          positions: taken.positions,
+          pending: taken.pending.length,
+          prompts: taken.prompts,
+          time: Date.now(),
+        })}\n`,
+      );
+      for (const delivery of acks) delivery.ack();
+      emit({ kind: 'checkpoint', step: taken.version, dir: paths.checkpoint });
+    };
+    const publishVersion = async (version: number, arrays: WeightArrays, batches: string[] = []) => {
+      const bytes = encodeWeights(arrays);
+      await publishPolicyVersion(
+        publisher,
+        run,
+        {
+          schemaVersion: SCHEMA_VERSION,
+          version,
+          step: version,
+          time: Date.now(),
+          ...(batches.length > 0 ? { consumedBatches: batches } : {}),
+        },
+        bytes,
+      );
+      emit({ kind: 'version-published', version, bytes: bytes.byteLength });
+    };
+
+    if (!resuming) await checkpoint('start');
+    const latest = await latestPublishedVersion(
+      connection,
+      run,
+      Math.ceil(encodeWeights(weights).byteLength / WEIGHTS_CHUNK_BYTES),
+    );
+    if (latest > state.version) {
+      throw new Error(
+        `${topics.versions} already has policy version ${latest}, but the checkpoint in ${options.runDir} is at ` +
+          `${state.version}: this is not the directory of the learner that published it`,
+      );
+    }
+    if (latest < state.version || latest < 0) await publishVersion(state.version, weights);
+
+    // --- the stream topology -----------------------------------------------------------------------------
+    const versions = new Subject<number>();
+    const scored = new Subject<ScoredRollout>();
+    const trainedSamples = metrics.counter('samples.trained');
+    const runEnded = droppedSamples('run_ended');
+    let window = { reward: 0, accuracy: 0, format: 0, length: 0, n: 0, started: performance.now() };
+    let roundsSinceStep = 0;
+    const staleByGroup = new Map<string, number>();
+    const claimed = new Set<string>();
+
+    const onDelivery = (delivery: Delivery<ScoredRollout>) => {
+      positions.delivered(delivery.partition, Number(delivery.offset));
+      const s = delivery.value;
+      const p = pending.get(s.groupId);
+      if (!p) {
+        if (resolved.has(s.groupId)) {
+          state.samples.duplicates++;
+          duplicates.inc();
+        } else {
+          // Not a prompt of this learner's (another run of the same name, or decided too long ago to remember).
+          droppedSamples('unknown_prompt').inc();
+          bump(state.samples.dropped, 'unknown_prompt');
+        }
+        settle(delivery, s.groupId);
+        return;
+      }
+      p.deliveries.push(delivery);
+      if (p.indices.has(s.index)) return; // groupSamples counts it as a duplicate
+      p.indices.add(s.index);
+      window.n++;
+      window.reward += s.reward ?? 0;
+      window.accuracy += s.rewards['accuracy'] ?? s.rewards['countdown'] ?? 0;
+      window.format += s.rewards['format'] ?? 0;
+      window.length += s.completionTokenIds.length;
+      scored.next(s);
+    };
+
+    const sweepStale = () => {
+      for (const [id, n] of staleByGroup) {
+        if (claimed.has(id)) continue;
+        staleByGroup.delete(id);
+        resolve(id, 'stale', 0, { stale: n });
+      }
+    };
+
+    let training: Promise<void> = Promise.resolve();
+    const train = (batch: GradientBatch): Observable<void> =>
+      from(
+        (training = (async () => {
+          const groups = new Map<string, number>();
+          for (const s of batch.samples) groups.set(s.groupId, (groups.get(s.groupId) ?? 0) + 1);
+          const decide = (outcome: string) => {
+            for (const [id, n] of groups) {
+              const stale = staleByGroup.get(id) ?? 0;
+              staleByGroup.delete(id);
+              claimed.delete(id);
+              if (outcome === 'trained') resolve(id, 'trained', n, { stale });
+              else resolve(id, outcome, 0, { [outcome]: n, stale });
+            }
+          };
+          if (done) {
+            // Stopped by a signal: left pending, so that a restart trains them.
+            if (stopReason !== 'finished') return;
+            runEnded.inc(batch.samples.length);
+            decide('run_ended');
+            return;
+          }
+          const staleness =
+            batch.samples.reduce((a, s) => a + (state.version - s.policyVersion), 0) / batch.samples.length;
+          const reply = await learner!.request<Extract<LearnerReply, { type: 'trained' }>>({
+            type: 'train',
+            batch,
+          });
+          decide('trained');
+          trainedSamples.inc(batch.samples.length);
+          roundsSinceStep = 0;
+          state.version = reply.version;
+          const w = window;
+          window = { reward: 0, accuracy: 0, format: 0, length: 0, n: 0, started: performance.now() };
+          const rollout: RolloutStats = {
+            rewardMean: w.reward / Math.max(w.n, 1),
+            accuracy: w.accuracy / Math.max(w.n, 1),
+            formatRate: w.format / Math.max(w.n, 1),
+            lengthMean: w.length / Math.max(w.n, 1),
+            // As the learner receives them: completion tokens of scored samples per second.
+            tokensPerSecond: w.length / Math.max((performance.now() - w.started) / 1000, 1e-9),
+          };
+          const step = reply.version;
+          metrics.record('reward/mean', rollout.rewardMean, step);
+          metrics.record('reward/accuracy', rollout.accuracy, step);
+          metrics.record('reward/format', rollout.formatRate, step);
+          metrics.record('completion_length/mean', rollout.lengthMean, step);
+          metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
+          metrics.record('staleness/mean', staleness, step);
+          for (const r of reply.reports) recordStepReport(metrics, r);
+          metrics.flush(step);
+          emit({
+            kind: 'step',
+            step,
+            total: totalSteps,
+            report: reply.reports[reply.reports.length - 1]!,
+            rollout,
+            staleness,
+          });
+          await checkpoint('step');
+          await publishVersion(step, reply.weights, [batch.id]);
+          admission.setVersion(step);
+          versions.next(step);
+          if (step >= totalSteps) stop('finished');
+        })()),
+      );
+
+    const pipeline = scored
+      .pipe(
+        groupSamples({
+          maxWaitMs: g.groupTimeoutMs,
+          metrics,
+          onIncomplete: (grp) =>
+            resolve(grp.groupId, `incomplete_${grp.reason}`, 0, {
+              [`incomplete_${grp.reason}`]: grp.samples.length,
+            }),
+        }),
+        g.dynamicSampling
+          ? dropZeroVariance({
+              metrics,
+              onDrop: (grp) =>
+                resolve(grp.groupId, 'zero_variance', 0, { zero_variance: grp.samples.length }),
+            })
+          : identity,
+        groupRelativeAdvantages({ estimator: g.estimator, metrics }),
+        toGradientBatches({ limit: { samples: B }, metrics }),
+        boundedStaleness({
+          eta,
+          versions,
+          initialVersion: state.version,
+          metrics,
+          onStale: (stale) => {
+            for (const s of stale) staleByGroup.set(s.groupId, (staleByGroup.get(s.groupId) ?? 0) + 1);
+            // The rest of the batch (if any) is emitted right after this: its groups are claimed by then.
+            queueMicrotask(sweepStale);
+          },
+        }),
+        tap((batch) => {
+          for (const s of batch.samples) claimed.add(s.groupId);
+        }),
+        concatMap(train),
+      )
+      .subscribe({ error: fail });
+
+    const source = kafkaSource({
+      connection,
+      run,
+      edge: 'scored',
+      groupId: `${run}.learner`,
+      startOffsets: new Map(Object.entries(state.positions).map(([p, o]) => [Number(p), o])),
+      // Samples stay unacked until a checkpoint records their group decided: room for every round of
+      // generation one step may take, or the source would pause with the step waiting on it.
+      maxInFlight: Math.max(2_000, 2 * (g.maxGenerationRounds + eta + 3) * B),
+      sessionTimeoutMs: ctx.sessionTimeoutMs,
+      metrics,
+    });
+    const sourceSubscription = source.subscribe({ next: onDelivery, error: fail });
+    ctx.ready?.();
+
+    // Prompts whose samples never come (no rollout worker, or one that cannot sample them) are dropped.
+    const sweep = setInterval(() => {
+      const limit = Date.now() - g.groupTimeoutMs;
+      for (const [id, p] of pending) {
+        if (p.indices.size === 0 && p.publishedAt < limit) resolve(id, 'no_rollouts', 0);
+      }
+    }, 1_000);
+
+    // --- prompts: as far ahead as the admission control allows -----------------------------------------
+    const publishRound = () =>
+      lock.run(async () => {
+        const prompts: Prompt[] = [];
+        const at = Date.now();
+        while (prompts.length < P) {
+          const c = cursor++;
+          if (published.delete(c)) continue;
+          const { example, epoch } = promptAt(runtime.train, topology.seed, c);
+          const base = runtime.prompt(example, `@${epoch}`);
+          const prompt: Prompt = {
+            ...base,
+            meta: { ...base.meta, cursor: c, minPolicyVersion: state.version },
+          };
+          prompts.push(prompt);
+          pending.set(prompt.id, { cursor: c, publishedAt: at, indices: new Set(), deliveries: [] });
+        }
+        admission.started(B);
+        admission.finished(B);
+        await Promise.all(
+          prompts.map((p) => publisher.publish(topics.prompts, 'Prompt', p, recordKey('Prompt', p, run))),
+        );
+        state.prompts.published += prompts.length;
+        publishedPrompts.inc(prompts.length);
+      });
+    const publishing = (async () => {
+      while (!done) {
+        if (admission.capacity < B) {
+          await Promise.race([admission$.wait(), stopChanges.wait()]);
+          continue;
+        }
+        if (++roundsSinceStep > g.maxGenerationRounds) {
+          throw new Error(
+            `dynamic sampling: ${g.maxGenerationRounds} rounds of ${B} samples did not fill one batch, because ` +
+              'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
+              'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
+          );
+        }
+        await publishRound();
+      }
+    })();
+    publishing.catch(fail);
+
+    while (!done) await stopChanges.wait();
+    await publishing.catch(() => undefined);
+    clearInterval(sweep);
+    pipeline.unsubscribe();
+    await training.catch(() => undefined);
+    if (!failure) {
+      // Prompts still out when the last step is taken will not be trained: dropped, counted.
+      if (stopReason === 'finished') {
+        for (const [id, p] of [...pending]) {
+          runEnded.inc(p.indices.size);
+          resolve(id, 'run_ended', 0, { run_ended: p.indices.size });
+        }
+      }
+      await checkpoint('stop');
+    }
+    sourceSubscription.unsubscribe();
+    ctx.signal.removeEventListener('abort', onAbort);
+    if (failure) {
+      await source.closed().catch(() => undefined);
+      throw failure;
+    }
+    await source.closed();
+    emit({ kind: 'stopped', role: 'learner', reason: stopReason });
+    return {
+      steps: state.version,
+      ...(resumedFrom !== undefined ? { resumedFrom } : {}),
+      prompts: {
+        published: state.prompts.published,
+        trained: state.prompts.trained,
+        dropped: { ...state.prompts.dropped },
+        pending: pending.size,
+      },
+      samples: { ...state.samples, dropped: { ...state.samples.dropped } },
+      backend: ready.backend,
+    };
+  } finally {
+    metricsLog.unsubscribe();
+    await Promise.all([publisher.close().catch(() => {}), learner?.close(), admin.disconnect()]);
+  }
+}
+
+/**
+ * The newest PolicyVersion on the run's versions topic, or -1 when it has none. Reads only its tail: the
+ * learner is its one writer and each version is at most `chunks` weight chunks and its PolicyVersion.
+ */
+export async function latestPublishedVersion(
+  connection: RoleContext['options']['connection'],
+  run: string,
+  chunks: number,
+): Promise<number> {
+  const topic = topicName(run, 'versions');
+  const admin = createKafka(connection).admin();
+  await admin.connect();
+  let from: Record<string, number>;
+  try {
+    from = Object.fromEntries(
+      (await retrying(() => admin.fetchTopicOffsets(topic))).map((o) => [
+        String(o.partition),
+        Math.max(Number(o.low), Number(o.high) - 2 * (chunks + 1)),
+      ]),
+    );
+  } finally {
+    await admin.disconnect();
+  }
+  let latest = -1;
+  for (const message of await readTopicSince(connection, topic, from)) {
+    const decoded = decodeVersionsRecord(message);
+    if (decoded.kind === 'message' && decoded.value.kind === 'policy') {
+      latest = Math.max(latest, decoded.value.policy.version);
+    }
+  }
+  return latest;
+}
