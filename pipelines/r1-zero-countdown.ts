@@ -1,5 +1,6 @@
 import { defineTopology } from '../src/topology/topology.ts';
 import { R1_ZERO_SHORT_TEMPLATE } from '../src/tasks/task.ts';
+import arithmetic from './r1-zero-arithmetic.ts';
 
 /**
  * R1-Zero on Countdown as TinyZero sets it (3 numbers, a target, an expression using each number once
@@ -16,26 +17,9 @@ export default defineTopology({
   model: { contextLength: 128, dModel: 64, nLayers: 3, nHeads: 4 },
   pretrain: { steps: 600, batchSize: 32, learningRate: 3e-3, solveRate: 0.3, brokenFormat: 0.2 },
   rewards: [{ kind: 'countdown', weight: 1 }],
-  grpo: {
-    groupSize: 8,
-    promptsPerStep: 16,
-    estimator: 'grpo',
-    dynamicSampling: true,
-    lossAggregation: 'dapo',
-    importanceSampling: 'token',
-    epsLow: 0.2,
-    epsHigh: 0.28,
-    beta: 0,
-    klEstimator: 'k3',
-    learningRate: 1e-3,
-    warmupSteps: 5,
-    maxGradNorm: 1,
-    epochs: 1,
-    referenceRefreshEvery: 0,
-    eta: 2,
-    groupTimeoutMs: 600_000,
-  },
+  // The arithmetic pipeline's GRPO, evaluation and run settings (DAPO loss, dynamic sampling, eta 2).
+  grpo: arithmetic.grpo,
   sampling: { temperature: 1, topP: 1, topK: 0, maxNewTokens: 40 },
-  eval: { every: 20, prompts: 64, k: 4, temperature: 0.6, topP: 0.95 },
-  run: { steps: 150, checkpointEvery: 25 },
+  eval: arithmetic.eval,
+  run: arithmetic.run,
 });

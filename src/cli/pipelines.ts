@@ -23,3 +23,8 @@ export async function loadPipeline(nameOrPath: string): Promise<Topology> {
     throw new Error(`${file} does not export a valid topology as default: ${parsed.error.message}`);
   return parsed.data;
 }
+
+/** Where `rxrl run` writes a pipeline's metrics, checkpoint and summary unless told otherwise. */
+export function defaultRunDir(pipeline: string): string {
+  return join('runs', pipeline);
+}

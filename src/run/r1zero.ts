@@ -2,7 +2,7 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } fr
 import { join } from 'node:path';
 import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
 import type { GradientBatch, Rollout, ScoredRollout } from '../../schemas/index.ts';
-import { recordStepReport, type StepReport } from '../learner/learner.ts';
+import type { StepReport } from '../learner/learner.ts';
 import { Metrics } from '../metrics/metrics.ts';
 import { boundedStaleness } from '../operators/boundedStaleness.ts';
 import { dropZeroVariance } from '../operators/dropZeroVariance.ts';
@@ -14,15 +14,16 @@ import { selectBackend, type BackendRequest } from '../policy/backend.ts';
 import { loadCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
 import { StalenessAdmission } from '../scheduling/admission.ts';
-import { seededUniform } from '../random.ts';
-import type { TaskExample } from '../tasks/task.ts';
 import type { Topology } from '../topology/topology.ts';
 import { evaluate, type EvalResult } from './evaluate.ts';
 import { ensureBaseModel, modelConfig } from './pretrain.ts';
+import { DataOrder, meanStaleness, recordStep, RolloutWindow, type RolloutStats } from './stepStats.ts';
 import { taskRuntime } from './taskRuntime.ts';
 import type { GeneratorReply, GeneratorRequest, LearnerReply, LearnerRequest } from './workers/protocol.ts';
 import { WorkerClient } from './workers/rpc.ts';
 import { buffersOf, exportWeights, type WeightArrays } from './workers/weights.ts';
+
+export type { RolloutStats } from './stepStats.ts';
 
 export interface RunOptions {
   topology: Topology;
@@ -58,14 +59,6 @@ export type RunEvent =
     }
   | { kind: 'checkpoint'; step: number; dir: string };
 
-export interface RolloutStats {
-  rewardMean: number;
-  accuracy: number;
-  formatRate: number;
-  lengthMean: number;
-  tokensPerSecond: number;
-}
-
 /** Where every generated sample ended: the counts add up to `generated` (DESIGN.md "Nothing lost"). */
 export interface Accounting {
   generated: number;
@@ -89,22 +82,6 @@ interface RunState {
    */
   trainedCursor: number;
   version: number;
-}
-
-/** Deterministic data order: epoch e is the train set shuffled by (seed, e). */
-function promptAt(
-  train: TaskExample[],
-  seed: number,
-  cursor: number,
-): { example: TaskExample; epoch: number } {
-  const epoch = Math.floor(cursor / train.length);
-  const rand = seededUniform(seed * 1000 + epoch);
-  const order = train.map((_, i) => i);
-  for (let i = order.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [order[i], order[j]] = [order[j]!, order[i]!];
-  }
-  return { example: train[order[cursor % train.length]!]!, epoch };
 }
 
 /**
@@ -240,19 +217,12 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const generated = metrics.counter('samples.generated');
   const trainedSamples = metrics.counter('samples.trained');
   const runEnded = metrics.counter('drops.samples', { reason: 'run_ended' });
-  let window = { reward: 0, accuracy: 0, format: 0, length: 0, n: 0, tokens: 0, seconds: 0 };
+  const window = new RolloutWindow();
+  const dataOrder = new DataOrder(runtime.train, topology.seed);
   let done = state.version >= totalSteps;
   let roundsSinceStep = 0;
   let stopGeneration: () => void = () => undefined;
   const generationStopped = new Promise<void>((resolve) => (stopGeneration = resolve));
-
-  const tally = (s: ScoredRollout) => {
-    window.n++;
-    window.reward += s.reward ?? 0;
-    window.accuracy += s.rewards['accuracy'] ?? s.rewards['countdown'] ?? 0;
-    window.format += s.rewards['format'] ?? 0;
-    window.length += s.completionTokenIds.length;
-  };
 
   const train = (batch: GradientBatch): Observable<void> =>
     from(
@@ -261,8 +231,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           runEnded.inc(batch.samples.length);
           return;
         }
-        const staleness =
-          batch.samples.reduce((a, s) => a + (state.version - s.policyVersion), 0) / batch.samples.length;
+        const staleness = meanStaleness(batch, state.version);
         const reply = await learner.request<Extract<LearnerReply, { type: 'trained' }>>({
           type: 'train',
           batch,
@@ -281,24 +250,9 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
         );
         admission.setVersion(reply.version);
         versions.next(reply.version);
-        const w = window;
-        window = { reward: 0, accuracy: 0, format: 0, length: 0, n: 0, tokens: 0, seconds: 0 };
-        const rollout: RolloutStats = {
-          rewardMean: w.reward / Math.max(w.n, 1),
-          accuracy: w.accuracy / Math.max(w.n, 1),
-          formatRate: w.format / Math.max(w.n, 1),
-          lengthMean: w.length / Math.max(w.n, 1),
-          tokensPerSecond: w.tokens / Math.max(w.seconds, 1e-9),
-        };
+        const rollout = window.take();
         const step = reply.version;
-        metrics.record('reward/mean', rollout.rewardMean, step);
-        metrics.record('reward/accuracy', rollout.accuracy, step);
-        metrics.record('reward/format', rollout.formatRate, step);
-        metrics.record('completion_length/mean', rollout.lengthMean, step);
-        metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
-        metrics.record('staleness/mean', staleness, step);
-        for (const r of reply.reports) recordStepReport(metrics, r);
-        metrics.flush(step);
+        recordStep(metrics, step, rollout, staleness, reply.reports);
         emit({
           kind: 'step',
           step,
@@ -327,7 +281,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const pipeline = rollouts.pipe(
     scoreRollouts({ rewards: runtime.rewards, metrics }),
     tap((s) => {
-      tally(s);
+      window.add(s);
       options.onCompletion?.(s);
     }),
     groupSamples({
@@ -381,7 +335,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
         continue;
       }
       const prompts = Array.from({ length: P }, (_, i) => {
-        const { example, epoch } = promptAt(runtime.train, topology.seed, cursor + i);
+        const { example, epoch } = dataOrder.at(cursor + i);
         const prompt = runtime.prompt(example, `@${epoch}`);
         cursorOf.set(prompt.id, cursor + i);
         return prompt;
@@ -405,8 +359,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       });
       admission.finished(B);
       generated.inc(reply.rollouts.length);
-      window.tokens += reply.tokens;
-      window.seconds += reply.seconds;
+      window.generated(reply.tokens, reply.seconds);
       for (const r of reply.rollouts) rollouts.next(r);
     }
   })();

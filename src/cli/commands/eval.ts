@@ -1,25 +1,8 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { BackendRequest } from '../../policy/backend.ts';
-import { loadPipeline } from '../pipelines.ts';
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`expected a positive integer, got "${value}"`);
-  return n;
-}
-
-function probability(value: string): number {
-  const n = Number(value);
-  if (!(n > 0 && n <= 1)) throw new Error(`expected a number in (0, 1], got "${value}"`);
-  return n;
-}
-
-function positiveNumber(value: string): number {
-  const n = Number(value);
-  if (!(n > 0)) throw new Error(`expected a positive number, got "${value}"`);
-  return n;
-}
+import { anyInt, positiveInt, positiveNumber, probability } from '../options.ts';
+import { defaultRunDir, loadPipeline } from '../pipelines.ts';
 
 export function registerEvalCommand(program: Command): void {
   program
@@ -39,7 +22,7 @@ export function registerEvalCommand(program: Command): void {
       positiveNumber,
     )
     .option('--top-p <p>', 'nucleus sampling (default: the topology eval.topP)', probability)
-    .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10), 0)
+    .option('--seed <n>', 'sampling seed', anyInt, 0)
     .option('--json', 'print the result as JSON')
     .action(
       async (
@@ -56,7 +39,7 @@ export function registerEvalCommand(program: Command): void {
         },
       ) => {
         const topology = await loadPipeline(name);
-        const checkpoint = opts.checkpoint ?? join('runs', topology.name, 'checkpoint');
+        const checkpoint = opts.checkpoint ?? join(defaultRunDir(topology.name), 'checkpoint');
         const settings = {
           prompts: opts.prompts ?? topology.eval.prompts,
           k: opts.samples ?? topology.eval.k,

@@ -5,17 +5,12 @@
 import { createReadStream } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { createInterface } from 'node:readline';
-import { InvalidArgumentError, Option, type Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import type { KafkaMessage } from 'kafkajs';
 import type { Prompt } from '../../../schemas/index.ts';
 import { validateMessage } from '../../validation.ts';
-import {
-  createKafka,
-  parseBrokers,
-  SASL_MECHANISMS,
-  type KafkaConnectionOptions,
-  type SaslMechanism,
-} from '../../transport/kafka/client.ts';
+import { createKafka, type KafkaConnectionOptions } from '../../transport/kafka/client.ts';
+import { connectionOf, positiveInt, withConnection, type ConnectionFlags } from '../options.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import {
   createRunTopics,
@@ -25,13 +20,6 @@ import {
   type RunTopicsOptions,
 } from '../../transport/kafka/topics.ts';
 import { isWeightsChunk } from '../../transport/kafka/source.ts';
-
-interface ConnectionFlags {
-  brokers?: string;
-  clientId?: string;
-  ssl?: boolean;
-  saslMechanism?: SaslMechanism;
-}
 
 /** Adds `topics create|describe|delete`, `feed` and `tail` to the program. */
 export function registerKafkaCommands(program: Command): void {
@@ -174,37 +162,6 @@ export function registerKafkaCommands(program: Command): void {
     );
 }
 
-function withConnection(command: Command): Command {
-  return command
-    .option('--brokers <list>', 'Kafka brokers, host:port[,host:port...] (default: env KAFKA_BROKERS)')
-    .option('--client-id <id>', 'client id the brokers see', 'rxrl')
-    .option('--ssl', 'connect with TLS (system CAs)')
-    .addOption(
-      new Option(
-        '--sasl-mechanism <mechanism>',
-        'authenticate with SASL; user and password from env KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD',
-      ).choices(SASL_MECHANISMS),
-    );
-}
-
-function connectionOf(flags: ConnectionFlags, command: Command): KafkaConnectionOptions {
-  const brokers = parseBrokers(flags.brokers ?? process.env.KAFKA_BROKERS);
-  if (brokers.length === 0) command.error('No Kafka brokers: pass --brokers host:port or set KAFKA_BROKERS');
-  const connection: KafkaConnectionOptions = { brokers, clientId: flags.clientId ?? 'rxrl' };
-  if (flags.ssl) connection.ssl = true;
-  if (flags.saslMechanism) {
-    const username = process.env.KAFKA_SASL_USERNAME;
-    const password = process.env.KAFKA_SASL_PASSWORD;
-    if (!username || !password) {
-      command.error(
-        `--sasl-mechanism ${flags.saslMechanism} needs env KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD`,
-      );
-    }
-    connection.sasl = { mechanism: flags.saslMechanism, username, password };
-  }
-  return connection;
-}
-
 async function requireTopic(
   connection: KafkaConnectionOptions,
   topic: string,
@@ -267,12 +224,6 @@ function writer(command: Command, stream: 'out' | 'err' = 'out'): (line: string)
   const output = command.configureOutput();
   const write = stream === 'out' ? output.writeOut : output.writeErr;
   return (line) => (write ? write(`${line}\n`) : console.log(line));
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer.');
-  return n;
 }
 
 function retentionMs(value: string): number {

@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { extname } from 'node:path';
-import { InvalidArgumentError, Option, type Command } from 'commander';
+import { Option, type Command } from 'commander';
 import type { Observable } from 'rxjs';
 import type { Metric } from '../../../schemas/index.ts';
 import { loadRuns, plotSpec, renderSvg, STANDARD_PANELS, svgToPng } from '../../metrics/plot.ts';
@@ -15,22 +15,20 @@ import { metricsFromKafka, metricsFromServer } from '../../metrics/sources.ts';
 import { followMetricsJsonl, metricsOf, readMetricsJsonl, type MetricFilter } from '../../metrics/streams.ts';
 import { LatestTable, StepLines } from '../../metrics/table.ts';
 import {
-  parseBrokers,
-  SASL_MECHANISMS,
-  type KafkaConnectionOptions,
-  type SaslMechanism,
-} from '../../transport/kafka/client.ts';
+  collect,
+  connectionOf,
+  portNumber,
+  positiveInt,
+  withConnection,
+  type ConnectionFlags,
+} from '../options.ts';
 
-interface MetricsFlags {
+interface MetricsFlags extends ConnectionFlags {
   follow?: boolean;
   name?: string[];
   run?: string;
   format?: 'table' | 'steps' | 'jsonl';
   topic?: string;
-  brokers?: string;
-  clientId?: string;
-  ssl?: boolean;
-  saslMechanism?: SaslMechanism;
   interval: number;
 }
 
@@ -38,7 +36,7 @@ const FORMATS = ['table', 'steps', 'jsonl'] as const;
 
 /** Adds `metrics` and `plot` to the program. */
 export function registerMetricsCommands(program: Command): void {
-  program
+  const metrics = program
     .command('metrics')
     .description(
       "Print a run's metrics: from a running process (its --dashboard/--metrics-port address), a metrics.jsonl file, or a Kafka topic (--topic <run>.metrics)",
@@ -54,17 +52,9 @@ export function registerMetricsCommands(program: Command): void {
       ).choices(FORMATS),
     )
     .option('--interval <ms>', 'with --follow: redraw the table at most this often', positiveInt, 500)
-    .option('--topic <topic>', "read the run's Kafka topic <run>.metrics instead of a source")
-    .option('--brokers <list>', 'Kafka brokers, host:port[,host:port...] (default: env KAFKA_BROKERS)')
-    .option('--client-id <id>', 'client id the brokers see', 'rxrl')
-    .option('--ssl', 'connect to Kafka with TLS (system CAs)')
-    .addOption(
-      new Option(
-        '--sasl-mechanism <mechanism>',
-        'authenticate with SASL; user and password from env KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD',
-      ).choices(SASL_MECHANISMS),
-    )
-    .action(async (source: string | undefined, flags: MetricsFlags, command: Command) => {
+    .option('--topic <topic>', "read the run's Kafka topic <run>.metrics instead of a source");
+  withConnection(metrics).action(
+    async (source: string | undefined, flags: MetricsFlags, command: Command) => {
       const filter: MetricFilter = {
         ...(flags.name ? { name: flags.name } : {}),
         ...(flags.run ? { run: flags.run } : {}),
@@ -126,7 +116,8 @@ export function registerMetricsCommands(program: Command): void {
       if (format === 'steps') for (const line of steps.flush()) out(line);
       if (format === 'table') draw();
       await closed();
-    });
+    },
+  );
 
   program
     .command('dashboard')
@@ -188,39 +179,4 @@ export function registerMetricsCommands(program: Command): void {
         );
       },
     );
-}
-
-function connectionOf(flags: MetricsFlags, command: Command): KafkaConnectionOptions {
-  const brokers = parseBrokers(flags.brokers ?? process.env.KAFKA_BROKERS);
-  if (brokers.length === 0) command.error('No Kafka brokers: pass --brokers host:port or set KAFKA_BROKERS');
-  const connection: KafkaConnectionOptions = { brokers, clientId: flags.clientId ?? 'rxrl' };
-  if (flags.ssl) connection.ssl = true;
-  if (flags.saslMechanism) {
-    const username = process.env.KAFKA_SASL_USERNAME;
-    const password = process.env.KAFKA_SASL_PASSWORD;
-    if (!username || !password) {
-      command.error(
-        `--sasl-mechanism ${flags.saslMechanism} needs env KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD`,
-      );
-    }
-    connection.sasl = { mechanism: flags.saslMechanism, username, password };
-  }
-  return connection;
-}
-
-function collect(value: string, previous: string[] | undefined): string[] {
-  return [...(previous ?? []), value];
-}
-
-function portNumber(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 65535)
-    throw new InvalidArgumentError('expected a port, 0 to 65535.');
-  return n;
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer.');
-  return n;
 }

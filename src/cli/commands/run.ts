@@ -1,13 +1,13 @@
-import { join } from 'node:path';
 import cliProgress from 'cli-progress';
-import { InvalidArgumentError, type Command } from 'commander';
+import type { Command } from 'commander';
 import { Subject } from 'rxjs';
 import type { ScoredRollout } from '../../../schemas/index.ts';
 import { Metrics } from '../../metrics/metrics.ts';
 import { createMetricsServer, type MetricsServer } from '../../metrics/server.ts';
 import type { BackendRequest } from '../../policy/backend.ts';
 import type { RunEvent, RunSummary } from '../../run/r1zero.ts';
-import { loadPipeline } from '../pipelines.ts';
+import { nonNegativeInt, portNumber, positiveInt } from '../options.ts';
+import { defaultRunDir, loadPipeline } from '../pipelines.ts';
 
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 
@@ -93,13 +93,6 @@ export function printSummary(summary: RunSummary): void {
     console.log(`  WARNING: ${generated - trained - dropped} samples unaccounted for`);
 }
 
-function port(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 65535)
-    throw new InvalidArgumentError('expected a port, 0 to 65535.');
-  return n;
-}
-
 /**
  * The metrics server of `--dashboard [port]` or `--metrics-port <port>` (one server either way; with both,
  * their ports must agree), listening before the run starts so its first metrics are kept.
@@ -138,17 +131,17 @@ export function registerRunCommand(program: Command): void {
     )
     .option('--cache-dir <dir>', 'where base models are cached', '.cache/base-models')
     .option('--resume', 'continue from the last checkpoint in the run directory')
-    .option('--steps <n>', 'override the number of optimiser steps', (v) => Number.parseInt(v, 10))
-    .option('--eta <n>', 'override the staleness bound (0: synchronous)', (v) => Number.parseInt(v, 10))
+    .option('--steps <n>', 'override the number of optimiser steps', positiveInt)
+    .option('--eta <n>', 'override the staleness bound (0: synchronous)', nonNegativeInt)
     .option(
       '--dashboard [port]',
       'serve a live dashboard of the run, with /metrics (Prometheus) and /metrics/stream (SSE), on this port (default: a free one); its address is printed',
-      port,
+      portNumber,
     )
     .option(
       '--metrics-port <port>',
       'serve /metrics (Prometheus) and /metrics/stream (SSE) on this port (0: a free one), for scrapers and `rxrl metrics`',
-      port,
+      portNumber,
     )
     .option('--metrics-host <host>', 'address the metrics server listens on', '127.0.0.1')
     .action(
@@ -180,7 +173,7 @@ export function registerRunCommand(program: Command): void {
             ...(server ? { onCompletion: (s: ScoredRollout) => completions.next(s) } : {}),
             topology,
             backend: opts.backend,
-            runDir: opts.runDir ?? join('runs', topology.name),
+            runDir: opts.runDir ?? defaultRunDir(topology.name),
             cacheDir: opts.cacheDir,
             ...(opts.resume ? { resume: true } : {}),
             ...(opts.steps !== undefined ? { steps: opts.steps } : {}),

@@ -26,7 +26,6 @@ import {
   type Prompt,
   type ScoredRollout,
 } from '../../../schemas/index.ts';
-import { recordStepReport } from '../../learner/learner.ts';
 import { boundedStaleness } from '../../operators/boundedStaleness.ts';
 import { dropZeroVariance } from '../../operators/dropZeroVariance.ts';
 import { groupRelativeAdvantages } from '../../operators/groupRelativeAdvantages.ts';
@@ -35,9 +34,7 @@ import { toGradientBatches } from '../../operators/toGradientBatches.ts';
 import { selectBackend } from '../../policy/backend.ts';
 import { loadCheckpoint } from '../../policy/checkpoint.ts';
 import { CharTokenizer } from '../../policy/tokenizer.ts';
-import { seededUniform } from '../../random.ts';
 import { StalenessAdmission } from '../../scheduling/admission.ts';
-import type { TaskExample } from '../../tasks/task.ts';
 import { createKafka } from '../../transport/kafka/client.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { decodeMessage, kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
@@ -47,8 +44,8 @@ import {
   publishPolicyVersion,
   WEIGHTS_CHUNK_BYTES,
 } from '../../transport/kafka/weights.ts';
-import type { RolloutStats } from '../r1zero.ts';
 import { ensureBaseModel, modelConfig } from '../pretrain.ts';
+import { DataOrder, meanStaleness, recordStep, RolloutWindow } from '../stepStats.ts';
 import { taskRuntime } from '../taskRuntime.ts';
 import type { LearnerReply, LearnerRequest } from '../workers/protocol.ts';
 import { WorkerClient } from '../workers/rpc.ts';
@@ -91,22 +88,6 @@ export type LearnerState = z.infer<typeof LearnerState>;
 
 /** Decided group ids a checkpoint remembers beyond those it must (late duplicates of older ones are skipped too). */
 const RESOLVED_IN_CHECKPOINT = 10_000;
-
-/** Deterministic data order: epoch e is the train set shuffled by (seed, e); the same as the in-memory run. */
-export function promptAt(
-  train: TaskExample[],
-  seed: number,
-  cursor: number,
-): { example: TaskExample; epoch: number } {
-  const epoch = Math.floor(cursor / train.length);
-  const rand = seededUniform(seed * 1000 + epoch);
-  const order = train.map((_, i) => i);
-  for (let i = order.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [order[i], order[j]] = [order[j]!, order[i]!];
-  }
-  return { example: train[order[cursor % train.length]!]!, epoch };
-}
 
 /** The data-order position a prompt of this run was published at, if it says. */
 export function promptCursorOf(prompt: Prompt): number | undefined {
@@ -176,6 +157,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
   try {
     await selectBackend(options.backend);
     const runtime = taskRuntime(topology);
+    const dataOrder = new DataOrder(runtime.train, topology.seed);
     const tokenizer = new CharTokenizer(runtime.alphabet);
 
     // --- where to start: the checkpoint in runDir, or the base model ------------------------------------
@@ -475,7 +457,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     const scored = new Subject<ScoredRollout>();
     const trainedSamples = metrics.counter('samples.trained');
     const runEnded = droppedSamples('run_ended');
-    let window = { reward: 0, accuracy: 0, format: 0, length: 0, n: 0, started: performance.now() };
+    const window = new RolloutWindow();
     let roundsSinceStep = 0;
     const staleByGroup = new Map<string, number>();
     const claimed = new Set<string>();
@@ -499,11 +481,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       p.deliveries.push(delivery);
       if (p.indices.has(s.index)) return; // groupSamples counts it as a duplicate
       p.indices.add(s.index);
-      window.n++;
-      window.reward += s.reward ?? 0;
-      window.accuracy += s.rewards['accuracy'] ?? s.rewards['countdown'] ?? 0;
-      window.format += s.rewards['format'] ?? 0;
-      window.length += s.completionTokenIds.length;
+      window.add(s);
       scored.next(s);
     };
 
@@ -537,8 +515,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
             decide('run_ended');
             return;
           }
-          const staleness =
-            batch.samples.reduce((a, s) => a + (state.version - s.policyVersion), 0) / batch.samples.length;
+          const staleness = meanStaleness(batch, state.version);
           const reply = await learner!.request<Extract<LearnerReply, { type: 'trained' }>>({
             type: 'train',
             batch,
@@ -547,25 +524,10 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           trainedSamples.inc(batch.samples.length);
           roundsSinceStep = 0;
           state.version = reply.version;
-          const w = window;
-          window = { reward: 0, accuracy: 0, format: 0, length: 0, n: 0, started: performance.now() };
-          const rollout: RolloutStats = {
-            rewardMean: w.reward / Math.max(w.n, 1),
-            accuracy: w.accuracy / Math.max(w.n, 1),
-            formatRate: w.format / Math.max(w.n, 1),
-            lengthMean: w.length / Math.max(w.n, 1),
-            // As the learner receives them: completion tokens of scored samples per second.
-            tokensPerSecond: w.length / Math.max((performance.now() - w.started) / 1000, 1e-9),
-          };
+          // Throughput as the learner receives them: completion tokens of scored samples per second.
+          const rollout = window.take();
           const step = reply.version;
-          metrics.record('reward/mean', rollout.rewardMean, step);
-          metrics.record('reward/accuracy', rollout.accuracy, step);
-          metrics.record('reward/format', rollout.formatRate, step);
-          metrics.record('completion_length/mean', rollout.lengthMean, step);
-          metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
-          metrics.record('staleness/mean', staleness, step);
-          for (const r of reply.reports) recordStepReport(metrics, r);
-          metrics.flush(step);
+          recordStep(metrics, step, rollout, staleness, reply.reports);
           emit({
             kind: 'step',
             step,
@@ -650,7 +612,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
         while (prompts.length < P) {
           const c = cursor++;
           if (published.delete(c)) continue;
-          const { example, epoch } = promptAt(runtime.train, topology.seed, c);
+          const { example, epoch } = dataOrder.at(c);
           const base = runtime.prompt(example, `@${epoch}`);
           const prompt: Prompt = {
             ...base,
