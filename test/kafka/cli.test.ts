@@ -1,12 +1,18 @@
-/** The Kafka commands of the CLI against a real broker: topics, feed (with bad lines) and tail. */
+/**
+ * The Kafka commands of the CLI against a real broker: topics, feed (with bad lines) and tail; `rxrl run
+ * --transport kafka` as a process of its own, and its usage errors.
+ */
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { afterAll, expect, it } from 'vitest';
 import { registerKafkaCommands } from '../../src/cli/commands/kafka.ts';
-import { topicName } from '../../src/transport/kafka/topics.ts';
+import { registerRunCommand } from '../../src/cli/commands/run.ts';
+import { deleteRunTopics, topicName } from '../../src/transport/kafka/topics.ts';
 import { connection, prompt, unique } from './helpers.ts';
+import { tiny } from './runTopology.ts';
 
 const dirs: string[] = [];
 afterAll(() => Promise.all(dirs.map((dir) => rm(dir, { recursive: true, force: true }))));
@@ -20,6 +26,7 @@ async function rxrl(...args: string[]): Promise<{ out: string[]; err: string[]; 
     writeErr: (text) => err.push(...text.trimEnd().split('\n')),
   });
   registerKafkaCommands(program);
+  registerRunCommand(program);
   try {
     await program.parseAsync([...args, '--brokers', connection.brokers.join(',')], { from: 'user' });
     return { out, err };
@@ -94,3 +101,62 @@ it('says which topic is missing and how to create it', async () => {
     /does not exist: create the run's topics with rxrl topics create --run/,
   );
 });
+
+it('names the run options that do not fit the transport', async () => {
+  const usage = async (...args: string[]) => {
+    const result = await rxrl('run', 'r1-zero-arithmetic', ...args);
+    expect(result.error?.exitCode).toBe(1);
+    return result.err.join('\n');
+  };
+  // rxrl() always passes --brokers, which only means something over Kafka.
+  expect(await usage('--role', 'learner')).toMatch(/--role, --brokers only apply with --transport kafka/);
+  expect(await usage('--transport', 'kafka')).toMatch(
+    /--transport kafka needs --role \(rollout \| reward \| learner \| all\)/,
+  );
+  expect(await usage('--transport', 'kafka', '--role', 'all', '--resume')).toMatch(
+    /--resume does not apply with --transport kafka: a learner resumes from the checkpoint in its --run-dir/,
+  );
+  expect(await usage('--transport', 'kafka', '--role', 'boss')).toMatch(
+    /option '--role <role>' argument 'boss' is invalid. Allowed choices are rollout, reward, learner, all/,
+  );
+});
+
+it(
+  'rxrl run --transport kafka --role all trains over the topics and accounts for every prompt',
+  { timeout: 600_000 },
+  async () => {
+    const run = unique('cli-run');
+    const dir = await mkdtemp(join(tmpdir(), 'rxrl-cli-run-'));
+    dirs.push(dir);
+    const args = ['run', 'test/kafka/runTopology.ts', '--transport', 'kafka', '--role', 'all'];
+    args.push('--brokers', connection.brokers.join(','), '--run', run, '--steps', '2', '--backend', 'wasm');
+    args.push('--run-dir', join(dir, 'run'), '--cache-dir', join(dir, 'cache'));
+    const child = spawn(process.execPath, ['bin/rxrl.js', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    await deleteRunTopics(connection, run).catch(() => {});
+    expect(code, `stdout:\n${out.slice(-2_000)}\nstderr:\n${err.slice(-2_000)}`).toBe(0);
+
+    expect(out).toContain(`created topics: ${topicName(run, 'prompts')}`);
+    expect(out).toMatch(/learner: 2 steps \(wasm\)/);
+    const counts = /prompts: (\d+) published = (\d+) trained \+ (\d+) dropped \+ (\d+) pending/.exec(out);
+    expect(counts, out).not.toBeNull();
+    const [published, trained, dropped, pending] = counts!.slice(1).map(Number) as [
+      number,
+      number,
+      number,
+      number,
+    ];
+    expect(pending).toBe(0);
+    expect(trained).toBeGreaterThan(0);
+    // Each step trains one batch of promptsPerStep groups of groupSize samples.
+    const batch = tiny.grpo.promptsPerStep * tiny.grpo.groupSize;
+    expect(out).toMatch(new RegExp(`samples: ${2 * batch} trained, \\d+ dropped`));
+    expect(published).toBe(trained + dropped + pending);
+    expect(out).toMatch(/rollout worker .*-rollout: \d+ rollouts of \d+ prompts, last version [12] \(wasm\)/);
+    expect(out).toMatch(/reward worker .*-reward: \d+ rollouts scored/);
+  },
+);

@@ -13,3 +13,6 @@ export const tiny = defineTopology({
   eval: { ...base.eval, every: 0, prompts: 4, k: 2 },
   run: { steps: 3, checkpointEvery: 1 },
 });
+
+/** So the CLI can load this file as a pipeline (`rxrl run test/kafka/runTopology.ts`). */
+export default tiny;

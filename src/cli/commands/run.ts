@@ -1,12 +1,21 @@
 import cliProgress from 'cli-progress';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { Subject } from 'rxjs';
 import type { ScoredRollout } from '../../../schemas/index.ts';
 import { Metrics } from '../../metrics/metrics.ts';
 import { createMetricsServer, type MetricsServer } from '../../metrics/server.ts';
 import type { BackendRequest } from '../../policy/backend.ts';
+import type { KafkaRole, KafkaRunEvent, KafkaRunSummary } from '../../run/kafka/types.ts';
+import { KAFKA_ROLES } from '../../run/kafka/types.ts';
 import type { RunEvent, RunSummary } from '../../run/r1zero.ts';
-import { nonNegativeInt, portNumber, positiveInt } from '../options.ts';
+import {
+  connectionOf,
+  nonNegativeInt,
+  portNumber,
+  positiveInt,
+  withConnection,
+  type ConnectionFlags,
+} from '../options.ts';
 import { defaultRunDir, loadPipeline } from '../pipelines.ts';
 
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
@@ -26,7 +35,8 @@ function progressDisplay() {
   );
   let started = false;
   return {
-    on(event: RunEvent) {
+    on(event: RunEvent | KafkaRunEvent) {
+      const say = (line: string) => console.log(started ? `\n${line}` : line);
       switch (event.kind) {
         case 'pretrain':
           if (event.step === 1 || event.step % 100 === 0 || event.step === event.total) {
@@ -37,15 +47,41 @@ function progressDisplay() {
           console.log(`base model: ${event.cached ? 'reused from' : 'saved to'} ${event.dir}`);
           break;
         case 'backend':
-          console.log(
-            `backend: generator ${event.generator}, learner ${event.learner} (one worker thread each)`,
+          if ('role' in event) say(`backend (${event.role}): ${event.backend}`);
+          else
+            console.log(
+              `backend: generator ${event.generator}, learner ${event.learner} (one worker thread each)`,
+            );
+          break;
+        case 'topics':
+          if (event.created.length > 0) say(`created topics: ${event.created.join(', ')}`);
+          break;
+        case 'waiting':
+          say(`${event.role}: waiting for ${event.what}`);
+          break;
+        case 'resume':
+          say(
+            `resumed from version ${event.version}: prompt cursor ${event.promptCursor}, ${event.pending} groups pending, ${event.adopted} prompts adopted`,
           );
+          break;
+        case 'policy':
+          say(`${event.worker}: policy version ${event.version}`);
+          break;
+        case 'rollouts':
+          if (!started)
+            say(
+              `${event.worker}: ${event.rollouts} rollouts of ${event.prompts} prompts with version ${event.version} in ${fmt(event.seconds, 1)} s`,
+            );
+          break;
+        case 'stopped':
+          say(`${event.role}: stopped (${event.reason})`);
           break;
         case 'eval': {
           const r = event.result;
-          const line = `eval @ step ${event.step}: pass@1 ${fmt(r.pass1, 3)}  cons@${r.samplesPerQuestion} ${fmt(r.consAtK, 3)}  format ${fmt(r.formatRate)}  length ${fmt(r.meanLength, 1)}`;
           // On a terminal the bar redraws itself below the line.
-          console.log(started ? `\n${line}` : line);
+          say(
+            `eval @ step ${event.step}: pass@1 ${fmt(r.pass1, 3)}  cons@${r.samplesPerQuestion} ${fmt(r.consAtK, 3)}  format ${fmt(r.formatRate)}  length ${fmt(r.meanLength, 1)}`,
+          );
           break;
         }
         case 'step': {
@@ -64,6 +100,7 @@ function progressDisplay() {
           break;
         }
         case 'checkpoint':
+        case 'version-published':
           break;
       }
     },
@@ -119,76 +156,177 @@ async function serveMetrics(
   return server;
 }
 
-export function registerRunCommand(program: Command): void {
-  program
-    .command('run')
-    .description('Run a pipeline (a topology in pipelines/) on the embedded in-memory transport')
-    .argument('<pipeline>', 'pipeline name (pipelines/<name>.ts) or path to a topology module')
-    .option('--backend <backend>', 'auto | tensorflow-gpu | tensorflow | wasm | cpu', 'auto')
-    .option(
-      '--run-dir <dir>',
-      'where metrics.jsonl, checkpoints and summary.json go (default runs/<pipeline>)',
-    )
-    .option('--cache-dir <dir>', 'where base models are cached', '.cache/base-models')
-    .option('--resume', 'continue from the last checkpoint in the run directory')
-    .option('--steps <n>', 'override the number of optimiser steps', positiveInt)
-    .option('--eta <n>', 'override the staleness bound (0: synchronous)', nonNegativeInt)
-    .option(
-      '--dashboard [port]',
-      'serve a live dashboard of the run, with /metrics (Prometheus) and /metrics/stream (SSE), on this port (default: a free one); its address is printed',
-      portNumber,
-    )
-    .option(
-      '--metrics-port <port>',
-      'serve /metrics (Prometheus) and /metrics/stream (SSE) on this port (0: a free one), for scrapers and `rxrl metrics`',
-      portNumber,
-    )
-    .option('--metrics-host <host>', 'address the metrics server listens on', '127.0.0.1')
-    .action(
-      async (
-        name: string,
-        opts: {
-          backend: BackendRequest;
-          runDir?: string;
-          cacheDir: string;
-          resume?: boolean;
-          steps?: number;
-          eta?: number;
-          dashboard?: number | true;
-          metricsPort?: number;
-          metricsHost: string;
-        },
-      ) => {
-        const topology = await loadPipeline(name);
-        console.log(`${topology.name}: ${topology.description}`);
-        const metrics = new Metrics({ run: topology.name });
-        const completions = new Subject<ScoredRollout>();
-        const server = await serveMetrics(metrics, completions, opts);
-        const display = progressDisplay();
-        try {
-          const summary = await (
-            await import('../../run/r1zero.ts')
-          ).runR1Zero({
-            metrics,
-            ...(server ? { onCompletion: (s: ScoredRollout) => completions.next(s) } : {}),
-            topology,
-            backend: opts.backend,
-            runDir: opts.runDir ?? defaultRunDir(topology.name),
-            cacheDir: opts.cacheDir,
-            ...(opts.resume ? { resume: true } : {}),
-            ...(opts.steps !== undefined ? { steps: opts.steps } : {}),
-            ...(opts.eta !== undefined ? { eta: opts.eta } : {}),
-            onEvent: (e) => display.on(e),
-          });
-          display.stop();
-          printSummary(summary);
-        } finally {
-          display.stop();
-          completions.complete();
-          await server?.close();
-        }
-      },
+function printKafkaSummary(summary: KafkaRunSummary): void {
+  console.log(`\n${summary.role} of run ${summary.run} done in ${fmt(summary.seconds / 60, 1)} min`);
+  const { learner, rollout, reward } = summary;
+  if (learner) {
+    const { prompts, samples } = learner;
+    const dropped = Object.values(prompts.dropped).reduce((a, b) => a + b, 0);
+    console.log(
+      `learner: ${learner.steps} steps (${learner.backend})${learner.resumedFrom !== undefined ? `, resumed from version ${learner.resumedFrom}` : ''}`,
     );
+    console.log(
+      `prompts: ${prompts.published} published = ${prompts.trained} trained + ${dropped} dropped + ${prompts.pending} pending`,
+    );
+    for (const [reason, n] of Object.entries(prompts.dropped)) console.log(`  dropped (${reason}): ${n}`);
+    const sampleDrops = Object.values(samples.dropped).reduce((a, b) => a + b, 0);
+    console.log(
+      `samples: ${samples.trained} trained, ${sampleDrops} dropped, ${samples.duplicates} duplicates skipped`,
+    );
+  }
+  if (rollout)
+    console.log(
+      `rollout worker ${rollout.worker}: ${rollout.rollouts} rollouts of ${rollout.prompts} prompts, last version ${rollout.version} (${rollout.backend})`,
+    );
+  if (reward) console.log(`reward worker ${reward.worker}: ${reward.scored} rollouts scored`);
+}
+
+interface RunFlags extends ConnectionFlags {
+  backend: BackendRequest;
+  runDir?: string;
+  cacheDir: string;
+  resume?: boolean;
+  steps?: number;
+  eta?: number;
+  dashboard?: number | true;
+  metricsPort?: number;
+  metricsHost: string;
+  transport: 'memory' | 'kafka';
+  role?: KafkaRole;
+  run?: string;
+  workerId?: string;
+  partitions?: number;
+}
+
+/** The options that only mean something on one transport, named when given on the other. */
+function checkTransportFlags(flags: RunFlags, command: Command): void {
+  const kafkaOnly = (['role', 'run', 'workerId', 'partitions', 'brokers'] as const).filter(
+    (key) => flags[key] !== undefined,
+  );
+  if (flags.transport === 'memory' && kafkaOnly.length > 0) {
+    const names = kafkaOnly.map((key) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+    command.error(`${names.join(', ')} only apply with --transport kafka`);
+  }
+  if (flags.transport === 'kafka') {
+    if (!flags.role) command.error(`--transport kafka needs --role (${KAFKA_ROLES.join(' | ')})`);
+    if (flags.resume)
+      command.error(
+        '--resume does not apply with --transport kafka: a learner resumes from the checkpoint in its --run-dir by itself',
+      );
+  }
+}
+
+export function registerRunCommand(program: Command): void {
+  withConnection(
+    program
+      .command('run')
+      .description(
+        'Run a pipeline (a topology in pipelines/) on the embedded in-memory transport, or one role of it over Kafka',
+      )
+      .argument('<pipeline>', 'pipeline name (pipelines/<name>.ts) or path to a topology module')
+      .addOption(
+        new Option('--transport <transport>', 'where the stages talk: in this process, or over Kafka topics')
+          .choices(['memory', 'kafka'])
+          .default('memory'),
+      )
+      .addOption(
+        new Option(
+          '--role <role>',
+          'with --transport kafka: the part this process plays (learner: driver and optimizer; rollout and reward: workers, as many as wanted; all: the three)',
+        ).choices(KAFKA_ROLES),
+      )
+      .option(
+        '--run <name>',
+        "with --transport kafka: names the run's topics <run>.* (default: the pipeline's name)",
+      )
+      .option('--worker-id <id>', 'with --transport kafka: names this worker in metrics (default: host-pid)')
+      .option(
+        '--partitions <n>',
+        'with --transport kafka: partitions of the work topics the learner creates (default 3)',
+        positiveInt,
+      )
+      .option('--backend <backend>', 'auto | tensorflow-gpu | tensorflow | wasm | cpu', 'auto')
+      .option(
+        '--run-dir <dir>',
+        'where metrics.jsonl, checkpoints and summary.json go (default runs/<pipeline>)',
+      )
+      .option('--cache-dir <dir>', 'where base models are cached', '.cache/base-models')
+      .option('--resume', 'continue from the last checkpoint in the run directory')
+      .option('--steps <n>', 'override the number of optimiser steps', positiveInt)
+      .option('--eta <n>', 'override the staleness bound (0: synchronous)', nonNegativeInt)
+      .option(
+        '--dashboard [port]',
+        'serve a live dashboard of the run, with /metrics (Prometheus) and /metrics/stream (SSE), on this port (default: a free one); its address is printed',
+        portNumber,
+      )
+      .option(
+        '--metrics-port <port>',
+        'serve /metrics (Prometheus) and /metrics/stream (SSE) on this port (0: a free one), for scrapers and `rxrl metrics`',
+        portNumber,
+      )
+      .option('--metrics-host <host>', 'address the metrics server listens on', '127.0.0.1'),
+  ).action(async (name: string, opts: RunFlags, command: Command) => {
+    checkTransportFlags(opts, command);
+    const connection = opts.transport === 'kafka' ? connectionOf(opts, command) : undefined;
+    const topology = await loadPipeline(name);
+    console.log(`${topology.name}: ${topology.description}`);
+    const run = opts.run ?? topology.name;
+    const metrics = new Metrics({ run });
+    const completions = new Subject<ScoredRollout>();
+    const server = await serveMetrics(metrics, completions, opts);
+    const display = progressDisplay();
+    const runDir = opts.runDir ?? defaultRunDir(run);
+    const common = {
+      metrics,
+      topology,
+      backend: opts.backend,
+      runDir,
+      cacheDir: opts.cacheDir,
+      ...(opts.steps !== undefined ? { steps: opts.steps } : {}),
+      ...(opts.eta !== undefined ? { eta: opts.eta } : {}),
+      onEvent: (e: RunEvent | KafkaRunEvent) => display.on(e),
+    };
+    // Ctrl-C or SIGTERM: the roles leave their groups and the learner checkpoints before exiting.
+    const controller = new AbortController();
+    const stop = (signal: NodeJS.Signals) => {
+      if (controller.signal.aborted) process.exit(130);
+      console.log(`\n${signal}: stopping (again to exit at once)`);
+      controller.abort();
+    };
+    try {
+      if (connection && opts.role) {
+        process.on('SIGINT', stop).on('SIGTERM', stop);
+        const summary = await (
+          await import('../../run/kafka/index.ts')
+        ).runOverKafka({
+          ...common,
+          role: opts.role,
+          connection,
+          run,
+          signal: controller.signal,
+          ...(opts.workerId ? { workerId: opts.workerId } : {}),
+          ...(opts.partitions ? { partitions: opts.partitions } : {}),
+        });
+        display.stop();
+        printKafkaSummary(summary);
+      } else {
+        const summary = await (
+          await import('../../run/r1zero.ts')
+        ).runR1Zero({
+          ...common,
+          ...(server ? { onCompletion: (s: ScoredRollout) => completions.next(s) } : {}),
+          ...(opts.resume ? { resume: true } : {}),
+        });
+        display.stop();
+        printSummary(summary);
+      }
+    } finally {
+      process.off('SIGINT', stop).off('SIGTERM', stop);
+      display.stop();
+      completions.complete();
+      await server?.close();
+    }
+  });
 
   program
     .command('describe')
