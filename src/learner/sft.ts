@@ -10,6 +10,11 @@ export interface SftExample {
   tokens: readonly number[];
   /** Tokens before this index are context only (the prompt); 0 or 1 trains on the whole sequence. */
   lossStart: number;
+  /**
+   * Instead of lossStart: 1 for each token the loss covers (packed rows hold several prompts and
+   * completions). The first token is never a target.
+   */
+  lossMask?: readonly number[];
 }
 
 export interface SftConfig {
@@ -89,7 +94,9 @@ export class SftTrainer {
     const mask = new Float32Array(batch.length * T);
     batch.forEach((e, b) => {
       ids.set(e.tokens, b * T);
-      for (let t = Math.max(1, e.lossStart); t < e.tokens.length; t++) mask[b * T + t] = 1;
+      if (e.lossMask) {
+        for (let t = 1; t < e.tokens.length; t++) mask[b * T + t] = e.lossMask[t] ? 1 : 0;
+      } else for (let t = Math.max(1, e.lossStart); t < e.tokens.length; t++) mask[b * T + t] = 1;
     });
     return { ids: tf.tensor2d(ids, [batch.length, T], 'int32'), mask: tf.tensor2d(mask, [batch.length, T]) };
   }

@@ -89,25 +89,31 @@ export interface CheckpointEvalOptions {
   seed: number;
 }
 
-/** `rxrl eval`: the R1 protocol on the held-out prompts of a topology's task, for one checkpoint. */
-export async function evaluateCheckpoint(
-  options: CheckpointEvalOptions,
-): Promise<EvalResult & { backend: string; policyVersion: number }> {
-  const { topology } = options;
-  if (!existsSync(join(options.checkpoint, 'manifest.json'))) {
-    throw new Error(`eval: ${options.checkpoint} is not a checkpoint directory (no manifest.json in it)`);
+/** A generator worker holding a checkpoint's weights, for evaluation and rejection sampling. */
+export interface CheckpointGenerator {
+  generator: WorkerClient<GeneratorRequest, GeneratorReply>;
+  backend: string;
+  policyVersion: number;
+  close(): Promise<void>;
+}
+
+/** Starts a generator on a checkpoint whose tokenizer must be the task's; errors name the directory. */
+export async function openCheckpointGenerator(
+  checkpoint: string,
+  runtime: TaskRuntime,
+  backend: BackendRequest,
+  what = 'eval',
+): Promise<CheckpointGenerator> {
+  if (!existsSync(join(checkpoint, 'manifest.json'))) {
+    throw new Error(`${what}: ${checkpoint} is not a checkpoint directory (no manifest.json in it)`);
   }
-  const runtime = taskRuntime(topology);
-  if (options.settings.prompts > runtime.test.length) {
-    throw new Error(
-      `eval: asked for ${options.settings.prompts} prompts but the held-out set of ${topology.name} has ${runtime.test.length}`,
-    );
-  }
-  const ckpt = await loadCheckpoint(options.checkpoint);
+  const ckpt = await loadCheckpoint(checkpoint);
   const tokenizer = new CharTokenizer(runtime.alphabet);
   if (JSON.stringify(ckpt.tokenizer.spec()) !== JSON.stringify(tokenizer.spec())) {
     ckpt.model.dispose();
-    throw new Error(`eval: the checkpoint's tokenizer differs from the one ${topology.name}'s task uses`);
+    throw new Error(
+      `${what}: the tokenizer of ${checkpoint} differs from the one the ${runtime.name} task uses`,
+    );
   }
   const weights = exportWeights(ckpt.model);
   const model = ckpt.model.config;
@@ -119,15 +125,40 @@ export async function evaluateCheckpoint(
   try {
     const ready = await generator.request<Extract<GeneratorReply, { type: 'ready' }>>({
       type: 'init',
-      backend: options.backend,
+      backend,
       model,
       tokenizer: tokenizer.spec(),
       version: ckpt.policyVersion,
       weights,
     });
-    const result = await evaluate(generator, runtime, options.settings, options.seed);
-    return { ...result, backend: ready.backend, policyVersion: ckpt.policyVersion };
-  } finally {
+    return {
+      generator,
+      backend: ready.backend,
+      policyVersion: ckpt.policyVersion,
+      close: () => generator.close(),
+    };
+  } catch (error) {
     await generator.close();
+    throw error;
+  }
+}
+
+/** `rxrl eval`: the R1 protocol on the held-out prompts of a topology's task, for one checkpoint. */
+export async function evaluateCheckpoint(
+  options: CheckpointEvalOptions,
+): Promise<EvalResult & { backend: string; policyVersion: number }> {
+  const { topology } = options;
+  const runtime = taskRuntime(topology);
+  if (options.settings.prompts > runtime.test.length) {
+    throw new Error(
+      `eval: asked for ${options.settings.prompts} prompts but the held-out set of ${topology.name} has ${runtime.test.length}`,
+    );
+  }
+  const opened = await openCheckpointGenerator(options.checkpoint, runtime, options.backend);
+  try {
+    const result = await evaluate(opened.generator, runtime, options.settings, options.seed);
+    return { ...result, backend: opened.backend, policyVersion: opened.policyVersion };
+  } finally {
+    await opened.close();
   }
 }

@@ -33,6 +33,11 @@ export interface RunOptions {
   /** Where base models are cached between runs. */
   cacheDir: string;
   resume?: boolean;
+  /**
+   * Start from this checkpoint (a recipe's SFT stage) instead of the topology's pretrained base model; its
+   * model shape is used, and its tokenizer must be the task's.
+   */
+  init?: string;
   /** Overrides topology.run.steps (e.g. short test runs). */
   steps?: number;
   /** Overrides topology.grpo.eta. */
@@ -122,8 +127,21 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const forget = (groupId: string) => cursorOf.delete(groupId);
 
   let weights: WeightArrays;
+  let modelShape = modelConfig(topology, tokenizer);
   if (resuming) {
     const ckpt = await loadCheckpoint(checkpointDir);
+    modelShape = ckpt.model.config;
+    weights = exportWeights(ckpt.model);
+    ckpt.model.dispose();
+  } else if (options.init) {
+    const ckpt = await loadCheckpoint(options.init);
+    if (JSON.stringify(ckpt.tokenizer.spec()) !== JSON.stringify(tokenizer.spec())) {
+      ckpt.model.dispose();
+      throw new Error(
+        `${options.init}: the checkpoint's tokenizer differs from the one ${topology.name}'s task uses`,
+      );
+    }
+    modelShape = ckpt.model.config;
     weights = exportWeights(ckpt.model);
     ckpt.model.dispose();
   } else {
@@ -150,7 +168,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   );
   const init = {
     backend: options.backend,
-    model: modelConfig(topology, tokenizer),
+    model: modelShape,
     tokenizer: tokenizer.spec(),
     version: state.version,
   };

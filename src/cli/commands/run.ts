@@ -16,11 +16,12 @@ import {
   withConnection,
   type ConnectionFlags,
 } from '../options.ts';
-import { defaultRunDir, loadPipeline } from '../pipelines.ts';
+import { defaultRunDir, loadAnyPipeline } from '../pipelines.ts';
+import { describeRecipe } from '../../recipe/recipe.ts';
 
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 
-function progressDisplay() {
+export function progressDisplay() {
   const bar = new cliProgress.SingleBar(
     {
       format:
@@ -196,6 +197,8 @@ interface RunFlags extends ConnectionFlags {
   run?: string;
   workerId?: string;
   partitions?: number;
+  redo?: string[];
+  until?: string;
 }
 
 /** The options that only mean something on one transport, named when given on the other. */
@@ -264,11 +267,41 @@ export function registerRunCommand(program: Command): void {
         'serve /metrics (Prometheus) and /metrics/stream (SSE) on this port (0: a free one), for scrapers and `rxrl metrics`',
         portNumber,
       )
-      .option('--metrics-host <host>', 'address the metrics server listens on', '127.0.0.1'),
+      .option('--metrics-host <host>', 'address the metrics server listens on', '127.0.0.1')
+      .option(
+        '--redo <stages>',
+        'recipes: run these stages (comma-separated, or all) again although their output exists; the stages reading them follow',
+        (value: string, previous: string[] = []) => [...previous, ...value.split(',').filter(Boolean)],
+      )
+      .option('--until <stage>', 'recipes: stop after this stage'),
   ).action(async (name: string, opts: RunFlags, command: Command) => {
     checkTransportFlags(opts, command);
+    const pipeline = await loadAnyPipeline(name);
+    if (pipeline.kind === 'recipe') {
+      const { recipe } = pipeline;
+      if (opts.transport === 'kafka')
+        command.error(
+          `${recipe.name} is a recipe: its stages run in this process (--transport kafka runs a topology)`,
+        );
+      if (opts.resume)
+        command.error(
+          `--resume does not apply to a recipe: finished stages are reused, an interrupted GRPO stage resumes`,
+        );
+      console.log(`${recipe.name}: ${recipe.description}`);
+      const { runRecipeCommand } = await import('./recipe.ts');
+      await runRecipeCommand(recipe, {
+        backend: opts.backend,
+        runDir: opts.runDir ?? defaultRunDir(recipe.name),
+        cacheDir: opts.cacheDir,
+        ...(opts.redo ? { redo: opts.redo.includes('all') ? 'all' : opts.redo } : {}),
+        ...(opts.until ? { until: opts.until } : {}),
+      });
+      return;
+    }
+    if (opts.redo || opts.until)
+      command.error(`--redo and --until apply to recipes; ${name} is a single run`);
     const connection = opts.transport === 'kafka' ? connectionOf(opts, command) : undefined;
-    const topology = await loadPipeline(name);
+    const topology = pipeline.topology;
     console.log(`${topology.name}: ${topology.description}`);
     const run = opts.run ?? topology.name;
     const metrics = new Metrics({ run });
@@ -330,9 +363,20 @@ export function registerRunCommand(program: Command): void {
 
   program
     .command('describe')
-    .description('Print a pipeline declaration without running it')
+    .description(
+      "Print a pipeline without running it: a topology's declaration, or a recipe's stages with what each reads and writes",
+    )
     .argument('<pipeline>', 'pipeline name or path')
-    .action(async (name: string) => {
-      console.log(JSON.stringify(await loadPipeline(name), null, 2));
+    .option('--run-dir <dir>', 'where the run would write (default runs/<pipeline>)')
+    .option('--json', "print the declaration as JSON (a recipe's too)")
+    .action(async (name: string, opts: { runDir?: string; json?: boolean }) => {
+      const pipeline = await loadAnyPipeline(name);
+      if (pipeline.kind === 'recipe' && !opts.json) {
+        const runDir = opts.runDir ?? defaultRunDir(pipeline.recipe.name);
+        console.log(describeRecipe(pipeline.recipe, runDir).join('\n'));
+      } else
+        console.log(
+          JSON.stringify(pipeline.kind === 'recipe' ? pipeline.recipe : pipeline.topology, null, 2),
+        );
     });
 }

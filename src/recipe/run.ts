@@ -1,0 +1,338 @@
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Metrics } from '../metrics/metrics.ts';
+import { selectBackend, type BackendRequest } from '../policy/backend.ts';
+import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
+import { CharTokenizer } from '../policy/tokenizer.ts';
+import { evaluateCheckpoint, openCheckpointGenerator, type EvalResult } from '../run/evaluate.ts';
+import { ensureBaseModel } from '../run/pretrain.ts';
+import { runR1Zero, type RunEvent } from '../run/r1zero.ts';
+import { taskRuntime } from '../run/taskRuntime.ts';
+import {
+  grpoTopology,
+  outputPath,
+  pretrainTopology,
+  stageInputs,
+  type Recipe,
+  type Stage,
+  type StageOf,
+} from './recipe.ts';
+import { coldStartRecords, readRecords, writeRecords, type SftRecord } from './records.ts';
+import { rejectionSample } from './rejection.ts';
+import { trainOnRecords } from './sft.ts';
+
+export interface RecipeRunOptions {
+  recipe: Recipe;
+  backend: BackendRequest;
+  /** Each stage writes under <runDir>/<stage name>/. */
+  runDir: string;
+  /** Where base models are cached between runs. */
+  cacheDir: string;
+  /** Stages to run again although their output exists ('all': every stage); the stages after them that read their output follow. */
+  redo?: readonly string[] | 'all';
+  /** Stop after this stage. */
+  until?: string;
+  metrics?: Metrics;
+  onEvent?: (event: RecipeEvent) => void;
+}
+
+/** What `<runDir>/<stage>/stage.json` holds once a stage is done; its presence marks the stage done. */
+export interface StageReport {
+  stage: string;
+  type: Stage['type'];
+  output: string;
+  seconds: number;
+  finishedAt: string;
+  summary: Record<string, unknown>;
+}
+
+export type RecipeEvent =
+  | { kind: 'stage-start'; stage: string; type: Stage['type']; index: number; total: number }
+  | {
+      kind: 'stage-skipped';
+      stage: string;
+      type: Stage['type'];
+      index: number;
+      total: number;
+      report: StageReport;
+    }
+  | {
+      kind: 'stage-done';
+      stage: string;
+      type: Stage['type'];
+      index: number;
+      total: number;
+      report: StageReport;
+    }
+  | { kind: 'progress'; stage: string; what: string; step: number; total: number; loss?: number }
+  | { kind: 'grpo'; stage: string; event: RunEvent };
+
+export interface RecipeSummary {
+  recipe: string;
+  stages: StageReport[];
+  ran: string[];
+  skipped: string[];
+  seconds: number;
+}
+
+/**
+ * Runs a recipe's stages in order. A stage whose report and output exist is skipped (its output is reused)
+ * unless `redo` names it or it reads the output of a stage that ran in this invocation; an interrupted GRPO
+ * stage resumes from its last checkpoint.
+ */
+export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummary> {
+  const { recipe, runDir } = options;
+  const emit = options.onEvent ?? (() => undefined);
+  const metrics = options.metrics ?? new Metrics({ run: recipe.name });
+  const names = recipe.stages.map((s) => s.name);
+  const redo = options.redo === 'all' ? new Set(names) : new Set(options.redo ?? []);
+  for (const name of [...redo, ...(options.until ? [options.until] : [])]) {
+    if (!names.includes(name))
+      throw new Error(`No stage named ${name} in ${recipe.name}: its stages are ${names.join(', ')}`);
+  }
+  mkdirSync(runDir, { recursive: true });
+  await selectBackend(options.backend);
+  const started = performance.now();
+  const ran = new Set<string>();
+  const reports: StageReport[] = [];
+  const total = recipe.stages.length;
+  for (const [index, stage] of recipe.stages.entries()) {
+    const dir = join(runDir, stage.name);
+    const reportPath = join(dir, 'stage.json');
+    const output = outputPath(runDir, stage);
+    const stale = redo.has(stage.name) || stageInputs(stage).some((input) => ran.has(input.name));
+    const done = stage.type !== 'import' && existsSync(reportPath) && existsSync(output);
+    if (stage.type === 'import') {
+      checkImport(stage);
+      const report = stageReport(stage, output, 0, { path: output });
+      emit({ kind: 'stage-skipped', stage: stage.name, type: stage.type, index, total, report });
+      reports.push(report);
+    } else if (done && !stale) {
+      const report = JSON.parse(readFileSync(reportPath, 'utf8')) as StageReport;
+      emit({ kind: 'stage-skipped', stage: stage.name, type: stage.type, index, total, report });
+      reports.push(report);
+    } else {
+      // Redone or never finished: start clean, except an interrupted GRPO stage, which resumes.
+      const resume = stage.type === 'grpo' && !stale && existsSync(join(dir, 'state.json'));
+      if (!resume) rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      emit({ kind: 'stage-start', stage: stage.name, type: stage.type, index, total });
+      const stageStarted = performance.now();
+      const summary = await runStage(stage, { ...options, metrics, emit, dir, output, index, resume });
+      const report = stageReport(stage, output, (performance.now() - stageStarted) / 1000, summary);
+      writeFileSync(`${reportPath}.tmp`, JSON.stringify(report, null, 2));
+      renameSync(`${reportPath}.tmp`, reportPath);
+      ran.add(stage.name);
+      emit({ kind: 'stage-done', stage: stage.name, type: stage.type, index, total, report });
+      reports.push(report);
+    }
+    if (stage.name === options.until) break;
+  }
+  const summary: RecipeSummary = {
+    recipe: recipe.name,
+    stages: reports,
+    ran: [...ran],
+    skipped: reports.map((r) => r.stage).filter((name) => !ran.has(name)),
+    seconds: (performance.now() - started) / 1000,
+  };
+  writeFileSync(join(runDir, 'recipe.json'), JSON.stringify(summary, null, 2));
+  return summary;
+}
+
+function stageReport(
+  stage: Stage,
+  output: string,
+  seconds: number,
+  summary: Record<string, unknown>,
+): StageReport {
+  return {
+    stage: stage.name,
+    type: stage.type,
+    output,
+    seconds,
+    finishedAt: new Date().toISOString(),
+    summary,
+  };
+}
+
+function checkImport(stage: StageOf<'import'>): void {
+  const path = (stage.checkpoint ?? stage.dataset)!;
+  const present = stage.checkpoint !== undefined ? existsSync(join(path, 'manifest.json')) : existsSync(path);
+  if (!present) {
+    throw new Error(
+      `${stage.name}: ${stage.checkpoint !== undefined ? 'no checkpoint (manifest.json) in' : 'no dataset file'} ${path}${stage.hint ? `: ${stage.hint}` : ''}`,
+    );
+  }
+}
+
+interface StageContext extends RecipeRunOptions {
+  metrics: Metrics;
+  emit: (event: RecipeEvent) => void;
+  dir: string;
+  output: string;
+  index: number;
+  resume: boolean;
+}
+
+async function runStage(stage: Stage, ctx: StageContext): Promise<Record<string, unknown>> {
+  const { recipe } = ctx;
+  const topology = recipe.topology;
+  const runtime = taskRuntime(topology);
+  const tokenizer = new CharTokenizer(runtime.alphabet);
+  const seed = topology.seed + 1000 * (ctx.index + 1);
+  const path = (name: string) => {
+    const source = recipe.stages.find((s) => s.name === name)!;
+    return outputPath(ctx.runDir, source);
+  };
+  const progress = (what: string) => (step: number, total: number, loss: number) => {
+    if (step === 1 || step === total || step % 25 === 0)
+      ctx.emit({ kind: 'progress', stage: stage.name, what, step, total, loss });
+  };
+  const records = (data: readonly string[]): SftRecord[] => data.flatMap((name) => readRecords(path(name)));
+  const evalSettings = { ...topology.eval, maxNewTokens: topology.sampling.maxNewTokens };
+
+  switch (stage.type) {
+    case 'pretrain': {
+      const t = pretrainTopology(recipe, stage);
+      const base = await ensureBaseModel({
+        topology: t,
+        runtime,
+        tokenizer,
+        cacheDir: ctx.cacheDir,
+        metrics: ctx.metrics,
+        onStep: progress('pretrain'),
+      });
+      const parameters = base.model.parameterCount();
+      await saveCheckpoint(ctx.output, {
+        model: base.model,
+        tokenizer,
+        policyVersion: 0,
+        metadata: { stage: stage.name, baseModel: base.dir },
+      });
+      base.model.dispose();
+      return { baseModel: base.dir, cached: base.cached, parameters, model: t.model };
+    }
+    case 'coldStart': {
+      const made = coldStartRecords(topology, runtime, stage.records);
+      writeRecords(ctx.output, made);
+      return { records: made.length };
+    }
+    case 'sft':
+    case 'distill': {
+      const from = stage.type === 'sft' ? stage.from : stage.student;
+      const ckpt = await loadCheckpoint(path(from));
+      try {
+        const result = trainOnRecords({
+          model: ckpt.model,
+          tokenizer: ckpt.tokenizer,
+          records: records(stage.data),
+          steps: stage.steps,
+          batchSize: stage.batchSize,
+          learningRate: stage.learningRate,
+          pack: stage.type === 'sft' ? stage.pack : false,
+          heldOut: stage.type === 'sft' ? stage.heldOut : 32,
+          seed,
+          metrics: ctx.metrics,
+          metricPrefix: `${stage.name}/sft`,
+          onStep: progress('sft'),
+        });
+        await saveCheckpoint(ctx.output, {
+          model: ckpt.model,
+          tokenizer: ckpt.tokenizer,
+          policyVersion: 0,
+          metadata: { stage: stage.name, from },
+        });
+        if (stage.type === 'sft') return { ...result };
+      } finally {
+        ckpt.model.dispose();
+      }
+      // Distillation: the student beside its teacher, the R1 way, on the same held-out prompts and seed.
+      const evalOf = (checkpoint: string) =>
+        evaluateCheckpoint({ topology, backend: ctx.backend, checkpoint, settings: evalSettings, seed });
+      const student = await evalOf(ctx.output);
+      const teacher = await evalOf(path(stage.teacher));
+      return { student: evalBrief(student), teacher: evalBrief(teacher) };
+    }
+    case 'grpo': {
+      const summary = await runR1Zero({
+        topology: grpoTopology(recipe, stage),
+        backend: ctx.backend,
+        runDir: ctx.dir,
+        cacheDir: ctx.cacheDir,
+        init: path(stage.from),
+        ...(ctx.resume ? { resume: true } : {}),
+        metrics: ctx.metrics,
+        onEvent: (event) => ctx.emit({ kind: 'grpo', stage: stage.name, event }),
+      });
+      const first = summary.evals[0];
+      const last = summary.evals[summary.evals.length - 1];
+      return {
+        steps: summary.steps,
+        rewards: (stage.rewards ?? topology.rewards).map((r) => r.kind),
+        ...(first && last ? { before: evalBrief(first.result), after: evalBrief(last.result) } : {}),
+        accounting: summary.accounting,
+      };
+    }
+    case 'rejectionSample': {
+      const opened = await openCheckpointGenerator(path(stage.from), runtime, ctx.backend, stage.name);
+      try {
+        const result = await rejectionSample({
+          generator: opened.generator,
+          runtime,
+          prompts: stage.prompts,
+          k: stage.k,
+          keepPerPrompt: stage.keepPerPrompt,
+          temperature: stage.temperature,
+          maxNewTokens: topology.sampling.maxNewTokens,
+          rules: {
+            ...(stage.language ? { language: stage.language } : {}),
+            minLanguageConsistency: stage.minLanguageConsistency,
+            maxRepeats: stage.maxRepeats,
+          },
+          seed,
+          source: stage.name,
+          onProgress: (done, total) =>
+            ctx.emit({ kind: 'progress', stage: stage.name, what: 'prompts', step: done, total }),
+        });
+        writeRecords(ctx.output, result.records);
+        const { records: _, ...counts } = result;
+        return counts;
+      } finally {
+        await opened.close();
+      }
+    }
+    case 'eval': {
+      const settings = {
+        ...evalSettings,
+        ...(stage.prompts ? { prompts: stage.prompts } : {}),
+        ...(stage.k ? { k: stage.k } : {}),
+      };
+      const results: Record<string, ReturnType<typeof evalBrief>> = {};
+      for (const name of stage.checkpoints) {
+        const result = await evaluateCheckpoint({
+          topology,
+          backend: ctx.backend,
+          checkpoint: path(name),
+          settings,
+          seed,
+        });
+        results[name] = evalBrief(result);
+      }
+      mkdirSync(dirname(ctx.output), { recursive: true });
+      writeFileSync(ctx.output, JSON.stringify({ settings, results }, null, 2));
+      return { results };
+    }
+    case 'import':
+      throw new Error('unreachable: imports are checked, not run');
+  }
+}
+
+function evalBrief(r: EvalResult) {
+  return {
+    pass1: r.pass1,
+    consAtK: r.consAtK,
+    k: r.samplesPerQuestion,
+    formatRate: r.formatRate,
+    meanLength: r.meanLength,
+  };
+}

@@ -1,0 +1,161 @@
+/** Recipes as data: validation of the stage graph, describe, and the pieces stages are made of. */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import base from '../../pipelines/r1-zero-arithmetic.ts';
+import distill from '../../pipelines/distill-arithmetic.ts';
+import r1 from '../../pipelines/r1-arithmetic.ts';
+import { CharTokenizer } from '../../src/policy/tokenizer.ts';
+import { defineRecipe, describeRecipe, type RecipeInput } from '../../src/recipe/recipe.ts';
+import { coldStartRecords, readRecords, writeRecords } from '../../src/recipe/records.ts';
+import { judgeSample, maxStepRepeats } from '../../src/recipe/rejection.ts';
+import { packExamples, recordExample } from '../../src/recipe/sft.ts';
+import { formatReward } from '../../src/rewards/rewards.ts';
+import { taskRuntime } from '../../src/run/taskRuntime.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'rxrl-recipe-unit-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const recipe = (stages: RecipeInput['stages']): RecipeInput => ({
+  name: 'r',
+  description: 'test',
+  topology: base,
+  stages,
+});
+
+describe('defineRecipe', () => {
+  it('accepts the shipped recipes', () => {
+    expect(r1.stages.map((s) => s.type)).toContain('rejectionSample');
+    expect(distill.stages.find((s) => s.type === 'distill')).toBeDefined();
+  });
+
+  it('names the stage and field of every broken reference at once', () => {
+    const attempt = () =>
+      defineRecipe(
+        recipe([
+          { type: 'pretrain', name: 'base' },
+          {
+            type: 'sft',
+            name: 'sft',
+            from: 'rl',
+            data: ['base'],
+            steps: 1,
+            batchSize: 1,
+            learningRate: 1e-3,
+          },
+          { type: 'grpo', name: 'rl', from: 'nowhere', steps: 1 },
+          { type: 'pretrain', name: 'base' },
+          { type: 'import', name: 'both', checkpoint: 'a', dataset: 'b' },
+        ]),
+      );
+    expect(attempt).toThrow(/stages\[1\] \(sft\): from names rl, which comes later/);
+    expect(attempt).toThrow(
+      /stages\[1\] \(sft\): data needs a dataset, but base \(pretrain\) makes a checkpoint/,
+    );
+    expect(attempt).toThrow(/stages\[2\] \(rl\): from names nowhere, which is not a stage of this recipe/);
+    expect(attempt).toThrow(/stages\[3\] \(base\): the name base is used twice/);
+    expect(attempt).toThrow(/stages\[4\] \(both\): an import names either a checkpoint or a dataset/);
+  });
+
+  it('rejects a stage setting that makes its topology invalid, and bad schema fields by path', () => {
+    expect(() =>
+      defineRecipe(recipe([{ type: 'pretrain', name: 'base', model: { dModel: 30, nHeads: 4 } }])),
+    ).toThrow(/stages\[0\] \(base\): .*dModel must be a multiple of model.nHeads/);
+    expect(() =>
+      defineRecipe(recipe([{ type: 'coldStart', name: 'Bad Name', records: 0 } as never])),
+    ).toThrow(/stages\[0\]\.name|stages\[0\]\.records|lowercase/);
+  });
+
+  it('describes stages with what they read and write', () => {
+    const lines = describeRecipe(r1, 'runs/x');
+    expect(lines).toContain('6. sft-2 (sft)  <- from: base; data: rejection, cold-start-data');
+    expect(lines).toContain('   -> dataset runs/x/rejection/data.jsonl');
+    expect(lines).toContain('   -> report runs/x/eval/report.json');
+  });
+});
+
+describe('stage pieces', () => {
+  const runtime = taskRuntime(base);
+  const tokenizer = new CharTokenizer(runtime.alphabet);
+
+  it('cold-start records are correct and well formatted, from the end of the training split', async () => {
+    const records = coldStartRecords(base, runtime, 50);
+    expect(records).toHaveLength(50);
+    const signal = new AbortController().signal;
+    for (const record of records) {
+      const example = runtime.train.find((e) => e.id === record.id)!;
+      const input = {
+        prompt: runtime.prompt(example),
+        completion: record.completion,
+        completionTokens: 1,
+        finishReason: 'eos' as const,
+      };
+      expect(await runtime.correctness.score(input, signal)).toBe(1);
+      expect(formatReward().score(input, signal)).toBe(1);
+    }
+    expect(records[0]!.id).toBe(runtime.train[runtime.train.length - 1]!.id);
+    const multiply = {
+      ...base,
+      task: { kind: 'arithmetic' as const, digits: 2, operations: ['*' as const] },
+    };
+    expect(() => coldStartRecords(multiply, taskRuntime(multiply), 5)).toThrow(
+      /no rule-written solutions for the arithmetic task with \*; write the records yourself/,
+    );
+  });
+
+  it('reads SFT records back and names file:line of each bad one', () => {
+    const file = join(dir, 'records.jsonl');
+    writeRecords(file, [{ prompt: 'p', completion: 'c' }]);
+    expect(readRecords(file)).toEqual([{ prompt: 'p', completion: 'c' }]);
+    writeFileSync(file, '{"prompt":"p","completion":"c"}\n{"prompt":"p"\n\n{"prompt":"","completion":"c"}\n');
+    expect(() => readRecords(file)).toThrow(
+      new RegExp(`2 bad SFT record\\(s\\):\\n${file}:2: not valid JSON: .*\\n${file}:4: prompt: `),
+    );
+  });
+
+  it('packs records into rows of the context, loss on completions only', () => {
+    const examples = [
+      { tokens: [1, 2, 3, 4], lossStart: 2 },
+      { tokens: [5, 6, 7], lossStart: 1 },
+      { tokens: [8, 9, 10, 11, 12], lossStart: 3 },
+    ];
+    const rows = packExamples(examples, 8);
+    expect(rows.map((r) => r.tokens)).toEqual([
+      [1, 2, 3, 4, 5, 6, 7],
+      [8, 9, 10, 11, 12],
+    ]);
+    expect(rows.map((r) => r.lossMask)).toEqual([
+      [0, 0, 1, 1, 0, 1, 1],
+      [0, 0, 0, 1, 1],
+    ]);
+    const example = recordExample(
+      { prompt: 'User: 1+2. Assistant:', completion: '<answer>3</answer>' },
+      tokenizer,
+    );
+    expect(example.tokens[example.tokens.length - 1]).toBe(tokenizer.eosId);
+    expect(example.lossStart).toBe(tokenizer.encode('User: 1+2. Assistant:').length);
+  });
+
+  it('judges samples: truncated, format, incorrect, language, repetition, or fit', async () => {
+    const example = runtime.train[0]!;
+    const sample = (completion: string, finishReason: 'eos' | 'length' = 'eos') => ({
+      prompt: runtime.prompt(example),
+      completion,
+      finishReason,
+      completionTokenIds: [1, 2, 3], // the judge reads the text
+    });
+    const [a, b] = example.question.split('+').map(Number) as [number, number];
+    const right = String(a + b);
+    const rules = { language: 'en' as const, minLanguageConsistency: 0.9, maxRepeats: 3 };
+    const judge = (completion: string, finish: 'eos' | 'length' = 'eos') =>
+      judgeSample(sample(completion, finish), runtime, rules);
+    expect(await judge(`<think>ok</think><answer>${right}</answer>`, 'length')).toBe('truncated');
+    expect(await judge(`<answer>${right}</answer>`)).toBe('format');
+    expect(await judge(`<think>add</think><answer>${a + b + 1}</answer>`)).toBe('incorrect');
+    expect(await judge(`<think>我们 计算 the sum</think><answer>${right}</answer>`)).toBe('language');
+    expect(await judge(`<think>1+1=2,1+1=2,1+1=2,1+1=2</think><answer>${right}</answer>`)).toBe('repetition');
+    expect(await judge(`<think>1+1=2,1+1=2</think><answer>${right}</answer>`)).toBeNull();
+    expect(maxStepRepeats('<think>a,b,a;a\na</think>')).toBe(4);
+  });
+});
