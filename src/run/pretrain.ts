@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SftTrainer, type SftExample } from '../learner/sft.ts';
 import type { Metrics } from '../metrics/metrics.ts';
@@ -49,10 +49,15 @@ export async function ensureBaseModel(options: {
     )
     .digest('hex')
     .slice(0, 12);
+  // The name only labels the directory: another pipeline's base model with the same key is the same model.
   const dir = join(options.cacheDir, `${topology.name}-${key}`);
-  if (existsSync(join(dir, 'manifest.json'))) {
-    return { model: (await loadCheckpoint(dir)).model, dir, cached: true };
-  }
+  const same = existsSync(options.cacheDir)
+    ? readdirSync(options.cacheDir)
+        .filter((name) => name.endsWith(`-${key}`))
+        .map((name) => join(options.cacheDir, name))
+    : [];
+  const cached = [dir, ...same].find((d) => existsSync(join(d, 'manifest.json')));
+  if (cached) return { model: (await loadCheckpoint(cached)).model, dir: cached, cached: true };
   const corpus = runtime.corpusCompletion;
   if (!corpus && topology.pretrain.steps > 0) {
     throw new Error(`pretrain: the ${runtime.name} task has no pretraining corpus; set pretrain.steps to 0`);
