@@ -110,3 +110,6 @@ export function overlongPenalty(options: {
       Math.max(-factor, Math.min(((maxLength - buffer - completionTokens) / buffer) * factor, 0)),
   };
 }
+
+/** Programming tasks: the fraction of the prompt's test cases the answer's program passes, sandboxed. */
+export { codeReward, extractProgram, CodeAnswer, type CodeRewardOptions } from './code.ts';

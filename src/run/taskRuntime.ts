@@ -10,7 +10,9 @@ import {
   type CountdownAnswer,
   type RewardFunction,
 } from '../rewards/rewards.ts';
+import { codeReward } from '../rewards/code.ts';
 import { arithmeticExamples } from '../tasks/arithmetic.ts';
+import { codeExamples } from '../tasks/code.ts';
 import { noisyAdditionCompletion, noisyCountdownCompletion } from '../tasks/corpus.ts';
 import { countdownExamples } from '../tasks/countdown.ts';
 import { loadJsonlExamples } from '../tasks/jsonl.ts';
@@ -42,6 +44,11 @@ function rewardFunction(spec: Topology['rewards'][number]): RewardFunction {
       return formatReward();
     case 'countdown':
       return countdownReward();
+    case 'code':
+      return codeReward({
+        ...(spec.timeoutMs !== undefined ? { timeoutMs: spec.timeoutMs } : {}),
+        ...(spec.memoryMb !== undefined ? { memoryMb: spec.memoryMb } : {}),
+      });
     case 'language_consistency':
       return languageConsistencyReward(spec.language);
     case 'overlong':
@@ -80,6 +87,11 @@ export function taskRuntime(topology: Topology): TaskRuntime {
         return noisyCountdownCompletion(numbers, target, rand, noise);
       };
       break;
+    case 'code':
+      train = codeExamples('train', data.trainPrompts, seed);
+      test = codeExamples('test', data.testPrompts, seed);
+      correctness = codeReward();
+      break;
     case 'jsonl':
       train = loadJsonlExamples(task.train).slice(0, data.trainPrompts);
       test = loadJsonlExamples(task.test).slice(0, data.testPrompts);
@@ -89,6 +101,9 @@ export function taskRuntime(topology: Topology): TaskRuntime {
   const prompt = (e: TaskExample, idSuffix = '') => toPrompt(task.kind, e, topology.template, idSuffix);
   const chars = new Set<string>('0123456789+-*/=,.()[] ');
   for (const e of [...train, ...test]) for (const ch of prompt(e).text) chars.add(ch);
+  // Programs are written in any printable character.
+  if (task.kind === 'code') for (let c = 32; c < 127; c++) chars.add(String.fromCharCode(c));
+  if (task.kind === 'code') chars.add('\n');
   return {
     name: task.kind,
     train,

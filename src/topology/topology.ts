@@ -21,12 +21,24 @@ const TaskSpec = z.discriminatedUnion('kind', [
     })
     .strict(),
   z.object({ kind: z.literal('jsonl'), train: z.string(), test: z.string() }).strict(),
+  z
+    .object({ kind: z.literal('code') })
+    .strict()
+    .describe('Small stdin/stdout JavaScript programs (src/tasks/code.ts), scored by running their tests.'),
 ]);
 
 const RewardSpec = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('accuracy'), weight: z.number().default(1) }).strict(),
   z.object({ kind: z.literal('format'), weight: z.number().default(1) }).strict(),
   z.object({ kind: z.literal('countdown'), weight: z.number().default(1) }).strict(),
+  z
+    .object({
+      kind: z.literal('code'),
+      weight: z.number().default(1),
+      timeoutMs: z.int().positive().optional().describe('Wall-clock limit per test run (sandbox default).'),
+      memoryMb: z.int().positive().optional(),
+    })
+    .strict(),
   z
     .object({
       kind: z.literal('language_consistency'),

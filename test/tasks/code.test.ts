@@ -84,3 +84,34 @@ describe('code task', () => {
     expect(await score(oneEach[0]!, 'console.log(0)')).toBeLessThan(1);
   }, 180_000);
 });
+
+describe('code task in a topology', () => {
+  it('a topology names the code task and reward; the task runtime scores a reference solution 1', async () => {
+    const { defineTopology } = await import('../../src/topology/topology.ts');
+    const { taskRuntime } = await import('../../src/run/taskRuntime.ts');
+    const base = (await import('../../pipelines/r1-zero-arithmetic.ts')).default;
+    const topology = defineTopology({
+      ...base,
+      name: 'code-task',
+      task: { kind: 'code' },
+      data: { trainPrompts: 20, testPrompts: 5 },
+      rewards: [{ kind: 'code', weight: 1, timeoutMs: 5_000 }],
+    });
+    const runtime = taskRuntime(topology);
+    expect(runtime.train).toHaveLength(20);
+    expect(runtime.alphabet).toContain('{');
+    const example = runtime.test[0] as CodeExample;
+    const input = {
+      prompt: runtime.prompt(example),
+      completion: `<think>read, compute</think><answer>${example.solution}</answer>`,
+      completionTokens: 1,
+      finishReason: 'eos' as const,
+    };
+    const signal = new AbortController().signal;
+    expect(await runtime.correctness.score(input, signal)).toBe(1);
+    expect(await runtime.rewards[0]!.fn.score(input, signal)).toBe(1);
+    expect(
+      await runtime.correctness.score({ ...input, completion: '<answer>console.log(1)</answer>' }, signal),
+    ).toBeLessThan(1);
+  }, 180_000);
+});
