@@ -4,6 +4,7 @@ import { GradientBatch } from './gradient-batch.ts';
 import { Group } from './group.ts';
 import { Metric } from './metric.ts';
 import { PolicyVersion } from './policy-version.ts';
+import { PreferencePair, PreferenceRequest, PreferenceResponse } from './preference.ts';
 import { Prompt } from './prompt.ts';
 import { Rollout } from './rollout.ts';
 import { ScoredRollout } from './scored-rollout.ts';
@@ -18,6 +19,7 @@ export * from './gradient-batch.ts';
 export * from './policy-version.ts';
 export * from './metric.ts';
 export * from './dead-letter.ts';
+export * from './preference.ts';
 
 /** Every message that flows between stages, by name: the names used in errors and JSON Schema files. */
 export const messageSchemas = {
@@ -32,3 +34,9 @@ export const messageSchemas = {
   DeadLetter,
 } as const;
 export type MessageName = keyof typeof messageSchemas;
+
+/**
+ * Contracts that are not stream messages (HTTP bodies, data-set lines), by name: JSON Schema files
+ * are generated for them too, but they have no Kafka topic.
+ */
+export const contractSchemas = { PreferenceRequest, PreferenceResponse, PreferencePair } as const;
