@@ -117,6 +117,22 @@ const Distill = z
   })
   .strict();
 
+const RewardModel = z
+  .object({
+    type: z.literal('rewardModel'),
+    name: StageName,
+    pairs: z
+      .array(StageName)
+      .min(1)
+      .describe(
+        'rejectionSample stages (each prompt with an accepted and a rejected sample gives a pair) or imported JSONL files of {prompt, chosen, rejected}.',
+      ),
+    epochs: z.int().positive().default(10),
+    hiddenUnits: z.int().nonnegative().default(32),
+    heldOut: z.int().nonnegative().default(32).describe('Pairs kept aside to report pairwise accuracy on.'),
+  })
+  .strict();
+
 const Eval = z
   .object({
     type: z.literal('eval'),
@@ -135,6 +151,7 @@ export const Stage = z.discriminatedUnion('type', [
   Grpo,
   RejectionSample,
   Distill,
+  RewardModel,
   Eval,
 ]);
 export type Stage = z.infer<typeof Stage>;
@@ -154,7 +171,7 @@ export type Recipe = z.infer<typeof Recipe>;
 export type RecipeInput = Omit<z.input<typeof Recipe>, 'kind' | 'topology'> & { topology: TopologyInput };
 
 /** What a stage leaves behind for later stages. */
-export type OutputKind = 'checkpoint' | 'dataset' | 'report';
+export type OutputKind = 'checkpoint' | 'dataset' | 'rewardModel' | 'report';
 
 export function outputKind(stage: Stage): OutputKind {
   switch (stage.type) {
@@ -168,9 +185,21 @@ export function outputKind(stage: Stage): OutputKind {
     case 'coldStart':
     case 'rejectionSample':
       return 'dataset';
+    case 'rewardModel':
+      return 'rewardModel';
     case 'eval':
       return 'report';
   }
+}
+
+/**
+ * A `preference_model` reward whose path is a bare name (no `/`, no `.`) names a rewardModel stage of the
+ * recipe; any other path is a directory on disk.
+ */
+export function rewardModelStage(reward: Topology['rewards'][number]): string | undefined {
+  return reward.kind === 'preference_model' && /^[a-z0-9][a-z0-9-]*$/.test(reward.path)
+    ? reward.path
+    : undefined;
 }
 
 /** The stages a stage reads, with the kind of output each must have. */
@@ -186,8 +215,17 @@ export function stageInputs(stage: Stage): { name: string; kind: OutputKind; rol
         ...stage.data.map((name) => ({ name, kind: 'dataset' as const, role: 'data' })),
       ];
     case 'grpo':
+      return [
+        { name: stage.from, kind: 'checkpoint', role: 'from' },
+        ...(stage.rewards ?? []).flatMap((reward) => {
+          const name = rewardModelStage(reward);
+          return name ? [{ name, kind: 'rewardModel' as const, role: 'reward' }] : [];
+        }),
+      ];
     case 'rejectionSample':
       return [{ name: stage.from, kind: 'checkpoint', role: 'from' }];
+    case 'rewardModel':
+      return stage.pairs.map((name) => ({ name, kind: 'dataset' as const, role: 'pairs' }));
     case 'distill':
       return [
         { name: stage.teacher, kind: 'checkpoint', role: 'teacher' },
@@ -253,6 +291,15 @@ export function defineRecipe(input: RecipeInput): Recipe {
         );
       }
     }
+    if (stage.type === 'rewardModel') {
+      for (const name of stage.pairs) {
+        const source = seen.get(name);
+        if (source && source.type !== 'rejectionSample' && !(source.type === 'import' && source.dataset))
+          problems.push(
+            `${where}: pairs come from rejectionSample stages or imported datasets of pairs; ${name} is a ${source.type} stage`,
+          );
+      }
+    }
     try {
       if (stage.type === 'grpo') grpoTopology(recipe, stage);
       if (stage.type === 'pretrain') pretrainTopology(recipe, stage);
@@ -304,6 +351,8 @@ function stageSummary(stage: Stage): string {
       return `${stage.k} samples x ${stage.prompts} prompts, keep <= ${stage.keepPerPrompt} correct, formatted${stage.language ? `, ${stage.language}-consistent` : ''}, loop-free`;
     case 'distill':
       return `SFT of the student on the teacher's traces, ${stage.steps} steps x ${stage.batchSize}; student vs teacher pass@1`;
+    case 'rewardModel':
+      return `preference model (Bradley-Terry, ${stage.hiddenUnits} hidden units, ${stage.epochs} epochs) on accepted vs rejected samples of ${stage.pairs.join(', ')}`;
     case 'eval':
       return `R1 evaluation (pass@1 over k, cons@k) of ${stage.checkpoints.join(', ')}`;
   }
@@ -318,6 +367,8 @@ export function outputPath(runDir: string, stage: Stage): string {
       return `${dir}/checkpoint`;
     case 'dataset':
       return `${dir}/data.jsonl`;
+    case 'rewardModel':
+      return `${dir}/model`;
     case 'report':
       return `${dir}/report.json`;
   }

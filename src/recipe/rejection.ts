@@ -3,6 +3,7 @@ import { formatReward, languageConsistencyReward, type Language } from '../rewar
 import type { TaskRuntime } from '../run/taskRuntime.ts';
 import type { GeneratorReply, GeneratorRequest } from '../run/workers/protocol.ts';
 import type { WorkerClient } from '../run/workers/rpc.ts';
+import type { PreferencePair } from '../../schemas/index.ts';
 import type { SftRecord } from './records.ts';
 
 /** Why a sample was not kept, in the order they are checked: a sample counts once, under its first reason. */
@@ -68,6 +69,8 @@ export async function judgeSample(
 
 export interface RejectionResult {
   records: SftRecord[];
+  /** For each prompt with an accepted and a rejected sample: the first of each (a reward model's data). */
+  pairs: PreferencePair[];
   generated: number;
   kept: number;
   rejected: Record<RejectionReason, number>;
@@ -107,6 +110,7 @@ export async function rejectionSample(options: {
     number
   >;
   const records: SftRecord[] = [];
+  const pairs: PreferencePair[] = [];
   let generated = 0;
   let promptsCovered = 0;
   const chunk = options.chunk ?? 32;
@@ -122,10 +126,13 @@ export async function rejectionSample(options: {
     generated += reply.rollouts.length;
     for (const [i, example] of batch.entries()) {
       const kept = new Set<string>();
+      let worse: string | undefined;
       for (const sample of reply.rollouts.slice(i * k, (i + 1) * k)) {
         const reason = await judgeSample(sample, runtime, options.rules);
-        if (reason) rejected[reason]++;
-        else if (kept.has(sample.completion)) rejected.duplicate++;
+        if (reason) {
+          rejected[reason]++;
+          worse ??= sample.completion;
+        } else if (kept.has(sample.completion)) rejected.duplicate++;
         else if (kept.size >= options.keepPerPrompt) rejected.over_quota++;
         else {
           kept.add(sample.completion);
@@ -138,8 +145,11 @@ export async function rejectionSample(options: {
         }
       }
       if (kept.size > 0) promptsCovered++;
+      const [best] = kept;
+      if (best !== undefined && worse !== undefined)
+        pairs.push({ id: example.id, prompt: runtime.prompt(example).text, chosen: best, rejected: worse });
     }
     options.onProgress?.(Math.min(start + chunk, examples.length), examples.length);
   }
-  return { records, generated, kept: records.length, rejected, promptsCovered };
+  return { records, pairs, generated, kept: records.length, rejected, promptsCovered };
 }

@@ -11,6 +11,7 @@ import { taskRuntime } from '../run/taskRuntime.ts';
 import {
   grpoTopology,
   outputPath,
+  rewardModelStage,
   pretrainTopology,
   stageInputs,
   type Recipe,
@@ -19,6 +20,8 @@ import {
 } from './recipe.ts';
 import { coldStartRecords, readRecords, writeRecords, type SftRecord } from './records.ts';
 import { rejectionSample } from './rejection.ts';
+import { loadPreferencePairs } from '../rewards/preferencePairs.ts';
+import { pairwiseAccuracy, trainPreferenceModel } from '../rewards/preferenceModel.ts';
 import { trainOnRecords } from './sft.ts';
 
 export interface RecipeRunOptions {
@@ -40,6 +43,8 @@ export interface RecipeRunOptions {
 export interface StageReport {
   stage: string;
   type: Stage['type'];
+  /** The stage as declared when it ran: a changed declaration makes the stage run again. */
+  definition: Stage;
   output: string;
   seconds: number;
   finishedAt: string;
@@ -100,15 +105,20 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
     const dir = join(runDir, stage.name);
     const reportPath = join(dir, 'stage.json');
     const output = outputPath(runDir, stage);
-    const stale = redo.has(stage.name) || stageInputs(stage).some((input) => ran.has(input.name));
-    const done = stage.type !== 'import' && existsSync(reportPath) && existsSync(output);
+    const previous = existsSync(reportPath)
+      ? (JSON.parse(readFileSync(reportPath, 'utf8')) as StageReport)
+      : undefined;
+    const changed =
+      previous?.definition !== undefined && JSON.stringify(previous.definition) !== JSON.stringify(stage);
+    const stale = redo.has(stage.name) || changed || stageInputs(stage).some((input) => ran.has(input.name));
+    const done = stage.type !== 'import' && previous !== undefined && existsSync(output);
     if (stage.type === 'import') {
       checkImport(stage);
       const report = stageReport(stage, output, 0, { path: output });
       emit({ kind: 'stage-skipped', stage: stage.name, type: stage.type, index, total, report });
       reports.push(report);
     } else if (done && !stale) {
-      const report = JSON.parse(readFileSync(reportPath, 'utf8')) as StageReport;
+      const report = previous!;
       emit({ kind: 'stage-skipped', stage: stage.name, type: stage.type, index, total, report });
       reports.push(report);
     } else {
@@ -148,6 +158,7 @@ function stageReport(
   return {
     stage: stage.name,
     type: stage.type,
+    definition: stage,
     output,
     seconds,
     finishedAt: new Date().toISOString(),
@@ -254,8 +265,14 @@ async function runStage(stage: Stage, ctx: StageContext): Promise<Record<string,
       return { student: evalBrief(student), teacher: evalBrief(teacher) };
     }
     case 'grpo': {
+      // A preference_model reward naming a rewardModel stage reads that stage's model.
+      const stageTopology = grpoTopology(recipe, stage);
+      stageTopology.rewards = stageTopology.rewards.map((reward) => {
+        const source = rewardModelStage(reward);
+        return source && reward.kind === 'preference_model' ? { ...reward, path: path(source) } : reward;
+      });
       const summary = await runR1Zero({
-        topology: grpoTopology(recipe, stage),
+        topology: stageTopology,
         backend: ctx.backend,
         runDir: ctx.dir,
         cacheDir: ctx.cacheDir,
@@ -295,11 +312,50 @@ async function runStage(stage: Stage, ctx: StageContext): Promise<Record<string,
             ctx.emit({ kind: 'progress', stage: stage.name, what: 'prompts', step: done, total }),
         });
         writeRecords(ctx.output, result.records);
-        const { records: _, ...counts } = result;
-        return counts;
+        writeFileSync(pairsPath(ctx.output), result.pairs.map((p) => `${JSON.stringify(p)}\n`).join(''));
+        const { records: _, pairs, ...counts } = result;
+        return { ...counts, pairs: pairs.length };
       } finally {
         await opened.close();
       }
+    }
+    case 'rewardModel': {
+      const pairs = stage.pairs.flatMap((name) => {
+        const source = recipe.stages.find((s) => s.name === name)!;
+        return loadPreferencePairs(source.type === 'rejectionSample' ? pairsPath(path(name)) : path(name));
+      });
+      const heldOut = pairs.slice(0, Math.min(stage.heldOut, Math.floor(pairs.length / 2)));
+      const train = pairs.slice(heldOut.length);
+      if (train.length === 0)
+        throw new Error(
+          `${stage.name}: no preference pairs in ${stage.pairs.join(', ')} (a pair needs a prompt with an accepted and a rejected sample)`,
+        );
+      const untrained = await trainPreferenceModel(train, {
+        epochs: 0,
+        hiddenUnits: stage.hiddenUnits,
+        seed,
+      });
+      const model = await trainPreferenceModel(train, {
+        epochs: stage.epochs,
+        hiddenUnits: stage.hiddenUnits,
+        seed,
+        onEpoch: (e) =>
+          ctx.emit({
+            kind: 'progress',
+            stage: stage.name,
+            what: 'epoch',
+            step: e.epoch,
+            total: stage.epochs,
+            loss: e.loss,
+          }),
+      });
+      await model.save(ctx.output);
+      return {
+        trainPairs: train.length,
+        heldOutPairs: heldOut.length,
+        heldOutAccuracyBefore: heldOut.length > 0 ? pairwiseAccuracy(untrained, heldOut) : null,
+        heldOutAccuracyAfter: heldOut.length > 0 ? pairwiseAccuracy(model, heldOut) : null,
+      };
     }
     case 'eval': {
       const settings = {
@@ -325,6 +381,11 @@ async function runStage(stage: Stage, ctx: StageContext): Promise<Record<string,
     case 'import':
       throw new Error('unreachable: imports are checked, not run');
   }
+}
+
+/** Where a rejectionSample stage writes its preference pairs, beside its SFT records. */
+function pairsPath(records: string): string {
+  return join(dirname(records), 'pairs.jsonl');
 }
 
 function evalBrief(r: EvalResult) {

@@ -11,6 +11,8 @@ import {
   type RewardFunction,
 } from '../rewards/rewards.ts';
 import { codeReward } from '../rewards/code.ts';
+import { httpPreferenceReward } from '../rewards/preference.ts';
+import { loadPreferenceModel, type PreferenceModel } from '../rewards/preferenceModel.ts';
 import { arithmeticExamples } from '../tasks/arithmetic.ts';
 import { codeExamples } from '../tasks/code.ts';
 import { noisyAdditionCompletion, noisyCountdownCompletion } from '../tasks/corpus.ts';
@@ -49,6 +51,21 @@ function rewardFunction(spec: Topology['rewards'][number]): RewardFunction {
         ...(spec.timeoutMs !== undefined ? { timeoutMs: spec.timeoutMs } : {}),
         ...(spec.memoryMb !== undefined ? { memoryMb: spec.memoryMb } : {}),
       });
+    case 'preference':
+      return httpPreferenceReward({
+        url: spec.url,
+        ...(spec.timeoutMs !== undefined ? { timeoutMs: spec.timeoutMs } : {}),
+        ...(spec.retries !== undefined ? { retries: spec.retries } : {}),
+      });
+    case 'preference_model': {
+      // Loaded at the first score, once.
+      let model: Promise<PreferenceModel> | undefined;
+      return {
+        name: 'preference',
+        score: async ({ prompt, completion }) =>
+          (await (model ??= loadPreferenceModel(spec.path))).score(prompt.text, completion),
+      };
+    }
     case 'language_consistency':
       return languageConsistencyReward(spec.language);
     case 'overlong':

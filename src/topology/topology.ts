@@ -48,6 +48,27 @@ const RewardSpec = z.discriminatedUnion('kind', [
     .strict(),
   z
     .object({
+      kind: z.literal('preference'),
+      url: z
+        .url()
+        .describe('A scorer speaking the PreferenceRequest/PreferenceResponse contract (schemas/).'),
+      timeoutMs: z.int().positive().optional(),
+      retries: z.int().nonnegative().optional(),
+      weight: z.number().default(1),
+    })
+    .strict(),
+  z
+    .object({
+      kind: z.literal('preference_model'),
+      path: z
+        .string()
+        .min(1)
+        .describe("A preference model saved by rxrl (in a recipe: a rewardModel stage's name)."),
+      weight: z.number().default(1),
+    })
+    .strict(),
+  z
+    .object({
       kind: z.literal('overlong'),
       maxLength: z.int().positive(),
       buffer: z.int().positive(),

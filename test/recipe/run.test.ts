@@ -3,7 +3,7 @@
  * sampling -> SFT -> distillation -> eval; then a re-run reuses every stage, and a redo of one stage reruns
  * it and exactly the stages downstream of it.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
@@ -14,6 +14,19 @@ import { runRecipe, type RecipeEvent } from '../../src/recipe/run.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'rxrl-recipe-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+// Preference pairs of one's own, beside those rejection sampling finds.
+const pairsFile = join(root, 'pairs.jsonl');
+writeFileSync(
+  pairsFile,
+  Array.from({ length: 12 }, (_, i) =>
+    JSON.stringify({
+      prompt: `User: ${i}+${i}. Assistant:`,
+      chosen: `<think>${i}+${i}=${2 * i}</think><answer>${2 * i}</answer>`,
+      rejected: `${i}${i}${i}${i}`,
+    }),
+  ).join('\n'),
+);
 
 const tiny = defineRecipe({
   name: 'tiny-recipe',
@@ -44,7 +57,7 @@ const tiny = defineRecipe({
       heldOut: 8,
     },
     { type: 'grpo', name: 'rl', from: 'cold-start', steps: 2 },
-    { type: 'rejectionSample', name: 'rejection', from: 'rl', prompts: 6, k: 2, keepPerPrompt: 2 },
+    { type: 'rejectionSample', name: 'rejection', from: 'rl', prompts: 16, k: 4, keepPerPrompt: 2 },
     {
       type: 'sft',
       name: 'sft-2',
@@ -53,6 +66,18 @@ const tiny = defineRecipe({
       steps: 3,
       batchSize: 8,
       learningRate: 1e-3,
+    },
+    { type: 'import', name: 'my-pairs', dataset: pairsFile },
+    { type: 'rewardModel', name: 'rm', pairs: ['rejection', 'my-pairs'], epochs: 2, heldOut: 4 },
+    {
+      type: 'grpo',
+      name: 'rl-2',
+      from: 'sft-2',
+      steps: 1,
+      rewards: [
+        { kind: 'accuracy', weight: 1 },
+        { kind: 'preference_model', path: 'rm', weight: 0.5 },
+      ],
     },
     { type: 'pretrain', name: 'student-base', model: { dModel: 16, nHeads: 2 }, steps: 10 },
     {
@@ -82,7 +107,7 @@ it(
   async () => {
     const events: RecipeEvent[] = [];
     const first = await runRecipe({ ...options, onEvent: (e) => events.push(e) });
-    expect(first.ran).toEqual(names);
+    expect(first.ran).toEqual(names.filter((n) => n !== 'my-pairs')); // an import is checked, not run
     const report = (name: string) =>
       first.stages.find((s) => s.stage === name)!.summary as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -96,32 +121,50 @@ it(
     // Rejection sampling: every sample counted once, the kept ones written as records.
     const rejection = report('rejection');
     const rejected = Object.values(rejection.rejected as Record<string, number>).reduce((a, b) => a + b, 0);
-    expect(rejection.generated).toBe(6 * 2);
+    expect(rejection.generated).toBe(16 * 4);
     expect(rejection.kept + rejected).toBe(rejection.generated);
     expect(readRecords(join(options.runDir, 'rejection', 'data.jsonl'))).toHaveLength(rejection.kept);
+    // The reward model learnt from the rejection stage's pairs, and the second RL stage scored with it.
+    expect(existsSync(join(options.runDir, 'rejection', 'pairs.jsonl'))).toBe(true);
+    if (rejection.pairs > 0) {
+      expect(report('rm').trainPairs).toBe(rejection.pairs);
+      expect(report('rl-2').rewards).toEqual(['accuracy', 'preference_model']);
+    }
     // The student is the smaller shape, evaluated beside its teacher.
     expect(report('student-base').parameters).toBeLessThan(report('base').parameters);
     expect(report('student').student.pass1).toBeGreaterThanOrEqual(0);
     expect(report('student').teacher.k).toBe(2);
     const evalReport = JSON.parse(readFileSync(join(options.runDir, 'eval', 'report.json'), 'utf8'));
     expect(Object.keys(evalReport.results)).toEqual(['base', 'cold-start', 'sft-2']);
-    for (const name of names.filter((n) => n !== 'eval')) {
-      const kind = ['cold-start-data', 'rejection'].includes(name)
-        ? 'data.jsonl'
-        : 'checkpoint/manifest.json';
-      expect(existsSync(join(options.runDir, name, kind)), name).toBe(true);
+    for (const name of names.filter((n) => !['eval', 'my-pairs'].includes(n))) {
+      const file =
+        name === 'rm'
+          ? 'model/manifest.json'
+          : ['cold-start-data', 'rejection'].includes(name)
+            ? 'data.jsonl'
+            : 'checkpoint/manifest.json';
+      expect(existsSync(join(options.runDir, name, file)), name).toBe(true);
     }
 
     // Again: nothing to do, the same reports.
     const again = await runRecipe(options);
     expect(again.ran).toEqual([]);
     expect(again.skipped).toEqual(names);
-    expect(again.stages.map((s) => s.finishedAt)).toEqual(first.stages.map((s) => s.finishedAt));
+    const finished = (summary: typeof first) =>
+      summary.stages.filter((s) => s.type !== 'import').map((s) => s.finishedAt);
+    expect(finished(again)).toEqual(finished(first));
 
     // Redo the cold start: it and what reads it, directly or not, run again; base and the student's base do not.
     const redo = await runRecipe({ ...options, redo: ['cold-start'] });
-    expect(redo.ran).toEqual(['cold-start', 'rl', 'rejection', 'sft-2', 'student', 'eval']);
-    expect(redo.skipped).toEqual(['base', 'cold-start-data', 'student-base']);
+    expect(redo.ran).toEqual(['cold-start', 'rl', 'rejection', 'sft-2', 'rm', 'rl-2', 'student', 'eval']);
+    expect(redo.skipped).toEqual(['base', 'cold-start-data', 'my-pairs', 'student-base']);
+
+    // A changed declaration reruns that stage (and what reads it) only.
+    const changed = defineRecipe({
+      ...tiny,
+      stages: tiny.stages.map((s) => (s.name === 'student' ? { ...s, steps: 2 } : s)),
+    });
+    expect((await runRecipe({ ...options, recipe: changed })).ran).toEqual(['student']);
 
     await expect(runRecipe({ ...options, redo: ['nope'] })).rejects.toThrow(
       /No stage named nope in tiny-recipe: its stages are base, cold-start-data, cold-start, rl/,

@@ -28,8 +28,10 @@ export function describeReport(report: StageReport): string {
         .filter(([, n]) => n > 0)
         .map(([reason, n]) => `${reason} ${n}`)
         .join(', ');
-      return `kept ${s.kept} of ${s.generated} samples (${s.promptsCovered} prompts); rejected: ${rejected || 'none'}`;
+      return `kept ${s.kept} of ${s.generated} samples (${s.promptsCovered} prompts), ${s.pairs} preference pairs; rejected: ${rejected || 'none'}`;
     }
+    case 'rewardModel':
+      return `${s.trainPairs} pairs; held-out pairwise accuracy ${fmt(s.heldOutAccuracyBefore)} -> ${fmt(s.heldOutAccuracyAfter)} (${s.heldOutPairs} pairs)`;
     case 'distill':
       return `student pass@1 ${fmt(s.student.pass1)} vs teacher ${fmt(s.teacher.pass1)}`;
     case 'eval':
