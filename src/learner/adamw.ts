@@ -33,8 +33,8 @@ export class AdamW {
     this.epsilon = config.epsilon ?? 1e-8;
     this.weightDecay = config.weightDecay ?? 0;
     for (const [name, p] of params) {
-      this.m.set(name, tf.variable(tf.zerosLike(p), false));
-      this.v.set(name, tf.variable(tf.zerosLike(p), false));
+      this.m.set(name, ownVariable(tf.zerosLike(p)));
+      this.v.set(name, ownVariable(tf.zerosLike(p)));
     }
   }
 
@@ -93,4 +93,11 @@ export class AdamW {
   dispose(): void {
     for (const x of [...this.m.values(), ...this.v.values()]) x.dispose();
   }
+}
+
+/** A non-trainable variable holding `initial`, which is disposed (tf.variable keeps its own reference). */
+function ownVariable(initial: tf.Tensor): tf.Variable {
+  const variable = tf.variable(initial, false);
+  initial.dispose();
+  return variable;
 }

@@ -338,10 +338,10 @@ function initialParams(c: Required<GPTConfig>): Map<string, tf.Variable> {
   const params = new Map<string, tf.Variable>();
   const normal = (name: string, shape: number[], std = 0.02): void => {
     const size = shape.reduce((a, b) => a * b, 1);
-    params.set(name, tf.variable(tf.tensor(normalArray(size, std, uniform), shape)));
+    params.set(name, ownVariable(tf.tensor(normalArray(size, std, uniform), shape)));
   };
   const constant = (name: string, size: number, value: number): void => {
-    params.set(name, tf.variable(tf.fill([size], value)));
+    params.set(name, ownVariable(tf.fill([size], value)));
   };
   normal('wte', [c.vocabSize, d]);
   normal('wpe', [c.contextLength, d]);
@@ -399,4 +399,11 @@ function oneHotFloat(ids: tf.Tensor, depth: number): tf.Tensor {
 function nextMask(mask: tf.Tensor2D): tf.Tensor2D {
   const [B, T] = mask.shape;
   return tf.cast(tf.slice(mask, [0, 1], [B, T - 1]), 'float32');
+}
+
+/** A trainable variable holding `initial`, which is disposed (tf.variable keeps its own reference). */
+function ownVariable(initial: tf.Tensor): tf.Variable {
+  const variable = tf.variable(initial);
+  initial.dispose();
+  return variable;
 }

@@ -185,3 +185,17 @@ describe('learning-rate schedule', () => {
     expect(learningRateAt({ peak: 2 }, 100)).toBe(2);
   });
 });
+
+describe('tensor ownership', () => {
+  it('a model and its optimiser hold exactly their variables, and dispose frees them all', async () => {
+    const { AdamW } = await import('../../src/learner/adamw.ts');
+    const before = tf.memory().numTensors;
+    const model = new GPT({ ...TINY, seed: 3 });
+    const optimizer = new AdamW(model.params);
+    // Each parameter, and its two Adam moments: no initial value left behind.
+    expect(tf.memory().numTensors - before).toBe(3 * model.variables().length);
+    optimizer.dispose();
+    model.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
