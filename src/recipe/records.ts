@@ -4,7 +4,7 @@ import type { CountdownAnswer } from '../rewards/rewards.ts';
 import type { TaskRuntime } from '../run/taskRuntime.ts';
 import { correctAdditionCompletion, countdownChains } from '../tasks/corpus.ts';
 import type { Topology } from '../topology/topology.ts';
-import { describeIssues } from '../validation.ts';
+import { parseJsonl } from '../tasks/jsonl.ts';
 
 /**
  * One supervised fine-tuning record: the prompt as the policy sees it and the completion to learn
@@ -28,30 +28,7 @@ export function writeRecords(file: string, records: readonly SftRecord[]): void 
 
 /** Reads a JSONL file of SFT records; every bad line is reported as file:line: reason, all at once. */
 export function readRecords(file: string): SftRecord[] {
-  const records: SftRecord[] = [];
-  const errors: string[] = [];
-  readFileSync(file, 'utf8')
-    .split('\n')
-    .forEach((raw, i) => {
-      if (raw.trim() === '') return;
-      let value: unknown;
-      try {
-        value = JSON.parse(raw);
-      } catch (error) {
-        errors.push(`${file}:${i + 1}: not valid JSON: ${(error as Error).message}`);
-        return;
-      }
-      const parsed = SftRecord.safeParse(value);
-      if (parsed.success) records.push(parsed.data);
-      else
-        errors.push(
-          `${file}:${i + 1}: ${describeIssues(parsed.error)
-            .map((issue) => `${issue.path}: ${issue.message}`)
-            .join('; ')}`,
-        );
-    });
-  if (errors.length > 0) throw new Error(`${errors.length} bad SFT record(s):\n${errors.join('\n')}`);
-  return records;
+  return parseJsonl(readFileSync(file, 'utf8'), file, SftRecord).map((r) => r.value);
 }
 
 /**

@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { PreferencePair } from '../../schemas/index.ts';
-import { JsonlError } from '../tasks/jsonl.ts';
-import { describeIssues } from '../validation.ts';
+import { parseJsonl, uniqueIds } from '../tasks/jsonl.ts';
 
 /**
  * Reads a preference data set: one JSON object per line,
@@ -11,45 +10,10 @@ import { describeIssues } from '../validation.ts';
  * completions are the same teaches nothing and is reported too.
  */
 export function parsePreferencePairs(text: string, file = '<input>'): PreferencePair[] {
-  const out: PreferencePair[] = [];
-  const errors: JsonlError[] = [];
-  const ids = new Set<string>();
-  text.split('\n').forEach((raw, i) => {
-    const line = raw.trim();
-    if (line === '') return;
-    let value: unknown;
-    try {
-      value = JSON.parse(line);
-    } catch (err) {
-      errors.push(new JsonlError(file, i + 1, `not valid JSON (${(err as Error).message})`));
-      return;
-    }
-    const parsed = PreferencePair.safeParse(value);
-    if (!parsed.success) {
-      const why = describeIssues(parsed.error).map((x) => `${x.path}: ${x.message}`);
-      errors.push(new JsonlError(file, i + 1, why.join('; ')));
-      return;
-    }
-    const pair = parsed.data;
-    if (pair.chosen === pair.rejected) {
-      errors.push(new JsonlError(file, i + 1, 'chosen and rejected are the same completion'));
-      return;
-    }
-    if (pair.id !== undefined) {
-      if (ids.has(pair.id)) {
-        errors.push(new JsonlError(file, i + 1, `duplicate id "${pair.id}"`));
-        return;
-      }
-      ids.add(pair.id);
-    }
-    out.push(pair);
-  });
-  if (errors.length > 0) {
-    const shown = errors.slice(0, 20).map((e) => e.message);
-    const more = errors.length > 20 ? `\n... and ${errors.length - 20} more` : '';
-    throw new AggregateError(errors, `${errors.length} bad line(s) in ${file}:\n${shown.join('\n')}${more}`);
-  }
-  return out;
+  const unique = uniqueIds();
+  return parseJsonl(text, file, PreferencePair, (pair) =>
+    pair.chosen === pair.rejected ? 'chosen and rejected are the same completion' : unique(pair.id),
+  ).map((r) => r.value);
 }
 
 export function loadPreferencePairs(path: string): PreferencePair[] {

@@ -24,14 +24,19 @@ export class JsonlError extends Error {
 }
 
 /**
- * Reads a user's data set: one JSON object per line, `{"prompt": "...", "answer": ...}` with an
- * optional `"id"`. Blank lines are skipped. Every bad line is reported (file:line: reason), not just
- * the first, so a data set can be fixed in one pass.
+ * The JSONL reading every data set shares: one JSON object per line, checked against `schema`, blank
+ * lines skipped. `check` may refuse a valid line with a reason (a duplicate id). Every bad line is
+ * reported (file:line: reason), not just the first, so a data set can be fixed in one pass; an
+ * AggregateError of JsonlErrors says how many and shows the first 20.
  */
-export function parseJsonlExamples(text: string, file = '<input>'): TaskExample[] {
-  const out: TaskExample[] = [];
+export function parseJsonl<S extends z.ZodType>(
+  text: string,
+  file: string,
+  schema: S,
+  check: (value: z.infer<S>, line: number) => string | undefined = () => undefined,
+): { value: z.infer<S>; line: number }[] {
+  const out: { value: z.infer<S>; line: number }[] = [];
   const errors: JsonlError[] = [];
-  const ids = new Set<string>();
   text.split('\n').forEach((raw, i) => {
     const line = raw.trim();
     if (line === '') return;
@@ -42,19 +47,15 @@ export function parseJsonlExamples(text: string, file = '<input>'): TaskExample[
       errors.push(new JsonlError(file, i + 1, `not valid JSON (${(err as Error).message})`));
       return;
     }
-    const parsed = JsonlRecord.safeParse(value);
+    const parsed = schema.safeParse(value);
     if (!parsed.success) {
       const why = describeIssues(parsed.error).map((x) => `${x.path}: ${x.message}`);
       errors.push(new JsonlError(file, i + 1, why.join('; ')));
       return;
     }
-    const id = parsed.data.id ?? `${file}#${i + 1}`;
-    if (ids.has(id)) {
-      errors.push(new JsonlError(file, i + 1, `duplicate id "${id}"`));
-      return;
-    }
-    ids.add(id);
-    out.push({ id, question: parsed.data.prompt, answer: parsed.data.answer });
+    const refused = check(parsed.data, i + 1);
+    if (refused) errors.push(new JsonlError(file, i + 1, refused));
+    else out.push({ value: parsed.data, line: i + 1 });
   });
   if (errors.length > 0) {
     const shown = errors.slice(0, 20).map((e) => e.message);
@@ -62,6 +63,32 @@ export function parseJsonlExamples(text: string, file = '<input>'): TaskExample[
     throw new AggregateError(errors, `${errors.length} bad line(s) in ${file}:\n${shown.join('\n')}${more}`);
   }
   return out;
+}
+
+/** Refuses a second line with an id already seen. */
+export function uniqueIds(): (id: string | undefined) => string | undefined {
+  const ids = new Set<string>();
+  return (id) => {
+    if (id === undefined) return undefined;
+    if (ids.has(id)) return `duplicate id "${id}"`;
+    ids.add(id);
+    return undefined;
+  };
+}
+
+/**
+ * Reads a user's data set: one JSON object per line, `{"prompt": "...", "answer": ...}` with an
+ * optional `"id"` (default file#line).
+ */
+export function parseJsonlExamples(text: string, file = '<input>'): TaskExample[] {
+  const unique = uniqueIds();
+  return parseJsonl(text, file, JsonlRecord, (r, line) => unique(r.id ?? `${file}#${line}`)).map(
+    ({ value, line }) => ({
+      id: value.id ?? `${file}#${line}`,
+      question: value.prompt,
+      answer: value.answer,
+    }),
+  );
 }
 
 export function loadJsonlExamples(path: string): TaskExample[] {

@@ -110,7 +110,7 @@ describe('stage pieces', () => {
     expect(readRecords(file)).toEqual([{ prompt: 'p', completion: 'c' }]);
     writeFileSync(file, '{"prompt":"p","completion":"c"}\n{"prompt":"p"\n\n{"prompt":"","completion":"c"}\n');
     expect(() => readRecords(file)).toThrow(
-      new RegExp(`2 bad SFT record\\(s\\):\\n${file}:2: not valid JSON: .*\\n${file}:4: prompt: `),
+      new RegExp(`2 bad line\\(s\\) in ${file}:\\n${file}:2: not valid JSON .*\\n${file}:4: prompt: `),
     );
   });
 
