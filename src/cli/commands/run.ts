@@ -21,7 +21,8 @@ import { describeRecipe } from '../../recipe/recipe.ts';
 
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 
-export function progressDisplay() {
+/** `showKl`: false when beta is 0, where no reference model is kept and KL is not computed ("-"). */
+export function progressDisplay(options: { showKl: boolean } = { showKl: true }) {
   const bar = new cliProgress.SingleBar(
     {
       format:
@@ -90,7 +91,7 @@ export function progressDisplay() {
             reward: fmt(event.rollout.rewardMean),
             acc: fmt(event.rollout.accuracy),
             len: fmt(event.rollout.lengthMean, 1),
-            kl: fmt(event.report.kl, 4),
+            kl: options.showKl ? fmt(event.report.kl, 4) : '-',
             stale: fmt(event.staleness, 1),
             tps: fmt(event.rollout.tokensPerSecond, 0),
           };
@@ -307,7 +308,7 @@ export function registerRunCommand(program: Command): void {
     const metrics = new Metrics({ run });
     const completions = new Subject<ScoredRollout>();
     const server = await serveMetrics(metrics, completions, opts);
-    const display = progressDisplay();
+    const display = progressDisplay({ showKl: topology.grpo.beta > 0 });
     const runDir = opts.runDir ?? defaultRunDir(run);
     const common = {
       metrics,
