@@ -1,4 +1,4 @@
-import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { z } from 'zod';
 import type { CountdownAnswer } from '../rewards/rewards.ts';
 import type { TaskRuntime } from '../run/taskRuntime.ts';
@@ -22,8 +22,7 @@ export const SftRecord = z
 export type SftRecord = z.infer<typeof SftRecord>;
 
 export function writeRecords(file: string, records: readonly SftRecord[]): void {
-  writeFileSync(file, '');
-  for (const record of records) appendFileSync(file, `${JSON.stringify(record)}\n`);
+  writeFileSync(file, records.map((record) => `${JSON.stringify(record)}\n`).join(''));
 }
 
 /** Reads a JSONL file of SFT records; every bad line is reported as file:line: reason, all at once. */

@@ -17,7 +17,14 @@ import { StalenessAdmission } from '../scheduling/admission.ts';
 import type { Topology } from '../topology/topology.ts';
 import { evaluate, type EvalResult } from './evaluate.ts';
 import { ensureBaseModel, modelConfig } from './pretrain.ts';
-import { DataOrder, meanStaleness, recordStep, RolloutWindow, type RolloutStats } from './stepStats.ts';
+import {
+  DataOrder,
+  learnerConfig,
+  meanStaleness,
+  recordStep,
+  RolloutWindow,
+  type RolloutStats,
+} from './stepStats.ts';
 import { taskRuntime } from './taskRuntime.ts';
 import type { GeneratorReply, GeneratorRequest, LearnerReply, LearnerRequest } from './workers/protocol.ts';
 import { WorkerClient } from './workers/rpc.ts';
@@ -180,21 +187,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       ...init,
       weights,
       ...(resuming ? { checkpoint: checkpointDir } : {}),
-      config: {
-        loss: {
-          lossAggregation: g.lossAggregation,
-          importanceSampling: g.importanceSampling,
-          epsLow: g.epsLow,
-          epsHigh: g.epsHigh,
-          beta: g.beta,
-          klEstimator: g.klEstimator,
-        },
-        learningRate: { peak: g.learningRate, warmupSteps: g.warmupSteps },
-        maxGradNorm: g.maxGradNorm,
-        epochs: g.epochs,
-        temperature: topology.sampling.temperature,
-        referenceRefreshEvery: g.referenceRefreshEvery,
-      },
+      config: learnerConfig(topology),
     }),
   ]);
   const backend = { generator: genReady.backend, learner: learnReady.backend };

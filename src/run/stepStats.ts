@@ -1,8 +1,9 @@
 import type { GradientBatch, ScoredRollout } from '../../schemas/index.ts';
-import { recordStepReport, type StepReport } from '../learner/learner.ts';
+import { recordStepReport, type LearnerConfig, type StepReport } from '../learner/learner.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { seededUniform } from '../random.ts';
 import type { TaskExample } from '../tasks/task.ts';
+import type { Topology } from '../topology/topology.ts';
 
 /**
  * Deterministic data order shared by the in-memory and the Kafka runs: epoch e is the train set shuffled by
@@ -114,4 +115,24 @@ export function recordStep(
   metrics.record('staleness/mean', staleness, step);
   for (const r of reports) recordStepReport(metrics, r);
   metrics.flush(step);
+}
+
+/** The learner worker's settings a topology implies (the in-memory run and the Kafka learner alike). */
+export function learnerConfig(topology: Topology): LearnerConfig {
+  const g = topology.grpo;
+  return {
+    loss: {
+      lossAggregation: g.lossAggregation,
+      importanceSampling: g.importanceSampling,
+      epsLow: g.epsLow,
+      epsHigh: g.epsHigh,
+      beta: g.beta,
+      klEstimator: g.klEstimator,
+    },
+    learningRate: { peak: g.learningRate, warmupSteps: g.warmupSteps },
+    maxGradNorm: g.maxGradNorm,
+    epochs: g.epochs,
+    temperature: topology.sampling.temperature,
+    referenceRefreshEvery: g.referenceRefreshEvery,
+  };
 }

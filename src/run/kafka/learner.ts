@@ -45,7 +45,7 @@ import {
   WEIGHTS_CHUNK_BYTES,
 } from '../../transport/kafka/weights.ts';
 import { ensureBaseModel, modelConfig } from '../pretrain.ts';
-import { DataOrder, meanStaleness, recordStep, RolloutWindow } from '../stepStats.ts';
+import { DataOrder, learnerConfig, meanStaleness, recordStep, RolloutWindow } from '../stepStats.ts';
 import { taskRuntime } from '../taskRuntime.ts';
 import type { LearnerReply, LearnerRequest } from '../workers/protocol.ts';
 import { WorkerClient } from '../workers/rpc.ts';
@@ -231,21 +231,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       version: state.version,
       weights,
       ...(resuming ? { checkpoint: paths.checkpoint } : {}),
-      config: {
-        loss: {
-          lossAggregation: g.lossAggregation,
-          importanceSampling: g.importanceSampling,
-          epsLow: g.epsLow,
-          epsHigh: g.epsHigh,
-          beta: g.beta,
-          klEstimator: g.klEstimator,
-        },
-        learningRate: { peak: g.learningRate, warmupSteps: g.warmupSteps },
-        maxGradNorm: g.maxGradNorm,
-        epochs: g.epochs,
-        temperature: topology.sampling.temperature,
-        referenceRefreshEvery: g.referenceRefreshEvery,
-      },
+      config: learnerConfig(topology),
     });
     emit({ kind: 'backend', role: 'learner', backend: ready.backend });
     if (ready.version !== state.version) {
