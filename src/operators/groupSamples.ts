@@ -23,7 +23,10 @@ export interface GroupSamplesOptions {
   maxWaitMs: number;
   /** At most this many groups are open; opening one more closes the oldest as incomplete. */
   maxOpenGroups?: number;
-  /** Remember this many closed group ids to recognise samples that arrive after their group closed. */
+  /**
+   * Remember up to this many closed group ids (always at least the last half of them) to recognise
+   * samples that arrive after their group closed. Default 4 x maxOpenGroups.
+   */
   closedIdMemory?: number;
   /** Called with every incomplete group. */
   onIncomplete?: (group: IncompleteGroup) => void;
@@ -79,20 +82,22 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
       // Map iteration order is insertion order, which is deadline order.
       const open = new Map<string, OpenGroup>();
       // Closed group ids -> whether they completed: a sample for a completed group is a re-delivery.
-      // The oldest are forgotten through a ring of ids; deleting at the front of a Map and then asking
-      // for its first key walks every deleted slot, which made this quadratic.
-      const closed = new Map<string, boolean>();
-      const closedRing = new Array<string | undefined>(closedMemory);
-      let ringNext = 0;
+      // Two generations: ids go into the young one; when it holds half the memory it becomes the old
+      // one and the previous old one is dropped whole. No per-id deletes: a Map that deletes as much
+      // as it inserts keeps its dead slots until it rehashes, and lookups walked them (bench/operators).
+      const half = Math.max(1, Math.ceil(closedMemory / 2));
+      let closedYoung = new Map<string, boolean>();
+      let closedOld = new Map<string, boolean>();
       let timer: Subscription | undefined;
 
       const rememberClosed = (id: string, complete: boolean) => {
-        const evicted = closedRing[ringNext];
-        if (evicted !== undefined) closed.delete(evicted);
-        closedRing[ringNext] = id;
-        ringNext = (ringNext + 1) % closedMemory;
-        closed.set(id, complete);
+        if (closedYoung.size >= half) {
+          closedOld = closedYoung;
+          closedYoung = new Map();
+        }
+        closedYoung.set(id, complete);
       };
+      const wasClosed = (id: string): boolean | undefined => closedYoung.get(id) ?? closedOld.get(id);
 
       const close = (id: string, group: OpenGroup, reason: IncompleteReason) => {
         open.delete(id);
@@ -128,7 +133,7 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
           const id = sample.groupId;
           let group = open.get(id);
           if (!group) {
-            const completed = closed.get(id);
+            const completed = wasClosed(id);
             if (completed !== undefined) {
               (completed ? duplicates : late).inc();
               return;
@@ -143,6 +148,7 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
               deadline: scheduler.now() + options.maxWaitMs,
             };
             open.set(id, group);
+            openGauge.value = open.size;
             armTimer();
           }
           if (sample.index >= group.samples.length || group.samples[sample.index] !== undefined) {
@@ -152,6 +158,7 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
           group.samples[sample.index] = sample;
           if (++group.received === group.samples.length) {
             open.delete(id);
+            openGauge.value = open.size;
             rememberClosed(id, true);
             emitted.inc();
             subscriber.next({
@@ -160,7 +167,6 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
               samples: group.samples as ScoredRollout[],
             });
           }
-          openGauge.value = open.size;
         },
         error: (err) => subscriber.error(err),
         complete: () => {
@@ -174,8 +180,8 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
         subscription.unsubscribe();
         timer?.unsubscribe();
         open.clear();
-        closed.clear();
-        closedRing.fill(undefined);
+        closedYoung.clear();
+        closedOld.clear();
       };
     });
 }

@@ -103,6 +103,25 @@ describe('groupSamples', () => {
     expect(counts['drops.samples{reason=late}']).toBe(1); // e after C timed out
   });
 
+  it('recognises re-deliveries for at least half of closedIdMemory groups back, and forgets older ones', () => {
+    const metrics = new Metrics({ run: 't' });
+    const emitted: string[] = [];
+    const input = new Subject<ReturnType<typeof scored>>();
+    input
+      .pipe(groupSamples({ maxWaitMs: 60_000, closedIdMemory: 4, metrics }))
+      .subscribe((g) => emitted.push(g.groupId));
+    const complete = (id: string) => {
+      input.next(scored(id, 0, 1));
+      input.next(scored(id, 1, 0));
+    };
+    for (const id of ['g0', 'g1', 'g2', 'g3', 'g4', 'g5']) complete(id);
+    input.next(scored('g4', 0, 1)); // within the last 2 closed groups: a re-delivery
+    expect(metrics.snapshot()['samples.duplicate']).toBe(1);
+    complete('g0'); // long forgotten: a new group with the same id
+    expect(emitted).toEqual(['g0', 'g1', 'g2', 'g3', 'g4', 'g5', 'g0']);
+    input.complete();
+  });
+
   it('keeps memory bounded: beyond maxOpenGroups the oldest open group is evicted', () => {
     const metrics = new Metrics({ run: 't' });
     const input = new Subject<ReturnType<typeof scored>>();
