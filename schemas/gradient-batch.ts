@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { SchemaVersion, TokenIds } from './common.ts';
+import { Numbers, SchemaVersion, TokenIds } from './common.ts';
 
 /** What the learner needs of one sample: ragged token arrays; the learner pads and masks. */
 export const BatchSample = z
@@ -8,7 +8,7 @@ export const BatchSample = z
     groupId: z.string().min(1),
     promptTokenIds: TokenIds,
     completionTokenIds: TokenIds,
-    behaviourLogProbs: z.array(z.number()),
+    behaviourLogProbs: Numbers,
     advantage: z.number(),
     policyVersion: z.int().nonnegative(),
     finishReason: z.enum(['eos', 'length', 'stop']),

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { SchemaVersion, TokenIds } from './common.ts';
+import { Numbers, SchemaVersion, TokenIds } from './common.ts';
 import { Prompt } from './prompt.ts';
 
 export const FinishReason = z.enum(['eos', 'length', 'stop']);
@@ -17,9 +17,9 @@ export const Rollout = z
     promptTokenIds: TokenIds,
     completionTokenIds: TokenIds,
     completion: z.string().describe('The decoded completion text.'),
-    behaviourLogProbs: z
-      .array(z.number())
-      .describe('log softmax(logits / temperature) of each sampled token under the behaviour policy.'),
+    behaviourLogProbs: Numbers.describe(
+      'log softmax(logits / temperature) of each sampled token under the behaviour policy.',
+    ),
     policyVersion: z.int().nonnegative().describe('Version of the weights that generated this sample.'),
     finishReason: FinishReason,
   })

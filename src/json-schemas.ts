@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { numberArrayJson } from '../schemas/common.ts';
 import { contractSchemas, messageSchemas } from '../schemas/index.ts';
 
 /**
@@ -8,7 +9,20 @@ import { contractSchemas, messageSchemas } from '../schemas/index.ts';
 export function renderJsonSchemas(): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [name, schema] of Object.entries({ ...messageSchemas, ...contractSchemas })) {
-    const json = z.toJSONSchema(schema, { target: 'draft-2020-12', io: 'input' });
+    const json = z.toJSONSchema(schema, {
+      target: 'draft-2020-12',
+      io: 'input',
+      // Custom checks have no JSON Schema of their own: the number arrays (schemas/common.ts) say theirs,
+      // and any other custom check is an error, as it would be without this option.
+      unrepresentable: 'any',
+      override: ({ zodSchema, jsonSchema }) => {
+        const def = zodSchema._zod.def;
+        if (def.type !== 'custom') return;
+        const known = numberArrayJson.get((def as { fn?: unknown }).fn);
+        if (!known) throw new Error(`${name}: a custom check with no JSON Schema (schemas/common.ts)`);
+        Object.assign(jsonSchema, known);
+      },
+    });
     out[`${name}.schema.json`] = `${JSON.stringify({ title: name, ...json }, null, 2)}\n`;
   }
   return out;

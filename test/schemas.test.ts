@@ -61,11 +61,13 @@ describe('validation', () => {
     expect(r.error).toBeInstanceOf(ValidationError);
     expect(r.error.issues).toEqual(
       expect.arrayContaining([
-        { path: 'behaviourLogProbs[1]', message: expect.stringMatching(/expected number, received string/) },
+        { path: 'behaviourLogProbs[1]', message: 'expected a finite number, got "x"' },
         { path: 'policyVersion', message: expect.stringMatching(/>=\s?0/) },
       ]),
     );
-    expect(r.error.message).toMatch(/^Invalid ScoredRollout: .*behaviourLogProbs\[1\]: .*expected number/);
+    expect(r.error.message).toMatch(
+      /^Invalid ScoredRollout: .*behaviourLogProbs\[1\]: expected a finite number/,
+    );
   });
 
   it('checks cross-field rules: one log-prob per token, index below group size', () => {
