@@ -37,13 +37,23 @@ export class DataOrder {
   }
 }
 
-/** What the samples trained on in one step looked like. */
+/** What the samples trained on in one step looked like (names as TRL logs them, GRPO.md §7). */
 export interface RolloutStats {
   rewardMean: number;
+  rewardStd: number;
+  /** Mean of each reward function by name, over the samples where it applied (not null). */
+  rewardsByName: Record<string, number>;
+  /** Share of groups whose total rewards all agree (no learning signal: zero advantages). */
+  fracRewardZeroStd: number;
   accuracy: number;
   formatRate: number;
   lengthMean: number;
+  lengthMin: number;
+  lengthMax: number;
+  /** Share of completions cut at the token limit (finish reason `length`). */
+  clippedRatio: number;
   tokensPerSecond: number;
+  samplesPerSecond: number;
 }
 
 /**
@@ -54,19 +64,42 @@ export interface RolloutStats {
 export class RolloutWindow {
   private n = 0;
   private reward = 0;
+  private rewardSquares = 0;
+  private byName = new Map<string, { sum: number; n: number }>();
+  // Per group: its first total reward, and whether every later one agreed.
+  private groups = new Map<string, { first: number; same: boolean }>();
   private accuracy = 0;
   private format = 0;
   private length = 0;
+  private lengthMin = Infinity;
+  private lengthMax = 0;
+  private clipped = 0;
   private tokens = 0;
   private seconds = 0;
   private started = performance.now();
 
   add(s: ScoredRollout): void {
     this.n++;
-    this.reward += s.reward ?? 0;
+    const reward = s.reward ?? 0;
+    this.reward += reward;
+    this.rewardSquares += reward * reward;
+    for (const [name, value] of Object.entries(s.rewards)) {
+      if (value === null) continue;
+      const sums = this.byName.get(name) ?? { sum: 0, n: 0 };
+      sums.sum += value;
+      sums.n++;
+      this.byName.set(name, sums);
+    }
+    const group = this.groups.get(s.groupId);
+    if (group) group.same &&= group.first === reward;
+    else this.groups.set(s.groupId, { first: reward, same: true });
     this.accuracy += s.rewards['accuracy'] ?? s.rewards['countdown'] ?? 0;
     this.format += s.rewards['format'] ?? 0;
-    this.length += s.completionTokenIds.length;
+    const length = s.completionTokenIds.length;
+    this.length += length;
+    this.lengthMin = Math.min(this.lengthMin, length);
+    this.lengthMax = Math.max(this.lengthMax, length);
+    if (s.finishReason === 'length') this.clipped++;
   }
 
   generated(tokens: number, seconds: number): void {
@@ -77,18 +110,29 @@ export class RolloutWindow {
   /** The statistics so far; starts a new window. */
   take(): RolloutStats {
     const n = Math.max(this.n, 1);
-    const tokensPerSecond =
-      this.seconds > 0
-        ? this.tokens / this.seconds
-        : this.length / Math.max((performance.now() - this.started) / 1000, 1e-9);
-    const stats = {
-      rewardMean: this.reward / n,
+    const wallSeconds = Math.max((performance.now() - this.started) / 1000, 1e-9);
+    const tokensPerSecond = this.seconds > 0 ? this.tokens / this.seconds : this.length / wallSeconds;
+    const rewardMean = this.reward / n;
+    const groups = [...this.groups.values()];
+    const stats: RolloutStats = {
+      rewardMean,
+      rewardStd: Math.sqrt(Math.max(0, this.rewardSquares / n - rewardMean * rewardMean)),
+      rewardsByName: Object.fromEntries([...this.byName].map(([name, { sum, n }]) => [name, sum / n])),
+      fracRewardZeroStd: groups.length > 0 ? groups.filter((g) => g.same).length / groups.length : 0,
       accuracy: this.accuracy / n,
       formatRate: this.format / n,
       lengthMean: this.length / n,
+      lengthMin: this.n > 0 ? this.lengthMin : 0,
+      lengthMax: this.lengthMax,
+      clippedRatio: this.clipped / n,
       tokensPerSecond,
+      samplesPerSecond: this.seconds > 0 ? this.n / this.seconds : this.n / wallSeconds,
     };
-    this.n = this.reward = this.accuracy = this.format = this.length = this.tokens = this.seconds = 0;
+    this.n = this.reward = this.rewardSquares = this.accuracy = this.format = this.length = 0;
+    this.lengthMin = Infinity;
+    this.lengthMax = this.clipped = this.tokens = this.seconds = 0;
+    this.byName = new Map();
+    this.groups = new Map();
     this.started = performance.now();
     return stats;
   }
@@ -108,10 +152,19 @@ export function recordStep(
   reports: readonly StepReport[],
 ): void {
   metrics.record('reward/mean', rollout.rewardMean, step);
+  metrics.record('reward/std', rollout.rewardStd, step);
+  for (const [name, mean] of Object.entries(rollout.rewardsByName)) {
+    metrics.record(`rewards/${name}/mean`, mean, step);
+  }
+  metrics.record('frac_reward_zero_std', rollout.fracRewardZeroStd, step);
   metrics.record('reward/accuracy', rollout.accuracy, step);
   metrics.record('reward/format', rollout.formatRate, step);
   metrics.record('completion_length/mean', rollout.lengthMean, step);
+  metrics.record('completion_length/min', rollout.lengthMin, step);
+  metrics.record('completion_length/max', rollout.lengthMax, step);
+  metrics.record('completion_length/clipped_ratio', rollout.clippedRatio, step);
   metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
+  metrics.record('rollout/samples_per_second', rollout.samplesPerSecond, step);
   metrics.record('staleness/mean', staleness, step);
   for (const r of reports) recordStepReport(metrics, r);
   metrics.flush(step);

@@ -1,0 +1,63 @@
+import { describe, expect, it } from 'vitest';
+import type { Metric } from '../../schemas/index.ts';
+import { Metrics } from '../../src/metrics/metrics.ts';
+import { RolloutWindow, recordStep } from '../../src/run/stepStats.ts';
+import { scored } from '../fixtures.ts';
+
+describe('RolloutWindow and recordStep', () => {
+  it('publishes the per-step statistics users of TRL look for, computed over the window', () => {
+    const window = new RolloutWindow();
+    // Group a: rewards 1 and 0 (signal); group b: 1 and 1 (zero std). One clipped completion.
+    const samples = [
+      { ...scored('a', 0, 1, { completionLength: 2 }), rewards: { accuracy: 1, format: 1 } },
+      { ...scored('a', 1, 0, { completionLength: 6 }), rewards: { accuracy: 0, format: null } },
+      { ...scored('b', 0, 1, { completionLength: 4 }), rewards: { accuracy: 1, format: 0 } },
+      {
+        ...scored('b', 1, 1, { completionLength: 8 }),
+        finishReason: 'length' as const,
+        rewards: { accuracy: 1, format: 1 },
+      },
+    ];
+    for (const s of samples) window.add(s);
+    window.generated(20, 2);
+    const stats = window.take();
+    expect(stats.rewardMean).toBeCloseTo(0.75);
+    expect(stats.rewardStd).toBeCloseTo(Math.sqrt(0.75 * 0.25));
+    expect(stats.rewardsByName).toEqual({ accuracy: 0.75, format: 2 / 3 }); // null format left out
+    expect(stats.fracRewardZeroStd).toBe(0.5);
+    expect([stats.lengthMin, stats.lengthMean, stats.lengthMax]).toEqual([2, 5, 8]);
+    expect(stats.clippedRatio).toBe(0.25);
+    expect(stats.tokensPerSecond).toBe(10);
+    expect(stats.samplesPerSecond).toBe(2);
+
+    const metrics = new Metrics({ run: 't' });
+    const published: Metric[] = [];
+    metrics.stream.subscribe((m) => published.push(m));
+    recordStep(metrics, 3, stats, 0.5, []);
+    const at3 = Object.fromEntries(
+      published.filter((m) => m.kind === 'value' && m.step === 3).map((m) => [m.name, m.value]),
+    );
+    expect(at3).toMatchObject({
+      'reward/mean': 0.75,
+      'rewards/accuracy/mean': 0.75,
+      'rewards/format/mean': 2 / 3,
+      frac_reward_zero_std: 0.5,
+      'completion_length/max': 8,
+      'completion_length/clipped_ratio': 0.25,
+      'rollout/samples_per_second': 2,
+      'staleness/mean': 0.5,
+    });
+  });
+
+  it('starts a new window after take()', () => {
+    const window = new RolloutWindow();
+    window.add(scored('a', 0, 1));
+    window.take();
+    window.add(scored('c', 0, 0, { completionLength: 5 }));
+    const stats = window.take();
+    expect(stats.rewardMean).toBe(0);
+    expect(stats.rewardsByName).toEqual({ accuracy: 0 });
+    expect([stats.lengthMin, stats.lengthMax]).toEqual([5, 5]);
+    expect(stats.fracRewardZeroStd).toBe(1); // one group, one sample: nothing to compare
+  });
+});
