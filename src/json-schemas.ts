@@ -13,7 +13,8 @@ export function renderJsonSchemas(): Record<string, string> {
       target: 'draft-2020-12',
       io: 'input',
       // Custom checks have no JSON Schema of their own: the number arrays (schemas/common.ts) say theirs,
-      // and any other custom check is an error, as it would be without this option.
+      // and any other custom check is an error. (This option would also write {} for other types JSON
+      // Schema cannot express, such as dates or bigints; the message schemas use none.)
       unrepresentable: 'any',
       override: ({ zodSchema, jsonSchema }) => {
         const def = zodSchema._zod.def;
