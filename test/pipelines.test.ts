@@ -1,7 +1,10 @@
 import { readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { loadPipeline, PIPELINES_DIR } from '../src/cli/pipelines.ts';
+import { loadAnyPipeline, loadPipeline, PIPELINES_DIR } from '../src/cli/pipelines.ts';
 import { CharTokenizer } from '../src/policy/tokenizer.ts';
+import { seededUniform } from '../src/random.ts';
+import { pretrainTopology } from '../src/recipe/recipe.ts';
+import { baseModelKey } from '../src/run/pretrain.ts';
 import { taskRuntime } from '../src/run/taskRuntime.ts';
 
 const names = readdirSync(PIPELINES_DIR)
@@ -30,7 +33,45 @@ describe('shipped pipelines', () => {
       if (topology.pretrain.steps > 0) {
         const doc = runtime.corpusCompletion!(runtime.train[0]!, () => 0.5);
         expect(tokenizer.decode(tokenizer.encode(doc))).toBe(doc);
+        // Pretraining documents fit the context after their prompt, and the policy can write one whole.
+        const rand = seededUniform(1);
+        for (const example of runtime.train.slice(0, 300)) {
+          const text = runtime.corpusCompletion!(example, rand);
+          const completion = tokenizer.encode(text).length + 1; // EOS
+          const prompt = tokenizer.encode(runtime.prompt(example).text).length;
+          expect(prompt + completion, text).toBeLessThanOrEqual(topology.model.contextLength);
+          expect(completion, text).toBeLessThanOrEqual(topology.sampling.maxNewTokens);
+        }
       }
     },
   );
+});
+
+describe('base-model cache keys', () => {
+  // A corpus or tokenizer option added later must not change the base models the shipped pipelines have
+  // cached (.cache/base-models/<name>-<key>): unset options stay out of the key.
+  it.each([
+    ['r1-zero-arithmetic', 'df4a28939787'],
+    ['r1-arithmetic', 'df4a28939787'],
+    ['r1-zero-countdown', '7aff21e17b16'],
+  ])('%s keeps its key', async (name, key) => {
+    const topology = await loadPipeline(name);
+    expect(baseModelKey(topology, new CharTokenizer(taskRuntime(topology).alphabet))).toBe(key);
+  });
+
+  it('the bilingual corpus has a base model of its own, with the Chinese characters in its alphabet', async () => {
+    const pipeline = await loadAnyPipeline('language-consistency');
+    if (pipeline.kind !== 'recipe') throw new Error('language-consistency is a recipe');
+    const { recipe } = pipeline;
+    const stage = recipe.stages.find((s) => s.type === 'pretrain')!;
+    const topology = pretrainTopology(recipe, stage as Extract<typeof stage, { type: 'pretrain' }>);
+    const tokenizer = new CharTokenizer(taskRuntime(topology).alphabet);
+    const plain = await loadPipeline('r1-zero-arithmetic');
+    expect(baseModelKey(topology, tokenizer)).not.toBe(
+      baseModelKey(plain, new CharTokenizer(taskRuntime(plain).alphabet)),
+    );
+    const { alphabet } = tokenizer.spec();
+    for (const ch of ['进', '不', 'c', 'a', 'r', 'y', 'n', 'o']) expect(alphabet).toContain(ch);
+    expect(tokenizer.encode('进1,不进')).toHaveLength(5); // one token per character
+  });
 });

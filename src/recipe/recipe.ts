@@ -140,6 +140,10 @@ const Eval = z
     checkpoints: z.array(StageName).min(1),
     prompts: z.int().positive().optional(),
     k: z.int().positive().optional(),
+    language: z
+      .enum(['en', 'zh'])
+      .optional()
+      .describe('Target language of the language-consistency score in the report (default en).'),
   })
   .strict();
 
@@ -354,7 +358,7 @@ function stageSummary(stage: Stage): string {
     case 'rewardModel':
       return `preference model (Bradley-Terry, ${stage.hiddenUnits} hidden units, ${stage.epochs} epochs) on accepted vs rejected samples of ${stage.pairs.join(', ')}`;
     case 'eval':
-      return `R1 evaluation (pass@1 over k, cons@k) of ${stage.checkpoints.join(', ')}`;
+      return `R1 evaluation (pass@1 over k, cons@k, format, language consistency${stage.language ? ` in ${stage.language}` : ''}) of ${stage.checkpoints.join(', ')}`;
   }
 }
 

@@ -362,6 +362,7 @@ async function runStage(stage: Stage, ctx: StageContext): Promise<Record<string,
         ...evalSettings,
         ...(stage.prompts ? { prompts: stage.prompts } : {}),
         ...(stage.k ? { k: stage.k } : {}),
+        ...(stage.language ? { language: stage.language } : {}),
       };
       const results: Record<string, ReturnType<typeof evalBrief>> = {};
       for (const name of stage.checkpoints) {
@@ -395,5 +396,8 @@ function evalBrief(r: EvalResult) {
     k: r.samplesPerQuestion,
     formatRate: r.formatRate,
     meanLength: r.meanLength,
+    /** null when no completion's chain of thought has words (pure arithmetic). */
+    languageConsistency: r.languageConsistency,
+    languageScored: r.languageScored,
   };
 }

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Prompt } from '../../schemas/index.ts';
 import { summarizeEval, type EvalSummary, type QuestionSamples } from '../eval/passAtK.ts';
-import { formatReward } from '../rewards/rewards.ts';
+import { formatReward, languageConsistencyReward, type Language } from '../rewards/rewards.ts';
 import type { BackendRequest } from '../policy/backend.ts';
 import { loadCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
@@ -18,12 +18,22 @@ export interface EvalSettings {
   temperature: number;
   topP: number;
   maxNewTokens: number;
+  /** The target language of the language-consistency score (default 'en'). */
+  language?: Language;
 }
 
 export interface EvalResult extends EvalSummary {
   /** Share of samples in the <think>/<answer> format. */
   formatRate: number;
   meanLength: number;
+  /**
+   * DeepSeek-R1's language consistency (languageConsistencyReward, the target language of the settings):
+   * the mean over the samples whose chain of thought has words of the share of them in the target
+   * language; null when no sample has a word to score (a chain of thought of digits only).
+   */
+  languageConsistency: number | null;
+  /** Share of samples the language-consistency score applies to (their chain of thought has words). */
+  languageScored: number;
 }
 
 /**
@@ -55,6 +65,9 @@ export async function evaluate(
   let formatted = 0;
   let length = 0;
   const format = formatReward();
+  const language = languageConsistencyReward(settings.language ?? 'en');
+  let languageSum = 0;
+  let languageScored = 0;
   for (const [i, r] of reply.rollouts.entries()) {
     const q = questions[Math.floor(i / settings.k)]!;
     const input = {
@@ -67,6 +80,11 @@ export async function evaluate(
     q.correct.push(score === 1);
     q.answers.push(runtime.voteKey(r.completion));
     if (format.score(input, signal) === 1) formatted++;
+    const consistency = await language.score(input, signal);
+    if (consistency !== null) {
+      languageSum += consistency;
+      languageScored++;
+    }
     length += r.completionTokenIds.length;
   }
   // pass@k for k = 1, 2, 4, ... up to the samples per question, and k itself.
@@ -77,6 +95,8 @@ export async function evaluate(
     ...summarizeEval(questions, ks),
     formatRate: formatted / reply.rollouts.length,
     meanLength: length / reply.rollouts.length,
+    languageConsistency: languageScored > 0 ? languageSum / languageScored : null,
+    languageScored: languageScored / reply.rollouts.length,
   };
 }
 

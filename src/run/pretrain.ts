@@ -22,6 +22,27 @@ export function modelConfig(topology: Topology, tokenizer: Tokenizer): GPTConfig
 }
 
 /**
+ * The cache key of a base model: a hash of everything that shapes it (model, pretraining and corpus
+ * settings, task, template, seed, tokenizer). Settings left unset are absent from it, so an optional
+ * setting added later keeps the keys, and the cached models, of the pipelines that do not use it.
+ */
+export function baseModelKey(topology: Topology, tokenizer: Tokenizer): string {
+  return createHash('sha256')
+    .update(
+      JSON.stringify([
+        modelConfig(topology, tokenizer),
+        topology.pretrain,
+        topology.task,
+        topology.template,
+        topology.seed,
+        tokenizer.spec(),
+      ]),
+    )
+    .digest('hex')
+    .slice(0, 12);
+}
+
+/**
  * The base model R1-Zero starts from: next-token training on the task's noisy synthetic corpus
  * (src/tasks/corpus.ts), cached on disk under a hash of everything that shapes it, so later runs
  * reuse it.
@@ -36,19 +57,7 @@ export async function ensureBaseModel(options: {
 }): Promise<BaseModel> {
   const { topology, runtime, tokenizer } = options;
   const config = modelConfig(topology, tokenizer);
-  const key = createHash('sha256')
-    .update(
-      JSON.stringify([
-        config,
-        topology.pretrain,
-        topology.task,
-        topology.template,
-        topology.seed,
-        tokenizer.spec(),
-      ]),
-    )
-    .digest('hex')
-    .slice(0, 12);
+  const key = baseModelKey(topology, tokenizer);
   // The name only labels the directory: another pipeline's base model with the same key is the same model.
   const dir = join(options.cacheDir, `${topology.name}-${key}`);
   const same = existsSync(options.cacheDir)

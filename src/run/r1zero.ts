@@ -108,6 +108,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const B = G * P;
   const emit = options.onEvent ?? (() => undefined);
   const metrics = options.metrics ?? new Metrics({ run: topology.name });
+  // A shared Metrics (a recipe's stages) has counted earlier runs: this run's accounting is what it adds.
+  const countedBefore = metrics.snapshot();
   mkdirSync(options.runDir, { recursive: true });
   const metricsLog = join(options.runDir, 'metrics.jsonl');
   const statePath = join(options.runDir, 'state.json');
@@ -210,6 +212,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     metrics.record(`eval/cons@${topology.eval.k}`, result.consAtK, step);
     metrics.record('eval/format_rate', result.formatRate, step);
     metrics.record('eval/completion_length', result.meanLength, step);
+    if (result.languageConsistency !== null)
+      metrics.record('eval/language_consistency', result.languageConsistency, step);
     emit({ kind: 'eval', step, result });
   };
   if (!resuming) await runEval(0);
@@ -393,7 +397,9 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     logSubscription.unsubscribe();
   }
 
-  const counts = metrics.snapshot();
+  const counts = Object.fromEntries(
+    Object.entries(metrics.snapshot()).map(([key, value]) => [key, value - (countedBefore[key] ?? 0)]),
+  );
   const drops: Record<string, number> = {};
   for (const [key, value] of Object.entries(counts)) {
     const m = /^drops\.samples\{reason=(.+)\}$/.exec(key);

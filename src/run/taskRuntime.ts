@@ -15,7 +15,7 @@ import { httpPreferenceReward } from '../rewards/preference.ts';
 import { loadPreferenceModel, type PreferenceModel } from '../rewards/preferenceModel.ts';
 import { arithmeticExamples } from '../tasks/arithmetic.ts';
 import { codeExamples } from '../tasks/code.ts';
-import { noisyAdditionCompletion, noisyCountdownCompletion } from '../tasks/corpus.ts';
+import { noisyAdditionCompletion, noisyCountdownCompletion, reasoningAlphabet } from '../tasks/corpus.ts';
 import { countdownExamples } from '../tasks/countdown.ts';
 import { loadJsonlExamples } from '../tasks/jsonl.ts';
 import { toPrompt, type TaskExample } from '../tasks/task.ts';
@@ -87,9 +87,10 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       correctness = accuracyReward();
       if (task.operations.length === 1 && task.operations[0] === '+') {
         const noise = { columnAccuracy: pretrain.columnAccuracy ?? 0.5, brokenFormat: pretrain.brokenFormat };
+        const languages = pretrain.reasoningLanguages;
         corpusCompletion = (e, rand) => {
           const [a, b] = e.question.split('+').map(Number);
-          return noisyAdditionCompletion(a!, b!, rand, noise);
+          return noisyAdditionCompletion(a!, b!, rand, noise, languages);
         };
       }
       break;
@@ -121,6 +122,9 @@ export function taskRuntime(topology: Topology): TaskRuntime {
   // Programs are written in any printable character.
   if (task.kind === 'code') for (let c = 32; c < 127; c++) chars.add(String.fromCharCode(c));
   if (task.kind === 'code') chars.add('\n');
+  // A worded working (pretrain.reasoningLanguages) writes words: their letters and Han characters.
+  if (pretrain.reasoningLanguages)
+    for (const ch of reasoningAlphabet(pretrain.reasoningLanguages)) chars.add(ch);
   return {
     name: task.kind,
     train,

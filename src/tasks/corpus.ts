@@ -17,27 +17,39 @@ export interface CorpusNoise {
 
 export const DEFAULT_NOISE: CorpusNoise = { columnAccuracy: 0.5, brokenFormat: 0.25 };
 
+/** One column of a written sum: the digits, the carry into it and the sum as written (maybe wrong). */
+export interface AdditionColumn {
+  x: number;
+  y: number;
+  carryIn: number;
+  sum: number;
+}
+
 /**
- * Column-wise addition as written by a careful (or careless) student: "7+8=15,5+6+1=12" for 57+68,
- * with the answer assembled from the columns. `slip` decides, per column, the error to make (0: none).
+ * Column-wise addition as written by a careful (or careless) student, right to left, with the answer
+ * assembled from the columns as written. `slip` decides, per column, the error to make (0: none).
  */
-export function additionWorking(a: number, b: number, slip: () => number): { think: string; answer: string } {
+export function additionColumns(
+  a: number,
+  b: number,
+  slip: () => number,
+): { columns: AdditionColumn[]; answer: string } {
   const da = String(a).split('').reverse().map(Number);
   const db = String(b).split('').reverse().map(Number);
-  const steps: string[] = [];
+  const columns: AdditionColumn[] = [];
   const digits: number[] = [];
   let carry = 0;
   for (let i = 0; i < Math.max(da.length, db.length); i++) {
     const x = da[i] ?? 0;
     const y = db[i] ?? 0;
     const sum = Math.max(0, x + y + carry + slip());
-    steps.push(`${x}+${y}${carry ? `+${carry}` : ''}=${sum}`);
+    columns.push({ x, y, carryIn: carry, sum });
     digits.push(sum % 10);
     carry = Math.floor(sum / 10);
   }
   if (carry) digits.push(carry);
   return {
-    think: steps.join(','),
+    columns,
     answer: digits
       .reverse()
       .join('')
@@ -45,22 +57,111 @@ export function additionWorking(a: number, b: number, slip: () => number): { thi
   };
 }
 
-/** One pretraining document (the text after the prompt) for the question "a+b". */
+/**
+ * The languages the words of a chain of thought are written in. R1-Zero's chains of thought mix
+ * languages; DeepSeek-R1's language-consistency reward scores the share of words in the target one.
+ */
+export type ReasoningLanguage = 'en' | 'zh';
+export const REASONING_LANGUAGES: readonly ReasoningLanguage[] = ['en', 'zh'];
+
+/**
+ * Mixing weights of a worded chain of thought: each step's language is drawn on its own, with
+ * probability proportional to its weight (`{ en: 1, zh: 1 }`: each step English or Chinese at even odds).
+ */
+export type ReasoningLanguages = Partial<Record<ReasoningLanguage, number>>;
+
+/**
+ * How each language notes the carry out of a column, after the column's sum: the same information in
+ * the same number of words, as countWords counts them (a run of Latin letters or one Han character is
+ * a word: "carry 1" / "进1" one, "no carry" / "不进" two), so a step weighs the same in the
+ * language-consistency score whichever language it is written in.
+ */
+export const CARRY_WORDS: Readonly<
+  Record<ReasoningLanguage, { carry: (carry: number) => string; none: string }>
+> = {
+  en: { carry: (c) => `carry ${c}`, none: 'no carry' },
+  zh: { carry: (c) => `进${c}`, none: '不进' },
+};
+
+/**
+ * One step of the working: "7+8=15" for the column 7+8, or with words in a language,
+ * "7+8=15 carry 1" / "7+8=15 进1", "3+4+1=8 no carry" / "3+4+1=8 不进". The words only restate the
+ * sum, so they never change what the step says.
+ */
+export function columnStep(column: AdditionColumn, language?: ReasoningLanguage): string {
+  const { x, y, carryIn, sum } = column;
+  const step = `${x}+${y}${carryIn ? `+${carryIn}` : ''}=${sum}`;
+  if (language === undefined) return step;
+  const carry = Math.floor(sum / 10);
+  const words = CARRY_WORDS[language];
+  return `${step} ${carry ? words.carry(carry) : words.none}`;
+}
+
+/**
+ * Column-wise addition as written by a careful (or careless) student: "7+8=15,5+6+1=12" for 57+68,
+ * with the answer assembled from the columns. `slip` decides, per column, the error to make (0: none).
+ * `languageOf` (column index -> language) words each step instead ("7+8=15 carry 1,5+6+1=12 进1").
+ */
+export function additionWorking(
+  a: number,
+  b: number,
+  slip: () => number,
+  languageOf?: (column: number) => ReasoningLanguage,
+): { think: string; answer: string } {
+  const { columns, answer } = additionColumns(a, b, slip);
+  return { think: columns.map((c, i) => columnStep(c, languageOf?.(i))).join(','), answer };
+}
+
+/** The characters the worded working of these languages writes besides digits and symbols. */
+export function reasoningAlphabet(languages: ReasoningLanguages): string {
+  const chars = new Set<string>();
+  for (const language of REASONING_LANGUAGES) {
+    if (!((languages[language] ?? 0) > 0)) continue;
+    const words = CARRY_WORDS[language];
+    for (const ch of `${words.carry(0)}${words.none}`) if (!/[\d\s]/.test(ch)) chars.add(ch);
+  }
+  return [...chars].sort().join('');
+}
+
+/** Draws a language by the mixing weights (one uniform draw). */
+export function drawLanguage(rand: () => number, languages: ReasoningLanguages): ReasoningLanguage {
+  const weighted = REASONING_LANGUAGES.map((l) => [l, languages[l] ?? 0] as const).filter(([, w]) => w > 0);
+  const total = weighted.reduce((sum, [, w]) => sum + w, 0);
+  if (!(total > 0 && Number.isFinite(total)))
+    throw new RangeError(`reasoning languages: need a positive weight, got ${JSON.stringify(languages)}`);
+  let u = rand() * total;
+  for (const [language, weight] of weighted) {
+    if (u < weight) return language;
+    u -= weight;
+  }
+  return weighted[weighted.length - 1]![0];
+}
+
+/**
+ * One pretraining document (the text after the prompt) for the question "a+b". With `languages`, each
+ * step is worded in a language drawn by the mixing weights; the slips and the format are drawn first,
+ * exactly as without, so a worded document has the same arithmetic as the plain one from the same
+ * state of `rand`, and the words of each language are as often right as those of the other.
+ */
 export function noisyAdditionCompletion(
   a: number,
   b: number,
   rand: () => number,
   noise: CorpusNoise,
+  languages?: ReasoningLanguages,
 ): string {
   const slip = () => (rand() < noise.columnAccuracy ? 0 : [-1, 1, -2, 2][randomInt(rand, 0, 3)]!);
-  const { think, answer } = additionWorking(a, b, slip);
-  if (rand() < noise.brokenFormat) {
-    const broken = [
+  const { columns, answer } = additionColumns(a, b, slip);
+  const broken = rand() < noise.brokenFormat ? randomInt(rand, 0, 2) : -1;
+  const stepLanguages = languages ? columns.map(() => drawLanguage(rand, languages)) : undefined;
+  const think = columns.map((c, i) => columnStep(c, stepLanguages?.[i])).join(',');
+  if (broken >= 0) {
+    const documents = [
       `${think}<answer>${answer}</answer>`,
       `<think>${think}</think>${answer}`,
       `<answer>${answer}`,
     ];
-    return broken[randomInt(rand, 0, broken.length - 1)]!;
+    return documents[broken]!;
   }
   return `<think>${think}</think><answer>${answer}</answer>`;
 }

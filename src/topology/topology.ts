@@ -113,6 +113,16 @@ export const Topology = z
           .optional()
           .describe('Countdown corpus: probability that a document reaches the target (default 0.3).'),
         brokenFormat: z.number().min(0).max(1),
+        reasoningLanguages: z
+          .object({ en: z.number().min(0).optional(), zh: z.number().min(0).optional() })
+          .strict()
+          .refine((w) => (w.en ?? 0) + (w.zh ?? 0) > 0, 'give at least one language a positive weight')
+          .optional()
+          .describe(
+            'Arithmetic (addition) corpus: word each step of the working ("7+8=15 carry 1", "7+8=15 进1"), ' +
+              "each step's language drawn by these mixing weights (R1-Zero's language mixing). " +
+              'Absent: digits only ("7+8=15"). Its characters join the tokenizer\'s alphabet.',
+          ),
       })
       .strict(),
     rewards: z.array(RewardSpec).min(1),
@@ -181,5 +191,13 @@ export function defineTopology(t: TopologyInput): Topology {
   const topo = parsed.data;
   if (topo.model.dModel % topo.model.nHeads !== 0)
     throw new Error('Topology: model.dModel must be a multiple of model.nHeads');
+  const { task } = topo;
+  if (
+    topo.pretrain.reasoningLanguages &&
+    !(task.kind === 'arithmetic' && task.operations.length === 1 && task.operations[0] === '+')
+  )
+    throw new Error(
+      'Topology: pretrain.reasoningLanguages words the addition corpus; it needs task { kind: "arithmetic", operations: ["+"] }',
+    );
   return topo;
 }

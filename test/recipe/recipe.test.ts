@@ -1,4 +1,5 @@
 /** Recipes as data: validation of the stage graph, describe, and the pieces stages are made of. */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import base from '../../pipelines/r1-zero-arithmetic.ts';
 import distill from '../../pipelines/distill-arithmetic.ts';
 import r1 from '../../pipelines/r1-arithmetic.ts';
+import lc from '../../pipelines/language-consistency.ts';
 import { CharTokenizer } from '../../src/policy/tokenizer.ts';
 import { defineRecipe, describeRecipe, type RecipeInput } from '../../src/recipe/recipe.ts';
 import { coldStartRecords, readRecords, writeRecords } from '../../src/recipe/records.ts';
@@ -72,6 +74,42 @@ describe('defineRecipe', () => {
     expect(lines).toContain('6. sft-2 (sft)  <- from: base; data: rejection, cold-start-data');
     expect(lines).toContain('   -> dataset runs/x/rejection/data.jsonl');
     expect(lines).toContain('   -> report runs/x/eval/report.json');
+  });
+
+  it('language-consistency: two GRPO stages from one bilingual base, same budget, with and without the reward', () => {
+    const grpo = lc.stages.filter((s) => s.type === 'grpo');
+    expect(grpo.map((s) => [s.name, s.from, s.steps, s.grpo])).toEqual([
+      ['rl', 'base', 35, undefined],
+      ['rl-lc', 'base', 35, undefined],
+    ]);
+    const kinds = grpo.map((s) => s.rewards!.map((r) => r.kind));
+    expect(kinds).toEqual([
+      ['accuracy', 'format'],
+      ['accuracy', 'format', 'language_consistency'],
+    ]);
+    expect(grpo[1]!.rewards!.find((r) => r.kind === 'language_consistency')).toMatchObject({
+      language: 'en',
+    });
+    expect(lc.topology.pretrain.reasoningLanguages).toEqual({ en: 0.5, zh: 0.5 });
+    expect(lc.stages.at(-1)).toMatchObject({
+      type: 'eval',
+      checkpoints: ['base', 'rl', 'rl-lc'],
+      language: 'en',
+    });
+  });
+
+  it('rxrl describe language-consistency prints its stages without running anything', () => {
+    const result = spawnSync(process.execPath, ['bin/rxrl.js', 'describe', 'language-consistency'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain('3. rl-lc (grpo)  <- from: base');
+    expect(result.stdout).toContain(
+      'GRPO 35 steps, rewards accuracyx1 + formatx0.2 + language_consistencyx1',
+    );
+    expect(result.stdout).toContain('-> report runs/language-consistency/eval/report.json');
   });
 });
 

@@ -117,6 +117,17 @@ it(
     expect(coldStart.heldOutLossAfter).toBeLessThan(coldStart.heldOutLossBefore);
     // GRPO started from the cold-start checkpoint and trained its steps; the progress bar saw them.
     expect(report('rl').steps).toBe(2);
+    // Each GRPO stage accounts for its own samples, not those of the stages before it (one Metrics for all).
+    for (const [name, steps] of [
+      ['rl', 2],
+      ['rl-2', 1],
+    ] as const) {
+      const { generated, trained, drops } = report(name).accounting;
+      expect(trained, name).toBe(steps * 2 * 4);
+      expect(generated, name).toBe(
+        trained + Object.values(drops as Record<string, number>).reduce((a, b) => a + b, 0),
+      );
+    }
     expect(events.some((e) => e.kind === 'grpo' && e.event.kind === 'step' && e.stage === 'rl')).toBe(true);
     // Rejection sampling: every sample counted once, the kept ones written as records.
     const rejection = report('rejection');

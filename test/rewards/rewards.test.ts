@@ -102,6 +102,42 @@ describe('rule-based rewards', () => {
     expect(en.score(input('<think>12+5=17</think><answer>17</answer>'), signal)).toBeNull();
   });
 
+  it('language consistency of the worded addition working (pretrain.reasoningLanguages), by hand', () => {
+    const en = languageConsistencyReward('en');
+    const zh = languageConsistencyReward('zh');
+    const both = (think: string, answer = '125') => {
+      const completion = `<think>${think}</think><answer>${answer}</answer>`;
+      return [en.score(input(completion), signal), zh.score(input(completion), signal)];
+    };
+    // 57+68: every step in English, every step in Chinese.
+    expect(both('7+8=15 carry 1,5+6+1=12 carry 1')).toEqual([1, 0]);
+    expect(both('7+8=15 进1,5+6+1=12 进1')).toEqual([0, 1]);
+    // 34+25: "no carry" is two English words, "不进" two Chinese ones.
+    expect(both('4+5=9 no carry,3+2=5 no carry', '59')).toEqual([1, 0]);
+    expect(both('4+5=9 不进,3+2=5 不进', '59')).toEqual([0, 1]);
+    expect(countWords('4+5=9 no carry')).toEqual({ en: 2, zh: 0 });
+    expect(countWords('4+5=9 不进')).toEqual({ en: 0, zh: 2 });
+    // Mixed: one step in each language; each language's words count alike, so the share of steps shows.
+    expect(both('7+8=15 carry 1,5+6+1=12 进1')).toEqual([0.5, 0.5]);
+    expect(both('4+5=9 不进,3+2=5 no carry', '59')).toEqual([0.5, 0.5]);
+    // A step without a carry has two words, one with a carry one: 1 English word of 3.
+    const [mixedEn, mixedZh] = both('8+5=13 carry 1,2+4+1=7 不进', '73');
+    expect(mixedEn).toBeCloseTo(1 / 3, 12);
+    expect(mixedZh).toBeCloseTo(2 / 3, 12);
+    // Three columns (a slip in the hundreds), two of them English.
+    expect(
+      en.score(
+        input('<think>9+9=18 carry 1,9+9+1=21 进2,1+0+2=3 no carry</think><answer>318</answer>'),
+        signal,
+      ),
+    ).toBeCloseTo(3 / 4, 12);
+    // Only the reasoning counts; the answer and the tags do not, and a working without words is not applicable.
+    expect(both('7+8=15,5+6+1=12')).toEqual([null, null]);
+    expect(en.score(input('<answer>125</answer>'), signal)).toBeNull();
+    // A truncated chain of thought (no </think>) is scored on what was written.
+    expect(en.score(input('<think>7+8=15 carry 1,5+6+1=12 进'), signal)).toBe(0.5);
+  });
+
   it('overlong shaping follows DAPO: 0, then linear to -factor, then -factor', () => {
     const p = overlongPenalty({ maxLength: 100, buffer: 20, factor: 1 });
     expect(p.score(input('', '1', 80), signal)).toBe(0);

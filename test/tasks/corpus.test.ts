@@ -3,12 +3,19 @@ import { describe, expect, it } from 'vitest';
 import { evaluateExpression } from '../../src/rewards/expression.ts';
 import { accuracyReward, countdownReward, formatReward } from '../../src/rewards/rewards.ts';
 import {
+  additionColumns,
   additionWorking,
+  columnStep,
   correctAdditionCompletion,
   countdownChains,
   noisyAdditionCompletion,
   noisyCountdownCompletion,
+  reasoningAlphabet,
+  type ReasoningLanguage,
 } from '../../src/tasks/corpus.ts';
+import { defineTopology } from '../../src/topology/topology.ts';
+import base from '../../pipelines/r1-zero-arithmetic.ts';
+import countdown from '../../pipelines/r1-zero-countdown.ts';
 import { countdownExamples } from '../../src/tasks/countdown.ts';
 import type { CountdownAnswer } from '../../src/rewards/rewards.ts';
 import { seededUniform } from '../../src/random.ts';
@@ -59,6 +66,158 @@ describe('pretraining corpus', () => {
     expect(right / n).toBeGreaterThan(0.2);
     expect(right / n).toBeLessThan(0.35);
     expect(formatted / n).toBeCloseTo(0.75, 1);
+  });
+});
+
+describe('worded, bilingual working (pretrain.reasoningLanguages)', () => {
+  const noise = { columnAccuracy: 0.5, brokenFormat: 0.25 };
+  const mixed = { en: 0.5, zh: 0.5 };
+  /** The working without its words: what the plain corpus writes. */
+  const unworded = (text: string) => text.replace(/ (?:carry \d+|no carry|进\d+|不进)(?=,|<|$)/g, '');
+  /** Each step of a document's working: its arithmetic, language and whether the words match its sum. */
+  const steps = (doc: string) => {
+    const think = /^(?:<think>)?(.*?)(?:<\/think>|<answer>)/.exec(doc)?.[1] ?? '';
+    return think.split(',').map((step) => {
+      const m = /^(\d)\+(\d)(?:\+(\d))?=(\d+) (carry (\d+)|no carry|进(\d+)|不进)$/.exec(step);
+      if (!m) throw new Error(`not a worded step: ${step} (in ${doc})`);
+      const [, x, y, carryIn, sum, words, enCarry, zhCarry] = m;
+      const language: ReasoningLanguage = words!.startsWith('carry') || words === 'no carry' ? 'en' : 'zh';
+      const carry = Number(enCarry ?? zhCarry ?? 0);
+      return {
+        language,
+        right: Number(sum) === Number(x) + Number(y) + Number(carryIn ?? 0),
+        wordsMatch: carry === Math.floor(Number(sum) / 10),
+      };
+    });
+  };
+
+  it('words each step in its language, after the same sum', () => {
+    const [first, second] = additionColumns(57, 68, () => 0).columns;
+    expect(columnStep(first!)).toBe('7+8=15');
+    expect(columnStep(first!, 'en')).toBe('7+8=15 carry 1');
+    expect(columnStep(first!, 'zh')).toBe('7+8=15 进1');
+    expect(columnStep(second!, 'zh')).toBe('5+6+1=12 进1');
+    const [, tens] = additionColumns(34, 25, () => 0).columns;
+    expect(columnStep(tens!, 'en')).toBe('3+2=5 no carry');
+    expect(columnStep(tens!, 'zh')).toBe('3+2=5 不进');
+    expect(
+      additionWorking(
+        57,
+        68,
+        () => 0,
+        (i) => (i === 0 ? 'en' : 'zh'),
+      ),
+    ).toEqual({
+      think: '7+8=15 carry 1,5+6+1=12 进1',
+      answer: '125',
+    });
+    expect(reasoningAlphabet(mixed)).toBe('acnory不进');
+    expect(reasoningAlphabet({ en: 1 })).toBe('acnory');
+    expect(reasoningAlphabet({ en: 0, zh: 1 })).toBe('不进');
+  });
+
+  it('has the arithmetic of the plain working, slips included, whatever the languages', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 9999 }),
+        fc.integer({ min: 0, max: 9999 }),
+        fc.array(fc.integer({ min: -2, max: 2 }), { minLength: 5, maxLength: 5 }),
+        fc.array(fc.constantFrom<ReasoningLanguage>('en', 'zh'), { minLength: 5, maxLength: 5 }),
+        (a, b, slips, languages) => {
+          const slip = (seq: number[]) => () => seq.shift()!;
+          const plain = additionWorking(a, b, slip([...slips]));
+          const worded = additionWorking(a, b, slip([...slips]), (i) => languages[i]!);
+          expect(worded.answer).toBe(plain.answer);
+          expect(unworded(worded.think)).toBe(plain.think);
+          for (const step of steps(`<think>${worded.think}</think>`)) expect(step.wordsMatch).toBe(true);
+        },
+      ),
+    );
+  });
+
+  it('noisy documents: the same draws as the plain corpus, then a language per step; deterministic by seed', () => {
+    for (let seed = 0; seed < 500; seed++) {
+      const [a, b] = [10 + (seed % 90), 99 - (seed % 73)];
+      const plain = noisyAdditionCompletion(a, b, seededUniform(seed), noise);
+      const worded = noisyAdditionCompletion(a, b, seededUniform(seed), noise, mixed);
+      expect(unworded(worded)).toBe(plain);
+      expect(noisyAdditionCompletion(a, b, seededUniform(seed), noise, mixed)).toBe(worded);
+    }
+    const corpus = (seed: number) => {
+      const rand = seededUniform(seed);
+      return Array.from({ length: 50 }, () => noisyAdditionCompletion(57, 68, rand, noise, mixed));
+    };
+    expect(corpus(7)).toEqual(corpus(7));
+    expect(corpus(7)).not.toEqual(corpus(8));
+  });
+
+  it('mixes the languages by their weights, and each language is as often right as the other', () => {
+    const rand = seededUniform(11);
+    const tally = { en: { steps: 0, right: 0 }, zh: { steps: 0, right: 0 } };
+    let mixedDocs = 0;
+    let worded = 0;
+    for (let i = 0; i < 4000; i++) {
+      const doc = noisyAdditionCompletion(10 + (i % 90), 10 + ((i * 7) % 90), rand, noise, mixed);
+      if (doc.startsWith('<answer>')) continue; // the broken format without a working
+      worded++;
+      const s = steps(doc);
+      for (const step of s) {
+        expect(step.wordsMatch).toBe(true);
+        tally[step.language].steps++;
+        if (step.right) tally[step.language].right++;
+      }
+      if (new Set(s.map((step) => step.language)).size > 1) mixedDocs++;
+    }
+    const total = tally.en.steps + tally.zh.steps;
+    expect(tally.zh.steps / total).toBeCloseTo(0.5, 1);
+    // Two steps each: about half the documents mix the languages.
+    expect(mixedDocs / worded).toBeGreaterThan(0.4);
+    expect(mixedDocs / worded).toBeLessThan(0.6);
+    const rate = (l: ReasoningLanguage) => tally[l].right / tally[l].steps;
+    expect(rate('en')).toBeCloseTo(noise.columnAccuracy, 1);
+    expect(rate('zh')).toBeCloseTo(noise.columnAccuracy, 1);
+    expect(Math.abs(rate('en') - rate('zh'))).toBeLessThan(0.04);
+
+    const skewed = seededUniform(12);
+    let zh = 0;
+    let n = 0;
+    for (let i = 0; i < 2000; i++) {
+      const doc = noisyAdditionCompletion(57, 68, skewed, { ...noise, brokenFormat: 0 }, { en: 1, zh: 3 });
+      for (const step of steps(doc)) {
+        n++;
+        if (step.language === 'zh') zh++;
+      }
+    }
+    expect(zh / n).toBeCloseTo(0.75, 1);
+    const english = noisyAdditionCompletion(
+      57,
+      68,
+      seededUniform(1),
+      { ...noise, brokenFormat: 0 },
+      { en: 1 },
+    );
+    expect(steps(english).every((step) => step.language === 'en')).toBe(true);
+  });
+
+  it('is a corpus option of the arithmetic topology: validated, and only for addition', () => {
+    const t = defineTopology({
+      ...base,
+      pretrain: { ...base.pretrain, reasoningLanguages: { en: 1, zh: 1 } },
+    });
+    expect(t.pretrain.reasoningLanguages).toEqual({ en: 1, zh: 1 });
+    expect(defineTopology(base).pretrain).not.toHaveProperty('reasoningLanguages');
+    expect(() =>
+      defineTopology({ ...base, pretrain: { ...base.pretrain, reasoningLanguages: { en: 0 } } }),
+    ).toThrow(/positive weight[\s\S]*pretrain.reasoningLanguages/);
+    expect(() =>
+      defineTopology({ ...base, pretrain: { ...base.pretrain, reasoningLanguages: { fr: 1 } as never } }),
+    ).toThrow(/reasoningLanguages/);
+    expect(() =>
+      defineTopology({
+        ...countdown,
+        pretrain: { ...countdown.pretrain, reasoningLanguages: { en: 1 } },
+      }),
+    ).toThrow(/reasoningLanguages words the addition corpus/);
   });
 });
 

@@ -70,6 +70,10 @@ export function registerEvalCommand(program: Command): void {
         console.log(`  cons@${String(result.samplesPerQuestion).padEnd(4)} ${f(result.consAtK)}`);
         console.log(`  format   ${f(result.formatRate)}`);
         console.log(`  length   ${result.meanLength.toFixed(1)} tokens`);
+        if (result.languageConsistency !== null)
+          console.log(
+            `  language ${f(result.languageConsistency)} (share of chain-of-thought words in English, ${f(result.languageScored)} of the samples have words)`,
+          );
       },
     );
 }

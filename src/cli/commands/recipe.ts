@@ -21,7 +21,11 @@ export function describeReport(report: StageReport): string {
       return `loss ${fmt(s.firstLoss)} -> ${fmt(s.lastLoss)}; held-out ${fmt(s.heldOutLossBefore)} -> ${fmt(s.heldOutLossAfter)} (${s.trainRecords} records, ${s.tooLong} too long)`;
     case 'grpo':
       return s.before
-        ? `pass@1 ${fmt(s.before.pass1)} -> ${fmt(s.after.pass1)}, format ${fmt(s.before.formatRate, 2)} -> ${fmt(s.after.formatRate, 2)}`
+        ? `pass@1 ${fmt(s.before.pass1)} -> ${fmt(s.after.pass1)}, format ${fmt(s.before.formatRate, 2)} -> ${fmt(s.after.formatRate, 2)}` +
+            (typeof s.before.languageConsistency === 'number' ||
+            typeof s.after.languageConsistency === 'number'
+              ? `, language ${fmt(s.before.languageConsistency, 2)} -> ${fmt(s.after.languageConsistency, 2)}`
+              : '')
         : `${s.steps} steps`;
     case 'rejectionSample': {
       const rejected = Object.entries(s.rejected as Record<string, number>)
@@ -36,11 +40,21 @@ export function describeReport(report: StageReport): string {
       return `student pass@1 ${fmt(s.student.pass1)} vs teacher ${fmt(s.teacher.pass1)}`;
     case 'eval':
       return Object.entries(
-        s.results as Record<string, { pass1: number; consAtK: number; k: number; formatRate: number }>,
+        s.results as Record<
+          string,
+          {
+            pass1: number;
+            consAtK: number;
+            k: number;
+            formatRate: number;
+            languageConsistency?: number | null;
+          }
+        >,
       )
         .map(
           ([name, r]) =>
-            `\n    ${name.padEnd(20)} pass@1 ${fmt(r.pass1)}  cons@${r.k} ${fmt(r.consAtK)}  format ${fmt(r.formatRate, 2)}`,
+            `\n    ${name.padEnd(20)} pass@1 ${fmt(r.pass1)}  cons@${r.k} ${fmt(r.consAtK)}  format ${fmt(r.formatRate, 2)}` +
+            (typeof r.languageConsistency === 'number' ? `  language ${fmt(r.languageConsistency, 2)}` : ''),
         )
         .join('');
   }

@@ -1,0 +1,57 @@
+/** The R1 evaluation's aggregates, on completions written by hand (a stand-in generator, no model). */
+import { describe, expect, it } from 'vitest';
+import type { Rollout } from '../../schemas/index.ts';
+import lc from '../../pipelines/language-consistency.ts';
+import { evaluate, type EvalSettings } from '../../src/run/evaluate.ts';
+import { taskRuntime } from '../../src/run/taskRuntime.ts';
+import type { GeneratorReply, GeneratorRequest } from '../../src/run/workers/protocol.ts';
+import type { WorkerClient } from '../../src/run/workers/rpc.ts';
+
+const runtime = taskRuntime(lc.topology);
+
+/** A generator that answers a generate request with the given completions, k per prompt in order. */
+function scripted(completions: (question: string, sample: number) => string) {
+  return {
+    request: async (request: GeneratorRequest) => {
+      if (request.type !== 'generate') throw new Error(`unexpected ${request.type}`);
+      const rollouts = request.prompts.flatMap((prompt, p) =>
+        Array.from({ length: request.groupSize }, (_, i) => {
+          const completion = completions(runtime.test[p]!.question, i);
+          return {
+            prompt,
+            completion,
+            completionTokenIds: Array.from(completion, () => 7),
+            finishReason: 'eos',
+          } as unknown as Rollout;
+        }),
+      );
+      return { type: 'rollouts', rollouts, tokens: 0, seconds: 0, version: 0 } as GeneratorReply;
+    },
+  } as unknown as WorkerClient<GeneratorRequest, GeneratorReply>;
+}
+
+const settings: EvalSettings = { prompts: 4, k: 4, temperature: 0.6, topP: 0.95, maxNewTokens: 40 };
+const sum = (question: string) => question.split('+').reduce((a, b) => a + Number(b), 0);
+
+describe('evaluate: language consistency beside pass@1 and format', () => {
+  it('is the mean share of target-language words over the samples that have words', async () => {
+    // Per question: an English working, a Chinese one, a mixed one, and digits only (no words: not scored).
+    const thinks = ['9+9=18 carry 1', '9+9=18 进1', '9+9=18 carry 1,1+1+1=3 进0', '9+9=18'];
+    const generator = scripted((q, i) => `<think>${thinks[i]}</think><answer>${sum(q)}</answer>`);
+    const en = await evaluate(generator, runtime, settings, 1);
+    expect(en.pass1).toBe(1);
+    expect(en.formatRate).toBe(1);
+    expect(en.languageConsistency).toBeCloseTo((1 + 0 + 0.5) / 3, 12);
+    expect(en.languageScored).toBe(0.75);
+    const zh = await evaluate(generator, runtime, { ...settings, language: 'zh' }, 1);
+    expect(zh.languageConsistency).toBeCloseTo((0 + 1 + 0.5) / 3, 12);
+  });
+
+  it('is null, not 0, when no chain of thought has a word', async () => {
+    const generator = scripted((q) => `<think>7+8=15</think><answer>${sum(q) + 1}</answer>`);
+    const result = await evaluate(generator, runtime, settings, 1);
+    expect(result.pass1).toBe(0);
+    expect(result.languageConsistency).toBeNull();
+    expect(result.languageScored).toBe(0);
+  });
+});
