@@ -12,6 +12,13 @@ import base from './r1-zero-arithmetic.ts';
  * pass@1, format rate and language consistency of the base and both. The two RL stages together have
  * r1-arithmetic's pure-RL budget (70 steps), so the recipe stays near 25 minutes on 2 cores (wasm).
  */
+// The two RL stages differ only in their rewards: same base, steps, seed and settings.
+const rl = { type: 'grpo', from: 'base', steps: 35 } as const;
+const ruleRewards = [
+  { kind: 'accuracy', weight: 1 },
+  { kind: 'format', weight: 0.2 },
+] as const;
+
 export default defineRecipe({
   name: 'language-consistency',
   description:
@@ -27,26 +34,11 @@ export default defineRecipe({
   },
   stages: [
     { type: 'pretrain', name: 'base' },
+    { ...rl, name: 'rl', rewards: [...ruleRewards] },
     {
-      type: 'grpo',
-      name: 'rl',
-      from: 'base',
-      steps: 35,
-      rewards: [
-        { kind: 'accuracy', weight: 1 },
-        { kind: 'format', weight: 0.2 },
-      ],
-    },
-    {
-      type: 'grpo',
+      ...rl,
       name: 'rl-lc',
-      from: 'base',
-      steps: 35,
-      rewards: [
-        { kind: 'accuracy', weight: 1 },
-        { kind: 'format', weight: 0.2 },
-        { kind: 'language_consistency', language: 'en', weight: 1 },
-      ],
+      rewards: [...ruleRewards, { kind: 'language_consistency', language: 'en', weight: 1 }],
     },
     { type: 'eval', name: 'eval', checkpoints: ['base', 'rl', 'rl-lc'], language: 'en' },
   ],
