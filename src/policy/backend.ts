@@ -11,6 +11,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { installWasmKernels } from './wasmKernels.ts';
 
 export type BackendRequest = 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
 export type BackendKind = Exclude<BackendRequest, 'auto'>;
@@ -86,6 +87,7 @@ async function setUp(kind: BackendKind): Promise<BackendKind> {
     // itself (its threaded build is disabled under Node). The trailing separator makes it a prefix.
     wasm.setWasmPaths(path.dirname(require.resolve(pkg)) + path.sep);
     await activate('wasm', kind);
+    installWasmKernels(wasm.version_wasm);
   } else {
     await activate('cpu', kind);
   }

@@ -1,0 +1,130 @@
+import * as tf from '@tensorflow/tfjs';
+import fc from 'fast-check';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { selectBackend } from '../../src/policy/backend.ts';
+import {
+  installWasmKernels,
+  uninstallWasmKernels,
+  wasmKernelsInstalled,
+} from '../../src/policy/wasmKernels.ts';
+import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
+
+/** Runs f with the stock wasm kernels, then with rxrl's, and returns both results as arrays. */
+function stockAndFast(f: () => tf.Tensor): [Float32Array, Float32Array, number[]] {
+  uninstallWasmKernels();
+  const stock = tf.tidy(f);
+  expect(installWasmKernels(version_wasm)).toBe(true);
+  const fast = tf.tidy(f);
+  expect(fast.shape).toEqual(stock.shape);
+  const out: [Float32Array, Float32Array, number[]] = [
+    stock.dataSync() as Float32Array,
+    fast.dataSync() as Float32Array,
+    stock.shape,
+  ];
+  tf.dispose([stock, fast]);
+  return out;
+}
+
+function expectClose(a: Float32Array, b: Float32Array): void {
+  expect(b.length).toBe(a.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!) / (1 + Math.abs(a[i]!)));
+  expect(worst).toBeLessThan(1e-5);
+}
+
+describe('wasm kernels (BatchMatMul on XNNPACK per batch entry, Slice without copying its input)', () => {
+  beforeAll(async () => {
+    expect(await selectBackend('wasm')).toBe('wasm');
+  });
+
+  it('are installed by selectBackend', () => {
+    expect(wasmKernelsInstalled()).toBe(true);
+  });
+
+  it('batched matmuls with and without transpose flags equal the stock kernel', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 3 }), { minLength: 0, maxLength: 2 }),
+        fc.integer({ min: 1, max: 9 }),
+        fc.integer({ min: 1, max: 9 }),
+        fc.integer({ min: 1, max: 9 }),
+        fc.boolean(),
+        fc.boolean(),
+        fc.integer({ min: 1, max: 1_000_000 }),
+        (batch, M, K, N, tA, tB, seed) => {
+          const aShape = [...batch, ...(tA ? [K, M] : [M, K])];
+          const bShape = [...batch, ...(tB ? [N, K] : [K, N])];
+          const [stock, fast] = stockAndFast(() =>
+            tf.matMul(
+              tf.randomNormal(aShape, 0, 1, 'float32', seed),
+              tf.randomNormal(bShape, 0, 1, 'float32', seed + 1),
+              tA,
+              tB,
+            ),
+          );
+          expectClose(stock, fast);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('gradients through attention-shaped matmuls equal the stock kernel', () => {
+    const q = tf.randomNormal([2, 3, 7, 4], 0, 1, 'float32', 1);
+    const k = tf.randomNormal([2, 3, 7, 4], 0, 1, 'float32', 2);
+    const v = tf.randomNormal([2, 3, 7, 4], 0, 1, 'float32', 3);
+    const grads = (): tf.Tensor =>
+      tf.concat(
+        tf
+          .grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+            tf.sum(tf.square(tf.matMul(tf.softmax(tf.matMul(a, b, false, true)), c))),
+          )([q, k, v])
+          .map((g) => tf.reshape(g, [-1])),
+      );
+    const [stock, fast] = stockAndFast(grads);
+    expectClose(stock, fast);
+    tf.dispose([q, k, v]);
+  });
+
+  it('slices of every rank and position equal the stock kernel', () => {
+    fc.assert(
+      fc.property(
+        fc
+          .array(fc.integer({ min: 1, max: 5 }), { minLength: 1, maxLength: 5 })
+          .chain((shape) =>
+            fc.tuple(
+              fc.constant(shape),
+              fc.tuple(...shape.map((s) => fc.integer({ min: 0, max: s - 1 }))),
+              fc.tuple(...shape.map((s) => fc.integer({ min: 1, max: s }))),
+              fc.constantFrom('float32', 'int32') as fc.Arbitrary<'float32' | 'int32'>,
+            ),
+          ),
+        ([shape, begin, size, dtype]) => {
+          const clipped = size.map((s, d) => Math.min(s, shape[d]! - begin[d]!));
+          const n = shape.reduce((a, b) => a * b, 1);
+          const [stock, fast] = stockAndFast(() =>
+            tf.slice(
+              tf.tensor(
+                Array.from({ length: n }, (_, i) => i),
+                shape,
+                dtype,
+              ),
+              begin,
+              clipped,
+            ),
+          );
+          expect(Array.from(fast)).toEqual(Array.from(stock));
+        },
+      ),
+      { numRuns: 100 },
+    );
+  });
+
+  it('leave no tensors or XNNPACK views behind', () => {
+    const before = tf.memory().numTensors;
+    const a = tf.randomNormal([4, 8, 8]);
+    for (let i = 0; i < 20; i++) tf.tidy(() => tf.matMul(a, a, true, false).dataSync());
+    a.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
