@@ -26,12 +26,14 @@
  * sampling runs, default 1: one takes minutes on the ~10M model; 0 skips it), --no-torch.
  */
 import { createHash } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import type { Readable, Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import type { BatchSample, GradientBatch } from '../schemas/index.ts';
@@ -162,6 +164,17 @@ interface TfjsResult {
   /** Undefined with --full-runs 0. */
   full: Rate | undefined;
   learner: Rate;
+  /** PyTorch's same step, taking turns with the tfjs step; undefined when PyTorch is not measured. */
+  torch?: PairedTorch;
+}
+
+interface PairedTorch {
+  version: string;
+  oneThread: Rate;
+  /** PyTorch tok/s / tfjs tok/s of each round, ascending. */
+  ratios: number[];
+  /** With every core (undefined on a 1-core machine). */
+  allThreads?: Rate;
 }
 
 function modelOf(size: Size): GPT {
@@ -245,18 +258,75 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
   const learner = new Learner(model, learnerConfig);
   const batch = learnerBatch();
   let tokens = 0;
-  const step = rate(
-    await time(runs, () => {
-      const [r] = learner.train(batch);
-      tokens = r!.tokens;
-    }),
-    BATCH * TRAIN_LENGTH,
-  );
-  if (tokens !== BATCH * TRAIN_LENGTH) throw new Error(`learner step saw ${tokens} tokens`);
+  const tfjsStep = (): void => {
+    const [r] = learner.train(batch);
+    tokens = r!.tokens;
+  };
+  const trainTokens = BATCH * TRAIN_LENGTH;
+  const server = python ? await TorchServer.start(python, size, parameters) : undefined;
+  let step: Rate;
+  let torch: PairedTorch | undefined;
+  if (server && !('error' in server)) {
+    // The two learners take turns, step by step (the order flips each round), and the ratio is taken
+    // within each round: this machine's speed swings several-fold over minutes.
+    tfjsStep();
+    const tfjsTimes: Timing = { wall: [], cpu: [] };
+    const torchTimes: Timing = { wall: [], cpu: [] };
+    const ratios: number[] = [];
+    for (let round = 0; round < runs; round++) {
+      let tfjsWall = 0;
+      let torchWall = 0;
+      for (const side of round % 2 === 0 ? ['tfjs', 'torch'] : ['torch', 'tfjs']) {
+        if (side === 'torch') {
+          const t = await server.step();
+          torchTimes.wall.push(t.wall_ms);
+          torchTimes.cpu.push(t.cpu_ms);
+          torchWall = t.wall_ms;
+        } else {
+          const t = await time(1, tfjsStep, () => undefined);
+          tfjsTimes.wall.push(t.wall[0]!);
+          tfjsTimes.cpu.push(t.cpu[0]!);
+          tfjsWall = t.wall[0]!;
+        }
+      }
+      ratios.push(tfjsWall / torchWall);
+    }
+    const ascending = (a: number, b: number): number => a - b;
+    for (const t of [tfjsTimes, torchTimes]) [t.wall, t.cpu].forEach((xs) => xs.sort(ascending));
+    step = rate(tfjsTimes, trainTokens);
+    torch = {
+      version: server.version,
+      oneThread: rate(torchTimes, trainTokens),
+      ratios: ratios.sort(ascending),
+    };
+    if (availableParallelism() > 1) {
+      await server.threads(availableParallelism());
+      const many: Timing = { wall: [], cpu: [] };
+      for (let i = 0; i < runs; i++) {
+        const t = await server.step();
+        many.wall.push(t.wall_ms);
+        many.cpu.push(t.cpu_ms);
+      }
+      [many.wall, many.cpu].forEach((xs) => xs.sort(ascending));
+      torch.allThreads = rate(many, trainTokens);
+    }
+    server.close();
+  } else {
+    if (server) torchErrors.push(`${size.name}: ${server.error}`);
+    step = rate(await time(runs, tfjsStep), trainTokens);
+  }
+  if (tokens !== trainTokens) throw new Error(`learner step saw ${tokens} tokens`);
   report(`learner step, ${BATCH}x${TRAIN_LENGTH} tokens`, step);
+  if (torch) {
+    report(`PyTorch ${torch.version} CPU, 1 thread, same step`, torch.oneThread);
+    console.log(
+      `  PyTorch / tfjs per round: median ${median(torch.ratios).toFixed(1)}x ` +
+        `(rounds ${torch.ratios.map((r) => r.toFixed(1)).join(', ')})`,
+    );
+  }
   learner.dispose();
   model.dispose();
-  return { backend, size, parameters, kv, full, learner: step };
+  return { backend, size, parameters, kv, full, learner: step, torch };
 }
 
 const BACKEND_PACKAGES: Record<BackendKind, string> = {
@@ -290,22 +360,6 @@ function backendsToRun(request: string): BackendRequest[] {
 
 // ---------------------------------------------------------------------------------------------
 // The PyTorch side.
-
-interface TorchRun {
-  d: number;
-  layers: number;
-  heads: number;
-  parameters: number;
-  threads: number;
-  tokens: number;
-  wall_ms: number[];
-  cpu_ms: number[];
-}
-interface TorchOutput {
-  torch: string;
-  cpu_count: number;
-  results: TorchRun[];
-}
 
 const VENV = path.join(ROOT, '.cache', 'bench-venv');
 const REQUIREMENTS = path.join(ROOT, 'bench', 'torch', 'requirements.txt');
@@ -362,32 +416,82 @@ function torchPython(): { python: string } | { error: string } {
   return { python };
 }
 
-function runTorch(python: string): TorchOutput | { error: string } {
-  const threads = [...new Set([1, availableParallelism()])];
-  const args = [
-    TORCH_SCRIPT,
-    ...sizes.flatMap((s) => ['--size', `${s.dModel}:${s.nLayers}:${s.nHeads}`]),
-    ...threads.flatMap((t) => ['--threads', String(t)]),
-    ...['--vocab', String(VOCAB), '--context', String(CONTEXT), '--mlp-ratio', String(MLP_RATIO)],
-    ...['--batch', String(BATCH), '--prompt-length', String(PROMPT_LENGTH)],
-    ...['--train-length', String(TRAIN_LENGTH), '--runs', String(runs)],
-    ...['--eps-low', String(DEFAULT_GRPO_LOSS.epsLow), '--eps-high', String(DEFAULT_GRPO_LOSS.epsHigh)],
-    ...['--max-grad-norm', String(MAX_GRAD_NORM), '--lr', String(LEARNING_RATE)],
-  ];
-  console.log(
-    `\nPyTorch: ${relative(python)} ${args.map((a) => (path.isAbsolute(a) ? relative(a) : a)).join(' ')}`,
-  );
-  const run = spawnSync(python, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  if (run.error || run.status !== 0) {
-    return {
-      error: `the PyTorch bench failed (${run.error?.message ?? `exit ${run.status}`})${tail(run.stdout)}`,
-    };
+/** bench/torch/policy_bench.py --serve: the same learner step in PyTorch, one step per request. */
+class TorchServer {
+  private readonly lines: AsyncIterator<string>;
+  /** torch.__version__, from the server's first line. */
+  version = '?';
+
+  private constructor(private readonly child: ChildProcessByStdio<Writable, Readable, null>) {
+    this.lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   }
-  const line = run.stdout.trim().split('\n').at(-1) ?? '';
-  try {
-    return JSON.parse(line) as TorchOutput;
-  } catch {
-    return { error: `the PyTorch bench printed no JSON line${tail(run.stdout)}` };
+
+  static async start(
+    python: string,
+    size: Size,
+    tfjsParameters: number,
+  ): Promise<TorchServer | { error: string }> {
+    const args = [
+      TORCH_SCRIPT,
+      '--serve',
+      ...['--size', `${size.dModel}:${size.nLayers}:${size.nHeads}`],
+      ...['--vocab', String(VOCAB), '--context', String(CONTEXT), '--mlp-ratio', String(MLP_RATIO)],
+      ...['--batch', String(BATCH), '--prompt-length', String(PROMPT_LENGTH)],
+      ...['--train-length', String(TRAIN_LENGTH)],
+      ...['--eps-low', String(DEFAULT_GRPO_LOSS.epsLow), '--eps-high', String(DEFAULT_GRPO_LOSS.epsHigh)],
+      ...['--max-grad-norm', String(MAX_GRAD_NORM), '--lr', String(LEARNING_RATE)],
+    ];
+    console.log(
+      `  PyTorch: ${relative(python)} ${args.map((a) => (path.isAbsolute(a) ? relative(a) : a)).join(' ')}`,
+    );
+    const child = spawn(python, args, { stdio: ['pipe', 'pipe', 'inherit'] });
+    const server = new TorchServer(child);
+    const ready = await server.next();
+    if ('error' in ready) {
+      child.kill();
+      return { error: String(ready.error) };
+    }
+    const { torch: version, parameters } = ready as { torch: string; parameters: number };
+    server.version = version;
+    if (parameters !== tfjsParameters) {
+      child.kill();
+      // The comparison means nothing unless the two models are the same.
+      throw new Error(
+        `parameter counts differ for ${size.name}: tfjs ${tfjsParameters}, PyTorch ${parameters}; ` +
+          `bench/torch/policy_bench.py no longer mirrors src/policy/gpt.ts`,
+      );
+    }
+    return server;
+  }
+
+  async step(): Promise<{ wall_ms: number; cpu_ms: number }> {
+    this.child.stdin.write('step\n');
+    const answer = await this.next();
+    if ('error' in answer) throw new Error(`PyTorch bench: ${answer.error}`);
+    return answer as { wall_ms: number; cpu_ms: number };
+  }
+
+  async threads(n: number): Promise<void> {
+    this.child.stdin.write(`threads ${n}\n`);
+    const answer = await this.next();
+    if ('error' in answer) throw new Error(`PyTorch bench: ${answer.error}`);
+  }
+
+  close(): void {
+    this.child.stdin.end();
+  }
+
+  private async next(): Promise<Record<string, unknown> | { error: string }> {
+    const { value, done } = await this.lines.next();
+    if (done)
+      return {
+        error: `the PyTorch bench exited (${this.child.exitCode ?? 'no exit code yet'}) before answering`,
+      };
+    try {
+      return JSON.parse(value) as Record<string, unknown>;
+    } catch {
+      return { error: `the PyTorch bench printed something other than JSON: ${value}` };
+    }
   }
 }
 
@@ -396,6 +500,19 @@ function runTorch(python: string): TorchOutput | { error: string } {
 
 const results: TfjsResult[] = [];
 const skipped: string[] = [];
+const torchErrors: string[] = [];
+let python: string | undefined;
+if (values['no-torch']) {
+  torchErrors.push('skipped (--no-torch)');
+} else {
+  const env = torchPython();
+  if ('error' in env) {
+    torchErrors.push(env.error);
+    console.log(`\nPyTorch side not measured: ${env.error}\nThe tfjs side's figures stand.`);
+  } else {
+    python = env.python;
+  }
+}
 for (const request of backendsToRun(values.backend)) {
   let backend: BackendKind;
   try {
@@ -409,63 +526,22 @@ for (const request of backendsToRun(values.backend)) {
 }
 console.log(`\ntensors alive: ${tf.memory().numTensors}`);
 
-let torch: TorchOutput | undefined;
-let torchError: string | undefined;
-if (values['no-torch']) {
-  torchError = 'skipped (--no-torch)';
-} else {
-  const env = torchPython();
-  const out = 'error' in env ? env : runTorch(env.python);
-  if ('error' in out) {
-    torchError = out.error;
-    console.log(`\nPyTorch side not measured: ${torchError}\nThe tfjs side's figures stand.`);
-  } else {
-    torch = out;
-    checkParameterCounts(out);
-  }
-}
-
-function torchRun(size: Size, threads: number): TorchRun | undefined {
-  return torch?.results.find(
-    (r) =>
-      r.d === size.dModel && r.layers === size.nLayers && r.heads === size.nHeads && r.threads === threads,
-  );
-}
-
-/** The PyTorch model must have exactly the tfjs model's parameters, or the comparison means nothing. */
-function checkParameterCounts(out: TorchOutput): void {
-  for (const size of sizes) {
-    const tfjs = results.find((r) => r.size === size)?.parameters;
-    for (const run of out.results.filter((r) => r.d === size.dModel && r.layers === size.nLayers)) {
-      if (tfjs === undefined) continue;
-      if (run.parameters !== tfjs) {
-        throw new Error(
-          `parameter counts differ for ${size.name}: tfjs ${tfjs}, PyTorch ${run.parameters}; ` +
-            `bench/torch/policy_bench.py no longer mirrors src/policy/gpt.ts`,
-        );
-      }
-    }
-    const torchCount = out.results.find((r) => r.d === size.dModel && r.layers === size.nLayers)?.parameters;
-    console.log(
-      `parameters, ${size.name}: tfjs ${tfjs === undefined ? '-' : fmt(tfjs)}, ` +
-        `PyTorch ${torchCount === undefined ? '-' : fmt(torchCount)}`,
-    );
-  }
-}
-const torchRate = (run: TorchRun): Rate => rate({ wall: run.wall_ms, cpu: run.cpu_ms }, run.tokens);
-
 console.log(
   `\nSummary: tok/s of the median run (per CPU-second in brackets). Sampling ${BATCH}x${NEW_TOKENS} new ` +
     `tokens; learner step ${BATCH}x${TRAIN_LENGTH} tokens (${PROMPT_LENGTH} prompt + ` +
     `${TRAIN_LENGTH - PROMPT_LENGTH} completion), context ${CONTEXT}, vocab ${VOCAB}.`,
 );
-if (torch) {
-  console.log(`PyTorch ${torch.torch}, CPU, ${torch.cpu_count} cores; ratio = PyTorch tok/s / tfjs tok/s.`);
+const measuredTorch = results.find((r) => r.torch)?.torch;
+if (measuredTorch) {
+  console.log(
+    `PyTorch ${measuredTorch.version}, CPU; ratio = PyTorch tok/s / tfjs tok/s, median of rounds in which ` +
+      `the two took turns.`,
+  );
 }
 const both = (r: Rate): string => `${fmt(r.median)} (${fmt(r.perCpu)})`;
 const header = ['backend', 'model', 'params', 'KV sampling', 'full forward', 'KV/full', 'learner'];
 const allThreads = availableParallelism();
-if (torch)
+if (measuredTorch)
   header.push('PyTorch 1 thread', 'ratio', ...(allThreads > 1 ? [`PyTorch ${allThreads} threads`] : []));
 const rows = results.map((r) => {
   const row = [
@@ -477,16 +553,10 @@ const rows = results.map((r) => {
     r.full ? `${(r.kv.median / r.full.median).toFixed(1)}x` : '-',
     both(r.learner),
   ];
-  const one = torchRun(r.size, 1);
-  if (torch && one) {
-    const t = torchRate(one);
-    row.push(
-      both(t),
-      `${(t.median / r.learner.median).toFixed(1)}x (${(t.perCpu / r.learner.perCpu).toFixed(1)}x)`,
-    );
-    const many = torchRun(r.size, allThreads);
-    if (allThreads > 1) row.push(many ? fmt(torchRate(many).median) : '-');
-  } else if (torch) {
+  if (r.torch) {
+    row.push(both(r.torch.oneThread), `${median(r.torch.ratios).toFixed(1)}x`);
+    if (allThreads > 1) row.push(r.torch.allThreads ? fmt(r.torch.allThreads.median) : '-');
+  } else if (measuredTorch) {
     row.push('-', '-');
   }
   return row;
@@ -501,17 +571,17 @@ const goal = (text: string, value: string, met: boolean): void =>
 const wasm = results.filter((r) => r.backend === 'wasm');
 if (wasm.length === 0) console.log('  not judged: the wasm backend was not measured');
 for (const r of wasm) {
-  const run = torchRun(r.size, 1);
-  if (run) {
-    const t = torchRate(run);
-    const ratio = t.median / r.learner.median;
+  if (r.torch) {
+    const ratio = median(r.torch.ratios);
     goal(
       `${r.size.name}: learner within ${GOALS.torchRatio}x of PyTorch CPU (1 thread)`,
-      `${ratio.toFixed(1)}x (${(t.perCpu / r.learner.perCpu).toFixed(1)}x)`,
+      `${ratio.toFixed(1)}x`,
       ratio <= GOALS.torchRatio,
     );
   } else {
-    console.log(`  ${r.size.name}: learner vs PyTorch not judged: ${torchError ?? 'no PyTorch result'}`);
+    console.log(
+      `  ${r.size.name}: learner vs PyTorch not judged: ${torchErrors.join('; ') || 'no PyTorch result'}`,
+    );
   }
   if (r.full) {
     const speedup = r.kv.median / r.full.median;

@@ -18,6 +18,11 @@ Everything mirrors the TypeScript side:
 
 It prints one JSON line: for each model size and thread count, the wall and CPU milliseconds of
 each timed step (after one warm-up step). The rates are computed by bench/policy.ts.
+
+With --serve (one --size) it takes one warm-up step, prints a JSON line with the parameter count,
+then answers each line of stdin: `step` runs one timed step and prints its wall and CPU
+milliseconds as JSON, `threads N` sets the intra-op threads. bench/policy.ts uses this to take
+turns with the TensorFlow.js learner step by step, so both see the same machine.
 """
 
 import argparse
@@ -144,6 +149,42 @@ def time_steps(step, runs):
     return sorted(wall), sorted(cpu)
 
 
+def serve(args, size, batch):
+    model = GPT(args.vocab, args.context, size["d"], size["layers"], size["heads"], args.mlp_ratio)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+    )
+    torch.set_num_threads(1)
+
+    def step():
+        learner_step(model, optimizer, batch, args.eps_low, args.eps_high, args.max_grad_norm)
+
+    step()  # warm-up
+    ready = {"torch": torch.__version__, "cpu_count": os.cpu_count(), **size}
+    ready["parameters"] = sum(p.numel() for p in model.parameters())
+    ready["tokens"] = args.batch * args.train_length
+    print(json.dumps(ready), flush=True)
+    for line in iter(input_line, None):
+        command = line.split()
+        if command[:1] == ["threads"]:
+            torch.set_num_threads(int(command[1]))
+            print(json.dumps({"threads": torch.get_num_threads()}), flush=True)
+        elif command[:1] == ["step"]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step()
+            cpu = (time.process_time() - start_cpu) * 1000
+            print(json.dumps({"wall_ms": (time.perf_counter() - start) * 1000, "cpu_ms": cpu}), flush=True)
+        else:
+            print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
+
+
+def input_line():
+    try:
+        return input()
+    except EOFError:
+        return None
+
+
 def parse_size(text):
     d, layers, heads = (int(x) for x in text.split(":"))
     return {"d": d, "layers": layers, "heads": heads}
@@ -164,6 +205,7 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, action="append", help="intra-op threads, repeatable; default 1")
+    parser.add_argument("--serve", action="store_true", help="answer step / threads N lines on stdin")
     args = parser.parse_args()
     sizes = args.size or [parse_size("128:4:4")]
     thread_counts = args.threads or [1]
@@ -173,6 +215,11 @@ def main():
     torch.manual_seed(1)
     torch.set_num_interop_threads(1)
     batch = make_batch(args.vocab, args.batch, args.prompt_length, args.train_length)
+    if args.serve:
+        if len(sizes) != 1:
+            parser.error("--serve takes exactly one --size")
+        serve(args, sizes[0], batch)
+        return
     results = []
     for size in sizes:
         model = GPT(args.vocab, args.context, size["d"], size["layers"], size["heads"], args.mlp_ratio)
