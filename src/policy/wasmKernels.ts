@@ -14,6 +14,11 @@
  * wasm heap for every slice (tf.split of a [2048, 384] activation copied it once per piece). This
  * kernel reads the input in place, as the stock kernel already does for its output.
  *
+ * Identity. The stock kernel copies its input; tf.clone runs it, and so does every tensor a
+ * tf.customGrad op saves for its gradient (GPT's layers save their activations: a copy of each per
+ * step). Tensors are immutable, so this kernel shares the input's memory by reference count, as the
+ * backend's own Reshape kernel does.
+ *
  * They reach into the backend's internals (the data map, the emscripten module, the C++ tensor
  * registry), so they are checked against the stock kernels by test/policy/wasmKernels.test.ts and
  * installed only on the tfjs-backend-wasm version they were written against (4.x); any other
@@ -27,6 +32,7 @@ interface WasmBackend {
   dataIdNextNumber: number;
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   disposeData(dataId: object): boolean;
+  incRef(dataId: object): void;
   typedArrayFromHeap(info: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
   wasm: {
     cwrap(name: string, returns: null, args: string[]): (...args: unknown[]) => void;
@@ -40,19 +46,21 @@ type KernelArgs = {
   attrs?: Record<string, unknown>;
 };
 
-let installed: { batchMatMul: tf.KernelConfig; slice: tf.KernelConfig } | undefined;
+let installed: tf.KernelConfig[] | undefined;
 
-/** Replaces the wasm BatchMatMul and Slice kernels; idempotent. Returns false if not applicable. */
+/** Replaces the wasm BatchMatMul, Slice and Identity kernels; idempotent. Returns false if not applicable. */
 export function installWasmKernels(wasmVersion: string): boolean {
   if (installed) return true;
   if (!wasmVersion.startsWith('4.')) return false;
   const batchMatMul = tf.getKernel('BatchMatMul', 'wasm');
   const slice = tf.getKernel('Slice', 'wasm');
+  const identity = tf.getKernel('Identity', 'wasm');
   const transpose = tf.getKernel('Transpose', 'wasm');
-  if (!batchMatMul || !slice || !transpose) return false;
-  installed = { batchMatMul, slice };
+  if (!batchMatMul || !slice || !identity || !transpose) return false;
+  installed = [batchMatMul, slice, identity];
   replace(batchMatMul, fastBatchMatMul(batchMatMul.kernelFunc, transpose.kernelFunc));
   replace(slice, inPlaceSlice(slice.kernelFunc));
+  replace(identity, sharedIdentity(identity.kernelFunc));
   return true;
 }
 
@@ -63,7 +71,7 @@ export function wasmKernelsInstalled(): boolean {
 /** Puts the stock kernels back (for tests that compare the two). */
 export function uninstallWasmKernels(): void {
   if (!installed) return;
-  for (const stock of [installed.batchMatMul, installed.slice]) {
+  for (const stock of installed) {
     tf.unregisterKernel(stock.kernelName, 'wasm');
     tf.registerKernel(stock);
   }
@@ -150,6 +158,15 @@ function fastBatchMatMul(stock: tf.KernelFunc, transposeKernel: tf.KernelFunc): 
     if (left !== a) backend.disposeData(left.dataId);
     if (right !== b) backend.disposeData(right.dataId);
     return out;
+  };
+}
+
+function sharedIdentity(stock: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const x = (args as KernelArgs).inputs.x!;
+    if (x.dtype === 'string') return stock(args);
+    (args.backend as unknown as WasmBackend).incRef(x.dataId);
+    return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
   };
 }
 

@@ -32,7 +32,7 @@ function expectClose(a: Float32Array, b: Float32Array): void {
   expect(worst).toBeLessThan(1e-5);
 }
 
-describe('wasm kernels (BatchMatMul on XNNPACK per batch entry, Slice without copying its input)', () => {
+describe('wasm kernels (BatchMatMul on XNNPACK per batch entry, Slice and Identity without copies)', () => {
   beforeAll(async () => {
     expect(await selectBackend('wasm')).toBe('wasm');
   });
@@ -118,6 +118,18 @@ describe('wasm kernels (BatchMatMul on XNNPACK per batch entry, Slice without co
       ),
       { numRuns: 100 },
     );
+  });
+
+  it('a clone shares memory but outlives its source, and variables stay independent', () => {
+    const x = tf.tensor1d([1, 2, 3]);
+    const y = tf.clone(x);
+    x.dispose();
+    expect(Array.from(y.dataSync())).toEqual([1, 2, 3]);
+    const v = tf.variable(y);
+    v.assign(tf.tensor1d([4, 5, 6]));
+    expect(Array.from(y.dataSync())).toEqual([1, 2, 3]);
+    expect(Array.from(v.dataSync())).toEqual([4, 5, 6]);
+    tf.dispose([y, v]);
   });
 
   it('leave no tensors or XNNPACK views behind', () => {
