@@ -88,12 +88,19 @@ async function failure(promise: unknown): Promise<PreferenceScorerError> {
   throw new Error('expected the scorer to fail');
 }
 
+/**
+ * The timeout of tests whose server answers: far above any answer time, so that counted requests
+ * stay exact on a loaded machine (a 2 s timeout once fired there and the retry made a second
+ * request). Timeouts have their own test, with a server that hangs.
+ */
+const ANSWERED = 60_000;
+
 describe('httpPreferenceReward against a real HTTP server', () => {
   it('POSTs the contract and returns the score', async () => {
     const scorer = await serve((res, _n, body) =>
       json(res, 200, { score: (body as { completion: string }).completion.length / 10, model: 'rm-1' }),
     );
-    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: 2_000, retries: 2, backoffMs: 10 });
+    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 2, backoffMs: 10 });
     expect(reward.name).toBe('preference');
     await expect(reward.score(input('<answer>4</answer>'), live())).resolves.toBeCloseTo(1.8);
     expect(scorer.requests).toHaveLength(1);
@@ -117,7 +124,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
         scoreRollouts({
           rewards: [
             { fn: formatReward() },
-            { fn: httpPreferenceReward({ url: scorer.url, timeoutMs: 2_000 }), weight: 2 },
+            { fn: httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED }), weight: 2 },
           ],
           concurrency: 1,
           metrics,
@@ -141,7 +148,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
     const retried: string[] = [];
     const reward = httpPreferenceReward({
       url: scorer.url,
-      timeoutMs: 2_000,
+      timeoutMs: ANSWERED,
       retries: 2,
       backoffMs: 20,
       onRetry: (f, delay) => retried.push(`${f.attempt}:${f.status}:${delay >= 10 && delay <= 40}`),
@@ -153,7 +160,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
 
   it('gives up after the retries with every attempt in the message', async () => {
     const scorer = await serve((res) => json(res, 502, { error: 'bad gateway' }));
-    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: 2_000, retries: 1, backoffMs: 5 });
+    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 1, backoffMs: 5 });
     const error = await failure(reward.score(input('x'), live()));
     expect(scorer.requests).toHaveLength(2);
     expect(error.attempts).toBe(2);
@@ -183,7 +190,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
 
   it('does not retry a 400, and says why', async () => {
     const scorer = await serve((res) => json(res, 400, { error: 'completion too long' }));
-    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: 2_000, retries: 3, backoffMs: 5 });
+    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 3, backoffMs: 5 });
     const error = await failure(reward.score(input('x'), live()));
     expect(scorer.requests).toHaveLength(1);
     expect(error.kind).toBe('http');
@@ -196,7 +203,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
 
   it('a response that fails the schema is an error naming the URL, the field and the status', async () => {
     const scorer = await serve((res, n) => json(res, 200, n === 1 ? { scor: 0.5 } : { score: 'high' }));
-    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: 2_000, retries: 2, backoffMs: 5 });
+    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 2, backoffMs: 5 });
     const missing = await failure(reward.score(input('x'), live()));
     expect(missing.kind).toBe('invalid_response');
     expect(missing.message).toMatch(
@@ -215,7 +222,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
       res.writeHead(200, { 'content-type': 'text/html' });
       res.end('<html>maintenance</html>');
     });
-    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: 2_000 });
+    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED });
     const error = await failure(reward.score(input('x'), live()));
     expect(error.message).toMatch(
       /invalid response \(HTTP 200, text\/html\): not JSON \(.*\): "<html>maintenance/,
@@ -224,7 +231,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
 
   it('an already-aborted signal stops at once, before any request', async () => {
     const scorer = await serve((res) => json(res, 200, { score: 1 }));
-    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: 2_000, retries: 2 });
+    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 2 });
     const controller = new AbortController();
     controller.abort(new Error('preference timed out after 5000 ms'));
     const started = performance.now();
@@ -242,7 +249,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
     const controller = new AbortController();
     // The request has arrived and waits for its answer when the stage gives up on it.
     const scorer = await serve(() => controller.abort(new Error('preference timed out after 5000 ms')));
-    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: 5_000, retries: 2, backoffMs: 5 });
+    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 2, backoffMs: 5 });
     const started = performance.now();
     const error = await failure(reward.score(input('x'), controller.signal));
     expect(performance.now() - started).toBeLessThan(4_000);
@@ -257,7 +264,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
   it('a refused connection is a network error with its cause, retried', async () => {
     const scorer = await serve(() => {});
     await scorer.close();
-    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: 2_000, retries: 1, backoffMs: 5 });
+    const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 1, backoffMs: 5 });
     const error = await failure(reward.score(input('x'), live()));
     expect(error.kind).toBe('network');
     expect(error.attempts).toBe(2);
