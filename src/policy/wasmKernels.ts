@@ -1,6 +1,7 @@
 /**
- * Faster versions of two kernels of the WebAssembly backend (tfjs-backend-wasm 4.x), installed by
- * `selectBackend('wasm')`. Both compute exactly what the stock kernels compute; only the path differs.
+ * Faster versions of three kernels of the WebAssembly backend (tfjs-backend-wasm 4.x), installed by
+ * `selectBackend('wasm')`. Each computes what the stock kernel computes; only the path differs (a
+ * matmul's sums may round differently, as XNNPACK's already do for the unbatched case).
  *
  * BatchMatMul. The stock kernel hands a matmul to XNNPACK only when it has no transpose flag and a
  * batch of 1; anything else (every attention matmul, and the gradients tfjs writes with transpose
@@ -64,6 +65,7 @@ export function installWasmKernels(wasmVersion: string): boolean {
   return true;
 }
 
+/** Whether rxrl's kernels are in place of the stock ones. */
 export function wasmKernelsInstalled(): boolean {
   return installed !== undefined;
 }
