@@ -1,0 +1,87 @@
+/**
+ * rxrl's replaced wasm kernels (src/policy/wasmKernels.ts) against tfjs-backend-wasm's stock ones, in
+ * one process: `npx tsx bench/kernels.ts [--rounds 5] [--sizes 1m]`.
+ *
+ * Each round times one learner step (the real Learner: forward, GRPO loss, backward, clipping, AdamW on
+ * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 64 new tokens) with
+ * the stock kernels, then with rxrl's (after a warm-up call each), and takes the ratio within the
+ * round; the median over rounds is reported, because this machine's speed swings several-fold.
+ */
+import { parseArgs } from 'node:util';
+import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
+import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
+import { Learner } from '../src/learner/learner.ts';
+import { makeGradientBatch } from '../src/operators/toGradientBatches.ts';
+import { selectBackend } from '../src/policy/backend.ts';
+import { GPT } from '../src/policy/gpt.ts';
+import { sample } from '../src/policy/sampler.ts';
+import { installWasmKernels, uninstallWasmKernels } from '../src/policy/wasmKernels.ts';
+
+const { values } = parseArgs({
+  options: { rounds: { type: 'string', default: '5' }, size: { type: 'string', default: '128:4:4' } },
+});
+const rounds = Number(values.rounds);
+const [dModel, nLayers, nHeads] = values.size.split(':').map(Number) as [number, number, number];
+if (!(rounds >= 1) || ![dModel, nLayers, nHeads].every((n) => Number.isInteger(n) && n > 0)) {
+  throw new Error(`usage: --rounds <n >= 1> --size d:layers:heads (got ${values.rounds}, ${values.size})`);
+}
+
+await selectBackend('wasm');
+const VOCAB = 102;
+const model = new GPT({ vocabSize: VOCAB, contextLength: 160, dModel, nLayers, nHeads, seed: 1 });
+const learner = new Learner(model, { loss: DEFAULT_GRPO_LOSS, learningRate: { peak: 1e-4 }, maxGradNorm: 1 });
+const batch = makeGradientBatch(
+  Array.from({ length: 16 }, (_, b) => {
+    const ids = Array.from({ length: 128 }, (_, t) => ((b * 128 + t) * 31) % VOCAB);
+    return {
+      rolloutId: `bench/${b}`,
+      groupId: 'bench',
+      promptTokenIds: ids.slice(0, 16),
+      completionTokenIds: ids.slice(16),
+      behaviourLogProbs: ids.slice(16).map(() => -Math.log(VOCAB)),
+      advantage: b % 2 === 0 ? 1 : -1,
+      policyVersion: 0,
+      finishReason: 'length' as const,
+    };
+  }),
+);
+const prompts = Array.from({ length: 16 }, (_, b) =>
+  Array.from({ length: 10 + (b % 7) }, (_, i) => ((i * 7 + b) % (VOCAB - 1)) + 1),
+);
+const sampling = { maxNewTokens: 64, temperature: 1, eosId: -1, seed: 1 };
+
+const tasks = {
+  'learner step, 16 x 128 tokens': { tokens: 16 * 128, run: () => void learner.train(batch) },
+  'KV-cache sampling, 16 x 64 tokens': { tokens: 16 * 64, run: () => sample(model, prompts, sampling) },
+};
+
+async function timed(run: () => unknown): Promise<number> {
+  await run(); // warm-up: the first call after switching kernels
+  const start = performance.now();
+  await run();
+  return performance.now() - start;
+}
+
+console.log(`wasm, d=${dModel} layers=${nLayers} heads=${nHeads}, ${model.parameterCount()} parameters`);
+for (const [name, task] of Object.entries(tasks)) {
+  const ratios: number[] = [];
+  for (let round = 0; round < rounds; round++) {
+    uninstallWasmKernels();
+    const stock = await timed(task.run);
+    installWasmKernels(version_wasm);
+    const replaced = await timed(task.run);
+    ratios.push(stock / replaced);
+    const rate = (ms: number) => Math.round((task.tokens / ms) * 1000);
+    console.log(
+      `  ${name}, round ${round + 1}: stock ${rate(stock)} tok/s, rxrl ${rate(replaced)} tok/s: ` +
+        `${(stock / replaced).toFixed(2)}x`,
+    );
+  }
+  ratios.sort((a, b) => a - b);
+  console.log(
+    `${name}: rxrl's kernels ${ratios[Math.floor(ratios.length / 2)]!.toFixed(2)}x the stock kernels ` +
+      `(median of ${rounds} rounds; ${ratios[0]!.toFixed(2)} to ${ratios[ratios.length - 1]!.toFixed(2)})`,
+  );
+}
+learner.dispose();
+model.dispose();
