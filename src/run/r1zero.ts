@@ -13,7 +13,7 @@ import { toGradientBatches } from '../operators/toGradientBatches.ts';
 import { selectBackend, type BackendRequest } from '../policy/backend.ts';
 import { loadCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
-import { StalenessAdmission } from '../scheduling/admission.ts';
+import { nextRoundPrompts, StalenessAdmission } from '../scheduling/admission.ts';
 import type { Topology } from '../topology/topology.ts';
 import { evaluate, type EvalResult } from './evaluate.ts';
 import { ensureBaseModel, modelConfig } from './pretrain.ts';
@@ -235,7 +235,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const window = new RolloutWindow();
   const dataOrder = new DataOrder(runtime.train, topology.seed);
   let done = state.version >= totalSteps;
-  let roundsSinceStep = 0;
+  /** Samples generated since the last optimiser step (dynamic sampling's budget). */
+  let samplesSinceStep = 0;
   let stopGeneration: () => void = () => undefined;
   const generationStopped = new Promise<void>((resolve) => (stopGeneration = resolve));
 
@@ -252,7 +253,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           batch,
         });
         trainedSamples.inc(batch.samples.length);
-        roundsSinceStep = 0;
+        samplesSinceStep = 0;
         let trainedCursor = state.trainedCursor;
         for (const s of batch.samples) {
           trainedCursor = Math.max(trainedCursor, (cursorOf.get(s.groupId) ?? -1) + 1);
@@ -333,13 +334,14 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const finished = lastValueFrom(pipeline, { defaultValue: undefined });
 
   // --- generation: as far ahead as the admission control allows ------------------------------
+  const round = { eta, groupSize: G, promptsPerStep: P };
   const generation = (async () => {
     while (!done) {
-      if (admission.capacity < B) {
+      if (nextRoundPrompts(admission.capacity, round) === 0) {
         await Promise.race([
           new Promise<void>((resolve) => {
             const sub = admission.capacity$.subscribe((c) => {
-              if (c >= B || done) {
+              if (nextRoundPrompts(c, round) > 0 || done) {
                 queueMicrotask(() => sub.unsubscribe());
                 resolve();
               }
@@ -349,22 +351,24 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
         ]);
         continue;
       }
-      const prompts = Array.from({ length: P }, (_, i) => {
+      const n = nextRoundPrompts(admission.capacity, round);
+      const prompts = Array.from({ length: n }, (_, i) => {
         const { example, epoch } = dataOrder.at(cursor + i);
         const prompt = runtime.prompt(example, `@${epoch}`);
         cursorOf.set(prompt.id, cursor + i);
         return prompt;
       });
       const seed = topology.seed * 7919 + cursor;
-      cursor += P;
-      if (++roundsSinceStep > g.maxGenerationRounds) {
+      cursor += n;
+      samplesSinceStep += n * G;
+      if (samplesSinceStep > g.maxGenerationRounds * B) {
         throw new Error(
-          `dynamic sampling: ${g.maxGenerationRounds} rounds of ${B} samples did not fill one batch, because ` +
+          `dynamic sampling: ${g.maxGenerationRounds} rounds' worth of samples (${g.maxGenerationRounds * B}) did not fill one batch of ${B}, because ` +
             'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
             'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
         );
       }
-      admission.started(B);
+      admission.started(n * G);
       const reply = await generator.request<Extract<GeneratorReply, { type: 'rollouts' }>>({
         type: 'generate',
         prompts,
@@ -372,7 +376,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
         sampling: topology.sampling,
         seed,
       });
-      admission.finished(B);
+      admission.finished(n * G);
       generated.inc(reply.rollouts.length);
       window.generated(reply.tokens, reply.seconds);
       for (const r of reply.rollouts) rollouts.next(r);

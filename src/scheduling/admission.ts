@@ -88,3 +88,20 @@ export class StalenessAdmission {
     this.subject.next(this.compute());
   }
 }
+
+/**
+ * How many prompts (of `groupSize` samples each) the next generation round may take, given the
+ * admission's capacity: 0 means wait. A round is `promptsPerStep` prompts when the capacity allows.
+ * With eta = 0 a step may need fewer: once dynamic sampling has dropped groups from a partly filled
+ * batch, the capacity is exactly the samples the batch lacks, and waiting for a whole round would wait
+ * forever (the learner cannot step on a short batch), so the round tops the batch up. With eta >= 1
+ * the capacity is at least a whole step whenever the batch is short, and rounds stay whole.
+ */
+export function nextRoundPrompts(
+  capacity: number,
+  { eta, groupSize, promptsPerStep }: { eta: number; groupSize: number; promptsPerStep: number },
+): number {
+  const smallest = eta === 0 ? 1 : promptsPerStep;
+  const fits = Math.min(promptsPerStep, Math.floor(capacity / groupSize));
+  return fits >= smallest ? fits : 0;
+}

@@ -5,7 +5,7 @@ import type { BatchSample } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
 import { boundedStaleness } from '../../src/operators/boundedStaleness.ts';
 import { makeGradientBatch, toBatchSample } from '../../src/operators/toGradientBatches.ts';
-import { StalenessAdmission } from '../../src/scheduling/admission.ts';
+import { nextRoundPrompts, StalenessAdmission } from '../../src/scheduling/admission.ts';
 import { advantaged } from '../fixtures.ts';
 
 const newScheduler = () => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
@@ -121,6 +121,45 @@ describe('StalenessAdmission', () => {
         a.setVersion(version);
       }
       expect(maxStaleness, `eta ${eta}`).toBeLessThanOrEqual(eta);
+    }
+  });
+
+  it('with dynamic sampling dropping groups, generation rounds keep filling batches for every eta', () => {
+    const G = 4;
+    const P = 3;
+    const B = G * P;
+    for (const eta of [0, 1, 2]) {
+      const a = new StalenessAdmission({ eta, samplesPerStep: B, maxConcurrent: B * (eta + 1) });
+      let pending = 0; // kept samples waiting for a batch
+      let steps = 0;
+      let group = 0;
+      let smallRounds = 0;
+      for (let iteration = 0; iteration < 500 && steps < 20; iteration++) {
+        const n = nextRoundPrompts(a.capacity, { eta, groupSize: G, promptsPerStep: P });
+        if (n === 0) {
+          // Waiting is only right while a full batch can be trained, which moves the version on.
+          expect(pending, `eta ${eta}: waiting with a short batch would wait forever`).toBeGreaterThanOrEqual(
+            B,
+          );
+        } else {
+          if (n < P) smallRounds++;
+          a.started(n * G);
+          a.finished(n * G);
+          for (let i = 0; i < n; i++) {
+            if (group++ % 3 === 0)
+              a.discarded(G); // every third group scores the same for all its samples
+            else pending += G;
+          }
+        }
+        while (pending >= B) {
+          pending -= B;
+          steps++;
+          a.setVersion(steps);
+        }
+      }
+      expect(steps, `eta ${eta}`).toBe(20);
+      if (eta > 0) expect(smallRounds, `eta ${eta}: rounds stay whole`).toBe(0);
+      else expect(smallRounds).toBeGreaterThan(0);
     }
   });
 

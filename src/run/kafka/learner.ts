@@ -34,7 +34,7 @@ import { toGradientBatches } from '../../operators/toGradientBatches.ts';
 import { selectBackend } from '../../policy/backend.ts';
 import { loadCheckpoint } from '../../policy/checkpoint.ts';
 import { CharTokenizer } from '../../policy/tokenizer.ts';
-import { StalenessAdmission } from '../../scheduling/admission.ts';
+import { nextRoundPrompts, StalenessAdmission } from '../../scheduling/admission.ts';
 import { createKafka } from '../../transport/kafka/client.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { decodeMessage, kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
@@ -444,7 +444,8 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     const trainedSamples = metrics.counter('samples.trained');
     const runEnded = droppedSamples('run_ended');
     const window = new RolloutWindow();
-    let roundsSinceStep = 0;
+    /** Prompts' samples published since the last optimiser step (dynamic sampling's budget). */
+    let samplesSinceStep = 0;
     const staleByGroup = new Map<string, number>();
     const claimed = new Set<string>();
 
@@ -508,7 +509,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           });
           decide('trained');
           trainedSamples.inc(batch.samples.length);
-          roundsSinceStep = 0;
+          samplesSinceStep = 0;
           state.version = reply.version;
           // Throughput as the learner receives them: completion tokens of scored samples per second.
           const rollout = window.take();
@@ -591,11 +592,11 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     }, 1_000);
 
     // --- prompts: as far ahead as the admission control allows -----------------------------------------
-    const publishRound = () =>
+    const publishRound = (n: number) =>
       lock.run(async () => {
         const prompts: Prompt[] = [];
         const at = Date.now();
-        while (prompts.length < P) {
+        while (prompts.length < n) {
           const c = cursor++;
           if (published.delete(c)) continue;
           const { example, epoch } = dataOrder.at(c);
@@ -607,28 +608,31 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           prompts.push(prompt);
           pending.set(prompt.id, { cursor: c, publishedAt: at, indices: new Set(), deliveries: [] });
         }
-        admission.started(B);
-        admission.finished(B);
+        admission.started(n * G);
+        admission.finished(n * G);
         await Promise.all(
           prompts.map((p) => publisher.publish(topics.prompts, 'Prompt', p, recordKey('Prompt', p, run))),
         );
         state.prompts.published += prompts.length;
         publishedPrompts.inc(prompts.length);
       });
+    const round = { eta, groupSize: G, promptsPerStep: P };
     const publishing = (async () => {
       while (!done) {
-        if (admission.capacity < B) {
+        const n = nextRoundPrompts(admission.capacity, round);
+        if (n === 0) {
           await Promise.race([admission$.wait(), stopChanges.wait()]);
           continue;
         }
-        if (++roundsSinceStep > g.maxGenerationRounds) {
+        samplesSinceStep += n * G;
+        if (samplesSinceStep > g.maxGenerationRounds * B) {
           throw new Error(
-            `dynamic sampling: ${g.maxGenerationRounds} rounds of ${B} samples did not fill one batch, because ` +
+            `dynamic sampling: ${g.maxGenerationRounds} rounds' worth of samples (${g.maxGenerationRounds * B}) did not fill one batch of ${B}, because ` +
               'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
               'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
           );
         }
-        await publishRound();
+        await publishRound(n);
       }
     })();
     publishing.catch(fail);
