@@ -4,8 +4,8 @@
  *
  * Each round times one learner step (the real Learner: forward, GRPO loss, backward, clipping, AdamW on
  * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 64 new tokens) with
- * the stock kernels, then with rxrl's (after a warm-up call each), and takes the ratio within the
- * round; the median over rounds is reported, because this machine's speed swings several-fold.
+ * the stock kernels and with rxrl's (after a warm-up call each; the order flips each round), and takes
+ * the ratio within the round; the median over rounds is reported, because this machine's speed swings several-fold.
  */
 import { parseArgs } from 'node:util';
 import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
@@ -66,10 +66,16 @@ console.log(`wasm, d=${dModel} layers=${nLayers} heads=${nHeads}, ${model.parame
 for (const [name, task] of Object.entries(tasks)) {
   const ratios: number[] = [];
   for (let round = 0; round < rounds; round++) {
-    uninstallWasmKernels();
-    const stock = await timed(task.run);
-    installWasmKernels(version_wasm);
-    const replaced = await timed(task.run);
+    // The order flips each round, so a machine speeding up or slowing down favours neither side.
+    const times = { stock: 0, replaced: 0 };
+    for (const side of round % 2 === 0
+      ? (['stock', 'replaced'] as const)
+      : (['replaced', 'stock'] as const)) {
+      if (side === 'stock') uninstallWasmKernels();
+      else installWasmKernels(version_wasm);
+      times[side] = await timed(task.run);
+    }
+    const { stock, replaced } = times;
     ratios.push(stock / replaced);
     const rate = (ms: number) => Math.round((task.tokens / ms) * 1000);
     console.log(
