@@ -13,7 +13,7 @@ import { toGradientBatches } from '../operators/toGradientBatches.ts';
 import { selectBackend, type BackendRequest } from '../policy/backend.ts';
 import { loadCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
-import { nextRoundPrompts, StalenessAdmission } from '../scheduling/admission.ts';
+import { dynamicSamplingExhausted, nextRoundPrompts, StalenessAdmission } from '../scheduling/admission.ts';
 import type { Topology } from '../topology/topology.ts';
 import { evaluate, type EvalResult } from './evaluate.ts';
 import { ensureBaseModel, modelConfig } from './pretrain.ts';
@@ -362,11 +362,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       cursor += n;
       samplesSinceStep += n * G;
       if (samplesSinceStep > g.maxGenerationRounds * B) {
-        throw new Error(
-          `dynamic sampling: ${g.maxGenerationRounds} rounds' worth of samples (${g.maxGenerationRounds * B}) did not fill one batch of ${B}, because ` +
-            'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
-            'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
-        );
+        throw dynamicSamplingExhausted(g.maxGenerationRounds, B);
       }
       admission.started(n * G);
       const reply = await generator.request<Extract<GeneratorReply, { type: 'rollouts' }>>({

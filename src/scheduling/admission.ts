@@ -105,3 +105,12 @@ export function nextRoundPrompts(
   const fits = Math.min(promptsPerStep, Math.floor(capacity / groupSize));
   return fits >= smallest ? fits : 0;
 }
+
+/** Dynamic sampling gave up: `maxRounds` rounds' worth of samples did not fill one batch of `batchSize`. */
+export function dynamicSamplingExhausted(maxRounds: number, batchSize: number): Error {
+  return new Error(
+    `dynamic sampling: ${maxRounds} rounds' worth of samples (${maxRounds * batchSize}) did not fill one batch of ${batchSize}, because ` +
+      'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
+      'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
+  );
+}

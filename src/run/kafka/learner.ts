@@ -34,7 +34,11 @@ import { toGradientBatches } from '../../operators/toGradientBatches.ts';
 import { selectBackend } from '../../policy/backend.ts';
 import { loadCheckpoint } from '../../policy/checkpoint.ts';
 import { CharTokenizer } from '../../policy/tokenizer.ts';
-import { nextRoundPrompts, StalenessAdmission } from '../../scheduling/admission.ts';
+import {
+  dynamicSamplingExhausted,
+  nextRoundPrompts,
+  StalenessAdmission,
+} from '../../scheduling/admission.ts';
 import { createKafka } from '../../transport/kafka/client.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { decodeMessage, kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
@@ -626,11 +630,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
         }
         samplesSinceStep += n * G;
         if (samplesSinceStep > g.maxGenerationRounds * B) {
-          throw new Error(
-            `dynamic sampling: ${g.maxGenerationRounds} rounds' worth of samples (${g.maxGenerationRounds * B}) did not fill one batch of ${B}, because ` +
-              'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
-              'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
-          );
+          throw dynamicSamplingExhausted(g.maxGenerationRounds, B);
         }
         await publishRound(n);
       }
