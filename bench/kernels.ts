@@ -9,9 +9,9 @@
  */
 import { parseArgs } from 'node:util';
 import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
+import { ascending, BENCH_BATCH, learnerBatch, median } from './common.ts';
 import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
 import { Learner } from '../src/learner/learner.ts';
-import { makeGradientBatch } from '../src/operators/toGradientBatches.ts';
 import { selectBackend } from '../src/policy/backend.ts';
 import { GPT } from '../src/policy/gpt.ts';
 import { sample } from '../src/policy/sampler.ts';
@@ -30,28 +30,17 @@ await selectBackend('wasm');
 const VOCAB = 102;
 const model = new GPT({ vocabSize: VOCAB, contextLength: 160, dModel, nLayers, nHeads, seed: 1 });
 const learner = new Learner(model, { loss: DEFAULT_GRPO_LOSS, learningRate: { peak: 1e-4 }, maxGradNorm: 1 });
-const batch = makeGradientBatch(
-  Array.from({ length: 16 }, (_, b) => {
-    const ids = Array.from({ length: 128 }, (_, t) => ((b * 128 + t) * 31) % VOCAB);
-    return {
-      rolloutId: `bench/${b}`,
-      groupId: 'bench',
-      promptTokenIds: ids.slice(0, 16),
-      completionTokenIds: ids.slice(16),
-      behaviourLogProbs: ids.slice(16).map(() => -Math.log(VOCAB)),
-      advantage: b % 2 === 0 ? 1 : -1,
-      policyVersion: 0,
-      finishReason: 'length' as const,
-    };
-  }),
-);
+const batch = learnerBatch({ ...BENCH_BATCH, vocab: VOCAB });
 const prompts = Array.from({ length: 16 }, (_, b) =>
   Array.from({ length: 10 + (b % 7) }, (_, i) => ((i * 7 + b) % (VOCAB - 1)) + 1),
 );
 const sampling = { maxNewTokens: 64, temperature: 1, eosId: -1, seed: 1 };
 
 const tasks = {
-  'learner step, 16 x 128 tokens': { tokens: 16 * 128, run: () => void learner.train(batch) },
+  [`learner step, ${BENCH_BATCH.rows} x ${BENCH_BATCH.length} tokens`]: {
+    tokens: BENCH_BATCH.rows * BENCH_BATCH.length,
+    run: () => void learner.train(batch),
+  },
   'KV-cache sampling, 16 x 64 tokens': { tokens: 16 * 64, run: () => sample(model, prompts, sampling) },
 };
 
@@ -83,9 +72,9 @@ for (const [name, task] of Object.entries(tasks)) {
         `${(stock / replaced).toFixed(2)}x`,
     );
   }
-  ratios.sort((a, b) => a - b);
+  ratios.sort(ascending);
   console.log(
-    `${name}: rxrl's kernels ${ratios[Math.floor(ratios.length / 2)]!.toFixed(2)}x the stock kernels ` +
+    `${name}: rxrl's kernels ${median(ratios).toFixed(2)}x the stock kernels ` +
       `(median of ${rounds} rounds; ${ratios[0]!.toFixed(2)} to ${ratios[ratios.length - 1]!.toFixed(2)})`,
   );
 }

@@ -36,10 +36,9 @@ import { createInterface } from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
-import type { BatchSample, GradientBatch } from '../schemas/index.ts';
+import { ascending, BENCH_BATCH, learnerBatch, median, sortTiming, time, type Timing } from './common.ts';
 import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
 import { Learner, type LearnerConfig } from '../src/learner/learner.ts';
-import { makeGradientBatch } from '../src/operators/toGradientBatches.ts';
 import { selectBackend, type BackendKind, type BackendRequest } from '../src/policy/backend.ts';
 import { GPT } from '../src/policy/gpt.ts';
 import { sample, sampleFullForward, type SampleOptions } from '../src/policy/sampler.ts';
@@ -58,11 +57,9 @@ const runs = positiveInt('runs', values.runs);
 const fullRuns = values['full-runs'] === '0' ? 0 : positiveInt('full-runs', values['full-runs']);
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const BATCH = 16;
+const { rows: BATCH, promptLength: PROMPT_LENGTH, length: TRAIN_LENGTH } = BENCH_BATCH;
 const NEW_TOKENS = 128;
 const CONTEXT = 160;
-const PROMPT_LENGTH = 16;
-const TRAIN_LENGTH = 128;
 const MLP_RATIO = 4;
 const LEARNING_RATE = 1e-4;
 const MAX_GRAD_NORM = 1;
@@ -98,14 +95,7 @@ function positiveInt(name: string, text: string): number {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Timing.
-
-interface Timing {
-  /** Wall times of the runs in ms, fastest first. */
-  wall: number[];
-  /** CPU time (user + system) of this process in each run, least first. */
-  cpu: number[];
-}
+// Rates.
 
 interface Rate {
   /** Tokens per second of the median run (wall time). */
@@ -114,29 +104,6 @@ interface Rate {
   /** Tokens per CPU-second of this process, median run. */
   perCpu: number;
 }
-
-/** Times `n` calls of `f` after one warm-up call of `warmUp` (default `f`). */
-async function time(
-  n: number,
-  f: () => Promise<unknown> | unknown,
-  warmUp: () => Promise<unknown> | unknown = f,
-): Promise<Timing> {
-  await warmUp();
-  const wall: number[] = [];
-  const cpu: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const start = performance.now();
-    const startCpu = process.cpuUsage();
-    await f();
-    const used = process.cpuUsage(startCpu);
-    wall.push(performance.now() - start);
-    cpu.push((used.user + used.system) / 1000);
-  }
-  const ascending = (a: number, b: number): number => a - b;
-  return { wall: wall.sort(ascending), cpu: cpu.sort(ascending) };
-}
-
-const median = (xs: readonly number[]): number => xs[Math.floor(xs.length / 2)]!;
 
 function rate({ wall, cpu }: Timing, tokens: number): Rate {
   const perSecond = (ms: number): number => (tokens / ms) * 1000;
@@ -202,29 +169,6 @@ const sampleOptions: SampleOptions = {
   seed: 1,
 };
 
-/**
- * BATCH rows of TRAIN_LENGTH tokens, (i * 31) % vocab, PROMPT_LENGTH of them prompt; behaviour
- * log-probs -log(vocab) (a fresh model's, near uniform), advantages +1 / -1 alternately.
- * bench/torch/policy_bench.py builds the same rows.
- */
-function learnerBatch(): GradientBatch {
-  const samples: BatchSample[] = Array.from({ length: BATCH }, (_, b) => {
-    const ids = Array.from({ length: TRAIN_LENGTH }, (_, t) => ((b * TRAIN_LENGTH + t) * 31) % VOCAB);
-    const completion = ids.slice(PROMPT_LENGTH);
-    return {
-      rolloutId: `bench/${b}`,
-      groupId: 'bench',
-      promptTokenIds: ids.slice(0, PROMPT_LENGTH),
-      completionTokenIds: completion,
-      behaviourLogProbs: completion.map(() => -Math.log(VOCAB)),
-      advantage: b % 2 === 0 ? 1 : -1,
-      policyVersion: 0,
-      finishReason: 'length',
-    };
-  });
-  return makeGradientBatch(samples);
-}
-
 const learnerConfig: LearnerConfig = {
   loss: DEFAULT_GRPO_LOSS,
   learningRate: { peak: LEARNING_RATE },
@@ -256,7 +200,12 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
   }
 
   const learner = new Learner(model, learnerConfig);
-  const batch = learnerBatch();
+  const batch = learnerBatch({
+    rows: BATCH,
+    length: TRAIN_LENGTH,
+    promptLength: PROMPT_LENGTH,
+    vocab: VOCAB,
+  });
   let tokens = 0;
   const tfjsStep = (): void => {
     const [r] = learner.train(batch);
@@ -291,12 +240,10 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
       }
       ratios.push(tfjsWall / torchWall);
     }
-    const ascending = (a: number, b: number): number => a - b;
-    for (const t of [tfjsTimes, torchTimes]) [t.wall, t.cpu].forEach((xs) => xs.sort(ascending));
-    step = rate(tfjsTimes, trainTokens);
+    step = rate(sortTiming(tfjsTimes), trainTokens);
     torch = {
       version: server.version,
-      oneThread: rate(torchTimes, trainTokens),
+      oneThread: rate(sortTiming(torchTimes), trainTokens),
       ratios: ratios.sort(ascending),
     };
     if (availableParallelism() > 1) {
@@ -307,8 +254,7 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
         many.wall.push(t.wall_ms);
         many.cpu.push(t.cpu_ms);
       }
-      [many.wall, many.cpu].forEach((xs) => xs.sort(ascending));
-      torch.allThreads = rate(many, trainTokens);
+      torch.allThreads = rate(sortTiming(many), trainTokens);
     }
     server.close();
   } else {

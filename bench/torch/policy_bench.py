@@ -92,8 +92,8 @@ class GPT(torch.nn.Module):
 
 
 def make_batch(vocab, batch, prompt_length, train_length):
-    """The same rows bench/policy.ts builds: ids (i * 31) % vocab, behaviour log-probs -log(vocab),
-    advantages alternating +1 / -1."""
+    """The same rows bench/common.ts builds (learnerBatch): ids (i * 31) % vocab, behaviour
+    log-probs -log(vocab), advantages alternating +1 / -1."""
     ids = (torch.arange(batch * train_length) * 31 % vocab).view(batch, train_length)
     mask = torch.zeros(batch, train_length)
     mask[:, prompt_length:] = 1
