@@ -1,5 +1,5 @@
 /**
- * Faster versions of three kernels of the WebAssembly backend (tfjs-backend-wasm 4.x), installed by
+ * Faster versions of four kernels of the WebAssembly backend (tfjs-backend-wasm 4.x), installed by
  * `selectBackend('wasm')`. Each computes what the stock kernel computes; only the path differs (a
  * matmul's sums may round differently, as XNNPACK's already do for the unbatched case).
  *
@@ -12,8 +12,12 @@
  * unregisters the views, which also frees the XNNPACK operator cached on them.
  *
  * Slice. The stock kernel reads its input with `readSync`, which copies the whole input out of the
- * wasm heap for every slice (tf.split of a [2048, 384] activation copied it once per piece). This
- * kernel reads the input in place, as the stock kernel already does for its output.
+ * wasm heap for every slice. This kernel reads the input in place, as the stock kernel already does
+ * for its output.
+ *
+ * SplitV. The stock kernel calls the stock Slice function directly (not through the kernel
+ * registry), once per piece, so tf.split of a [2048, 384] activation (the attention's q, k, v) still
+ * copied all of it out of the heap three times. This one slices each piece with the Slice above.
  *
  * Identity. The stock kernel copies its input; tf.clone runs it, and so does every tensor a
  * tf.customGrad op saves for its gradient (GPT's layers save their activations: a copy of each per
@@ -49,18 +53,21 @@ type KernelArgs = {
 
 let installed: tf.KernelConfig[] | undefined;
 
-/** Replaces the wasm BatchMatMul, Slice and Identity kernels; idempotent. Returns false if not applicable. */
+/** Replaces the wasm BatchMatMul, Slice, SplitV and Identity kernels; idempotent. Returns false if not applicable. */
 export function installWasmKernels(wasmVersion: string): boolean {
   if (installed) return true;
   if (!wasmVersion.startsWith('4.')) return false;
   const batchMatMul = tf.getKernel('BatchMatMul', 'wasm');
   const slice = tf.getKernel('Slice', 'wasm');
+  const splitV = tf.getKernel('SplitV', 'wasm');
   const identity = tf.getKernel('Identity', 'wasm');
   const transpose = tf.getKernel('Transpose', 'wasm');
-  if (!batchMatMul || !slice || !identity || !transpose) return false;
-  installed = [batchMatMul, slice, identity];
+  if (!batchMatMul || !slice || !splitV || !identity || !transpose) return false;
+  installed = [batchMatMul, slice, splitV, identity];
   replace(batchMatMul, fastBatchMatMul(batchMatMul.kernelFunc, transpose.kernelFunc));
-  replace(slice, inPlaceSlice(slice.kernelFunc));
+  const fastSlice = inPlaceSlice(slice.kernelFunc);
+  replace(slice, fastSlice);
+  replace(splitV, splitBySlices(fastSlice));
   replace(identity, sharedIdentity(identity.kernelFunc));
   return true;
 }
@@ -189,6 +196,28 @@ function inPlaceSlice(stock: tf.KernelFunc): tf.KernelFunc {
     const xVals = backend.typedArrayFromHeap(x);
     copySlice(xVals, x.shape, outVals, begin, size);
     return out;
+  };
+}
+
+/** SplitV as the stock kernel computes it (pieces along one axis), each piece cut by `slice`. */
+function splitBySlices(slice: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs, backend } = args as KernelArgs;
+    const x = inputs.x!;
+    const [axis] = tf.util.parseAxisParam(attrs!.axis as number | number[], x.shape);
+    const sizes = tf.backend_util.prepareSplitSize(
+      x as unknown as tf.Tensor,
+      attrs!.numOrSizeSplits as number | number[],
+      axis!,
+    );
+    const begin = new Array<number>(x.shape.length).fill(0);
+    return sizes.map((s) => {
+      const size = [...x.shape];
+      size[axis!] = s;
+      const piece = slice({ inputs: { x }, attrs: { begin: [...begin], size }, backend } as never);
+      begin[axis!]! += s;
+      return piece as tf.TensorInfo;
+    });
   };
 }
 

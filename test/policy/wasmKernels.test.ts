@@ -32,7 +32,7 @@ function expectClose(a: Float32Array, b: Float32Array): void {
   expect(worst).toBeLessThan(1e-5);
 }
 
-describe('wasm kernels (BatchMatMul on XNNPACK per batch entry, Slice and Identity without copies)', () => {
+describe('wasm kernels (BatchMatMul on XNNPACK per batch entry, Slice, SplitV and Identity without copies)', () => {
   beforeAll(async () => {
     expect(await selectBackend('wasm')).toBe('wasm');
   });
@@ -114,6 +114,48 @@ describe('wasm kernels (BatchMatMul on XNNPACK per batch entry, Slice and Identi
             ),
           );
           expect(Array.from(fast)).toEqual(Array.from(stock));
+        },
+      ),
+      { numRuns: 100 },
+    );
+  });
+
+  it('splits into equal or given sizes along any axis equal the stock kernel', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 6 }), { minLength: 1, maxLength: 4 }).chain((shape) =>
+          fc.tuple(fc.constant(shape), fc.integer({ min: 0, max: shape.length - 1 })).chain(([s, axis]) =>
+            fc.tuple(
+              fc.constant(s),
+              fc.constant(axis),
+              // Either a count that divides the axis, or explicit sizes summing to it.
+              fc.oneof(
+                fc.constantFrom(...[1, 2, 3, 6].filter((n) => s[axis]! % n === 0)),
+                fc
+                  .array(fc.integer({ min: 1, max: s[axis]! }), { minLength: 1, maxLength: 3 })
+                  .map((sizes) => {
+                    const head = sizes.slice(0, -1).reduce((a, b) => a + b, 0);
+                    return head < s[axis]! ? [...sizes.slice(0, -1), s[axis]! - head] : [s[axis]!];
+                  }),
+              ),
+            ),
+          ),
+        ),
+        ([shape, axis, split]) => {
+          const n = shape.reduce((a, b) => a * b, 1);
+          const x = () =>
+            tf.tensor(
+              Array.from({ length: n }, (_, i) => i),
+              shape,
+            );
+          const pieces = () => tf.split(x(), split, axis);
+          const [stock, fast] = stockAndFast(() => tf.concat(pieces().map((p) => p.flatten())));
+          expect(Array.from(fast)).toEqual(Array.from(stock));
+          const shapes = tf.tidy(() => pieces().map((p) => p.shape));
+          uninstallWasmKernels();
+          const stockShapes = tf.tidy(() => pieces().map((p) => p.shape));
+          installWasmKernels(version_wasm);
+          expect(shapes).toEqual(stockShapes);
         },
       ),
       { numRuns: 100 },
