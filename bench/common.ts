@@ -74,3 +74,34 @@ export async function time(
   }
   return sortTiming(t);
 }
+
+export interface Steadiness {
+  /** Share of the wall time in which a fixed loop ran at its best speed: 1 on a steady machine. */
+  delivered: number;
+  /** The longest single pass of the loop, in ms (its best pass takes about 1.5 ms). */
+  worstMs: number;
+}
+
+/**
+ * How steadily this machine runs a CPU-bound loop right now: a fixed pure-JS loop is timed pass by
+ * pass for `ms`; delivered = (best pass x passes) / wall time. Virtual machines that the host
+ * pauses show it well below 1 (on this project's 2-core machines it has read 0.4, with single
+ * pauses of up to 400 ms), and every figure measured meanwhile is slowed by as much.
+ */
+export function steadiness(ms = 2000): Steadiness {
+  const passes: number[] = [];
+  let sink = 0;
+  const start = performance.now();
+  while (performance.now() - start < ms) {
+    const t = performance.now();
+    for (let i = 0; i < 2_000_000; i++) sink += i * 1e-9;
+    passes.push(performance.now() - t);
+  }
+  if (sink < 0) throw new Error('unreachable');
+  const best = Math.min(...passes);
+  const total = passes.reduce((a, b) => a + b, 0);
+  return { delivered: (best * passes.length) / total, worstMs: Math.max(...passes) };
+}
+
+export const describeSteadiness = ({ delivered, worstMs }: Steadiness): string =>
+  `machine steadiness: a CPU-bound loop ran at ${Math.round(delivered * 100)}% of its best speed (longest pause-hit pass ${Math.round(worstMs)} ms)`;

@@ -9,7 +9,7 @@
  */
 import { parseArgs } from 'node:util';
 import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
-import { ascending, BENCH_BATCH, learnerBatch, median } from './common.ts';
+import { ascending, BENCH_BATCH, describeSteadiness, learnerBatch, median, steadiness } from './common.ts';
 import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
 import { Learner } from '../src/learner/learner.ts';
 import { selectBackend } from '../src/policy/backend.ts';
@@ -51,6 +51,7 @@ async function timed(run: () => unknown): Promise<number> {
   return performance.now() - start;
 }
 
+console.log(describeSteadiness(steadiness()));
 console.log(`wasm, d=${dModel} layers=${nLayers} heads=${nHeads}, ${model.parameterCount()} parameters`);
 for (const [name, task] of Object.entries(tasks)) {
   const ratios: number[] = [];
@@ -78,5 +79,6 @@ for (const [name, task] of Object.entries(tasks)) {
       `(median of ${rounds} rounds; ${ratios[0]!.toFixed(2)} to ${ratios[ratios.length - 1]!.toFixed(2)})`,
   );
 }
+console.log(describeSteadiness(steadiness()));
 learner.dispose();
 model.dispose();

@@ -36,7 +36,17 @@ import { createInterface } from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
-import { ascending, BENCH_BATCH, learnerBatch, median, sortTiming, time, type Timing } from './common.ts';
+import {
+  ascending,
+  BENCH_BATCH,
+  describeSteadiness,
+  learnerBatch,
+  median,
+  sortTiming,
+  steadiness,
+  time,
+  type Timing,
+} from './common.ts';
 import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
 import { Learner, type LearnerConfig } from '../src/learner/learner.ts';
 import { selectBackend, type BackendKind, type BackendRequest } from '../src/policy/backend.ts';
@@ -444,6 +454,8 @@ class TorchServer {
 // ---------------------------------------------------------------------------------------------
 // Run everything, then the summary.
 
+const steadyBefore = steadiness();
+console.log(describeSteadiness(steadyBefore));
 const results: TfjsResult[] = [];
 const skipped: string[] = [];
 const torchErrors: string[] = [];
@@ -552,4 +564,5 @@ for (const r of wasm) {
     );
   }
 }
+console.log(`\nbefore: ${describeSteadiness(steadyBefore)}\nafter:  ${describeSteadiness(steadiness())}`);
 if (skipped.length > 0) console.log(`\nbackends skipped:\n  ${skipped.join('\n  ')}`);
