@@ -1,13 +1,19 @@
 /**
  * rxrl's replaced wasm kernels (src/policy/wasmKernels.ts) against tfjs-backend-wasm's stock ones, in
- * one process: `npx tsx bench/kernels.ts [--rounds 5] [--sizes 1m]`.
+ * one process: `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
  *
  * Each round times one learner step (the real Learner: forward, GRPO loss, backward, clipping, AdamW on
  * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 64 new tokens) with
  * the stock kernels and with rxrl's (after a warm-up call each; the order flips each round), and takes
  * the ratio within the round; the median over rounds is reported, because this machine's speed swings several-fold.
+ *
+ * --breakdown then times every kernel call of `rounds` learner steps (rxrl's kernels), keyed by kernel and
+ * input shapes, and prints the sum of the per-key medians beside the wall time: a host pause lands in
+ * few calls of a key and moves its median little, so that sum is close to what a step costs on a
+ * machine that is not paused; the gap to the wall time is pauses plus tfjs's own JS (tape, engine).
  */
 import { parseArgs } from 'node:util';
+import * as tf from '@tensorflow/tfjs';
 import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
 import { ascending, BENCH_BATCH, describeSteadiness, learnerBatch, median, steadiness } from './common.ts';
 import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
@@ -18,7 +24,11 @@ import { sample } from '../src/policy/sampler.ts';
 import { installWasmKernels, uninstallWasmKernels } from '../src/policy/wasmKernels.ts';
 
 const { values } = parseArgs({
-  options: { rounds: { type: 'string', default: '5' }, size: { type: 'string', default: '128:4:4' } },
+  options: {
+    rounds: { type: 'string', default: '5' },
+    size: { type: 'string', default: '128:4:4' },
+    breakdown: { type: 'boolean', default: false },
+  },
 });
 const rounds = Number(values.rounds);
 const [dModel, nLayers, nHeads] = values.size.split(':').map(Number) as [number, number, number];
@@ -79,6 +89,73 @@ for (const [name, task] of Object.entries(tasks)) {
       `(median of ${rounds} rounds; ${ratios[0]!.toFixed(2)} to ${ratios[ratios.length - 1]!.toFixed(2)})`,
   );
 }
+if (values.breakdown) breakdown();
 console.log(describeSteadiness(steadiness()));
 learner.dispose();
 model.dispose();
+
+/** Times each kernel call of `rounds` learner steps; see the file's comment. */
+function breakdown(): void {
+  installWasmKernels(version_wasm);
+  const calls = new Map<string, number[]>();
+  const wrapped = tf.getKernelsForBackend('wasm');
+  for (const kernel of wrapped) {
+    const { kernelFunc } = kernel;
+    tf.unregisterKernel(kernel.kernelName, 'wasm');
+    tf.registerKernel({
+      kernelName: kernel.kernelName,
+      backendName: 'wasm',
+      kernelFunc: (args) => {
+        const start = performance.now();
+        const out = kernelFunc(args);
+        const ms = performance.now() - start;
+        const shapes = Object.values(args.inputs)
+          .filter((t) => t !== undefined)
+          .map((t) => `[${t.shape.join(',')}]`);
+        const key = `${kernel.kernelName} ${shapes.join(' ')}`;
+        const times = calls.get(key) ?? [];
+        times.push(ms);
+        calls.set(key, times);
+        return out;
+      },
+    });
+  }
+  learner.train(batch);
+  calls.clear();
+  const start = performance.now();
+  for (let i = 0; i < rounds; i++) learner.train(batch);
+  const wall = (performance.now() - start) / rounds;
+  for (const kernel of wrapped) {
+    tf.unregisterKernel(kernel.kernelName, 'wasm');
+    tf.registerKernel({ kernelName: kernel.kernelName, backendName: 'wasm', kernelFunc: kernel.kernelFunc });
+  }
+  const byKey = [...calls].map(([key, times]) => {
+    const sorted = [...times].sort(ascending);
+    const perStep = times.length / rounds;
+    return {
+      key,
+      perStep,
+      median: median(sorted) * perStep,
+      total: times.reduce((a, b) => a + b, 0) / rounds,
+    };
+  });
+  const sum = (f: (r: (typeof byKey)[number]) => number) => byKey.reduce((a, r) => a + f(r), 0);
+  const medians = sum((r) => r.median);
+  const tokens = BENCH_BATCH.rows * BENCH_BATCH.length;
+  console.log(
+    `\nlearner step breakdown (${rounds} steps): wall ${wall.toFixed(0)} ms, kernel calls ${sum((r) => r.perStep)} ` +
+      `taking ${sum((r) => r.total).toFixed(0)} ms, of which per-call medians add up to ${medians.toFixed(0)} ms ` +
+      `(${Math.round((tokens / medians) * 1000)} tok/s of kernel time)`,
+  );
+  const byName = new Map<string, { calls: number; ms: number }>();
+  for (const r of byKey) {
+    const name = r.key.split(' ')[0]!;
+    const entry = byName.get(name) ?? { calls: 0, ms: 0 };
+    entry.calls += r.perStep;
+    entry.ms += r.median;
+    byName.set(name, entry);
+  }
+  for (const [name, { calls: n, ms }] of [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, 12)) {
+    console.log(`  ${name.padEnd(16)} ${String(n).padStart(5)} calls ${ms.toFixed(1).padStart(8)} ms`);
+  }
+}
