@@ -85,8 +85,8 @@ export interface Steadiness {
 /**
  * How steadily this machine runs a CPU-bound loop right now: a fixed pure-JS loop is timed pass by
  * pass for `ms`; delivered = (best pass x passes) / wall time. Virtual machines that the host
- * pauses show it well below 1 (on this project's 2-core machines it has read 0.4, with single
- * pauses of up to 400 ms), and every figure measured meanwhile is slowed by as much.
+ * pauses show it well below 1 (on this project's 2-core machines it has read 0.15 to 0.4, with
+ * single pauses of up to 600 ms), and every figure measured meanwhile is slowed by as much.
  */
 export function steadiness(ms = 2000): Steadiness {
   const passes: number[] = [];
