@@ -17,7 +17,15 @@
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
-import { ascending, BENCH_BATCH, describeSteadiness, learnerBatch, median, steadiness } from './common.ts';
+import {
+  ascending,
+  BENCH_BATCH,
+  describeSteadiness,
+  learnerBatch,
+  median,
+  steadiness,
+  time,
+} from './common.ts';
 import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
 import { Learner } from '../src/learner/learner.ts';
 import { selectBackend } from '../src/policy/backend.ts';
@@ -56,13 +64,6 @@ const tasks = {
   'KV-cache sampling, 16 x 64 tokens': { tokens: 16 * 64, run: () => sample(model, prompts, sampling) },
 };
 
-async function timed(run: () => unknown): Promise<number> {
-  await run(); // warm-up: the first call after switching kernels
-  const start = performance.now();
-  await run();
-  return performance.now() - start;
-}
-
 console.log(describeSteadiness(steadiness()));
 console.log(`wasm, d=${dModel} layers=${nLayers} heads=${nHeads}, ${model.parameterCount()} parameters`);
 for (const [name, task] of Object.entries(tasks)) {
@@ -75,7 +76,8 @@ for (const [name, task] of Object.entries(tasks)) {
       : (['replaced', 'stock'] as const)) {
       if (side === 'stock') uninstallWasmKernels();
       else installWasmKernels(version_wasm);
-      times[side] = await timed(task.run);
+      // One warm-up call (the first after switching kernels), then one timed call.
+      times[side] = (await time(1, task.run)).wall[0]!;
     }
     const { stock, replaced } = times;
     ratios.push(stock / replaced);
