@@ -13,7 +13,7 @@ import { toGradientBatches } from '../operators/toGradientBatches.ts';
 import { selectBackend, type BackendRequest } from '../policy/backend.ts';
 import { loadCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
-import { dynamicSamplingExhausted, nextRoundPrompts, StalenessAdmission } from '../scheduling/admission.ts';
+import { DynamicSamplingBudget, nextRoundPrompts, StalenessAdmission } from '../scheduling/admission.ts';
 import type { Topology } from '../topology/topology.ts';
 import { evaluate, type EvalResult } from './evaluate.ts';
 import { ensureBaseModel, modelConfig } from './pretrain.ts';
@@ -235,8 +235,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const window = new RolloutWindow();
   const dataOrder = new DataOrder(runtime.train, topology.seed);
   let done = state.version >= totalSteps;
-  /** Samples generated since the last optimiser step (dynamic sampling's budget). */
-  let samplesSinceStep = 0;
+  const budget = new DynamicSamplingBudget(g.maxGenerationRounds, B);
   let stopGeneration: () => void = () => undefined;
   const generationStopped = new Promise<void>((resolve) => (stopGeneration = resolve));
 
@@ -253,7 +252,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           batch,
         });
         trainedSamples.inc(batch.samples.length);
-        samplesSinceStep = 0;
+        budget.stepped();
         let trainedCursor = state.trainedCursor;
         for (const s of batch.samples) {
           trainedCursor = Math.max(trainedCursor, (cursorOf.get(s.groupId) ?? -1) + 1);
@@ -360,10 +359,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       });
       const seed = topology.seed * 7919 + cursor;
       cursor += n;
-      samplesSinceStep += n * G;
-      if (samplesSinceStep > g.maxGenerationRounds * B) {
-        throw dynamicSamplingExhausted(g.maxGenerationRounds, B);
-      }
+      budget.spend(n * G);
       admission.started(n * G);
       const reply = await generator.request<Extract<GeneratorReply, { type: 'rollouts' }>>({
         type: 'generate',

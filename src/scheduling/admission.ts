@@ -106,11 +106,34 @@ export function nextRoundPrompts(
   return fits >= smallest ? fits : 0;
 }
 
-/** Dynamic sampling gave up: `maxRounds` rounds' worth of samples did not fill one batch of `batchSize`. */
-export function dynamicSamplingExhausted(maxRounds: number, batchSize: number): Error {
-  return new Error(
-    `dynamic sampling: ${maxRounds} rounds' worth of samples (${maxRounds * batchSize}) did not fill one batch of ${batchSize}, because ` +
-      'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
-      'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
-  );
+/**
+ * Dynamic sampling's budget (DAPO): the samples whose generation started since the last optimiser step.
+ * Groups that all scored the same are dropped and replaced by more rounds; once `maxRounds` rounds' worth
+ * (maxRounds x batchSize samples) have started without filling a batch, the run gives up with an error
+ * that says why, instead of generating forever.
+ */
+export class DynamicSamplingBudget {
+  private sinceStep = 0;
+
+  constructor(
+    private readonly maxRounds: number,
+    private readonly batchSize: number,
+  ) {}
+
+  /** A round of `samples` is about to start. Throws if that spends more than the budget. */
+  spend(samples: number): void {
+    this.sinceStep += samples;
+    if (this.sinceStep > this.maxRounds * this.batchSize) {
+      throw new Error(
+        `dynamic sampling: ${this.maxRounds} rounds' worth of samples (${this.maxRounds * this.batchSize}) did not fill one batch of ${this.batchSize}, because ` +
+          'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
+          'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
+      );
+    }
+  }
+
+  /** The learner took an optimiser step: the budget starts over. */
+  stepped(): void {
+    this.sinceStep = 0;
+  }
 }

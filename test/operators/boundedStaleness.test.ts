@@ -5,7 +5,11 @@ import type { BatchSample } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
 import { boundedStaleness } from '../../src/operators/boundedStaleness.ts';
 import { makeGradientBatch, toBatchSample } from '../../src/operators/toGradientBatches.ts';
-import { nextRoundPrompts, StalenessAdmission } from '../../src/scheduling/admission.ts';
+import {
+  DynamicSamplingBudget,
+  nextRoundPrompts,
+  StalenessAdmission,
+} from '../../src/scheduling/admission.ts';
 import { advantaged } from '../fixtures.ts';
 
 const newScheduler = () => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
@@ -171,5 +175,20 @@ describe('StalenessAdmission', () => {
     a.finished(2);
     a.setVersion(1);
     expect(seen).toEqual([2, 0, 2]);
+  });
+});
+
+describe('DynamicSamplingBudget', () => {
+  it('allows maxRounds batches of samples between steps, then names the problem and the settings to change', () => {
+    const budget = new DynamicSamplingBudget(3, 8);
+    for (let i = 0; i < 6; i++) budget.spend(4); // 24 = 3 rounds' worth
+    expect(() => budget.spend(1)).toThrow(
+      /3 rounds' worth of samples \(24\) did not fill one batch of 8.*grpo.dynamicSampling.*grpo.maxGenerationRounds/,
+    );
+    const again = new DynamicSamplingBudget(3, 8);
+    again.spend(20);
+    again.stepped();
+    again.spend(24);
+    expect(() => again.spend(1)).toThrow(/did not fill one batch/);
   });
 });

@@ -34,11 +34,7 @@ import { toGradientBatches } from '../../operators/toGradientBatches.ts';
 import { selectBackend } from '../../policy/backend.ts';
 import { loadCheckpoint } from '../../policy/checkpoint.ts';
 import { CharTokenizer } from '../../policy/tokenizer.ts';
-import {
-  dynamicSamplingExhausted,
-  nextRoundPrompts,
-  StalenessAdmission,
-} from '../../scheduling/admission.ts';
+import { DynamicSamplingBudget, nextRoundPrompts, StalenessAdmission } from '../../scheduling/admission.ts';
 import { createKafka } from '../../transport/kafka/client.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { decodeMessage, kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
@@ -448,8 +444,8 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     const trainedSamples = metrics.counter('samples.trained');
     const runEnded = droppedSamples('run_ended');
     const window = new RolloutWindow();
-    /** Prompts' samples published since the last optimiser step (dynamic sampling's budget). */
-    let samplesSinceStep = 0;
+    /** Prompts' samples published since the last optimiser step. */
+    const budget = new DynamicSamplingBudget(g.maxGenerationRounds, B);
     const staleByGroup = new Map<string, number>();
     const claimed = new Set<string>();
 
@@ -513,7 +509,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           });
           decide('trained');
           trainedSamples.inc(batch.samples.length);
-          samplesSinceStep = 0;
+          budget.stepped();
           state.version = reply.version;
           // Throughput as the learner receives them: completion tokens of scored samples per second.
           const rollout = window.take();
@@ -628,10 +624,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           await Promise.race([admission$.wait(), stopChanges.wait()]);
           continue;
         }
-        samplesSinceStep += n * G;
-        if (samplesSinceStep > g.maxGenerationRounds * B) {
-          throw dynamicSamplingExhausted(g.maxGenerationRounds, B);
-        }
+        budget.spend(n * G);
         await publishRound(n);
       }
     })();
