@@ -86,8 +86,14 @@ export async function ensureBaseModel(options: {
     { ...(options.metrics ? { metrics: options.metrics } : {}), metricPrefix: 'pretrain' },
   );
   const rand = seededUniform(topology.seed + 1);
+  const drill = topology.pretrain.drill ?? 0;
   for (let step = 1; step <= topology.pretrain.steps; step++) {
     const batch: SftExample[] = Array.from({ length: topology.pretrain.batchSize }, () => {
+      // Drawn only when the corpus has drill, so the rows of a corpus without it stay as they were.
+      if (drill > 0 && rand() < drill) {
+        const text = runtime.drillDocument!(rand, config.contextLength - 1);
+        return { tokens: [...tokenizer.encode(text), tokenizer.eosId], lossStart: 0 };
+      }
       const example = runtime.train[Math.floor(rand() * runtime.train.length)]!;
       const prompt = tokenizer.encode(runtime.prompt(example).text);
       const completion = tokenizer.encode(corpus!(example, rand));

@@ -15,7 +15,12 @@ import { httpPreferenceReward } from '../rewards/preference.ts';
 import { loadPreferenceModel, type PreferenceModel } from '../rewards/preferenceModel.ts';
 import { arithmeticExamples } from '../tasks/arithmetic.ts';
 import { codeExamples } from '../tasks/code.ts';
-import { noisyAdditionCompletion, noisyCountdownCompletion, reasoningAlphabet } from '../tasks/corpus.ts';
+import {
+  countdownDrill,
+  noisyAdditionCompletion,
+  noisyCountdownCompletion,
+  reasoningAlphabet,
+} from '../tasks/corpus.ts';
 import { countdownExamples } from '../tasks/countdown.ts';
 import { loadJsonlExamples } from '../tasks/jsonl.ts';
 import { toPrompt, type TaskExample } from '../tasks/task.ts';
@@ -34,6 +39,8 @@ export interface TaskRuntime {
   alphabet: string;
   /** A noisy pretraining document (the completion text) for an example, or undefined if the task has none. */
   corpusCompletion?: (example: TaskExample, rand: () => number) => string;
+  /** A pretraining row of bare arithmetic (no question) of at most maxChars characters, if the task has one. */
+  drillDocument?: (rand: () => number, maxChars: number) => string;
   /** The answer normalised for majority voting ("0.50" and "1/2" vote together). */
   voteKey(completion: string): string | null;
 }
@@ -78,6 +85,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
   let train: TaskExample[];
   let test: TaskExample[];
   let corpusCompletion: TaskRuntime['corpusCompletion'];
+  let drillDocument: TaskRuntime['drillDocument'];
   let correctness: RewardFunction;
   switch (task.kind) {
     case 'arithmetic': {
@@ -104,6 +112,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
         const noise = { solveRate: pretrain.solveRate ?? 0.3, brokenFormat: pretrain.brokenFormat };
         return noisyCountdownCompletion(numbers, target, rand, noise);
       };
+      drillDocument = (rand, maxChars) => countdownDrill(rand, task, maxChars);
       break;
     case 'code':
       train = codeExamples('train', data.trainPrompts, seed);
@@ -134,6 +143,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
     prompt,
     alphabet: [...chars].sort().join(''),
     ...(corpusCompletion ? { corpusCompletion } : {}),
+    ...(drillDocument ? { drillDocument } : {}),
     voteKey: (completion) => {
       const answer = extractAnswer(completion);
       if (answer === null) return null;

@@ -113,6 +113,15 @@ export const Topology = z
           .optional()
           .describe('Countdown corpus: probability that a document reaches the target (default 0.3).'),
         brokenFormat: z.number().min(0).max(1),
+        drill: z
+          .number()
+          .min(0)
+          .max(1)
+          .optional()
+          .describe(
+            'Countdown corpus: share of pretraining rows that are arithmetic drill (the steps of random ' +
+              'attempts, "7*10=70,70/2=35,...", no question) instead of task documents (default 0).',
+          ),
         reasoningLanguages: z
           .object({ en: z.number().min(0).optional(), zh: z.number().min(0).optional() })
           .strict()
@@ -198,6 +207,10 @@ export function defineTopology(t: TopologyInput): Topology {
   )
     throw new Error(
       'Topology: pretrain.reasoningLanguages words the addition corpus; it needs task { kind: "arithmetic", operations: ["+"] }',
+    );
+  if ((topo.pretrain.drill ?? 0) > 0 && task.kind !== 'countdown')
+    throw new Error(
+      `Topology: pretrain.drill mixes Countdown arithmetic into the corpus; it needs task { kind: "countdown" }, not "${task.kind}"`,
     );
   return topo;
 }

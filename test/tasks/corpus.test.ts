@@ -8,6 +8,7 @@ import {
   columnStep,
   correctAdditionCompletion,
   countdownChains,
+  countdownDrill,
   noisyAdditionCompletion,
   noisyCountdownCompletion,
   reasoningAlphabet,
@@ -265,5 +266,36 @@ describe('Countdown pretraining corpus', () => {
     expect(solved / examples.length).toBeGreaterThan(0.2);
     expect(solved / examples.length).toBeLessThan(0.45);
     expect(formatted / examples.length).toBeCloseTo(0.8, 1);
+  });
+
+  it('drill rows are right arithmetic on numbers in range, fill the row, and follow the seed', () => {
+    fc.assert(
+      fc.property(fc.integer(), fc.integer({ min: 20, max: 200 }), (seed, maxChars) => {
+        const text = countdownDrill(seededUniform(seed), { numbers: 3, maxNumber: 10 }, maxChars);
+        expect(countdownDrill(seededUniform(seed), { numbers: 3, maxNumber: 10 }, maxChars)).toBe(text);
+        expect(text.length).toBeLessThanOrEqual(maxChars);
+        // The next step would not have fitted: a step is at most "1000/10=100" (11 characters) here.
+        expect(text.length).toBeGreaterThan(maxChars - 12);
+        const steps = text.split(',');
+        for (const step of steps) {
+          const m = /^(-?\d+)([-+*/])(\d+)=(-?\d+)$/.exec(step);
+          expect(m, step).not.toBeNull();
+          const [a, op, b, c] = [Number(m![1]), m![2], Number(m![3]), Number(m![4])];
+          expect(b).toBeGreaterThanOrEqual(1);
+          expect(b).toBeLessThanOrEqual(10);
+          expect(op === '+' ? a + b : op === '-' ? a - b : op === '*' ? a * b : a / b).toBe(c);
+        }
+      }),
+      { numRuns: 30 },
+    );
+  });
+
+  it('drill is for Countdown only', () => {
+    expect(() => defineTopology({ ...base, pretrain: { ...base.pretrain, drill: 0.5 } })).toThrow(
+      /pretrain.drill mixes Countdown arithmetic into the corpus; it needs task \{ kind: "countdown" \}, not "arithmetic"/,
+    );
+    expect(
+      defineTopology({ ...countdown, pretrain: { ...countdown.pretrain, drill: 0.5 } }).pretrain.drill,
+    ).toBe(0.5);
   });
 });
