@@ -399,5 +399,7 @@ function evalBrief(r: EvalResult) {
     /** null when no completion's chain of thought has words (pure arithmetic). */
     languageConsistency: r.languageConsistency,
     languageScored: r.languageScored,
+    /** Share of right arithmetic steps in the chains of thought; null when none is written. */
+    stepAccuracy: r.stepAccuracy,
   };
 }

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Prompt } from '../../schemas/index.ts';
+import { checkSteps } from '../eval/steps.ts';
 import { summarizeEval, type EvalSummary, type QuestionSamples } from '../eval/passAtK.ts';
 import { formatReward, languageConsistencyReward, type Language } from '../rewards/rewards.ts';
 import type { BackendRequest } from '../policy/backend.ts';
@@ -34,6 +35,11 @@ export interface EvalResult extends EvalSummary {
   languageConsistency: number | null;
   /** Share of samples the language-consistency score applies to (their chain of thought has words). */
   languageScored: number;
+  /**
+   * Share of the arithmetic steps written in the chains of thought ("7*10=70") that are right
+   * (checkSteps); null when no sample writes one.
+   */
+  stepAccuracy: number | null;
 }
 
 /**
@@ -68,6 +74,8 @@ export async function evaluate(
   const language = languageConsistencyReward(settings.language ?? 'en');
   let languageSum = 0;
   let languageScored = 0;
+  let steps = 0;
+  let rightSteps = 0;
   for (const [i, r] of reply.rollouts.entries()) {
     const q = questions[Math.floor(i / settings.k)]!;
     const input = {
@@ -86,6 +94,9 @@ export async function evaluate(
       languageScored++;
     }
     length += r.completionTokenIds.length;
+    const checked = checkSteps(r.completion);
+    steps += checked.steps;
+    rightSteps += checked.right;
   }
   // pass@k for k = 1, 2, 4, ... up to the samples per question, and k itself.
   const ks = [1];
@@ -97,6 +108,7 @@ export async function evaluate(
     meanLength: length / reply.rollouts.length,
     languageConsistency: languageScored > 0 ? languageSum / languageScored : null,
     languageScored: languageScored / reply.rollouts.length,
+    stepAccuracy: steps > 0 ? rightSteps / steps : null,
   };
 }
 

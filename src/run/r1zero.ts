@@ -214,6 +214,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     metrics.record('eval/completion_length', result.meanLength, step);
     if (result.languageConsistency !== null)
       metrics.record('eval/language_consistency', result.languageConsistency, step);
+    if (result.stepAccuracy !== null) metrics.record('eval/step_accuracy', result.stepAccuracy, step);
     emit({ kind: 'eval', step, result });
   };
   if (!resuming) await runEval(0);

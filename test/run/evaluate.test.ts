@@ -55,3 +55,24 @@ describe('evaluate: language consistency beside pass@1 and format', () => {
     expect(result.languageScored).toBe(0);
   });
 });
+
+describe('evaluate: step accuracy', () => {
+  it('is the share of right arithmetic steps over all samples, and null when none writes a step', async () => {
+    // Per question: two right steps, one right and one wrong, one wrong, and no steps at all.
+    const thinks = ['9+9=18,1+1+1=3', '9+9=18,1+1+1=4', '9+9=17', 'no working'];
+    const result = await evaluate(
+      scripted((q, i) => `<think>${thinks[i]}</think><answer>${sum(q)}</answer>`),
+      runtime,
+      settings,
+      1,
+    );
+    expect(result.stepAccuracy).toBeCloseTo(3 / 5, 12);
+    const none = await evaluate(
+      scripted((q) => `<answer>${sum(q)}</answer>`),
+      runtime,
+      settings,
+      1,
+    );
+    expect(none.stepAccuracy).toBeNull();
+  });
+});

@@ -74,6 +74,10 @@ export function registerEvalCommand(program: Command): void {
           console.log(
             `  language ${f(result.languageConsistency)} (share of chain-of-thought words in English, ${f(result.languageScored)} of the samples have words)`,
           );
+        if (result.stepAccuracy !== null)
+          console.log(
+            `  steps    ${f(result.stepAccuracy)} (share of the chain-of-thought arithmetic steps that are right)`,
+          );
       },
     );
 }

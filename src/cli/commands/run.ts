@@ -83,7 +83,8 @@ export function progressDisplay(options: { showKl: boolean } = { showKl: true })
           // On a terminal the bar redraws itself below the line.
           say(
             `eval @ step ${event.step}: pass@1 ${fmt(r.pass1, 3)}  cons@${r.samplesPerQuestion} ${fmt(r.consAtK, 3)}  format ${fmt(r.formatRate)}  length ${fmt(r.meanLength, 1)}` +
-              (r.languageConsistency !== null ? `  language ${fmt(r.languageConsistency)}` : ''),
+              (r.languageConsistency !== null ? `  language ${fmt(r.languageConsistency)}` : '') +
+              (r.stepAccuracy !== null ? `  steps ${fmt(r.stepAccuracy)}` : ''),
           );
           break;
         }
