@@ -1,0 +1,68 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import countdown from '../../pipelines/r1-zero-countdown.ts';
+import { selectBackend } from '../../src/policy/backend.ts';
+import { CharTokenizer } from '../../src/policy/tokenizer.ts';
+import { ensureBaseModel } from '../../src/run/pretrain.ts';
+import { taskRuntime, type TaskRuntime } from '../../src/run/taskRuntime.ts';
+import { defineTopology } from '../../src/topology/topology.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'rxrl-pretrain-'));
+beforeAll(() => selectBackend('wasm'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+/** Two steps of 8 rows on a tiny Countdown model, counting the rows each kind of document fills. */
+async function pretrain(drill: number, cacheDir: string) {
+  const topology = defineTopology({
+    ...countdown,
+    data: { trainPrompts: 50, testPrompts: 4 },
+    model: { contextLength: 128, dModel: 16, nLayers: 1, nHeads: 2 },
+    pretrain: { ...countdown.pretrain, steps: 2, batchSize: 8, drill },
+  });
+  const runtime = taskRuntime(topology);
+  const rows = { task: 0, drill: 0, drillChars: [] as number[] };
+  const counting: TaskRuntime = {
+    ...runtime,
+    corpusCompletion: (e, rand) => {
+      rows.task++;
+      return runtime.corpusCompletion!(e, rand);
+    },
+    drillDocument: (rand, maxChars) => {
+      rows.drill++;
+      rows.drillChars.push(maxChars);
+      return runtime.drillDocument!(rand, maxChars);
+    },
+  };
+  const tokenizer = new CharTokenizer(runtime.alphabet);
+  const base = await ensureBaseModel({ topology, runtime: counting, tokenizer, cacheDir });
+  base.model.dispose();
+  return { rows, cached: base.cached, dir: base.dir };
+}
+
+describe('ensureBaseModel', { timeout: 120_000 }, () => {
+  it('fills about the drill share of the rows with drill, each fitting the context with its EOS', async () => {
+    const none = await pretrain(0, join(root, 'a'));
+    expect(none.rows).toEqual({ task: 16, drill: 0, drillChars: [] });
+    const all = await pretrain(1, join(root, 'a'));
+    expect(all.rows.task).toBe(0);
+    expect(all.rows.drill).toBe(16);
+    expect(new Set(all.rows.drillChars)).toEqual(new Set([127]));
+    const half = await pretrain(0.5, join(root, 'a'));
+    expect(half.rows.task + half.rows.drill).toBe(16);
+    expect(half.rows.drill).toBeGreaterThan(2);
+    expect(half.rows.task).toBeGreaterThan(2);
+  });
+
+  it('caches the base model under a key that the drill share is part of', async () => {
+    const first = await pretrain(0.5, join(root, 'b'));
+    const again = await pretrain(0.5, join(root, 'b'));
+    expect([first.cached, again.cached]).toEqual([false, true]);
+    expect(again.dir).toBe(first.dir);
+    expect(again.rows).toEqual({ task: 0, drill: 0, drillChars: [] });
+    const other = await pretrain(0.25, join(root, 'b'));
+    expect(other.cached).toBe(false);
+    expect(other.dir).not.toBe(first.dir);
+  });
+});
