@@ -5,6 +5,12 @@
  *   logits = head(LN_f(block_L(...block_1(wte[ids] + wpe[positions]))))
  *   block(x) = x' + MLP(LN_2(x')),  x' = x + Attention(LN_1(x))      (pre-LayerNorm, GPT-2)
  *
+ * With `positionEncoding: 'rope'` there is no wpe: attention rotates each query and key by its
+ * position instead (RoPE, as Llama, Qwen and DeepSeek's models do), so q.k depends only on how far
+ * apart two tokens are, and whatever the model learns to read from the token two back works at every
+ * position. Learned absolute positions have to learn that at each position separately: a small model
+ * on Countdown, whose steps land at different positions in every document, did not.
+ *
  * The output head is untied from the token embedding: with a vocabulary of ~100 characters the
  * head is about 1% of the weights, and separate matrices keep both the one-hot embedding and the
  * head plain no-transpose matmuls (the fast path on wasm, below).
@@ -24,6 +30,13 @@ export const GPTConfig = z
     dModel: z.int().positive(),
     nLayers: z.int().positive(),
     nHeads: z.int().positive(),
+    positionEncoding: z
+      .enum(['learned', 'rope'])
+      .optional()
+      .describe(
+        "'learned' (default): a learned position embedding added to the input (GPT-2). " +
+          "'rope': queries and keys rotated by position (RoPE), so attention sees relative positions.",
+      ),
     mlpRatio: z
       .int()
       .positive()
@@ -161,13 +174,22 @@ export class GPT {
   /** Every weight by name, in a fixed order: what optimisers and checkpoints see. */
   readonly params: ReadonlyMap<string, tf.Variable>;
   readonly headDim: number;
+  /** RoPE's tables (constants, not weights), with positionEncoding 'rope'. */
+  private readonly rope: RopeTables | undefined;
 
   constructor(config: GPTConfig) {
     const parsed = GPTConfig.safeParse(config);
     if (!parsed.success) throw new Error(`GPT config is invalid: ${z.prettifyError(parsed.error)}`);
-    this.config = Object.freeze({ ...parsed.data, mlpRatio: parsed.data.mlpRatio ?? 4 });
+    this.config = Object.freeze({
+      ...parsed.data,
+      positionEncoding: parsed.data.positionEncoding ?? 'learned',
+      mlpRatio: parsed.data.mlpRatio ?? 4,
+    });
+    if (this.config.positionEncoding === 'rope' && this.config.dModel / this.config.nHeads < 2)
+      throw new Error('GPT config is invalid: RoPE needs at least 2 dimensions per head');
     this.headDim = this.config.dModel / this.config.nHeads;
     this.params = initialParams(this.config);
+    this.rope = this.config.positionEncoding === 'rope' ? ropeTables(this.config) : undefined;
   }
 
   /** Weights in creation order, for optimisers and tf.variableGrads. */
@@ -181,6 +203,7 @@ export class GPT {
 
   dispose(): void {
     for (const v of this.params.values()) v.dispose();
+    if (this.rope) tf.dispose([this.rope.cos, this.rope.sin, this.rope.rotateHalf]);
   }
 
   /**
@@ -262,7 +285,17 @@ export class GPT {
     const [B, T] = ids.shape;
     const flatIds = tf.reshape(ids, [B * T]);
     let x = embed(oneHotFloat(flatIds, vocabSize), this.p('wte')) as tf.Tensor2D;
-    if (positions) {
+    let rotation: Rotation | undefined;
+    if (this.rope) {
+      if (!positions && T > contextLength)
+        throw new Error(`GPT: sequence of ${T} tokens exceeds contextLength ${contextLength}`);
+      // cos and sin of every token's angles, [B*T, d].
+      const at = (table: tf.Tensor2D): tf.Tensor2D =>
+        positions
+          ? tf.matMul(oneHotFloat(tf.reshape(positions, [B * T]), contextLength), table)
+          : tf.tile(tf.slice(table, [0, 0], [T, dModel]), [B, 1]);
+      rotation = { cos: at(this.rope.cos), sin: at(this.rope.sin), rotateHalf: this.rope.rotateHalf };
+    } else if (positions) {
       const onePos = oneHotFloat(tf.reshape(positions, [B * T]), contextLength);
       x = tf.add(x, embed(onePos, this.p('wpe')));
     } else {
@@ -273,7 +306,7 @@ export class GPT {
     }
     const present: LayerKV[] = [];
     for (let l = 0; l < nLayers; l++) {
-      const attn = this.attention(l, this.norm(`h${l}.ln1`, x), B, T, bias, past?.[l]);
+      const attn = this.attention(l, this.norm(`h${l}.ln1`, x), B, T, bias, past?.[l], rotation);
       present.push(attn.kv);
       x = tf.add(x, attn.y);
       x = tf.add(x, this.mlp(l, this.norm(`h${l}.ln2`, x)));
@@ -297,6 +330,7 @@ export class GPT {
     T: number,
     bias: tf.Tensor4D,
     past: LayerKV | undefined,
+    rotation: Rotation | undefined,
   ): { y: tf.Tensor2D; kv: LayerKV } {
     const { dModel, nHeads } = this.config;
     const hd = this.headDim;
@@ -307,7 +341,12 @@ export class GPT {
       T === 1
         ? tf.reshape(t, [B, nHeads, 1, hd])
         : tf.transpose(tf.reshape(t, [B, T, nHeads, hd]), [0, 2, 1, 3]);
-    const [q, k, v] = tf.split(qkv, 3, 1).map(heads) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
+    // Not written back into split's array: tfjs's tape keeps that very array as the op's outputs, so
+    // replacing an entry would send the gradient of the rotated tensor straight into the split.
+    const [qIn, kIn, vIn] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+    const q = heads(rotation ? rotate(qIn, rotation) : qIn);
+    const k = heads(rotation ? rotate(kIn, rotation) : kIn);
+    const v = heads(vIn);
     const kAll = past ? tf.concat([past.k, k], 2) : k;
     const vAll = past ? tf.concat([past.v, v], 2) : v;
     // softmax(q k^T / sqrt(hd) + bias) v; the scale goes on q, the smaller tensor. These matmuls
@@ -344,7 +383,7 @@ function initialParams(c: Required<GPTConfig>): Map<string, tf.Variable> {
     params.set(name, ownVariable(tf.fill([size], value)));
   };
   normal('wte', [c.vocabSize, d]);
-  normal('wpe', [c.contextLength, d]);
+  if (c.positionEncoding === 'learned') normal('wpe', [c.contextLength, d]);
   for (let l = 0; l < c.nLayers; l++) {
     constant(`h${l}.ln1.g`, d, 1);
     constant(`h${l}.ln1.b`, d, 0);
@@ -363,6 +402,69 @@ function initialParams(c: Required<GPTConfig>): Map<string, tf.Variable> {
   constant('lnf.b', d, 0);
   normal('head', [d, c.vocabSize]);
   return params;
+}
+
+/** RoPE's constant tables: cos and sin of each position's angles [contextLength, d], and rotate-half [d, d]. */
+interface RopeTables {
+  cos: tf.Tensor2D;
+  sin: tf.Tensor2D;
+  rotateHalf: tf.Tensor2D;
+}
+
+/** The rotation of one forward pass: cos and sin [B*T, d] of each token's position. */
+type Rotation = { cos: tf.Tensor2D; sin: tf.Tensor2D; rotateHalf: tf.Tensor2D };
+
+/**
+ * RoPE (Su et al. 2021) in the rotate-half layout of GPT-NeoX and Llama: within each head, dimension
+ * j < hd/2 pairs with j + hd/2, and the pair turns by position x theta_j, theta_j = 10000^(-2j/hd).
+ * The tables repeat per head, so a [B*T, d] activation (heads side by side) is rotated in one go.
+ */
+function ropeTables(c: Required<GPTConfig>): RopeTables {
+  const d = c.dModel;
+  const hd = d / c.nHeads;
+  const half = Math.floor(hd / 2);
+  const cos = new Float32Array(c.contextLength * d).fill(1);
+  const sin = new Float32Array(c.contextLength * d);
+  for (let pos = 0; pos < c.contextLength; pos++) {
+    for (let h = 0; h < c.nHeads; h++) {
+      for (let j = 0; j < 2 * half; j++) {
+        const angle = pos * Math.pow(10000, (-2 * (j % half)) / hd);
+        cos[pos * d + h * hd + j] = Math.cos(angle);
+        sin[pos * d + h * hd + j] = Math.sin(angle);
+      }
+    }
+  }
+  // x @ rotateHalf = (-x2, x1) per head, for x = (x1, x2) its two halves (an odd last dimension stays put).
+  const rotateHalf = new Float32Array(d * d);
+  for (let h = 0; h < c.nHeads; h++) {
+    for (let j = 0; j < half; j++) {
+      const first = h * hd + j;
+      const second = first + half;
+      rotateHalf[second * d + first] = -1;
+      rotateHalf[first * d + second] = 1;
+    }
+  }
+  // Kept: a model built inside tf.tidy must not lose them when the tidy ends (its variables are safe).
+  return {
+    cos: tf.keep(tf.tensor2d(cos, [c.contextLength, d])),
+    sin: tf.keep(tf.tensor2d(sin, [c.contextLength, d])),
+    rotateHalf: tf.keep(tf.tensor2d(rotateHalf, [d, d])),
+  };
+}
+
+/**
+ * x @ r for a constant r: the gradient goes to x only (dy @ r^T), not to r, saving the [d, d] weight
+ * gradient matmul that matMulFast would compute.
+ */
+const constantMatMul = differentiable((x, r) => ({
+  value: tf.matMul(x, r),
+  save: [r],
+  gradient: (dy, [rs]) => [tf.matMul(dy, tf.transpose(rs!)), tf.zerosLike(rs!)],
+}));
+
+/** RoPE on a [B*T, d] query or key: x cos + rotateHalf(x) sin. */
+function rotate(x: tf.Tensor2D, { cos, sin, rotateHalf }: Rotation): tf.Tensor2D {
+  return tf.add(tf.mul(x, cos), tf.mul(constantMatMul(x, rotateHalf), sin));
 }
 
 /** Attention bias [1, 1, T, T]: 0 where key <= query, MASKED above the diagonal. */

@@ -91,6 +91,10 @@ export const Topology = z
         dModel: z.int().positive(),
         nLayers: z.int().positive(),
         nHeads: z.int().positive(),
+        positionEncoding: z
+          .enum(['learned', 'rope'])
+          .optional()
+          .describe("'learned' position embeddings (GPT-2, the default) or 'rope' (rotary, relative)."),
       })
       .strict(),
     pretrain: z

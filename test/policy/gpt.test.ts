@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { GPT, pickTokenLogProbs, tokenEntropy } from '../../src/policy/gpt.ts';
+import { causalBias, GPT, pickTokenLogProbs, tokenEntropy } from '../../src/policy/gpt.ts';
 import { TINY, tinyModel, useWasm } from './helpers.ts';
 
 beforeAll(useWasm);
@@ -34,15 +34,34 @@ function referenceLogits(model: GPT, tokens: tf.Tensor2D): tf.Tensor3D {
     );
   };
   const oneHot = tf.cast(tf.oneHot(tf.reshape(tokens, [-1]), V), 'float32');
-  const positions = tf.slice(P('wpe'), [0, 0], [T, d]);
-  let x = tf.reshape(tf.add(tf.reshape(tf.matMul(oneHot, P('wte')), [B, T, d]), positions), [B * T, d]);
+  const rope = model.config.positionEncoding === 'rope';
+  let x = tf.matMul(oneHot, P('wte'));
+  if (!rope) {
+    const positions = tf.slice(P('wpe'), [0, 0], [T, d]);
+    x = tf.reshape(tf.add(tf.reshape(x, [B, T, d]), positions), [B * T, d]);
+  }
+  // RoPE as the paper writes it: each pair (x_j, x_{j + hd/2}) of a head turned by t * 10000^(-2j/hd).
+  const half = hd / 2;
+  const angles = tf.outerProduct(
+    tf.range(0, T),
+    tf.pow(10000, tf.div(tf.mul(tf.range(0, half), -2), hd)) as tf.Tensor1D,
+  );
+  const [cos, sin] = [tf.cos(angles), tf.sin(angles)];
+  const turn = (t: tf.Tensor): tf.Tensor => {
+    const [x1, x2] = tf.split(t, 2, 3);
+    return tf.concat(
+      [tf.sub(tf.mul(x1!, cos), tf.mul(x2!, sin)), tf.add(tf.mul(x2!, cos), tf.mul(x1!, sin))],
+      3,
+    );
+  };
   const bias = tf.mul(tf.sub(1, tf.linalg.bandPart(tf.ones([T, T]), -1, 0)), -1e9);
   for (let l = 0; l < TINY.nLayers; l++) {
     const qkv = tf.add(tf.matMul(norm(x, `h${l}.ln1`), P(`h${l}.attn.wqkv`)), P(`h${l}.attn.bqkv`));
     const [q, k, v] = tf
       .split(qkv, 3, 1)
       .map((t) => tf.transpose(tf.reshape(t, [B, T, H, hd]), [0, 2, 1, 3]));
-    const att = tf.softmax(tf.add(tf.div(tf.matMul(q!, k!, false, true), Math.sqrt(hd)), bias));
+    const [qr, kr] = rope ? [turn(q!), turn(k!)] : [q!, k!];
+    const att = tf.softmax(tf.add(tf.div(tf.matMul(qr, kr, false, true), Math.sqrt(hd)), bias));
     const y = tf.reshape(tf.transpose(tf.matMul(att, v!), [0, 2, 1, 3]), [B * T, d]);
     x = tf.add(x, tf.add(tf.matMul(y, P(`h${l}.attn.wo`)), P(`h${l}.attn.bo`)));
     const hidden = tf.add(tf.matMul(norm(x, `h${l}.ln2`), P(`h${l}.mlp.w1`)), P(`h${l}.mlp.b1`));
@@ -75,25 +94,28 @@ describe('GPT', () => {
     [a, b, c].forEach((m) => m.dispose());
   });
 
-  it('forward and its gradients match the same network in stock tfjs ops', () => {
-    const model = tinyModel(3);
-    perturb(model);
-    const tokens = ids();
-    const weights = tf.randomNormal([2, 8, TINY.vocabSize], 0, 1, 'float32', 9);
-    const fast = tf.variableGrads(() => tf.sum(tf.mul(model.forward(tokens), weights)), model.variables());
-    const slow = tf.variableGrads(
-      () => tf.sum(tf.mul(referenceLogits(model, tokens), weights)),
-      model.variables(),
-    );
-    expect(fast.value.dataSync()[0]).toBeCloseTo(slow.value.dataSync()[0]!, 4);
-    for (const [name, variable] of model.params) {
-      const [g, r] = [fast.grads[variable.name]!, slow.grads[variable.name]!];
-      const scale = tf.max(tf.abs(r)).dataSync()[0]!;
-      const error = tf.max(tf.abs(tf.sub(g, r))).dataSync()[0]!;
-      expect(error / scale, name).toBeLessThan(1e-4);
-    }
-    model.dispose();
-  });
+  it.each(['learned', 'rope'] as const)(
+    'forward and its gradients match the same network in stock tfjs ops (%s positions)',
+    (positions) => {
+      const model = tinyModel(3, 1, positions);
+      perturb(model);
+      const tokens = ids();
+      const weights = tf.randomNormal([2, 8, TINY.vocabSize], 0, 1, 'float32', 9);
+      const fast = tf.variableGrads(() => tf.sum(tf.mul(model.forward(tokens), weights)), model.variables());
+      const slow = tf.variableGrads(
+        () => tf.sum(tf.mul(referenceLogits(model, tokens), weights)),
+        model.variables(),
+      );
+      expect(fast.value.dataSync()[0]).toBeCloseTo(slow.value.dataSync()[0]!, 4);
+      for (const [name, variable] of model.params) {
+        const [g, r] = [fast.grads[variable.name]!, slow.grads[variable.name]!];
+        const scale = tf.max(tf.abs(r)).dataSync()[0]!;
+        const error = tf.max(tf.abs(tf.sub(g, r))).dataSync()[0]!;
+        expect(error / scale, name).toBeLessThan(1e-4);
+      }
+      model.dispose();
+    },
+  );
 
   it('sequenceLogProbs picks log softmax(logits / T) of each next token, masked', () => {
     const model = tinyModel(4);
@@ -113,6 +135,32 @@ describe('GPT', () => {
       }
     }
     model.dispose();
+  });
+
+  it('with RoPE, attention sees only relative positions: the same tokens placed later give the same logits', () => {
+    const positionsFrom = (start: number) =>
+      tf.tensor2d(
+        [Array.from({ length: 8 }, (_, t) => start + t), Array.from({ length: 8 }, (_, t) => start + t)],
+        undefined,
+        'int32',
+      );
+    const logits = (model: GPT, start: number) =>
+      tf.tidy(() =>
+        model.run(ids(), { positions: positionsFrom(start), bias: causalBias(8) }).logits.arraySync(),
+      );
+    const rope = tinyModel(4, 1, 'rope');
+    perturb(rope);
+    const [at0, at13] = [logits(rope, 0), logits(rope, 13)];
+    const diff = (a: number[][], b: number[][]) =>
+      Math.max(...a.flatMap((row, i) => row.map((v, j) => Math.abs(v - b[i]![j]!))));
+    expect(diff(at0, at13)).toBeLessThan(1e-4);
+    // The same check fails with learned positions, which are absolute.
+    const learned = tinyModel(4, 1, 'learned');
+    perturb(learned);
+    expect(diff(logits(learned, 0), logits(learned, 13))).toBeGreaterThan(1e-3);
+    expect(rope.params.has('wpe')).toBe(false);
+    rope.dispose();
+    learned.dispose();
   });
 
   it('gradients of sequenceLogProbs reach every variable', () => {

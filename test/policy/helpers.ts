@@ -11,8 +11,8 @@ export const TINY = { vocabSize: 24, contextLength: 32, dModel: 32, nLayers: 2, 
  * A tiny model; `sharpness` scales the output head so next-token distributions are peaked rather
  * than near-uniform (a fresh model's), which makes truncation and greedy tests meaningful.
  */
-export function tinyModel(seed = 1, sharpness = 1): GPT {
-  const model = new GPT({ ...TINY, seed });
+export function tinyModel(seed = 1, sharpness = 1, positionEncoding: 'learned' | 'rope' = 'learned'): GPT {
+  const model = new GPT({ ...TINY, seed, positionEncoding });
   if (sharpness !== 1) {
     const head = model.params.get('head')!;
     tf.tidy(() => head.assign(tf.mul(head, sharpness)));

@@ -7,15 +7,18 @@ import { PROMPTS, TINY, distributions, tinyModel, useWasm } from './helpers.ts';
 const NO_EOS = -1;
 let model: GPT;
 let sharp: GPT;
+let rope: GPT;
+let sharpRope: GPT;
 
 beforeAll(async () => {
   await useWasm();
   model = tinyModel(11);
   sharp = tinyModel(12, 40);
+  rope = tinyModel(11, 1, 'rope');
+  sharpRope = tinyModel(12, 40, 'rope');
 });
 afterAll(() => {
-  model.dispose();
-  sharp.dispose();
+  for (const m of [model, sharp, rope, sharpRope]) m.dispose();
 });
 
 const base: SampleOptions = { maxNewTokens: 8, temperature: 1, eosId: NO_EOS, seed: 1 };
@@ -95,24 +98,32 @@ describe('sample', () => {
     expect(c.map((r) => r.tokens)).not.toEqual(a.map((r) => r.tokens));
   });
 
-  it('gives the same tokens and log-probs with the KV cache as with a full forward per token', async () => {
-    const options = { ...base, temperature: 0.9, topK: 10, seed: 7, maxNewTokens: 12 };
-    const cached = await sample(model, PROMPTS, options);
-    const full = await sampleFullForward(model, PROMPTS, options);
-    expect(cached.map((r) => r.tokens)).toEqual(full.map((r) => r.tokens));
-    cached.forEach((row, b) =>
-      row.logProbs.forEach((lp, i) => expect(Math.abs(lp - full[b]!.logProbs[i]!)).toBeLessThan(1e-4)),
-    );
-  });
+  it.each(['learned', 'rope'] as const)(
+    'gives the same tokens and log-probs with the KV cache as with a full forward per token (%s positions)',
+    async (positions) => {
+      const options = { ...base, temperature: 0.9, topK: 10, seed: 7, maxNewTokens: 12 };
+      const m = positions === 'rope' ? rope : model;
+      const cached = await sample(m, PROMPTS, options);
+      const full = await sampleFullForward(m, PROMPTS, options);
+      expect(cached.map((r) => r.tokens)).toEqual(full.map((r) => r.tokens));
+      cached.forEach((row, b) =>
+        row.logProbs.forEach((lp, i) => expect(Math.abs(lp - full[b]!.logProbs[i]!)).toBeLessThan(1e-4)),
+      );
+    },
+  );
 
-  it('treats each row as if it were alone in the batch', async () => {
-    const options = { ...base, temperature: 0 };
-    const batched = await sample(sharp, PROMPTS, options);
-    for (const [b, prompt] of PROMPTS.entries()) {
-      const [alone] = await sample(sharp, [prompt], options);
-      expect(alone!.tokens).toEqual(batched[b]!.tokens);
-    }
-  });
+  it.each(['learned', 'rope'] as const)(
+    'treats each row as if it were alone in the batch (%s positions)',
+    async (positions) => {
+      const options = { ...base, temperature: 0 };
+      const m = positions === 'rope' ? sharpRope : sharp;
+      const batched = await sample(m, PROMPTS, options);
+      for (const [b, prompt] of PROMPTS.entries()) {
+        const [alone] = await sample(m, [prompt], options);
+        expect(alone!.tokens).toEqual(batched[b]!.tokens);
+      }
+    },
+  );
 
   it('stops a row at EOS (included) and others at maxNewTokens or the context length', async () => {
     const greedy = { ...base, temperature: 0, maxNewTokens: 6 };
