@@ -14,11 +14,17 @@ beforeAll(() => selectBackend('wasm'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 /** Two steps of 8 rows on a tiny Countdown model, counting the rows each kind of document fills. */
-async function pretrain(drill: number, cacheDir: string) {
+async function pretrain(drill: number, cacheDir: string, positionEncoding?: 'learned' | 'rope') {
   const topology = defineTopology({
     ...countdown,
     data: { trainPrompts: 50, testPrompts: 4 },
-    model: { contextLength: 128, dModel: 16, nLayers: 1, nHeads: 2 },
+    model: {
+      contextLength: 128,
+      dModel: 16,
+      nLayers: 1,
+      nHeads: 2,
+      ...(positionEncoding ? { positionEncoding } : {}),
+    },
     pretrain: { ...countdown.pretrain, steps: 2, batchSize: 8, drill },
   });
   const runtime = taskRuntime(topology);
@@ -37,8 +43,12 @@ async function pretrain(drill: number, cacheDir: string) {
   };
   const tokenizer = new CharTokenizer(runtime.alphabet);
   const base = await ensureBaseModel({ topology, runtime: counting, tokenizer, cacheDir });
+  const model = {
+    positionEncoding: base.model.config.positionEncoding,
+    hasWpe: base.model.params.has('wpe'),
+  };
   base.model.dispose();
-  return { rows, cached: base.cached, dir: base.dir };
+  return { rows, cached: base.cached, dir: base.dir, model };
 }
 
 describe('ensureBaseModel', { timeout: 120_000 }, () => {
@@ -64,5 +74,15 @@ describe('ensureBaseModel', { timeout: 120_000 }, () => {
     const other = await pretrain(0.25, join(root, 'b'));
     expect(other.cached).toBe(false);
     expect(other.dir).not.toBe(first.dir);
+  });
+
+  it('builds the model the topology declares, and caches each position encoding apart', async () => {
+    const learned = await pretrain(0, join(root, 'c'));
+    const rope = await pretrain(0, join(root, 'c'), 'rope');
+    expect(learned.model).toEqual({ positionEncoding: 'learned', hasWpe: true });
+    expect(rope.model).toEqual({ positionEncoding: 'rope', hasWpe: false });
+    expect([rope.cached, rope.dir === learned.dir]).toEqual([false, false]);
+    const again = await pretrain(0, join(root, 'c'), 'rope');
+    expect([again.cached, again.model.positionEncoding]).toEqual([true, 'rope']);
   });
 });
