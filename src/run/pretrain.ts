@@ -89,13 +89,15 @@ export async function ensureBaseModel(options: {
   const drill = topology.pretrain.drill ?? 0;
   for (let step = 1; step <= topology.pretrain.steps; step++) {
     const batch: SftExample[] = Array.from({ length: topology.pretrain.batchSize }, () => {
-      // Drawn only when the corpus has drill, so the rows of a corpus without it stay as they were.
-      if (drill > 0 && rand() < drill) {
-        const text = runtime.drillDocument!(rand, config.contextLength - 1);
-        return { tokens: [...tokenizer.encode(text), tokenizer.eosId], lossStart: 0 };
-      }
       const example = runtime.train[Math.floor(rand() * runtime.train.length)]!;
       const prompt = tokenizer.encode(runtime.prompt(example).text);
+      // Drawn only when the corpus has drill, so the rows of a corpus without it stay as they were.
+      if (drill > 0 && rand() < drill) {
+        // A chunk of text filling the row, like a pretraining row: no EOS. Each special tag is one
+        // token but several characters, so the character budget is an upper bound on the tokens.
+        const text = runtime.drillDocument!(example, rand, config.contextLength - prompt.length);
+        return { tokens: [...prompt, ...tokenizer.encode(text)], lossStart: prompt.length };
+      }
       const completion = tokenizer.encode(corpus!(example, rand));
       return { tokens: [...prompt, ...completion, tokenizer.eosId], lossStart: prompt.length };
     });

@@ -39,8 +39,8 @@ export interface TaskRuntime {
   alphabet: string;
   /** A noisy pretraining document (the completion text) for an example, or undefined if the task has none. */
   corpusCompletion?: (example: TaskExample, rand: () => number) => string;
-  /** A pretraining row of bare arithmetic (no question) of at most maxChars characters, if the task has one. */
-  drillDocument?: (rand: () => number, maxChars: number) => string;
+  /** Arithmetic drill on an example's numbers (text after the prompt, at most maxChars), if the task has one. */
+  drillDocument?: (example: TaskExample, rand: () => number, maxChars: number) => string;
   /** The answer normalised for majority voting ("0.50" and "1/2" vote together). */
   voteKey(completion: string): string | null;
 }
@@ -112,7 +112,8 @@ export function taskRuntime(topology: Topology): TaskRuntime {
         const noise = { solveRate: pretrain.solveRate ?? 0.3, brokenFormat: pretrain.brokenFormat };
         return noisyCountdownCompletion(numbers, target, rand, noise);
       };
-      drillDocument = (rand, maxChars) => countdownDrill(rand, task, maxChars);
+      drillDocument = (e, rand, maxChars) =>
+        `<think>${countdownDrill((e.answer as CountdownAnswer).numbers, rand, maxChars - '<think>'.length)}`;
       break;
     case 'code':
       train = codeExamples('train', data.trainPrompts, seed);

@@ -248,22 +248,17 @@ export function noisyCountdownCompletion(
 }
 
 /**
- * A Countdown drill document: the steps of random attempts at random questions ("7*10=70,70/2=35,9-4=5,
- * ..."), with no question and no format, up to `maxChars` characters. A real base model has seen far more
- * arithmetic than it has seen of any one task's format; a small one pretrained on the task's documents
- * alone sees about five facts per document (the rest is the question), and does not learn them: 13% of
- * its steps were right arithmetic. Drill documents give it the facts of the task's steps, many per row.
+ * A Countdown drill: the steps of one random attempt after another at the same question's numbers
+ * ("7*10=70,70/2=35,10-2=8,8*7=56,..."), up to `maxChars` characters, with no answer. A base model
+ * pretrained on the task's documents alone sees about five arithmetic facts per document and does not
+ * learn them (13% of its steps were right); a drill row after the question gives it many more facts, on
+ * the question's own numbers so it still reads them from the question.
  */
-export function countdownDrill(
-  rand: () => number,
-  options: { numbers: number; maxNumber: number },
-  maxChars: number,
-): string {
+export function countdownDrill(numbers: readonly number[], rand: () => number, maxChars: number): string {
+  const chains = countdownChains(numbers);
   const steps: string[] = [];
   let length = -1;
   for (;;) {
-    const numbers = Array.from({ length: options.numbers }, () => randomInt(rand, 1, options.maxNumber));
-    const chains = countdownChains(numbers);
     for (const step of chains[randomInt(rand, 0, chains.length - 1)]!.steps) {
       if (length + 1 + step.length > maxChars) return steps.join(',');
       steps.push(step);

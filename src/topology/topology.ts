@@ -123,8 +123,9 @@ export const Topology = z
           .max(1)
           .optional()
           .describe(
-            'Countdown corpus: share of pretraining rows that are arithmetic drill (the steps of random ' +
-              'attempts, "7*10=70,70/2=35,...", no question) instead of task documents (default 0).',
+            'Countdown corpus: share of pretraining rows that are arithmetic drill (a question, then the steps ' +
+              'of one random attempt after another at its numbers, "7*10=70,70/2=35,10-2=8,...") instead of ' +
+              'task documents (default 0).',
           ),
         reasoningLanguages: z
           .object({ en: z.number().min(0).optional(), zh: z.number().min(0).optional() })

@@ -28,6 +28,7 @@ async function pretrain(drill: number, cacheDir: string, positionEncoding?: 'lea
     pretrain: { ...countdown.pretrain, steps: 2, batchSize: 8, drill },
   });
   const runtime = taskRuntime(topology);
+  const tokenizer = new CharTokenizer(runtime.alphabet);
   const rows = { task: 0, drill: 0, drillChars: [] as number[] };
   const counting: TaskRuntime = {
     ...runtime,
@@ -35,13 +36,13 @@ async function pretrain(drill: number, cacheDir: string, positionEncoding?: 'lea
       rows.task++;
       return runtime.corpusCompletion!(e, rand);
     },
-    drillDocument: (rand, maxChars) => {
+    drillDocument: (e, rand, maxChars) => {
       rows.drill++;
-      rows.drillChars.push(maxChars);
-      return runtime.drillDocument!(rand, maxChars);
+      // The room left after the prompt: the row is the context's length at most.
+      rows.drillChars.push(maxChars + tokenizer.encode(runtime.prompt(e).text).length);
+      return runtime.drillDocument!(e, rand, maxChars);
     },
   };
-  const tokenizer = new CharTokenizer(runtime.alphabet);
   const base = await ensureBaseModel({ topology, runtime: counting, tokenizer, cacheDir });
   const model = {
     positionEncoding: base.model.config.positionEncoding,
@@ -52,13 +53,13 @@ async function pretrain(drill: number, cacheDir: string, positionEncoding?: 'lea
 }
 
 describe('ensureBaseModel', { timeout: 120_000 }, () => {
-  it('fills about the drill share of the rows with drill, each fitting the context with its EOS', async () => {
+  it('fills about the drill share of the rows with drill, each filling the context after its prompt', async () => {
     const none = await pretrain(0, join(root, 'a'));
     expect(none.rows).toEqual({ task: 16, drill: 0, drillChars: [] });
     const all = await pretrain(1, join(root, 'a'));
     expect(all.rows.task).toBe(0);
     expect(all.rows.drill).toBe(16);
-    expect(new Set(all.rows.drillChars)).toEqual(new Set([127]));
+    expect(new Set(all.rows.drillChars)).toEqual(new Set([128]));
     const half = await pretrain(0.5, join(root, 'a'));
     expect(half.rows.task + half.rows.drill).toBe(16);
     expect(half.rows.drill).toBeGreaterThan(2);
