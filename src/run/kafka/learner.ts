@@ -444,7 +444,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     const trainedSamples = metrics.counter('samples.trained');
     const runEnded = droppedSamples('run_ended');
     const window = new RolloutWindow();
-    /** Prompts' samples published since the last optimiser step. */
+    /** Dynamic sampling's budget, counting the samples of the prompts published since the last step. */
     const budget = new DynamicSamplingBudget(g.maxGenerationRounds, B);
     const staleByGroup = new Map<string, number>();
     const claimed = new Set<string>();
