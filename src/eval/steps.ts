@@ -1,3 +1,4 @@
+import { extractThink } from '../rewards/answer.ts';
 import { evaluateExpression } from '../rewards/expression.ts';
 
 /** The arithmetic steps of a chain of thought and how many of them are right. */
@@ -17,7 +18,7 @@ const STEP = /(-?\d+(?:\.\d+)?(?:[-+*/]-?\d+(?:\.\d+)?)+)=(-?\d+(?:\.\d+)?)/g;
  * and only has to learn to aim from one that guesses.
  */
 export function checkSteps(completion: string): StepCheck {
-  const think = /<think>([\s\S]*?)(?:<\/think>|$)/.exec(completion)?.[1] ?? completion.split('<answer>')[0]!;
+  const think = extractThink(completion) ?? completion.split('<answer>')[0]!;
   let steps = 0;
   let right = 0;
   for (const [, lhs, rhs] of think.matchAll(STEP)) {

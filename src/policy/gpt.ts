@@ -175,7 +175,7 @@ export class GPT {
   readonly params: ReadonlyMap<string, tf.Variable>;
   readonly headDim: number;
   /** RoPE's tables (constants, not weights), with positionEncoding 'rope'. */
-  private readonly rope: RopeTables | undefined;
+  private readonly rope: Rope | undefined;
 
   constructor(config: GPTConfig) {
     const parsed = GPTConfig.safeParse(config);
@@ -285,22 +285,18 @@ export class GPT {
     const [B, T] = ids.shape;
     const flatIds = tf.reshape(ids, [B * T]);
     let x = embed(oneHotFloat(flatIds, vocabSize), this.p('wte')) as tf.Tensor2D;
-    let rotation: Rotation | undefined;
+    if (!positions && T > contextLength)
+      throw new Error(`GPT: sequence of ${T} tokens exceeds contextLength ${contextLength}`);
+    const onePos = positions && oneHotFloat(tf.reshape(positions, [B * T]), contextLength);
+    let rotation: Rope | undefined;
     if (this.rope) {
-      if (!positions && T > contextLength)
-        throw new Error(`GPT: sequence of ${T} tokens exceeds contextLength ${contextLength}`);
       // cos and sin of every token's angles, [B*T, d].
       const at = (table: tf.Tensor2D): tf.Tensor2D =>
-        positions
-          ? tf.matMul(oneHotFloat(tf.reshape(positions, [B * T]), contextLength), table)
-          : tf.tile(tf.slice(table, [0, 0], [T, dModel]), [B, 1]);
+        onePos ? tf.matMul(onePos, table) : tf.tile(tf.slice(table, [0, 0], [T, dModel]), [B, 1]);
       rotation = { cos: at(this.rope.cos), sin: at(this.rope.sin), rotateHalf: this.rope.rotateHalf };
-    } else if (positions) {
-      const onePos = oneHotFloat(tf.reshape(positions, [B * T]), contextLength);
+    } else if (onePos) {
       x = tf.add(x, embed(onePos, this.p('wpe')));
     } else {
-      if (T > contextLength)
-        throw new Error(`GPT: sequence of ${T} tokens exceeds contextLength ${contextLength}`);
       const wpe = tf.slice(this.p('wpe'), [0, 0], [T, dModel]);
       x = tf.reshape(tf.add(tf.reshape(x, [B, T, dModel]), wpe), [B * T, dModel]);
     }
@@ -330,7 +326,7 @@ export class GPT {
     T: number,
     bias: tf.Tensor4D,
     past: LayerKV | undefined,
-    rotation: Rotation | undefined,
+    rotation: Rope | undefined,
   ): { y: tf.Tensor2D; kv: LayerKV } {
     const { dModel, nHeads } = this.config;
     const hd = this.headDim;
@@ -404,22 +400,18 @@ function initialParams(c: Required<GPTConfig>): Map<string, tf.Variable> {
   return params;
 }
 
-/** RoPE's constant tables: cos and sin of each position's angles [contextLength, d], and rotate-half [d, d]. */
-interface RopeTables {
-  cos: tf.Tensor2D;
-  sin: tf.Tensor2D;
-  rotateHalf: tf.Tensor2D;
-}
-
-/** The rotation of one forward pass: cos and sin [B*T, d] of each token's position. */
-type Rotation = { cos: tf.Tensor2D; sin: tf.Tensor2D; rotateHalf: tf.Tensor2D };
+/**
+ * RoPE's cos and sin of each row's angles, and rotate-half [d, d]: the model's tables have a row per
+ * position [contextLength, d]; a forward pass's have a row per token [B*T, d].
+ */
+type Rope = { cos: tf.Tensor2D; sin: tf.Tensor2D; rotateHalf: tf.Tensor2D };
 
 /**
  * RoPE (Su et al. 2021) in the rotate-half layout of GPT-NeoX and Llama: within each head, dimension
  * j < hd/2 pairs with j + hd/2, and the pair turns by position x theta_j, theta_j = 10000^(-2j/hd).
  * The tables repeat per head, so a [B*T, d] activation (heads side by side) is rotated in one go.
  */
-function ropeTables(c: Required<GPTConfig>): RopeTables {
+function ropeTables(c: Required<GPTConfig>): Rope {
   const d = c.dModel;
   const hd = d / c.nHeads;
   const half = Math.floor(hd / 2);
@@ -463,7 +455,7 @@ const constantMatMul = differentiable((x, r) => ({
 }));
 
 /** RoPE on a [B*T, d] query or key: x cos + rotateHalf(x) sin. */
-function rotate(x: tf.Tensor2D, { cos, sin, rotateHalf }: Rotation): tf.Tensor2D {
+function rotate(x: tf.Tensor2D, { cos, sin, rotateHalf }: Rope): tf.Tensor2D {
   return tf.add(tf.mul(x, cos), tf.mul(constantMatMul(x, rotateHalf), sin));
 }
 

@@ -3,6 +3,11 @@
  * and fractions, not as strings).
  */
 
+/** The chain of thought: the text inside <think> (to the end if it is not closed), else null. */
+export function extractThink(completion: string): string | null {
+  return /<think>([\s\S]*?)(?:<\/think>|$)/.exec(completion)?.[1] ?? null;
+}
+
 /** The text inside the last <answer>...</answer>, else the last \boxed{...}, else null. */
 export function extractAnswer(completion: string): string | null {
   const tags = [...completion.matchAll(/<answer>([\s\S]*?)<\/answer>/g)];

@@ -1,5 +1,5 @@
 import type { FinishReason, Prompt } from '../../schemas/index.ts';
-import { extractAnswer, numericallyEqual } from './answer.ts';
+import { extractAnswer, extractThink, numericallyEqual } from './answer.ts';
 import { evaluateExpression } from './expression.ts';
 
 /** What a reward function sees of one rollout. */
@@ -84,7 +84,7 @@ export function languageConsistencyReward(target: Language): RewardFunction {
   return {
     name: 'language_consistency',
     score: ({ completion }) => {
-      const think = /<think>([\s\S]*?)(?:<\/think>|$)/.exec(completion)?.[1] ?? '';
+      const think = extractThink(completion) ?? '';
       const counts = countWords(think);
       const total = counts.en + counts.zh;
       return total === 0 ? null : counts[target] / total;
