@@ -109,7 +109,11 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       correctness = countdownReward(0);
       corpusCompletion = (e, rand) => {
         const { numbers, target } = e.answer as CountdownAnswer;
-        const noise = { solveRate: pretrain.solveRate ?? 0.3, brokenFormat: pretrain.brokenFormat };
+        const noise = {
+          solveRate: pretrain.solveRate ?? 0.3,
+          brokenFormat: pretrain.brokenFormat,
+          ...(pretrain.attempts ? { maxAttempts: pretrain.attempts } : {}),
+        };
         return noisyCountdownCompletion(numbers, target, rand, noise);
       };
       drillDocument = (e, rand, maxChars) =>

@@ -218,11 +218,19 @@ export interface CountdownNoise {
   solveRate: number;
   /** Probability that a document breaks the <think>/<answer> format. */
   brokenFormat: number;
+  /**
+   * Most attempts one document makes (default 1). A document makes 1 to `maxAttempts` of them, stopping
+   * at the first that reaches the target, and answers with its last one: a search the base model can
+   * imitate, which RL can then lengthen and aim.
+   */
+  maxAttempts?: number;
 }
 
 /**
- * A Countdown pretraining document: one attempt written out step by step, with the arithmetic done right
- * but the choice of numbers and operations usually wrong. With probability `solveRate` the attempt is one
+ * A Countdown pretraining document: attempts written out step by step ("7*10=70,70-2=68 10*2=20,20+7=27",
+ * attempts apart by a space), with the arithmetic done right but the choice of numbers and operations
+ * usually wrong, then the last attempt's expression as the answer. It makes 1 to `maxAttempts` attempts
+ * and stops early at one that reaches the target. With probability `solveRate` its last attempt is one
  * that reaches the target, so the base model has seen the target reached often enough to do it
  * sometimes; RL then has to make it do so on purpose.
  */
@@ -234,17 +242,23 @@ export function noisyCountdownCompletion(
 ): string {
   const chains = countdownChains(numbers);
   const solving = chains.filter((c) => c.value === target);
-  const pool = solving.length > 0 && rand() < noise.solveRate ? solving : chains;
-  const chain = pool[randomInt(rand, 0, pool.length - 1)]!;
-  const think = chain.steps.join(',');
+  const solve = solving.length > 0 && rand() < noise.solveRate;
+  // Drawn only for a multi-attempt corpus, so one-attempt documents stay as they were.
+  const attempts = (noise.maxAttempts ?? 1) > 1 ? randomInt(rand, 1, noise.maxAttempts!) : 1;
+  const written: CountdownChain[] = [];
+  for (let i = 0; i < attempts; i++) {
+    const pool = solve && i === attempts - 1 ? solving : chains;
+    const chain = pool[randomInt(rand, 0, pool.length - 1)]!;
+    written.push(chain);
+    if (chain.value === target) break;
+  }
+  const think = written.map((c) => c.steps.join(',')).join(' ');
+  const { expression } = written[written.length - 1]!;
   if (rand() < noise.brokenFormat) {
-    const broken = [
-      `${think}<answer>${chain.expression}</answer>`,
-      `<think>${think}</think>${chain.expression}`,
-    ];
+    const broken = [`${think}<answer>${expression}</answer>`, `<think>${think}</think>${expression}`];
     return broken[randomInt(rand, 0, broken.length - 1)]!;
   }
-  return `<think>${think}</think><answer>${chain.expression}</answer>`;
+  return `<think>${think}</think><answer>${expression}</answer>`;
 }
 
 /**

@@ -117,6 +117,14 @@ export const Topology = z
           .optional()
           .describe('Countdown corpus: probability that a document reaches the target (default 0.3).'),
         brokenFormat: z.number().min(0).max(1),
+        attempts: z
+          .int()
+          .positive()
+          .optional()
+          .describe(
+            'Countdown corpus: most attempts a document makes before it answers (default 1). Each makes 1 to ' +
+              'this many, written apart by a space, stops at one that reaches the target and answers with its last.',
+          ),
         drill: z
           .number()
           .min(0)
@@ -216,6 +224,10 @@ export function defineTopology(t: TopologyInput): Topology {
   if ((topo.pretrain.drill ?? 0) > 0 && task.kind !== 'countdown')
     throw new Error(
       `Topology: pretrain.drill mixes Countdown arithmetic into the corpus; it needs task { kind: "countdown" }, not "${task.kind}"`,
+    );
+  if ((topo.pretrain.attempts ?? 1) > 1 && task.kind !== 'countdown')
+    throw new Error(
+      `Topology: pretrain.attempts writes several Countdown attempts per document; it needs task { kind: "countdown" }, not "${task.kind}"`,
     );
   return topo;
 }

@@ -268,6 +268,64 @@ describe('Countdown pretraining corpus', () => {
     expect(formatted / examples.length).toBeCloseTo(0.8, 1);
   });
 
+  it('multi-attempt documents: 1 to maxAttempts attempts of right arithmetic, stopping at the first that hits, answering with the last', () => {
+    const counts = new Map<number, number>();
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 10 }), { minLength: 3, maxLength: 3 }),
+        fc.nat(),
+        fc.integer(),
+        (numbers, pick, seed) => {
+          // A target some attempts reach, so that random attempts hit it now and then.
+          const chains = countdownChains(numbers);
+          const target = chains[pick % chains.length]!.value;
+          const noise = { solveRate: 0.3, brokenFormat: 0, maxAttempts: 3 };
+          const completion = noisyCountdownCompletion(numbers, target, seededUniform(seed), noise);
+          expect(noisyCountdownCompletion(numbers, target, seededUniform(seed), noise)).toBe(completion);
+          const m = /^<think>(.*)<\/think><answer>(.*)<\/answer>$/.exec(completion);
+          expect(m, completion).not.toBeNull();
+          const attempts = m![1]!.split(' ');
+          expect(attempts.length).toBeGreaterThanOrEqual(1);
+          expect(attempts.length).toBeLessThanOrEqual(3);
+          counts.set(attempts.length, (counts.get(attempts.length) ?? 0) + 1);
+          const values = attempts.map((attempt) => {
+            const steps = attempt.split(',');
+            expect(steps).toHaveLength(2);
+            let value = NaN;
+            for (const step of steps) {
+              const s = /^(-?\d+)([-+*/])(\d+)=(-?\d+)$/.exec(step);
+              expect(s, step).not.toBeNull();
+              const [a, op, b, c] = [Number(s![1]), s![2], Number(s![3]), Number(s![4])];
+              expect(op === '+' ? a + b : op === '-' ? a - b : op === '*' ? a * b : a / b).toBe(c);
+              value = c;
+            }
+            return value;
+          });
+          // Only the last attempt may reach the target, and the answer is the last attempt's expression.
+          expect(values.slice(0, -1)).not.toContain(target);
+          expect(evaluateExpression(m![2]!)?.value).toBe(values[values.length - 1]);
+        },
+      ),
+      { numRuns: 200 },
+    );
+    // Every length from 1 to 3 occurs.
+    expect([...counts.keys()].sort()).toEqual([1, 2, 3]);
+  });
+
+  it('one-attempt documents are what they were before maxAttempts existed', () => {
+    const a = noisyCountdownCompletion([7, 10, 2], 35, seededUniform(9), {
+      solveRate: 0.3,
+      brokenFormat: 0.2,
+    });
+    const b = noisyCountdownCompletion([7, 10, 2], 35, seededUniform(9), {
+      solveRate: 0.3,
+      brokenFormat: 0.2,
+      maxAttempts: 1,
+    });
+    expect(b).toBe(a);
+    expect(a).not.toContain(' ');
+  });
+
   it("drill rows are right arithmetic on the question's numbers, fill the row, and follow the seed", () => {
     fc.assert(
       fc.property(
@@ -291,6 +349,12 @@ describe('Countdown pretraining corpus', () => {
         },
       ),
       { numRuns: 30 },
+    );
+  });
+
+  it('attempts is for Countdown only', () => {
+    expect(() => defineTopology({ ...base, pretrain: { ...base.pretrain, attempts: 3 } })).toThrow(
+      /pretrain.attempts writes several Countdown attempts per document; it needs task \{ kind: "countdown" \}, not "arithmetic"/,
     );
   });
 
