@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { loadAnyPipeline, loadPipeline, PIPELINES_DIR } from '../src/cli/pipelines.ts';
@@ -6,6 +7,7 @@ import { seededUniform } from '../src/random.ts';
 import { pretrainTopology } from '../src/recipe/recipe.ts';
 import { baseModelKey } from '../src/run/pretrain.ts';
 import { taskRuntime } from '../src/run/taskRuntime.ts';
+import { CORPUS_REVISION } from '../src/tasks/corpus.ts';
 
 const names = readdirSync(PIPELINES_DIR)
   .filter((f) => f.endsWith('.ts'))
@@ -57,6 +59,37 @@ describe('base-model cache keys', () => {
   ])('%s keeps its key', async (name, key) => {
     const topology = await loadPipeline(name);
     expect(baseModelKey(topology, new CharTokenizer(taskRuntime(topology).alphabet))).toBe(key);
+  });
+
+  // The key hashes the settings, not the generator's code: this fingerprint of the documents catches a
+  // generator that now writes other documents for the same settings, whose cached base models would be
+  // stale.
+  it.each([
+    ['r1-zero-arithmetic', '064b46fd627d'],
+    ['r1-zero-countdown', '2c5af9faafb2'],
+  ])('%s corpus writes the documents its cached base models learned from', async (name, fingerprint) => {
+    const topology = await loadPipeline(name);
+    const runtime = taskRuntime(topology);
+    const rand = seededUniform(1);
+    const docs = runtime.train.slice(0, 200).map((e) => runtime.corpusCompletion!(e, rand));
+    expect(
+      createHash('sha256').update(docs.join('\n')).digest('hex').slice(0, 12),
+      `the ${topology.task.kind} corpus writes other documents than before: bump CORPUS_REVISION.${topology.task.kind} ` +
+        'in src/tasks/corpus.ts (so cached base models are retrained), then update this fingerprint',
+    ).toBe(fingerprint);
+  });
+
+  it('a corpus revision changes the key', async () => {
+    const topology = await loadPipeline('r1-zero-countdown');
+    const tokenizer = new CharTokenizer(taskRuntime(topology).alphabet);
+    const before = baseModelKey(topology, tokenizer);
+    const revisions = CORPUS_REVISION as Record<string, number>;
+    revisions.countdown = 1;
+    try {
+      expect(baseModelKey(topology, tokenizer)).not.toBe(before);
+    } finally {
+      revisions.countdown = 0;
+    }
   });
 
   it('the bilingual corpus has a base model of its own, with the Chinese characters in its alphabet', async () => {

@@ -7,6 +7,7 @@ import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
 import { GPT, type GPTConfig } from '../policy/gpt.ts';
 import type { Tokenizer } from '../policy/tokenizer.ts';
 import { seededUniform } from '../random.ts';
+import { CORPUS_REVISION } from '../tasks/corpus.ts';
 import type { Topology } from '../topology/topology.ts';
 import type { TaskRuntime } from './taskRuntime.ts';
 
@@ -23,8 +24,9 @@ export function modelConfig(topology: Topology, tokenizer: Tokenizer): GPTConfig
 
 /**
  * The cache key of a base model: a hash of everything that shapes it (model, pretraining and corpus
- * settings, task, template, seed, tokenizer). Settings left unset are absent from it, so an optional
- * setting added later keeps the keys, and the cached models, of the pipelines that do not use it.
+ * settings, task, template, seed, tokenizer, the corpus generator's revision). Settings left unset are
+ * absent from it, so an optional setting added later keeps the keys, and the cached models, of the
+ * pipelines that do not use it.
  */
 export function baseModelKey(topology: Topology, tokenizer: Tokenizer): string {
   return createHash('sha256')
@@ -36,6 +38,7 @@ export function baseModelKey(topology: Topology, tokenizer: Tokenizer): string {
         topology.template,
         topology.seed,
         tokenizer.spec(),
+        ...(CORPUS_REVISION[topology.task.kind] ? [CORPUS_REVISION[topology.task.kind]] : []),
       ]),
     )
     .digest('hex')

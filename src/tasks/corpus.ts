@@ -8,6 +8,15 @@ import { randomInt } from '../random.ts';
  * answer follows from the columns as written) and some documents break the format. A model trained
  * on it knows the syntax and starts with a low but nonzero accuracy, which RL then raises.
  */
+
+/**
+ * Revisions of the corpus generators, by task. A base model is cached under a hash of its settings
+ * (src/run/pretrain.ts); when a generator writes other documents for the same settings, bump its task's
+ * revision so that base models trained on the old documents are not reused. Revision 0 stays out of the
+ * hash, which keeps the keys of the base models cached before revisions existed.
+ */
+export const CORPUS_REVISION: Readonly<Record<string, number>> = { arithmetic: 0, countdown: 0 };
+
 export interface CorpusNoise {
   /** Probability that each column of the written sum is right. */
   columnAccuracy: number;
