@@ -47,6 +47,15 @@ export class SftTrainer {
     return this.steps;
   }
 
+  /**
+   * Goes on from a saved optimiser state (`optimizer.state()`): the AdamW moments and step count, so the
+   * learning-rate schedule also goes on from that step.
+   */
+  resume(state: ReadonlyMap<string, tf.Tensor>): void {
+    this.optimizer.load(state);
+    this.steps = this.optimizer.steps;
+  }
+
   /** One optimiser step on a batch; returns the mean loss per trained token. */
   train(batch: readonly SftExample[]): number {
     const { ids, mask } = this.pack(batch);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import * as tf from '@tensorflow/tfjs';
 import { join } from 'node:path';
 import { SftTrainer, type SftExample } from '../learner/sft.ts';
 import type { Metrics } from '../metrics/metrics.ts';
@@ -57,6 +58,8 @@ export async function ensureBaseModel(options: {
   cacheDir: string;
   metrics?: Metrics;
   onStep?: (step: number, total: number, loss: number) => void;
+  /** Save progress every this many steps, to resume an interrupted pretraining (default 100; 0: never). */
+  checkpointEvery?: number;
 }): Promise<BaseModel> {
   const { topology, runtime, tokenizer } = options;
   const config = modelConfig(topology, tokenizer);
@@ -74,7 +77,12 @@ export async function ensureBaseModel(options: {
   if (!corpus && topology.pretrain.steps > 0) {
     throw new Error(`pretrain: the ${runtime.name} task has no pretraining corpus; set pretrain.steps to 0`);
   }
-  const model = new GPT(config);
+  // Progress is saved beside the cache entry every `checkpointEvery` steps, so a pretraining stopped
+  // part-way (Ctrl-C, a machine's time running out) goes on from there: the same weights, optimiser
+  // state and learning-rate schedule, and the same rows, as a run that was never stopped.
+  const partialDir = `${dir}.partial`;
+  const saved = existsSync(join(partialDir, 'manifest.json')) ? await loadCheckpoint(partialDir) : undefined;
+  const model = saved?.model ?? new GPT(config);
   const trainer = new SftTrainer(
     model,
     {
@@ -88,10 +96,14 @@ export async function ensureBaseModel(options: {
     },
     { ...(options.metrics ? { metrics: options.metrics } : {}), metricPrefix: 'pretrain' },
   );
+  if (saved) {
+    trainer.resume(saved.optimizer);
+    tf.dispose([...saved.optimizer.values()]);
+  }
   const rand = seededUniform(topology.seed + 1);
   const drill = topology.pretrain.drill ?? 0;
-  for (let step = 1; step <= topology.pretrain.steps; step++) {
-    const batch: SftExample[] = Array.from({ length: topology.pretrain.batchSize }, () => {
+  const rows = (): SftExample[] =>
+    Array.from({ length: topology.pretrain.batchSize }, () => {
       const example = runtime.train[Math.floor(rand() * runtime.train.length)]!;
       const prompt = tokenizer.encode(runtime.prompt(example).text);
       // Drawn only when the corpus has drill, so the rows of a corpus without it stay as they were.
@@ -104,8 +116,24 @@ export async function ensureBaseModel(options: {
       const completion = tokenizer.encode(corpus!(example, rand));
       return { tokens: [...prompt, ...completion, tokenizer.eosId], lossStart: prompt.length };
     });
+  const every = options.checkpointEvery ?? 100;
+  for (let step = 1; step <= topology.pretrain.steps; step++) {
+    const batch = rows();
+    // A resumed run draws the rows of the steps it has trained again, to go on with the same ones.
+    if (step <= trainer.step) continue;
     const loss = trainer.train(batch);
     options.onStep?.(step, topology.pretrain.steps, loss);
+    if (every > 0 && step % every === 0 && step < topology.pretrain.steps) {
+      const optimizer = trainer.optimizer.state();
+      await saveCheckpoint(partialDir, {
+        model,
+        tokenizer,
+        policyVersion: 0,
+        optimizer,
+        metadata: { stage: 'pretrain (partial)', topology: topology.name, step },
+      });
+      optimizer.get('adam.t')?.dispose();
+    }
   }
   trainer.dispose();
   await saveCheckpoint(dir, {
@@ -114,5 +142,6 @@ export async function ensureBaseModel(options: {
     policyVersion: 0,
     metadata: { stage: 'pretrain', topology: topology.name },
   });
+  rmSync(partialDir, { recursive: true, force: true });
   return { model, dir, cached: false };
 }

@@ -1,9 +1,10 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import countdown from '../../pipelines/r1-zero-countdown.ts';
 import { selectBackend } from '../../src/policy/backend.ts';
+import { GPT } from '../../src/policy/gpt.ts';
 import { CharTokenizer } from '../../src/policy/tokenizer.ts';
 import { ensureBaseModel } from '../../src/run/pretrain.ts';
 import { taskRuntime, type TaskRuntime } from '../../src/run/taskRuntime.ts';
@@ -85,5 +86,47 @@ describe('ensureBaseModel', { timeout: 120_000 }, () => {
     expect([rope.cached, rope.dir === learned.dir]).toEqual([false, false]);
     const again = await pretrain(0, join(root, 'c'), 'rope');
     expect([again.cached, again.model.positionEncoding]).toEqual([true, 'rope']);
+  });
+
+  it('an interrupted pretraining goes on from its last saved step to the weights of an uninterrupted one', async () => {
+    const topology = defineTopology({
+      ...countdown,
+      data: { trainPrompts: 50, testPrompts: 4 },
+      model: { contextLength: 128, dModel: 16, nLayers: 1, nHeads: 2 },
+      pretrain: { ...countdown.pretrain, steps: 6, batchSize: 4 },
+    });
+    const runtime = taskRuntime(topology);
+    const tokenizer = new CharTokenizer(runtime.alphabet);
+    const common = { topology, runtime, tokenizer, checkpointEvery: 2 };
+    const straight = await ensureBaseModel({ ...common, cacheDir: join(root, 'straight') });
+
+    const trained: number[] = [];
+    const cacheDir = join(root, 'interrupted');
+    await expect(
+      ensureBaseModel({
+        ...common,
+        cacheDir,
+        onStep: (step) => {
+          trained.push(step);
+          if (step === 5) throw new Error('stopped at step 5');
+        },
+      }),
+    ).rejects.toThrow('stopped at step 5');
+    // Saved after step 4; step 5 was trained but not saved, so it is trained again.
+    const resumed = await ensureBaseModel({ ...common, cacheDir, onStep: (step) => trained.push(step) });
+    expect(trained).toEqual([1, 2, 3, 4, 5, 5, 6]);
+    expect(resumed.cached).toBe(false);
+    expect(existsSync(`${resumed.dir}.partial`)).toBe(false);
+    for (const [name, p] of straight.model.params) {
+      const a = p.dataSync();
+      const b = resumed.model.params.get(name)!.dataSync();
+      let diff = 0;
+      for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+      expect(diff, name).toBeLessThan(1e-6);
+    }
+    // And differs from the base model before training, so the comparison has something to compare.
+    const initial = new GPT(straight.model.config);
+    expect(initial.params.get('head')!.dataSync()).not.toEqual(straight.model.params.get('head')!.dataSync());
+    for (const m of [straight.model, resumed.model, initial]) m.dispose();
   });
 });
