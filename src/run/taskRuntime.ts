@@ -103,22 +103,23 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       }
       break;
     }
-    case 'countdown':
+    case 'countdown': {
       train = countdownExamples('train', data.trainPrompts, seed, task);
       test = countdownExamples('test', data.testPrompts, seed, task);
       correctness = countdownReward(0);
+      const noise = {
+        solveRate: pretrain.solveRate ?? 0.3,
+        brokenFormat: pretrain.brokenFormat,
+        ...(pretrain.attempts ? { maxAttempts: pretrain.attempts } : {}),
+      };
       corpusCompletion = (e, rand) => {
         const { numbers, target } = e.answer as CountdownAnswer;
-        const noise = {
-          solveRate: pretrain.solveRate ?? 0.3,
-          brokenFormat: pretrain.brokenFormat,
-          ...(pretrain.attempts ? { maxAttempts: pretrain.attempts } : {}),
-        };
         return noisyCountdownCompletion(numbers, target, rand, noise);
       };
       drillDocument = (e, rand, maxChars) =>
         `<think>${countdownDrill((e.answer as CountdownAnswer).numbers, rand, maxChars - '<think>'.length)}`;
       break;
+    }
     case 'code':
       train = codeExamples('train', data.trainPrompts, seed);
       test = codeExamples('test', data.testPrompts, seed);
