@@ -176,7 +176,11 @@ describe('httpPreferenceReward against a real HTTP server', () => {
     const started = performance.now();
     const error = await failure(reward.score(input('x'), live()));
     const elapsed = performance.now() - started;
-    expect(scorer.requests).toHaveLength(3);
+    // Not an exact count of the requests the server saw: on a loaded machine an attempt's 300 ms can run
+    // out before this process's server has read its request (client and server share one event loop),
+    // and CI once saw 2. Three attempts are proven by the client's failures and the time they took.
+    expect(scorer.requests.length).toBeGreaterThanOrEqual(1);
+    expect(scorer.requests.length).toBeLessThanOrEqual(3);
     expect(error.kind).toBe('timeout');
     expect(error.attempts).toBe(3);
     expect(error.message).toMatch(
