@@ -55,7 +55,7 @@ describe('base-model cache keys', () => {
   it.each([
     ['r1-zero-arithmetic', 'df4a28939787'],
     ['r1-arithmetic', 'df4a28939787'],
-    ['r1-zero-countdown', '7aff21e17b16'],
+    ['r1-zero-countdown', 'cdbaf6910e93'],
   ])('%s keeps its key', async (name, key) => {
     const topology = await loadPipeline(name);
     expect(baseModelKey(topology, new CharTokenizer(taskRuntime(topology).alphabet))).toBe(key);
@@ -66,7 +66,7 @@ describe('base-model cache keys', () => {
   // stale.
   it.each([
     ['r1-zero-arithmetic', '064b46fd627d'],
-    ['r1-zero-countdown', '2c5af9faafb2'],
+    ['r1-zero-countdown', '4cc1db5f4a05'],
   ])('%s corpus writes the documents its cached base models learned from', async (name, fingerprint) => {
     const topology = await loadPipeline(name);
     const runtime = taskRuntime(topology);

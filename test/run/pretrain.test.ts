@@ -20,7 +20,7 @@ async function pretrain(drill: number, cacheDir: string, positionEncoding?: 'lea
     ...countdown,
     data: { trainPrompts: 50, testPrompts: 4 },
     model: {
-      contextLength: 128,
+      contextLength: countdown.model.contextLength,
       dModel: 16,
       nLayers: 1,
       nHeads: 2,
@@ -60,7 +60,7 @@ describe('ensureBaseModel', { timeout: 120_000 }, () => {
     const all = await pretrain(1, join(root, 'a'));
     expect(all.rows.task).toBe(0);
     expect(all.rows.drill).toBe(16);
-    expect(new Set(all.rows.drillChars)).toEqual(new Set([128]));
+    expect(new Set(all.rows.drillChars)).toEqual(new Set([countdown.model.contextLength]));
     const half = await pretrain(0.5, join(root, 'a'));
     expect(half.rows.task + half.rows.drill).toBe(16);
     expect(half.rows.drill).toBeGreaterThan(2);
@@ -92,7 +92,7 @@ describe('ensureBaseModel', { timeout: 120_000 }, () => {
     const topology = defineTopology({
       ...countdown,
       data: { trainPrompts: 50, testPrompts: 4 },
-      model: { contextLength: 128, dModel: 16, nLayers: 1, nHeads: 2 },
+      model: { contextLength: countdown.model.contextLength, dModel: 16, nLayers: 1, nHeads: 2 },
       pretrain: { ...countdown.pretrain, steps: 6, batchSize: 4 },
     });
     const runtime = taskRuntime(topology);
