@@ -29,6 +29,25 @@ export interface SampleOptions {
   seed: number;
   /** Fills the left padding and the rows already finished; never attended to. Default 0. */
   padId?: number;
+  /**
+   * Most rows decoded together; more prompts are sampled in runs of this many, run r > 0 seeded
+   * from `seed` and r. Default: as many as keep the KV cache within KV_CACHE_BUDGET bytes.
+   */
+  maxRows?: number;
+}
+
+/**
+ * Bytes of keys and values one decoding run may hold (256 MiB). The cache grows by concatenation, so
+ * a step briefly holds it twice; tfjs-backend-wasm's heap is 2 GiB at most, and a batch past it fails
+ * inside the wasm module with errors that name no cause ("table index is out of bounds"): `rxrl
+ * eval -k 32` on 128 Countdown prompts (4,096 rows, about 1 GiB of cache) did.
+ */
+export const KV_CACHE_BUDGET = 256 * 1024 * 1024;
+
+/** Rows whose full KV cache (every layer's keys and values at contextLength, float32) fits the budget. */
+export function rowsWithinBudget(config: GPT['config']): number {
+  const perRow = config.contextLength * config.dModel * config.nLayers * 2 * 4;
+  return Math.max(1, Math.floor(KV_CACHE_BUDGET / perRow));
 }
 
 export interface SampledCompletion {
@@ -44,7 +63,7 @@ export function sample(
   prompts: readonly (readonly number[])[],
   options: SampleOptions,
 ): Promise<SampledCompletion[]> {
-  return decode(model, prompts, options, CachedDecoder);
+  return inRuns(model, prompts, options, CachedDecoder);
 }
 
 /**
@@ -56,7 +75,26 @@ export function sampleFullForward(
   prompts: readonly (readonly number[])[],
   options: SampleOptions,
 ): Promise<SampledCompletion[]> {
-  return decode(model, prompts, options, FullForwardDecoder);
+  return inRuns(model, prompts, options, FullForwardDecoder);
+}
+
+/** Decodes the prompts in runs of at most `maxRows`; one run gives what one `decode` call gives. */
+async function inRuns(
+  model: GPT,
+  prompts: readonly (readonly number[])[],
+  options: SampleOptions,
+  Decoder: DecoderClass,
+): Promise<SampledCompletion[]> {
+  const maxRows = options.maxRows ?? rowsWithinBudget(model.config);
+  if (!(Number.isInteger(maxRows) && maxRows > 0))
+    throw new Error(`sample: maxRows must be an integer > 0, got ${maxRows}`);
+  const out: SampledCompletion[] = [];
+  for (let start = 0, run = 0; start < prompts.length || run === 0; start += maxRows, run++) {
+    // Run 0 keeps the caller's seed, so a batch that fits in one run samples what it always did.
+    const seed = run === 0 ? options.seed : Math.floor(seededUniform(options.seed + run * 7919)() * 2 ** 31);
+    out.push(...(await decode(model, prompts.slice(start, start + maxRows), { ...options, seed }, Decoder)));
+  }
+  return out;
 }
 
 /** Gives next-token log-probs [B, V] at the given temperature, one step at a time. */

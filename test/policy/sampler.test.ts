@@ -146,6 +146,26 @@ describe('sample', () => {
     expect(short!.tokens).toHaveLength(6);
   });
 
+  it('samples more prompts than maxRows in runs: the first run as one call would, the others seeded apart', async () => {
+    const prompts = [...PROMPTS, ...PROMPTS, ...PROMPTS];
+    const maxRows = PROMPTS.length;
+    const runs = await sample(model, prompts, { ...base, maxRows });
+    expect(runs).toHaveLength(prompts.length);
+    // Run 0 is what sampling its rows alone gives (same seed); the same prompts in runs 1 and 2 are
+    // drawn with other seeds, so the three copies do not repeat one another.
+    expect(runs.slice(0, maxRows)).toEqual(await sample(model, PROMPTS, base));
+    const copies = [0, 1, 2].map((r) => JSON.stringify(runs.slice(r * maxRows, (r + 1) * maxRows)));
+    expect(new Set(copies).size).toBe(3);
+    // Greedy decoding does not depend on the seed: every run gives the one-call result.
+    const greedy = { ...base, temperature: 0 };
+    expect(await sample(model, prompts, { ...greedy, maxRows: 2 })).toEqual(
+      await sample(model, prompts, greedy),
+    );
+    await expect(sample(model, PROMPTS, { ...base, maxRows: 0 })).rejects.toThrow(
+      /maxRows must be an integer > 0, got 0/,
+    );
+  });
+
   it('rejects a bad request and says what is wrong', async () => {
     await expect(sample(model, [[1, 99]], base)).rejects.toThrow(
       /prompt 0 has token 99 at position 1, outside/,
