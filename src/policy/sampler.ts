@@ -38,9 +38,9 @@ export interface SampleOptions {
 
 /**
  * Bytes of keys and values one decoding run may hold (256 MiB). The cache grows by concatenation, so
- * a step briefly holds it twice; tfjs-backend-wasm's heap is 2 GiB at most, and a batch past it fails
- * inside the wasm module with errors that name no cause ("table index is out of bounds"): `rxrl
- * eval -k 32` on 128 Countdown prompts (4,096 rows, about 1 GiB of cache) did.
+ * a step briefly holds it twice, beside the activations, in a wasm heap that tops out at 4 GiB. A
+ * batch too large failed inside the wasm module with an error that names no cause ("table index is
+ * out of bounds"): `rxrl eval -k 32` on 128 Countdown prompts (4,096 rows, about 1 GiB of cache) did.
  */
 export const KV_CACHE_BUDGET = 256 * 1024 * 1024;
 
