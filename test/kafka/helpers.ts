@@ -1,4 +1,5 @@
 /** Shared by the Kafka transport tests: the broker connection, runs with fresh topics, messages, waiting. */
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Kafka, logLevel, type KafkaMessage } from 'kafkajs';
@@ -71,14 +72,25 @@ export async function readTopic(topic: string, count: number, timeoutMs = 20_000
   }
 }
 
+/** Polls `condition`; `what` names it in the timeout error (a function: read when the time is up, with the state then). */
 export async function waitFor(
   condition: () => boolean | Promise<boolean>,
-  what: string,
+  what: string | (() => string),
   timeoutMs = 20_000,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `Timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`,
+      );
     await sleep(25);
   }
+}
+
+/** Whether a child process still runs, or how it ended: a silent child may have been killed. */
+export function state(child: ChildProcess): string {
+  if (child.exitCode !== null) return `pid ${child.pid}, exited with code ${child.exitCode}`;
+  if (child.signalCode !== null) return `pid ${child.pid}, killed by ${child.signalCode}`;
+  return `pid ${child.pid}, running`;
 }

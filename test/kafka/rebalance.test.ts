@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { afterAll, afterEach, expect, it } from 'vitest';
 import { kafkaSink } from '../../src/transport/kafka/sink.ts';
-import { connection, createRun, deleteRuns, prompt, unique, waitFor } from './helpers.ts';
+import { connection, createRun, deleteRuns, prompt, state, unique, waitFor } from './helpers.ts';
 
 const WORKER = join(dirname(fileURLToPath(import.meta.url)), 'worker.ts');
 const workers: ChildProcess[] = [];
@@ -55,23 +55,47 @@ afterAll(deleteRuns);
 it('loses nothing when one of two consumer processes of a group is killed mid-way', async () => {
   const run = await createRun('rebalance', 4);
   const groupId = unique('workers');
-  // Started first: they take seconds to load, and consume records as they come.
-  const doomed = startWorker(run, groupId, 25);
-  const survivor = startWorker(run, groupId, 25);
   const ids = Array.from({ length: 60 }, (_, i) => `p${i}`);
+  // The doomed worker starts alone and takes every partition; the survivor joins once it is processing,
+  // so the group rebalances with records left for both. Started together, the first to join could
+  // process all 60 before the other had joined (seen on a fast machine). 200 ms a record gives the
+  // doomed one 12 s of work on its own.
+  const doomed = startWorker(run, groupId, 200);
   await lastValueFrom(from(ids.map(prompt)).pipe(kafkaSink({ connection, run, edge: 'prompts' }), toArray()));
-  const all = () => new Set([...doomed.processed, ...survivor.processed]);
-  const logs = () => [...doomed.stderr, ...survivor.stderr].join('').slice(-2_000);
+  const workers: Worker[] = [doomed];
+  const all = () => new Set(workers.flatMap((w) => w.processed));
+  const logs = () =>
+    workers
+      .map(
+        (w, i) => `${i === 0 ? 'doomed' : 'survivor'} ${state(w.process)}, ${w.processed.length} processed`,
+      )
+      .join('; ') +
+    '; stderr: ' +
+    workers
+      .flatMap((w) => w.stderr)
+      .join('')
+      .slice(-2_000);
   await waitFor(
-    () => doomed.processed.length >= 8 && survivor.processed.length >= 1,
-    `both workers processing (stderr: ${logs()})`,
-    30_000,
+    () => doomed.processed.length >= 8,
+    () => `the first worker processing (${logs()})`,
+    60_000,
+  );
+  const survivor = startWorker(run, groupId, 200);
+  workers.push(survivor);
+  await waitFor(
+    () => survivor.processed.length >= 1,
+    () => `the second worker processing (${logs()})`,
+    60_000,
   );
   doomed.process.kill('SIGKILL');
   await exited(doomed.process);
   const doneByDoomed = doomed.processed.length;
 
-  await waitFor(() => all().size === ids.length, 'every record processed by someone', 30_000);
+  await waitFor(
+    () => all().size === ids.length,
+    () => `every record processed by someone (${logs()})`,
+    60_000,
+  );
   survivor.process.kill('SIGTERM');
   await exited(survivor.process);
 
@@ -79,4 +103,4 @@ it('loses nothing when one of two consumer processes of a group is killed mid-wa
   expect([...all()].sort()).toEqual([...ids].sort());
   // Records the killed worker processed but had not committed may be processed again: at least once.
   expect(doomed.processed.length + survivor.processed.length).toBeGreaterThanOrEqual(ids.length);
-}, 90_000);
+}, 240_000);

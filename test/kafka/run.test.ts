@@ -102,6 +102,15 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
     const steps = 5;
     const learner = startRole('learner', { run, role: 'learner', runDir, cacheDir, steps });
     const doomed = startRole('doomed', { run, role: 'rollout', runDir, cacheDir, steps, workerId: 'doomed' });
+    const reward = startRole('reward', { run, role: 'reward', runDir, cacheDir, steps });
+    const generated = (r: typeof doomed) => r.events.filter((e) => e.kind === 'rollouts').length;
+    await waitFor(
+      () => generated(doomed) >= 1,
+      () => `the doomed worker generating\n${logs(learner, doomed, reward)}`,
+      400_000,
+    );
+    // The survivor joins only now. Started with the doomed worker, it could win every partition and finish
+    // the run alone before the doomed one generated anything (seen on a fast machine): nothing to kill.
     const survivor = startRole('survivor', {
       run,
       role: 'rollout',
@@ -110,10 +119,6 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
       steps,
       workerId: 'survivor',
     });
-    const reward = startRole('reward', { run, role: 'reward', runDir, cacheDir, steps });
-    const all = [learner, doomed, survivor, reward];
-    const generated = (r: typeof doomed) => r.events.filter((e) => e.kind === 'rollouts').length;
-    await waitFor(() => generated(doomed) >= 1, `the doomed worker generating\n${logs(...all)}`, 400_000);
     const stepAtKill = learner.events.filter((e) => e.kind === 'step').length;
     doomed.process.kill('SIGKILL');
     await doomed.exited;

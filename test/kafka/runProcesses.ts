@@ -9,7 +9,7 @@ import { readTopicSince } from '../../src/run/kafka/common.ts';
 import { decodeMessage } from '../../src/transport/kafka/source.ts';
 import { topicName } from '../../src/transport/kafka/topics.ts';
 import { decodeVersionsRecord } from '../../src/transport/kafka/weights.ts';
-import { connection } from './helpers.ts';
+import { connection, state } from './helpers.ts';
 
 const ENTRY = join(dirname(fileURLToPath(import.meta.url)), 'runRole.ts');
 
@@ -53,7 +53,14 @@ export function startRole(
     const lines = (partial + chunk.toString()).split('\n');
     partial = lines.pop()!;
     for (const line of lines) {
-      const parsed = JSON.parse(line) as { event?: KafkaRunEvent; summary?: KafkaRunSummary };
+      let parsed: { event?: KafkaRunEvent; summary?: KafkaRunSummary };
+      try {
+        parsed = JSON.parse(line) as typeof parsed;
+      } catch {
+        // Something else wrote to stdout: kept for the failure message, not thrown in the test's process.
+        role.stderr.push(`(stdout) ${line}\n`);
+        continue;
+      }
       if (parsed.event) role.events.push(parsed.event);
       if (parsed.summary) role.summary = parsed.summary;
     }
@@ -68,7 +75,7 @@ export function logs(...roles: RoleProcess[]): string {
   return roles
     .map((r) => {
       const events = r.events.slice(-5).map((e) => JSON.stringify(e).slice(0, 200));
-      return `--- ${r.name}: last events\n${events.join('\n')}\nstderr:\n${r.stderr.join('').slice(-1_500)}`;
+      return `--- ${r.name} (${state(r.process)}): last events\n${events.join('\n')}\nstderr:\n${r.stderr.join('').slice(-1_500)}`;
     })
     .join('\n');
 }
