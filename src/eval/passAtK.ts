@@ -50,6 +50,8 @@ export interface EvalSummary {
   samplesPerQuestion: number;
   /** Mean over questions of the share of correct samples. */
   pass1: number;
+  /** Each question's share of correct samples, in question order (for paired comparisons). */
+  pass1ByQuestion: number[];
   /** Unbiased pass@k for each k asked. */
   passAtK: Record<number, number>;
   /** Share of questions whose majority answer is correct. */
@@ -69,6 +71,7 @@ export function summarizeEval(
     questions: questions.length,
     samplesPerQuestion: n,
     pass1: mean((q) => count(q) / q.correct.length),
+    pass1ByQuestion: questions.map((q) => count(q) / q.correct.length),
     passAtK: Object.fromEntries(
       ks.filter((k) => k <= n).map((k) => [k, mean((q) => passAtK(q.correct.length, count(q), k))]),
     ),

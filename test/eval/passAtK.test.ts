@@ -57,5 +57,6 @@ describe('pass@k', () => {
     expect(s.passAtK[1]).toBeCloseTo(s.pass1, 12);
     expect(s.passAtK[2]).toBeCloseTo((passAtK(4, 2, 2) + passAtK(4, 1, 2)) / 2, 12);
     expect(s.consAtK).toBe(0.5);
+    expect(s.pass1ByQuestion).toEqual([0.5, 0.25]);
   });
 });

@@ -67,6 +67,9 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     expect(result.policyVersion).toBe(4);
     expect(result.questions).toBe(4);
     expect(result.samplesPerQuestion).toBe(2);
+    // Per prompt too, in prompt order: what `rxrl eval --against` pairs with another checkpoint's.
+    expect(result.pass1ByQuestion).toHaveLength(4);
+    expect(result.pass1ByQuestion.reduce((a, b) => a + b, 0) / 4).toBeCloseTo(result.pass1, 12);
     const { backend, policyVersion, ...rest } = result;
     expect({ backend, policyVersion }).toEqual({ backend: 'wasm', policyVersion: 4 });
     expect(rest).toEqual(last.result);

@@ -23,6 +23,11 @@ export function registerEvalCommand(program: Command): void {
     )
     .option('--top-p <p>', 'nucleus sampling (default: the topology eval.topP)', probability)
     .option('--seed <n>', 'sampling seed', anyInt, 0)
+    .option(
+      '--against <dir>',
+      'also evaluate this checkpoint (e.g. the base model) on the same prompts and seed, and compare ' +
+        'pass@1 prompt by prompt (paired bootstrap, 95% interval)',
+    )
     .option('--json', 'print the result as JSON')
     .action(
       async (
@@ -35,6 +40,7 @@ export function registerEvalCommand(program: Command): void {
           temperature?: number;
           topP?: number;
           seed: number;
+          against?: string;
           json?: boolean;
         },
       ) => {
@@ -49,15 +55,22 @@ export function registerEvalCommand(program: Command): void {
         };
         // Loaded here so that commands which need no tfjs start without it.
         const { evaluateCheckpoint } = await import('../../run/evaluate.ts');
-        const result = await evaluateCheckpoint({
-          topology,
-          backend: opts.backend,
-          checkpoint,
-          settings,
-          seed: opts.seed,
-        });
+        const evaluateAt = (dir: string) =>
+          evaluateCheckpoint({ topology, backend: opts.backend, checkpoint: dir, settings, seed: opts.seed });
+        const result = await evaluateAt(checkpoint);
+        const against = opts.against
+          ? await (async (dir: string) => {
+              const baseline = await evaluateAt(dir);
+              const { pairedBootstrap } = await import('../../eval/paired.ts');
+              return {
+                checkpoint: dir,
+                pass1: baseline.pass1,
+                comparison: pairedBootstrap(baseline.pass1ByQuestion, result.pass1ByQuestion),
+              };
+            })(opts.against)
+          : undefined;
         if (opts.json) {
-          console.log(JSON.stringify({ checkpoint, settings, ...result }));
+          console.log(JSON.stringify({ checkpoint, settings, ...result, ...(against ? { against } : {}) }));
           return;
         }
         const f = (x: number) => x.toFixed(3);
@@ -78,6 +91,16 @@ export function registerEvalCommand(program: Command): void {
           console.log(
             `  steps    ${f(result.stepAccuracy)} (share of the chain-of-thought arithmetic steps that are right)`,
           );
+        if (against) {
+          const c = against.comparison;
+          const signed = (x: number) => `${x >= 0 ? '+' : ''}${f(x)}`;
+          console.log(
+            `against ${against.checkpoint}: pass@1 ${f(against.pass1)} -> ${f(result.pass1)}, ` +
+              `${signed(c.difference)} (95% interval ${signed(c.low)} to ${signed(c.high)}; paired bootstrap over ` +
+              `${c.questions} prompts, ${c.resamples} resamples, ${f(c.atOrBelowZero)} of them at or below 0); ` +
+              `${c.better} prompts rose, ${c.worse} fell, ${c.same} stayed`,
+          );
+        }
       },
     );
 }
