@@ -58,17 +58,13 @@ export function registerEvalCommand(program: Command): void {
         const evaluateAt = (dir: string) =>
           evaluateCheckpoint({ topology, backend: opts.backend, checkpoint: dir, settings, seed: opts.seed });
         const result = await evaluateAt(checkpoint);
-        const against = opts.against
-          ? await (async (dir: string) => {
-              const baseline = await evaluateAt(dir);
-              const { pairedBootstrap } = await import('../../eval/paired.ts');
-              return {
-                checkpoint: dir,
-                pass1: baseline.pass1,
-                comparison: pairedBootstrap(baseline.pass1ByQuestion, result.pass1ByQuestion),
-              };
-            })(opts.against)
-          : undefined;
+        const baseline = opts.against ? await evaluateAt(opts.against) : undefined;
+        const { pairedBootstrap } = await import('../../eval/paired.ts');
+        const against = baseline && {
+          checkpoint: opts.against!,
+          pass1: baseline.pass1,
+          comparison: pairedBootstrap(baseline.pass1ByQuestion, result.pass1ByQuestion),
+        };
         if (opts.json) {
           console.log(JSON.stringify({ checkpoint, settings, ...result, ...(against ? { against } : {}) }));
           return;
