@@ -67,11 +67,12 @@ export function summarizeEval(
   const mean = (f: (q: QuestionSamples) => number) =>
     questions.reduce((a, q) => a + f(q), 0) / questions.length;
   const count = (q: QuestionSamples) => q.correct.filter(Boolean).length;
+  const pass1ByQuestion = questions.map((q) => count(q) / q.correct.length);
   return {
     questions: questions.length,
     samplesPerQuestion: n,
-    pass1: mean((q) => count(q) / q.correct.length),
-    pass1ByQuestion: questions.map((q) => count(q) / q.correct.length),
+    pass1: pass1ByQuestion.reduce((a, p) => a + p, 0) / questions.length,
+    pass1ByQuestion,
     passAtK: Object.fromEntries(
       ks.filter((k) => k <= n).map((k) => [k, mean((q) => passAtK(q.correct.length, count(q), k))]),
     ),

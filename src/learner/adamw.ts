@@ -71,6 +71,19 @@ export class AdamW {
     return out;
   }
 
+  /**
+   * Calls `use` with `state()` (to save it), then frees the one tensor `state()` makes, the step count;
+   * the moments are the optimiser's own.
+   */
+  async withState<T>(use: (state: ReadonlyMap<string, tf.Tensor>) => Promise<T>): Promise<T> {
+    const state = this.state();
+    try {
+      return await use(state);
+    } finally {
+      state.get('adam.t')!.dispose();
+    }
+  }
+
   /** Restores what `state()` returned; a missing or misshapen entry is an error. */
   load(state: ReadonlyMap<string, tf.Tensor>): void {
     const t = state.get('adam.t');

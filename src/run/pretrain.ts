@@ -124,15 +124,16 @@ export async function ensureBaseModel(options: {
     const loss = trainer.train(batch);
     options.onStep?.(step, topology.pretrain.steps, loss);
     if (every > 0 && step % every === 0 && step < topology.pretrain.steps) {
-      const optimizer = trainer.optimizer.state();
-      await saveCheckpoint(partialDir, {
-        model,
-        tokenizer,
-        policyVersion: 0,
-        optimizer,
-        metadata: { stage: 'pretrain (partial)', topology: topology.name, step },
-      });
-      optimizer.get('adam.t')?.dispose();
+      // The step it resumes from is the optimiser's own step count (adam.t).
+      await trainer.optimizer.withState((optimizer) =>
+        saveCheckpoint(partialDir, {
+          model,
+          tokenizer,
+          policyVersion: 0,
+          optimizer,
+          metadata: { stage: 'pretrain (partial)', topology: topology.name },
+        }),
+      );
     }
   }
   trainer.dispose();

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { pairedBootstrap } from '../../eval/paired.ts';
 import type { BackendRequest } from '../../policy/backend.ts';
 import { anyInt, positiveInt, positiveNumber, probability } from '../options.ts';
 import { defaultRunDir, loadPipeline } from '../pipelines.ts';
@@ -59,7 +60,6 @@ export function registerEvalCommand(program: Command): void {
           evaluateCheckpoint({ topology, backend: opts.backend, checkpoint: dir, settings, seed: opts.seed });
         const result = await evaluateAt(checkpoint);
         const baseline = opts.against ? await evaluateAt(opts.against) : undefined;
-        const { pairedBootstrap } = await import('../../eval/paired.ts');
         const against = baseline && {
           checkpoint: opts.against!,
           pass1: baseline.pass1,

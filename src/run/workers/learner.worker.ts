@@ -39,15 +39,15 @@ await serve<LearnerRequest>(
         };
       }
       case 'save': {
-        const optimizer = learner!.optimizer.state();
-        await saveCheckpoint(request.dir, {
-          model: learner!.model,
-          tokenizer: tokenizer!,
-          policyVersion: learner!.version,
-          optimizer,
-          metadata: request.metadata,
-        });
-        optimizer.get('adam.t')?.dispose();
+        await learner!.optimizer.withState((optimizer) =>
+          saveCheckpoint(request.dir, {
+            model: learner!.model,
+            tokenizer: tokenizer!,
+            policyVersion: learner!.version,
+            optimizer,
+            metadata: request.metadata,
+          }),
+        );
         return { reply: { type: 'saved' } };
       }
     }
