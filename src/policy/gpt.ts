@@ -22,6 +22,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { normalArray, seededUniform } from '../random.ts';
+import { cachedAttention, cachedAttentionAvailable } from './cachedAttention.ts';
 
 export const GPTConfig = z
   .object({
@@ -64,6 +65,13 @@ export interface RunOptions {
   bias: tf.Tensor4D;
   /** Keys/values of the S - T earlier positions, per layer (the KV cache). */
   past?: readonly LayerKV[];
+  /**
+   * Instead of `past`, for one new token per row (T = 1): per layer, key and value buffers
+   * [B, H, capacity, hd] holding the first `length` positions; this token's key and value are
+   * written into them at position `length` (see cachedAttention.ts, which must be available), and
+   * `present` is these same buffers.
+   */
+  inPlace?: { layers: readonly LayerKV[]; length: number };
   /** Compute logits for the last position of each row only. */
   lastOnly?: boolean;
 }
@@ -280,13 +288,18 @@ export class GPT {
    * row) and the keys/values of all S = past + T positions per layer, to cache.
    */
   run(ids: tf.Tensor2D, options: RunOptions): { logits: tf.Tensor2D; present: LayerKV[] } {
-    const { positions, bias, past, lastOnly = false } = options;
+    const { positions, bias, past, inPlace, lastOnly = false } = options;
     const { vocabSize, contextLength, dModel, nLayers } = this.config;
     const [B, T] = ids.shape;
     const flatIds = tf.reshape(ids, [B * T]);
     let x = embed(oneHotFloat(flatIds, vocabSize), this.p('wte')) as tf.Tensor2D;
     if (!positions && T > contextLength)
       throw new Error(`GPT: sequence of ${T} tokens exceeds contextLength ${contextLength}`);
+    if (inPlace && (T !== 1 || past || !cachedAttentionAvailable(this.headDim)))
+      throw new Error(
+        'GPT: an in-place KV cache takes one token per row, no `past`, and the wasm backend with ' +
+          `rxrl's cached-attention kernels (got ${T} tokens, backend ${tf.getBackend()})`,
+      );
     const onePos = positions && oneHotFloat(tf.reshape(positions, [B * T]), contextLength);
     let rotation: Rope | undefined;
     if (this.rope) {
@@ -302,7 +315,10 @@ export class GPT {
     }
     const present: LayerKV[] = [];
     for (let l = 0; l < nLayers; l++) {
-      const attn = this.attention(l, this.norm(`h${l}.ln1`, x), B, T, bias, past?.[l], rotation);
+      const normed = this.norm(`h${l}.ln1`, x);
+      const attn = inPlace
+        ? this.attentionInPlace(l, normed, B, bias, inPlace.layers[l]!, inPlace.length, rotation)
+        : this.attention(l, normed, B, T, bias, past?.[l], rotation);
       present.push(attn.kv);
       x = tf.add(x, attn.y);
       x = tf.add(x, this.mlp(l, this.norm(`h${l}.ln2`, x)));
@@ -330,19 +346,13 @@ export class GPT {
   ): { y: tf.Tensor2D; kv: LayerKV } {
     const { dModel, nHeads } = this.config;
     const hd = this.headDim;
-    const qkv = linear(x, this.p(`h${l}.attn.wqkv`), this.p(`h${l}.attn.bqkv`));
     // [B*T, d] -> [B, H, T, hd] for each of q, k, v. With one position (a decoding step) the
     // transpose only moves a size-1 axis, so a reshape (no copy, no kernel) does it.
     const heads = (t: tf.Tensor): tf.Tensor4D =>
       T === 1
         ? tf.reshape(t, [B, nHeads, 1, hd])
         : tf.transpose(tf.reshape(t, [B, T, nHeads, hd]), [0, 2, 1, 3]);
-    // Not written back into split's array: tfjs's tape keeps that very array as the op's outputs, so
-    // replacing an entry would send the gradient of the rotated tensor straight into the split.
-    const [qIn, kIn, vIn] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-    const q = heads(rotation ? rotate(qIn, rotation) : qIn);
-    const k = heads(rotation ? rotate(kIn, rotation) : kIn);
-    const v = heads(vIn);
+    const { q, k, v } = this.queryKeyValue(l, x, rotation, heads);
     const kAll = past ? tf.concat([past.k, k], 2) : k;
     const vAll = past ? tf.concat([past.v, v], 2) : v;
     // softmax(q k^T / sqrt(hd) + bias) v; the scale goes on q, the smaller tensor. These matmuls
@@ -350,8 +360,46 @@ export class GPT {
     const scores = tf.add(tf.matMul(tf.mul(q, 1 / Math.sqrt(hd)), kAll, false, true), bias);
     const y = tf.matMul(tf.softmax(scores), vAll);
     const merged = tf.reshape(T === 1 ? y : tf.transpose(y, [0, 2, 1, 3]), [B * T, dModel]);
-    const out = linear(merged, this.p(`h${l}.attn.wo`), this.p(`h${l}.attn.bo`)) as tf.Tensor2D;
-    return { y: out, kv: { k: kAll, v: vAll } };
+    return { y: this.attentionOut(l, merged), kv: { k: kAll, v: vAll } };
+  }
+
+  /** Attention for one new token per row over an in-place KV cache (RunOptions.inPlace). */
+  private attentionInPlace(
+    l: number,
+    x: tf.Tensor2D,
+    B: number,
+    bias: tf.Tensor4D,
+    cache: LayerKV,
+    length: number,
+    rotation: Rope | undefined,
+  ): { y: tf.Tensor2D; kv: LayerKV } {
+    const { dModel, nHeads } = this.config;
+    const hd = this.headDim;
+    const { q, k, v } = this.queryKeyValue(l, x, rotation, (t) => tf.reshape(t, [B, nHeads, 1, hd]));
+    const y = cachedAttention(q, k, v, cache, bias, length + 1, 1 / Math.sqrt(hd));
+    return { y: this.attentionOut(l, tf.reshape(y, [B, dModel])), kv: cache };
+  }
+
+  /** The projections of x [B*T, d] to queries, keys (RoPE-rotated with `rotation`) and values, split into heads. */
+  private queryKeyValue(
+    l: number,
+    x: tf.Tensor2D,
+    rotation: Rope | undefined,
+    heads: (t: tf.Tensor) => tf.Tensor4D,
+  ): { q: tf.Tensor4D; k: tf.Tensor4D; v: tf.Tensor4D } {
+    const qkv = linear(x, this.p(`h${l}.attn.wqkv`), this.p(`h${l}.attn.bqkv`));
+    // Not written back into split's array: tfjs's tape keeps that very array as the op's outputs, so
+    // replacing an entry would send the gradient of the rotated tensor straight into the split.
+    const [qIn, kIn, vIn] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+    return {
+      q: heads(rotation ? rotate(qIn, rotation) : qIn),
+      k: heads(rotation ? rotate(kIn, rotation) : kIn),
+      v: heads(vIn),
+    };
+  }
+
+  private attentionOut(l: number, merged: tf.Tensor): tf.Tensor2D {
+    return linear(merged, this.p(`h${l}.attn.wo`), this.p(`h${l}.attn.bo`)) as tf.Tensor2D;
   }
 
   private mlp(l: number, x: tf.Tensor2D): tf.Tensor2D {

@@ -12,6 +12,7 @@
  * Draws use a seeded JS generator, so a seed fixes the tokens on a given backend.
  */
 import * as tf from '@tensorflow/tfjs';
+import { cachedAttentionAvailable } from './cachedAttention.ts';
 import { MASKED, type GPT, type LayerKV } from './gpt.ts';
 import { seededUniform, type Uniform } from '../random.ts';
 
@@ -37,8 +38,9 @@ export interface SampleOptions {
 }
 
 /**
- * Bytes of keys and values one decoding run may hold (256 MiB). The cache grows by concatenation, so
- * a step briefly holds it twice, beside the activations, in a wasm heap that tops out at 4 GiB. A
+ * Bytes of keys and values one decoding run may hold (256 MiB). Where the cache grows by
+ * concatenation, a step briefly holds it twice, beside the activations; on wasm (in place) the prefill
+ * does; and the wasm heap tops out at 4 GiB. A
  * batch too large failed inside the wasm module with an error that names no cause ("table index is
  * out of bounds"): `rxrl eval -k 32` on 128 Countdown prompts (4,096 rows, about 1 GiB of cache) did.
  */
@@ -105,7 +107,13 @@ interface Decoder {
   dispose(): void;
 }
 
-type DecoderClass = new (model: GPT, prompts: readonly (readonly number[])[], padId: number) => Decoder;
+/** `capacity`: the most columns (left padding, prompt and sampled tokens) a row will reach. */
+type DecoderClass = new (
+  model: GPT,
+  prompts: readonly (readonly number[])[],
+  padId: number,
+  capacity: number,
+) => Decoder;
 
 async function decode(
   model: GPT,
@@ -125,7 +133,8 @@ async function decode(
   const logitTemperature = temperature === 0 ? 1 : temperature;
   const next = new Int32Array(B).fill(options.padId ?? 0);
   if (done.every(Boolean)) return rows;
-  const decoder = new Decoder(model, prompts, options.padId ?? 0);
+  const width = Math.max(...prompts.map((p) => p.length));
+  const decoder = new Decoder(model, prompts, options.padId ?? 0, width + Math.max(...limits));
   try {
     let logProbs = decoder.prefill(logitTemperature);
     for (;;) {
@@ -281,28 +290,62 @@ function logSoftmaxAt(logits: tf.Tensor2D, temperature: number): tf.Tensor2D {
   return tf.logSoftmax(temperature === 1 ? logits : tf.div<tf.Tensor2D>(logits, temperature));
 }
 
+/**
+ * The KV cache comes in two kinds. Where cachedAttention.ts's kernels run (the wasm backend), it is
+ * allocated once at the run's final length after the prefill, and each step writes its keys and
+ * values into it in place. Elsewhere each step concatenates them onto the cache, a new tensor.
+ */
 class CachedDecoder implements Decoder {
   private readonly batch: PaddedBatch;
   private cache: LayerKV[] = [];
+  private readonly inPlace: boolean;
 
   constructor(
     private readonly model: GPT,
     prompts: readonly (readonly number[])[],
     padId: number,
+    private readonly capacity: number,
   ) {
     this.batch = new PaddedBatch(prompts, padId);
+    this.inPlace = cachedAttentionAvailable(model.headDim);
   }
 
   prefill(temperature: number): tf.Tensor2D {
-    return this.advance(this.batch.width, temperature);
+    const logProbs = this.advance(this.batch.width, temperature);
+    if (this.inPlace) {
+      // Pad each layer's keys and values along the position axis to the capacity: the buffers the
+      // steps write into.
+      const grow = [
+        [0, 0],
+        [0, 0],
+        [0, this.capacity - this.batch.width],
+        [0, 0],
+      ] as [number, number][];
+      const prefilled = this.cache;
+      this.cache = prefilled.map(({ k, v }) => ({ k: tf.pad(k, grow), v: tf.pad(v, grow) }));
+      for (const { k, v } of prefilled) tf.dispose([k, v]);
+    }
+    return logProbs;
   }
 
   step(tokens: Int32Array, temperature: number): tf.Tensor2D {
     this.batch.append(tokens);
-    return this.advance(1, temperature);
+    if (!this.inPlace) return this.advance(1, temperature);
+    if (this.batch.width > this.capacity)
+      throw new Error(`sample: decoding past the KV cache's capacity of ${this.capacity} columns`);
+    return tf.tidy(() => {
+      const { ids, positions } = this.batch.window(1);
+      const { logits } = this.model.run(ids, {
+        positions,
+        bias: this.batch.bias(1),
+        inPlace: { layers: this.cache, length: this.batch.width - 1 },
+        lastOnly: true,
+      });
+      return logSoftmaxAt(logits, temperature);
+    });
   }
 
-  /** Runs the last T columns against the cache, which then holds every column. */
+  /** Runs the last T columns against the concatenated cache, which then holds every column. */
   private advance(T: number, temperature: number): tf.Tensor2D {
     const { logProbs, present } = tf.tidy(() => {
       const { ids, positions } = this.batch.window(T);

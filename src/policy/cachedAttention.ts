@@ -1,0 +1,331 @@
+/**
+ * Attention for one decoding step over a KV cache written in place: two WebAssembly SIMD kernels
+ * registered on tfjs's wasm backend, used by the sampler when that backend runs.
+ *
+ *   scores  s[b,h,j] = scale * q[b,h] . K[b,h,j] + bias[b,j]   for j < length,
+ *           after writing K[b,h,length-1] = kNew[b,h]
+ *   mix     y[b,h]   = sum_j p[b,h,j] V[b,h,j]                  for j < length,
+ *           after writing V[b,h,length-1] = vNew[b,h]
+ *
+ * with tfjs's own softmax between them (p = softmax(s)). K and V are [B, H, capacity, hd] buffers
+ * allocated once per decoding run at its final length.
+ *
+ * Why: with the cache grown by tf.concat, every decoding step copies every layer's keys and values
+ * (the whole cache, so O(length) a step), and the two attention matmuls, batched with one query row
+ * per head, run on the wasm backend's scalar loop (XNNPACK takes only unbatched matmuls, and the
+ * per-entry XNNPACK calls of wasmKernels.ts cost more than they save on one row). On the ~1M bench
+ * model (16 rows, 4 layers, 128 new tokens) that was 2 ms of a 5.3 ms step; these kernels do the same
+ * work in about a fifth of the time (bench: `npm run bench:policy`).
+ *
+ * Writing into an input tensor breaks tfjs's rule that tensors are immutable. It is safe here because
+ * the buffers belong to one decoder (CachedDecoder in sampler.ts), which never hands them out, and a
+ * step writes only position length-1, which no earlier step has read (reads stop below length).
+ *
+ * The kernels are the WebAssembly text below, assembled by wabt when the wasm backend starts and
+ * instantiated on the backend's own memory, so they read and write tensors where they lie (at the
+ * memory offsets of the backend's data map). They reach into the backend's internals, so they are
+ * installed only on the tfjs-backend-wasm version they were written against (4.x), only on its
+ * single-threaded build (whose memory is not shared), and only for head sizes that are a multiple
+ * of 4 (one SIMD lane each); elsewhere the sampler keeps the concat cache. They are checked against
+ * the tfjs ops they replace by test/policy/cachedAttention.test.ts.
+ */
+import * as tf from '@tensorflow/tfjs';
+import wabtInit from 'wabt';
+
+/** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
+declare const WebAssembly: {
+  Memory: abstract new (...args: never[]) => { buffer: ArrayBuffer | SharedArrayBuffer };
+  compile(bytes: Uint8Array): Promise<object>;
+  instantiate(module: object, imports: object): Promise<{ exports: object }>;
+};
+type WasmMemory = InstanceType<typeof WebAssembly.Memory>;
+
+const KERNEL = 'RxrlCachedAttention';
+
+/**
+ * One call attends every head [B, H] in order. A head's query, key and value rows are hd floats; its
+ * cache holds `capacity` such rows. The dot products and the weighted sum run 4 lanes at a time
+ * (f32x4); the softmax runs one score at a time, in order, so a row's result does not depend on
+ * where its columns fall in SIMD lanes, and so not on how much left padding the batch gives it (a
+ * masked column's exponential is exactly 0). The decoder's sampling is then the same for a row
+ * whatever the batch, as with the concat cache (tfjs's softmax sums in lanes, so it is not).
+ */
+const KERNEL_WAT = `
+(module
+  (import "env" "memory" (memory 1))
+  ;; e^x for x <= 0 (softmax's arguments), 4 lanes at a time: x = n ln2 + r with |r| <= ln2/2 (ln2 in
+  ;; two parts, as Cephes' expf), e^r by its Taylor series to r^7 (truncation error < 6e-9), times
+  ;; 2^n built in the exponent bits. Below -87, 0 (2^-126 is the smallest normal float). Each lane
+  ;; is the same IEEE computation, so a value does not depend on its lane.
+  (func $exp4 (param $x v128) (result v128)
+    (local $n v128) (local $r v128) (local $p v128)
+    (local.set $n (f32x4.nearest (f32x4.mul (local.get $x) (v128.const f32x4 1.44269504 1.44269504 1.44269504 1.44269504))))
+    (local.set $r (f32x4.add
+      (f32x4.sub (local.get $x) (f32x4.mul (local.get $n) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375)))
+      (f32x4.mul (local.get $n) (v128.const f32x4 2.12194440e-4 2.12194440e-4 2.12194440e-4 2.12194440e-4))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1)
+      (f32x4.mul (local.get $r) (v128.const f32x4 0.142857143 0.142857143 0.142857143 0.142857143))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.166666667 0.166666667 0.166666667 0.166666667)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.2 0.2 0.2 0.2)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.25 0.25 0.25 0.25)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.333333333 0.333333333 0.333333333 0.333333333)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.5 0.5 0.5 0.5)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (local.get $r) (local.get $p))))
+    (v128.andnot
+      (f32x4.mul (local.get $p) (i32x4.shl
+        (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (v128.const i32x4 127 127 127 127))
+        (i32.const 23)))
+      (f32x4.lt (local.get $x) (v128.const f32x4 -87 -87 -87 -87))))
+
+  (func (export "attend")
+    (param $q i32) (param $kNew i32) (param $vNew i32) (param $kc i32) (param $vc i32) (param $bias i32)
+    (param $scratch i32) (param $out i32)
+    (param $B i32) (param $H i32) (param $cap i32) (param $len i32) (param $hd i32) (param $scale f32)
+    (local $b i32) (local $h i32) (local $bh i32) (local $rowBytes i32) (local $qRow i32) (local $kRow i32)
+    (local $vRow i32) (local $biasRow i32) (local $outRow i32) (local $s i32) (local $d i32) (local $at i32)
+    (local $acc v128) (local $maxv v128) (local $e f32) (local $max f32) (local $sum f32)
+    (local.set $rowBytes (i32.shl (local.get $hd) (i32.const 2)))
+    (block $bDone (loop $bLoop
+      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
+      (local.set $biasRow (i32.add (local.get $bias) (i32.shl (i32.mul (local.get $b) (local.get $len)) (i32.const 2))))
+      (local.set $h (i32.const 0))
+      (block $hDone (loop $hLoop
+        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
+        (local.set $bh (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)))
+        (local.set $qRow (i32.add (local.get $q) (i32.mul (local.get $bh) (local.get $rowBytes))))
+        (local.set $kRow (i32.add (local.get $kc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
+        (local.set $vRow (i32.add (local.get $vc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
+        ;; This step's key and value go to row len-1 of the head's cache.
+        (memory.copy
+          (i32.add (local.get $kRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
+          (i32.add (local.get $kNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
+          (local.get $rowBytes))
+        (memory.copy
+          (i32.add (local.get $vRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
+          (i32.add (local.get $vNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
+          (local.get $rowBytes))
+        ;; scratch[s] = scale * q.K[s] + bias[s], and their max.
+        (local.set $max (f32.const -inf))
+        (local.set $at (local.get $kRow))
+        (local.set $s (i32.const 0))
+        (block $sDone (loop $sLoop
+          (br_if $sDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $acc (v128.const f32x4 0 0 0 0))
+          (local.set $d (i32.const 0))
+          (block $dDone (loop $dLoop
+            (br_if $dDone (i32.ge_u (local.get $d) (local.get $rowBytes)))
+            (local.set $acc (f32x4.add (local.get $acc)
+              (f32x4.mul (v128.load (i32.add (local.get $qRow) (local.get $d)))
+                         (v128.load (i32.add (local.get $at) (local.get $d))))))
+            (local.set $d (i32.add (local.get $d) (i32.const 16)))
+            (br $dLoop)))
+          (local.set $e (f32.add
+            (f32.mul
+              (f32.add
+                (f32.add (f32x4.extract_lane 0 (local.get $acc)) (f32x4.extract_lane 1 (local.get $acc)))
+                (f32.add (f32x4.extract_lane 2 (local.get $acc)) (f32x4.extract_lane 3 (local.get $acc))))
+              (local.get $scale))
+            (f32.load (i32.add (local.get $biasRow) (i32.shl (local.get $s) (i32.const 2))))))
+          (f32.store (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))) (local.get $e))
+          (local.set $max (f32.max (local.get $max) (local.get $e)))
+          (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+          (local.set $s (i32.add (local.get $s) (i32.const 1)))
+          (br $sLoop)))
+        ;; scratch[s] = e^(scratch[s] - max), 4 at a time (the scratch is padded to a multiple of 4);
+        ;; summed one at a time, in order; then times 1/sum.
+        (local.set $maxv (f32x4.splat (local.get $max)))
+        (local.set $s (i32.const 0))
+        (block $eDone (loop $eLoop
+          (br_if $eDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
+          (v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load (local.get $at)) (local.get $maxv))))
+          (local.set $s (i32.add (local.get $s) (i32.const 4)))
+          (br $eLoop)))
+        (local.set $sum (f32.const 0))
+        (local.set $s (i32.const 0))
+        (block $sumDone (loop $sumLoop
+          (br_if $sumDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $sum (f32.add (local.get $sum)
+            (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))))
+          (local.set $s (i32.add (local.get $s) (i32.const 1)))
+          (br $sumLoop)))
+        (local.set $maxv (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
+        (local.set $s (i32.const 0))
+        (block $nDone (loop $nLoop
+          (br_if $nDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
+          (v128.store (local.get $at) (f32x4.mul (v128.load (local.get $at)) (local.get $maxv)))
+          (local.set $s (i32.add (local.get $s) (i32.const 4)))
+          (br $nLoop)))
+        ;; out = sum_s scratch[s] V[s], 4 lanes of hd at a time.
+        (local.set $outRow (i32.add (local.get $out) (i32.mul (local.get $bh) (local.get $rowBytes))))
+        (local.set $d (i32.const 0))
+        (block $vDone (loop $vLoop
+          (br_if $vDone (i32.ge_u (local.get $d) (local.get $rowBytes)))
+          (local.set $acc (v128.const f32x4 0 0 0 0))
+          (local.set $at (i32.add (local.get $vRow) (local.get $d)))
+          (local.set $s (i32.const 0))
+          (block $wDone (loop $wLoop
+            (br_if $wDone (i32.ge_u (local.get $s) (local.get $len)))
+            (local.set $acc (f32x4.add (local.get $acc)
+              (f32x4.mul
+                (f32x4.splat (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2)))))
+                (v128.load (local.get $at)))))
+            (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+            (local.set $s (i32.add (local.get $s) (i32.const 1)))
+            (br $wLoop)))
+          (v128.store (i32.add (local.get $outRow) (local.get $d)) (local.get $acc))
+          (local.set $d (i32.add (local.get $d) (i32.const 16)))
+          (br $vLoop)))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $hLoop)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $bLoop)))))
+`;
+
+interface Kernel {
+  attend(
+    q: number,
+    kNew: number,
+    vNew: number,
+    kCache: number,
+    vCache: number,
+    bias: number,
+    scratch: number,
+    out: number,
+    B: number,
+    H: number,
+    capacity: number,
+    length: number,
+    hd: number,
+    scale: number,
+  ): void;
+}
+
+/** The parts of tfjs-backend-wasm's BackendWasm this kernel uses. */
+interface WasmBackend {
+  dataIdMap: { get(dataId: object): { memoryOffset: number } };
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  disposeData(dataId: object): boolean;
+  wasm: { asm?: { memory?: WasmMemory } };
+}
+
+type KernelArgs = {
+  inputs: Record<string, tf.TensorInfo>;
+  backend: unknown;
+  attrs?: Record<string, unknown>;
+};
+
+let installed = false;
+
+/**
+ * Assembles the kernel and registers it on the wasm backend (call with it active); idempotent.
+ * Resolves to false where it does not apply (another tfjs-backend-wasm version, or its threaded
+ * build), leaving the sampler on the concat cache.
+ */
+export async function installCachedAttention(wasmVersion: string): Promise<boolean> {
+  if (installed) return true;
+  if (!wasmVersion.startsWith('4.') || tf.getBackend() !== 'wasm') return false;
+  const memory = (tf.backend() as unknown as WasmBackend).wasm.asm?.memory;
+  if (!(memory instanceof WebAssembly.Memory) || !(memory.buffer instanceof ArrayBuffer)) return false;
+  const wabt = await wabtInit();
+  const wat = wabt.parseWat('cachedAttention.wat', KERNEL_WAT, { simd: true, bulk_memory: true });
+  let binary: Uint8Array;
+  try {
+    binary = wat.toBinary({}).buffer;
+  } finally {
+    wat.destroy();
+  }
+  const module = await WebAssembly.compile(binary);
+  const kernel = (await WebAssembly.instantiate(module, { env: { memory } })).exports as unknown as Kernel;
+  tf.registerKernel({ kernelName: KERNEL, backendName: 'wasm', kernelFunc: attendKernel(kernel) });
+  installed = true;
+  return true;
+}
+
+/** Removes the kernel (for tests that compare the sampler with and without it). */
+export function uninstallCachedAttention(): void {
+  if (!installed) return;
+  tf.unregisterKernel(KERNEL, 'wasm');
+  installed = false;
+}
+
+/** Whether decoding with heads of `headDim` can use the in-place cache on the current backend. */
+export function cachedAttentionAvailable(headDim: number): boolean {
+  return installed && tf.getBackend() === 'wasm' && headDim % 4 === 0;
+}
+
+/**
+ * softmax(scale * q K^T + bias) V for one query per head [B, H, 1, hd] over a cache
+ * [B, H, capacity, hd] of keys and values that holds `length - 1` positions, after writing kNew and
+ * vNew [B, H, 1, hd] at position `length - 1`: [B, H, 1, hd]. bias is [B, 1, 1, length]. Mutates
+ * `kCache` and `vCache`.
+ */
+export function cachedAttention(
+  q: tf.Tensor4D,
+  kNew: tf.Tensor4D,
+  vNew: tf.Tensor4D,
+  cache: { k: tf.Tensor4D; v: tf.Tensor4D },
+  bias: tf.Tensor4D,
+  length: number,
+  scale: number,
+): tf.Tensor4D {
+  const [B, H, capacity, hd] = cache.k.shape;
+  if (!(Number.isInteger(length) && length >= 1 && length <= capacity))
+    throw new Error(
+      `cachedAttention: length must be an integer in [1, ${capacity}] (the cache's capacity), got ${length}`,
+    );
+  const expect = (name: string, t: tf.Tensor, shape: number[]): void => {
+    if (t.dtype !== 'float32' || !tf.util.arraysEqual(t.shape, shape))
+      throw new Error(
+        `cachedAttention: ${name} must be float32 [${shape.join(', ')}], got ${t.dtype} [${t.shape.join(', ')}]`,
+      );
+  };
+  expect('the value cache', cache.v, [B, H, capacity, hd]);
+  expect('q', q, [B, H, 1, hd]);
+  expect('kNew', kNew, [B, H, 1, hd]);
+  expect('vNew', vNew, [B, H, 1, hd]);
+  expect('bias', bias, [B, 1, 1, length]);
+  const inputs = { q, kNew, vNew, kCache: cache.k, vCache: cache.v, bias };
+  return tf.engine().runKernel(KERNEL, inputs, { length, scale }) as tf.Tensor4D;
+}
+
+function attendKernel(kernel: Kernel): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args as KernelArgs;
+    const backend = args.backend as unknown as WasmBackend;
+    const { q, kNew, vNew, kCache, vCache, bias } = inputs as Record<
+      'q' | 'kNew' | 'vNew' | 'kCache' | 'vCache' | 'bias',
+      tf.TensorInfo
+    >;
+    const [B, H, capacity, hd] = kCache.shape as [number, number, number, number];
+    const length = attrs!.length as number;
+    const out = backend.makeOutput([B, H, 1, hd], 'float32');
+    // One head's scores at a time, padded to whole SIMD vectors.
+    const scratch = backend.makeOutput([Math.ceil(length / 4) * 4], 'float32');
+    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+    kernel.attend(
+      at(q),
+      at(kNew),
+      at(vNew),
+      at(kCache),
+      at(vCache),
+      at(bias),
+      at(scratch),
+      at(out),
+      B,
+      H,
+      capacity,
+      length,
+      hd,
+      attrs!.scale as number,
+    );
+    backend.disposeData(scratch.dataId);
+    return out;
+  };
+}

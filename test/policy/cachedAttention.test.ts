@@ -1,0 +1,209 @@
+import * as tf from '@tensorflow/tfjs';
+import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  cachedAttention,
+  cachedAttentionAvailable,
+  installCachedAttention,
+  uninstallCachedAttention,
+} from '../../src/policy/cachedAttention.ts';
+import { MASKED } from '../../src/policy/gpt.ts';
+import { sample } from '../../src/policy/sampler.ts';
+import { PROMPTS, TINY, tinyModel, useWasm } from './helpers.ts';
+
+beforeAll(async () => {
+  await useWasm();
+});
+
+interface Case {
+  B: number;
+  H: number;
+  hd: number;
+  capacity: number;
+  length: number;
+  /** Leading masked columns of each row (left padding). */
+  padding: number[];
+  seed: number;
+}
+
+/** Random inputs for one decoding step; the caches hold junk beyond length - 1, which must never be read. */
+function inputs(c: Case) {
+  const { B, H, hd, capacity, length, seed } = c;
+  const bias = new Float32Array(B * length);
+  c.padding.forEach((pad, b) => bias.fill(MASKED, b * length, b * length + Math.min(pad, length - 1)));
+  return {
+    q: tf.randomNormal([B, H, 1, hd], 0, 1, 'float32', seed) as tf.Tensor4D,
+    kNew: tf.randomNormal([B, H, 1, hd], 0, 1, 'float32', seed + 1) as tf.Tensor4D,
+    vNew: tf.randomNormal([B, H, 1, hd], 0, 1, 'float32', seed + 2) as tf.Tensor4D,
+    k: tf.randomNormal([B, H, capacity, hd], 0, 1, 'float32', seed + 3) as tf.Tensor4D,
+    v: tf.randomNormal([B, H, capacity, hd], 0, 1, 'float32', seed + 4) as tf.Tensor4D,
+    bias: tf.tensor4d(bias, [B, 1, 1, length]),
+  };
+}
+
+/** What GPT computes with the concat cache: softmax(scale q K^T + bias) V over [past, new]. */
+function reference(x: ReturnType<typeof inputs>, length: number, scale: number): tf.Tensor {
+  return tf.tidy(() => {
+    const [B, H, , hd] = x.k.shape;
+    const past = (t: tf.Tensor4D) => tf.slice(t, [0, 0, 0, 0], [B, H, length - 1, hd]);
+    const kAll = tf.concat([past(x.k), x.kNew], 2);
+    const vAll = tf.concat([past(x.v), x.vNew], 2);
+    const scores = tf.add(tf.matMul(tf.mul(x.q, scale), kAll, false, true), x.bias);
+    return tf.matMul(tf.softmax(scores), vAll);
+  });
+}
+
+const arbitraryCase: fc.Arbitrary<Case> = fc
+  .record({
+    B: fc.integer({ min: 1, max: 4 }),
+    H: fc.integer({ min: 1, max: 4 }),
+    hd: fc.constantFrom(4, 8, 12, 32),
+    capacity: fc.integer({ min: 1, max: 40 }),
+    fill: fc.double({ min: 0, max: 1, noNaN: true }),
+    seed: fc.integer({ min: 1, max: 1_000_000 }),
+  })
+  .chain((c) =>
+    fc.array(fc.integer({ min: 0, max: 6 }), { minLength: c.B, maxLength: c.B }).map((padding) => ({
+      B: c.B,
+      H: c.H,
+      hd: c.hd,
+      capacity: c.capacity,
+      length: Math.max(1, Math.round(c.fill * c.capacity)),
+      padding,
+      seed: c.seed,
+    })),
+  );
+
+describe('cachedAttention (wasm kernel over an in-place KV cache)', () => {
+  afterAll(async () => {
+    await installCachedAttention(version_wasm);
+  });
+
+  it('is installed by selectBackend for head sizes that are a multiple of 4', () => {
+    expect(cachedAttentionAvailable(32)).toBe(true);
+    expect(cachedAttentionAvailable(8)).toBe(true);
+    expect(cachedAttentionAvailable(6)).toBe(false);
+  });
+
+  it('equals softmax(scale q K^T + bias) V over the concatenated cache, and writes the new key and value in place', () => {
+    fc.assert(
+      fc.property(arbitraryCase, (c) => {
+        const x = inputs(c);
+        const { B, H, hd, capacity, length } = c;
+        const scale = 1 / Math.sqrt(hd);
+        const expected = reference(x, length, scale);
+        const kBefore = x.k.arraySync();
+        const vBefore = x.v.arraySync();
+        const got = cachedAttention(x.q, x.kNew, x.vNew, { k: x.k, v: x.v }, x.bias, length, scale);
+        expect(got.shape).toEqual([B, H, 1, hd]);
+        const want = expected.dataSync();
+        const have = got.dataSync();
+        for (let i = 0; i < want.length; i++) expect(Math.abs(have[i]! - want[i]!)).toBeLessThan(1e-5);
+        // Position length - 1 now holds kNew / vNew; every other position is as it was.
+        const kAfter = x.k.arraySync();
+        const vAfter = x.v.arraySync();
+        const kNew = x.kNew.arraySync();
+        const vNew = x.vNew.arraySync();
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < H; h++) {
+            for (let s = 0; s < capacity; s++) {
+              const written = s === length - 1;
+              expect(kAfter[b]![h]![s]).toEqual(written ? kNew[b]![h]![0] : kBefore[b]![h]![s]);
+              expect(vAfter[b]![h]![s]).toEqual(written ? vNew[b]![h]![0] : vBefore[b]![h]![s]);
+            }
+          }
+        }
+        tf.dispose([...Object.values(x), expected, got]);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it("gives a row the same result, bit for bit, whatever left padding precedes it (tfjs's lane-wise softmax does not)", () => {
+    const H = 4;
+    const hd = 8;
+    const length = 9;
+    const run = (pad: number): Float32Array =>
+      tf.tidy(() => {
+        const x = inputs({ B: 1, H, hd, capacity: length, length, padding: [0], seed: 7 });
+        // The same keys and values behind `pad` masked columns of junk.
+        const junk = tf.randomNormal([1, H, pad, hd], 0, 1, 'float32', 99);
+        const k = tf.concat([junk, x.k], 2) as tf.Tensor4D;
+        const v = tf.concat([junk, x.v], 2) as tf.Tensor4D;
+        const bias = new Float32Array(pad + length).fill(MASKED, 0, pad);
+        return cachedAttention(
+          x.q,
+          x.kNew,
+          x.vNew,
+          { k, v },
+          tf.tensor4d(bias, [1, 1, 1, pad + length]),
+          pad + length,
+          0.3,
+        ).dataSync() as Float32Array;
+      });
+    const alone = run(0);
+    for (const pad of [1, 2, 3, 5]) expect(run(pad)).toEqual(alone);
+  });
+
+  it('rejects a length beyond the capacity and mismatched shapes, naming them', () => {
+    const x = inputs({ B: 2, H: 2, hd: 4, capacity: 5, length: 5, padding: [0, 0], seed: 1 });
+    const cache = { k: x.k, v: x.v };
+    expect(() => cachedAttention(x.q, x.kNew, x.vNew, cache, x.bias, 6, 1)).toThrow(
+      /length must be an integer in \[1, 5\] \(the cache's capacity\), got 6/,
+    );
+    expect(() => cachedAttention(x.q, x.kNew, x.vNew, cache, x.bias, 4, 1)).toThrow(
+      /bias must be float32 \[2, 1, 1, 4\], got float32 \[2, 1, 1, 5\]/,
+    );
+    expect(() =>
+      cachedAttention(
+        x.kNew,
+        x.q,
+        x.vNew,
+        { k: x.k, v: x.k.reshape([2, 2, 4, 5]) as tf.Tensor4D },
+        x.bias,
+        5,
+        1,
+      ),
+    ).toThrow(/the value cache must be float32 \[2, 2, 5, 4\]/);
+    tf.dispose(Object.values(x));
+  });
+
+  it('lets the sampler decode what the concat cache decodes, without leaking tensors', async () => {
+    const model = tinyModel(11);
+    const prompts = [...PROMPTS, [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]];
+    const options = { maxNewTokens: TINY.contextLength, temperature: 1, eosId: -1, seed: 5 };
+    uninstallCachedAttention();
+    expect(cachedAttentionAvailable(model.headDim)).toBe(false);
+    const concat = await sample(model, prompts, options);
+    expect(await installCachedAttention(version_wasm)).toBe(true);
+    const before = tf.memory().numTensors;
+    const inPlace = await sample(model, prompts, options);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(inPlace.map((r) => r.tokens)).toEqual(concat.map((r) => r.tokens));
+    // Rows run to the context length, so the last steps fill the cache to its capacity.
+    expect(inPlace.map((r) => r.tokens.length)).toEqual(prompts.map((p) => TINY.contextLength - p.length));
+    inPlace.forEach((row, b) =>
+      row.logProbs.forEach((lp, i) => expect(Math.abs(lp - concat[b]!.logProbs[i]!)).toBeLessThan(1e-5)),
+    );
+    model.dispose();
+  });
+
+  it('is refused by GPT.run where it is not available', () => {
+    const model = tinyModel(11);
+    uninstallCachedAttention();
+    tf.tidy(() => {
+      const k = tf.zeros([1, TINY.nHeads, 4, TINY.dModel / TINY.nHeads]) as tf.Tensor4D;
+      const layers = Array.from({ length: TINY.nLayers }, () => ({ k, v: k }));
+      expect(() =>
+        model.run(tf.tensor2d([[1]], [1, 1], 'int32'), {
+          bias: tf.zeros([1, 1, 1, 2]) as tf.Tensor4D,
+          inPlace: { layers, length: 1 },
+        }),
+      ).toThrow(
+        /in-place KV cache takes one token per row, no `past`, and the wasm backend with rxrl's cached-attention kernels/,
+      );
+    });
+    model.dispose();
+  });
+});
