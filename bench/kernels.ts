@@ -1,6 +1,7 @@
 /**
- * rxrl's replaced wasm kernels (src/policy/wasmKernels.ts) against tfjs-backend-wasm's stock ones, in
- * one process: `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
+ * rxrl's wasm kernels (the replaced stock kernels of src/policy/wasmKernels.ts and the SIMD kernels of
+ * src/policy/simdKernels.ts: decoding attention over an in-place KV cache, LayerNorm, column sums)
+ * against tfjs-backend-wasm's stock kernels alone, in one process: `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
  *
  * Each round times one learner step (the real Learner: forward, GRPO loss, backward, clipping, AdamW on
  * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 64 new tokens) with
@@ -31,6 +32,7 @@ import { Learner } from '../src/learner/learner.ts';
 import { selectBackend } from '../src/policy/backend.ts';
 import { GPT } from '../src/policy/gpt.ts';
 import { sample } from '../src/policy/sampler.ts';
+import { installSimdKernels, uninstallSimdKernels } from '../src/policy/simdKernels.ts';
 import { installWasmKernels, uninstallWasmKernels } from '../src/policy/wasmKernels.ts';
 
 const { values } = parseArgs({
@@ -74,8 +76,13 @@ for (const [name, task] of Object.entries(tasks)) {
     for (const side of round % 2 === 0
       ? (['stock', 'replaced'] as const)
       : (['replaced', 'stock'] as const)) {
-      if (side === 'stock') uninstallWasmKernels();
-      else installWasmKernels(version_wasm);
+      if (side === 'stock') {
+        uninstallWasmKernels();
+        uninstallSimdKernels();
+      } else {
+        installWasmKernels(version_wasm);
+        await installSimdKernels(version_wasm);
+      }
       // One warm-up call (the first after switching kernels), then one timed call.
       times[side] = (await time(1, task.run)).wall[0]!;
     }
@@ -93,7 +100,10 @@ for (const [name, task] of Object.entries(tasks)) {
       `(median of ${rounds} rounds; ${ratios[0]!.toFixed(2)} to ${ratios[ratios.length - 1]!.toFixed(2)})`,
   );
 }
-if (values.breakdown) breakdown();
+if (values.breakdown) {
+  await installSimdKernels(version_wasm);
+  breakdown();
+}
 console.log(describeSteadiness(steadiness()));
 learner.dispose();
 model.dispose();

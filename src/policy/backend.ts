@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { installCachedAttention } from './cachedAttention.ts';
+import { installSimdKernels } from './simdKernels.ts';
 import { installWasmKernels } from './wasmKernels.ts';
 
 export type BackendRequest = 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
@@ -89,7 +89,7 @@ async function setUp(kind: BackendKind): Promise<BackendKind> {
     wasm.setWasmPaths(path.dirname(require.resolve(pkg)) + path.sep);
     await activate('wasm', kind);
     installWasmKernels(wasm.version_wasm);
-    await installCachedAttention(wasm.version_wasm);
+    await installSimdKernels(wasm.version_wasm);
   } else {
     await activate('cpu', kind);
   }

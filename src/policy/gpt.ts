@@ -22,7 +22,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { normalArray, seededUniform } from '../random.ts';
-import { cachedAttention, cachedAttentionAvailable } from './cachedAttention.ts';
+import * as simd from './simdKernels.ts';
 
 export const GPTConfig = z
   .object({
@@ -68,7 +68,7 @@ export interface RunOptions {
   /**
    * Instead of `past`, for one new token per row (T = 1): per layer, key and value buffers
    * [B, H, capacity, hd] holding the first `length` positions; this token's key and value are
-   * written into them at position `length` (see cachedAttention.ts, which must be available), and
+   * written into them at position `length` (see simdKernels.ts, which must be available), and
    * `present` is these same buffers.
    */
   inPlace?: { layers: readonly LayerKV[]; length: number };
@@ -123,9 +123,13 @@ const linear = differentiable((x, w, b) => ({
   ],
 }));
 
-/** Sum over the rows of 2-D x, as ones @ x: wasm's Sum over axis 0 is ~9x slower than XNNPACK. */
+/**
+ * Sum over the rows of 2-D x: rxrl's SIMD kernel on wasm; else ones @ x (wasm's Sum over axis 0,
+ * which transposes first, is ~9x slower than that).
+ */
 function columnSum(x: tf.Tensor): tf.Tensor1D {
   const [rows, cols] = x.shape as [number, number];
+  if (simd.simdKernelsAvailable(cols)) return simd.columnSum(x as tf.Tensor2D);
   return tf.reshape(tf.matMul(tf.ones([1, rows]), x), [cols]);
 }
 
@@ -136,8 +140,19 @@ const embed = differentiable((oneHot, w) => ({
   gradient: (dy, [oh]) => [tf.zerosLike(oh!), tf.matMul(tf.transpose(oh!), dy)],
 }));
 
-/** LayerNorm over the last axis of 2-D x; the gradient in closed form rather than via moments. */
+/**
+ * LayerNorm over the last axis of 2-D x; the gradient in closed form rather than via moments. On
+ * wasm, rxrl's SIMD kernels compute both in one pass each (simdKernels.ts).
+ */
 const layerNorm = differentiable((x, gain, bias) => {
+  if (simd.simdKernelsAvailable(x.shape[1]!)) {
+    const [value, xhat, rstd] = simd.layerNormRows(x as tf.Tensor2D, gain!, bias!, LN_EPS);
+    return {
+      value,
+      save: [xhat, rstd, gain!],
+      gradient: (dy, [xh, rs, g]) => simd.layerNormGrad(dy, xh!, rs!, g!),
+    };
+  }
   const centred = tf.sub(x, tf.mean(x, 1, true));
   const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centred), 1, true), LN_EPS));
   const xhat = tf.mul(centred, rstd);
@@ -295,7 +310,7 @@ export class GPT {
     let x = embed(oneHotFloat(flatIds, vocabSize), this.p('wte')) as tf.Tensor2D;
     if (!positions && T > contextLength)
       throw new Error(`GPT: sequence of ${T} tokens exceeds contextLength ${contextLength}`);
-    if (inPlace && (T !== 1 || past || !cachedAttentionAvailable(this.headDim)))
+    if (inPlace && (T !== 1 || past || !simd.simdKernelsAvailable(this.headDim)))
       throw new Error(
         'GPT: an in-place KV cache takes one token per row, no `past`, and the wasm backend with ' +
           `rxrl's cached-attention kernels (got ${T} tokens, backend ${tf.getBackend()})`,
@@ -376,7 +391,7 @@ export class GPT {
     const { dModel, nHeads } = this.config;
     const hd = this.headDim;
     const { q, k, v } = this.queryKeyValue(l, x, rotation, (t) => tf.reshape(t, [B, nHeads, 1, hd]));
-    const y = cachedAttention(q, k, v, cache, bias, length + 1, 1 / Math.sqrt(hd));
+    const y = simd.cachedAttention(q, k, v, cache, bias, length + 1, 1 / Math.sqrt(hd));
     return { y: this.attentionOut(l, tf.reshape(y, [B, dModel])), kv: cache };
   }
 

@@ -12,7 +12,7 @@
  * Draws use a seeded JS generator, so a seed fixes the tokens on a given backend.
  */
 import * as tf from '@tensorflow/tfjs';
-import { cachedAttentionAvailable } from './cachedAttention.ts';
+import { simdKernelsAvailable } from './simdKernels.ts';
 import { MASKED, type GPT, type LayerKV } from './gpt.ts';
 import { seededUniform, type Uniform } from '../random.ts';
 
@@ -291,7 +291,7 @@ function logSoftmaxAt(logits: tf.Tensor2D, temperature: number): tf.Tensor2D {
 }
 
 /**
- * The KV cache comes in two kinds. Where cachedAttention.ts's kernels run (the wasm backend), it is
+ * The KV cache comes in two kinds. Where simdKernels.ts's attention runs (the wasm backend), it is
  * allocated once at the run's final length after the prefill, and each step writes its keys and
  * values into it in place. Elsewhere each step concatenates them onto the cache, a new tensor.
  */
@@ -307,7 +307,7 @@ class CachedDecoder implements Decoder {
     private readonly capacity: number,
   ) {
     this.batch = new PaddedBatch(prompts, padId);
-    this.inPlace = cachedAttentionAvailable(model.headDim);
+    this.inPlace = simdKernelsAvailable(model.headDim);
   }
 
   prefill(temperature: number): tf.Tensor2D {

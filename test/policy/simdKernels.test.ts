@@ -4,10 +4,13 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   cachedAttention,
-  cachedAttentionAvailable,
-  installCachedAttention,
-  uninstallCachedAttention,
-} from '../../src/policy/cachedAttention.ts';
+  columnSum,
+  installSimdKernels,
+  layerNormGrad,
+  layerNormRows,
+  simdKernelsAvailable,
+  uninstallSimdKernels,
+} from '../../src/policy/simdKernels.ts';
 import { MASKED } from '../../src/policy/gpt.ts';
 import { sample } from '../../src/policy/sampler.ts';
 import { PROMPTS, TINY, tinyModel, useWasm } from './helpers.ts';
@@ -77,13 +80,13 @@ const arbitraryCase: fc.Arbitrary<Case> = fc
 
 describe('cachedAttention (wasm kernel over an in-place KV cache)', () => {
   afterAll(async () => {
-    await installCachedAttention(version_wasm);
+    await installSimdKernels(version_wasm);
   });
 
   it('is installed by selectBackend for head sizes that are a multiple of 4', () => {
-    expect(cachedAttentionAvailable(32)).toBe(true);
-    expect(cachedAttentionAvailable(8)).toBe(true);
-    expect(cachedAttentionAvailable(6)).toBe(false);
+    expect(simdKernelsAvailable(32)).toBe(true);
+    expect(simdKernelsAvailable(8)).toBe(true);
+    expect(simdKernelsAvailable(6)).toBe(false);
   });
 
   it('equals softmax(scale q K^T + bias) V over the concatenated cache, and writes the new key and value in place', () => {
@@ -173,10 +176,10 @@ describe('cachedAttention (wasm kernel over an in-place KV cache)', () => {
     const model = tinyModel(11);
     const prompts = [...PROMPTS, [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]];
     const options = { maxNewTokens: TINY.contextLength, temperature: 1, eosId: -1, seed: 5 };
-    uninstallCachedAttention();
-    expect(cachedAttentionAvailable(model.headDim)).toBe(false);
+    uninstallSimdKernels();
+    expect(simdKernelsAvailable(model.headDim)).toBe(false);
     const concat = await sample(model, prompts, options);
-    expect(await installCachedAttention(version_wasm)).toBe(true);
+    expect(await installSimdKernels(version_wasm)).toBe(true);
     const before = tf.memory().numTensors;
     const inPlace = await sample(model, prompts, options);
     expect(tf.memory().numTensors).toBe(before);
@@ -191,7 +194,7 @@ describe('cachedAttention (wasm kernel over an in-place KV cache)', () => {
 
   it('is refused by GPT.run where it is not available', () => {
     const model = tinyModel(11);
-    uninstallCachedAttention();
+    uninstallSimdKernels();
     tf.tidy(() => {
       const k = tf.zeros([1, TINY.nHeads, 4, TINY.dModel / TINY.nHeads]) as tf.Tensor4D;
       const layers = Array.from({ length: TINY.nLayers }, () => ({ k, v: k }));
@@ -205,5 +208,95 @@ describe('cachedAttention (wasm kernel over an in-place KV cache)', () => {
       );
     });
     model.dispose();
+  });
+});
+
+function expectClose(got: tf.Tensor, want: tf.Tensor, tolerance = 1e-5): void {
+  expect(got.shape).toEqual(want.shape);
+  const a = got.dataSync();
+  const b = want.dataSync();
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!) / (1 + Math.abs(b[i]!)));
+  expect(worst).toBeLessThan(tolerance);
+}
+
+const rowsAndWidth = fc.record({
+  R: fc.integer({ min: 1, max: 40 }),
+  d: fc.integer({ min: 1, max: 12 }).map((n) => n * 4),
+  seed: fc.integer({ min: 1, max: 1_000_000 }),
+});
+
+describe('LayerNorm and column-sum kernels', () => {
+  const EPS = 1e-5;
+  /** LayerNorm in tfjs ops, differentiated by tfjs: the reference for the kernels. */
+  const reference = (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
+    const { mean, variance } = tf.moments(x, 1, true);
+    return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, EPS))), g), b);
+  };
+
+  it('LayerNorm rows equal (x - mean) / sqrt(var + eps) * gain + bias, with xhat and rstd', () => {
+    fc.assert(
+      fc.property(rowsAndWidth, ({ R, d, seed }) => {
+        tf.tidy(() => {
+          const x = tf.add(tf.mul(tf.randomNormal([R, d], 0, 1, 'float32', seed), 3), 1) as tf.Tensor2D;
+          const g = tf.randomNormal([d], 1, 0.5, 'float32', seed + 1);
+          const b = tf.randomNormal([d], 0, 1, 'float32', seed + 2);
+          const [y, xhat, rstd] = layerNormRows(x, g, b, EPS);
+          expectClose(y, reference(x, g, b));
+          const { mean, variance } = tf.moments(x, 1, true);
+          const wantRstd = tf.rsqrt(tf.add(variance, EPS));
+          expectClose(rstd, wantRstd);
+          expectClose(xhat, tf.mul(tf.sub(x, mean), wantRstd));
+        });
+      }),
+      { numRuns: 30 },
+    );
+  });
+
+  it("LayerNorm's gradient equals tfjs's autodiff of the reference", () => {
+    fc.assert(
+      fc.property(rowsAndWidth, ({ R, d, seed }) => {
+        tf.tidy(() => {
+          const x = tf.randomNormal([R, d], 0, 2, 'float32', seed) as tf.Tensor2D;
+          const g = tf.randomNormal([d], 1, 0.5, 'float32', seed + 1);
+          const b = tf.randomNormal([d], 0, 1, 'float32', seed + 2);
+          const dy = tf.randomNormal([R, d], 0, 1, 'float32', seed + 3);
+          const want = tf.grads((xs: tf.Tensor, gs: tf.Tensor, bs: tf.Tensor) => reference(xs, gs, bs))(
+            [x, g, b],
+            dy,
+          );
+          const [, xhat, rstd] = layerNormRows(x, g, b, EPS);
+          const got = layerNormGrad(dy, xhat, rstd, g);
+          got.forEach((t, i) => expectClose(t, want[i]!, 1e-4));
+        });
+      }),
+      { numRuns: 30 },
+    );
+  });
+
+  it('column sums equal tf.sum over axis 0', () => {
+    fc.assert(
+      fc.property(rowsAndWidth, ({ R, d, seed }) => {
+        tf.tidy(() => {
+          const x = tf.randomNormal([R, d], 0, 1, 'float32', seed) as tf.Tensor2D;
+          expectClose(columnSum(x), tf.sum(x, 0));
+        });
+      }),
+      { numRuns: 30 },
+    );
+  });
+
+  it('refuse rows whose width is not a multiple of 4, which they would run past', () => {
+    tf.tidy(() => {
+      const x = tf.ones([3, 6]) as tf.Tensor2D;
+      expect(() => columnSum(x)).toThrow(/columnSum: the row width must be a multiple of 4, got 6/);
+      expect(() => layerNormRows(x, tf.ones([6]), tf.zeros([6]), EPS)).toThrow(
+        /layerNormRows: the row width must be a multiple of 4, got 6/,
+      );
+      const y = tf.ones([3, 8]) as tf.Tensor2D;
+      expect(() => layerNormRows(y, tf.ones([6]), tf.zeros([8]), EPS)).toThrow(
+        /layerNormRows: gain must be float32 \[8\], got float32 \[6\]/,
+      );
+    });
   });
 });

@@ -1,0 +1,596 @@
+/**
+ * rxrl's own WebAssembly SIMD kernels, registered on tfjs's wasm backend beside its stock ones:
+ *
+ * - RxrlCachedAttention: attention for one decoding step over a KV cache written in place,
+ *     y[b,h] = softmax_j(scale * q[b,h] . K[b,h,j] + bias[b,j]) V[b,h,j]   for j < length,
+ *   after writing K[b,h,length-1] = kNew[b,h] and V[b,h,length-1] = vNew[b,h]. K and V are
+ *   [B, H, capacity, hd] buffers the sampler allocates once per decoding run.
+ *   Why: with the cache grown by tf.concat, every decoding step copies every layer's keys and values
+ *   (the whole cache, so O(length) a step), and the two attention matmuls, batched with one query row
+ *   per head, run on the wasm backend's scalar loop (XNNPACK takes only unbatched matmuls, and the
+ *   per-entry XNNPACK calls of wasmKernels.ts cost more than they save on one row). On the ~1M bench
+ *   model (16 rows, 4 layers, 128 new tokens) that was 2 ms of a 5.3 ms step; this kernel does the
+ *   same work in about a fifth of the time.
+ * - RxrlLayerNorm and RxrlLayerNormGrad: LayerNorm over the last axis of [rows, d] and its
+ *   gradient, each one pass over the rows instead of 9 and 12 tfjs kernels (each with its own trip
+ *   through tfjs's engine and its own pass over memory).
+ * - RxrlColumnSum: the sum of a [rows, cols] matrix's rows (bias gradients). tfjs's Sum over axis 0
+ *   transposes first; GPT used ones @ x instead, which XNNPACK runs by packing x as weights every call.
+ *
+ * Writing into an input tensor (the attention's cache) breaks tfjs's rule that tensors are
+ * immutable. It is safe here because the buffers belong to one decoder (CachedDecoder in
+ * sampler.ts), which never hands them out, and a step writes only position length-1, which no
+ * earlier step has read (reads stop below length).
+ *
+ * The kernels are the WebAssembly text below, assembled by wabt when the wasm backend starts and
+ * instantiated on the backend's own memory, so they read and write tensors where they lie (at the
+ * memory offsets of the backend's data map). They reach into the backend's internals, so they are
+ * installed only on the tfjs-backend-wasm version they were written against (4.x) and only on its
+ * single-threaded build (whose memory is not shared). They work 4 floats at a time, so they take
+ * rows whose length is a multiple of 4 (head size, model width); elsewhere GPT and the sampler use
+ * tfjs ops. test/policy/simdKernels.test.ts checks each against the tfjs ops it replaces.
+ */
+import * as tf from '@tensorflow/tfjs';
+import wabtInit from 'wabt';
+
+/** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
+declare const WebAssembly: {
+  Memory: abstract new (...args: never[]) => { buffer: ArrayBuffer | SharedArrayBuffer };
+  compile(bytes: Uint8Array): Promise<object>;
+  instantiate(module: object, imports: object): Promise<{ exports: object }>;
+};
+type WasmMemory = InstanceType<typeof WebAssembly.Memory>;
+
+const KERNELS = {
+  attention: 'RxrlCachedAttention',
+  layerNorm: 'RxrlLayerNorm',
+  layerNormGrad: 'RxrlLayerNormGrad',
+  columnSum: 'RxrlColumnSum',
+} as const;
+
+/**
+ * The attention attends every head [B, H] in order. A head's query, key and value rows are hd
+ * floats; its cache holds `capacity` such rows. Dot products, exponentials and the weighted sum run
+ * 4 lanes at a time (f32x4), but the softmax's sum runs one score at a time, in order: a row's result
+ * then does not depend on where its columns fall in SIMD lanes, so not on how much left padding the
+ * batch gives it (a masked column's exponential is exactly 0), and a row samples the same whatever
+ * the batch. With tfjs's softmax on these scores it did not: probabilities moved in the last bit
+ * with the padding.
+ */
+const KERNELS_WAT = `
+(module
+  (import "env" "memory" (memory 1))
+  ;; e^x for x <= 0 (softmax's arguments), 4 lanes at a time: x = n ln2 + r with |r| <= ln2/2 (ln2 in
+  ;; two parts, as Cephes' expf), e^r by its Taylor series to r^7 (truncation error < 6e-9), times
+  ;; 2^n built in the exponent bits. Below -87, 0 (2^-126 is the smallest normal float). Each lane
+  ;; is the same IEEE computation, so a value does not depend on its lane.
+  (func $exp4 (param $x v128) (result v128)
+    (local $n v128) (local $r v128) (local $p v128)
+    (local.set $n (f32x4.nearest (f32x4.mul (local.get $x) (v128.const f32x4 1.44269504 1.44269504 1.44269504 1.44269504))))
+    (local.set $r (f32x4.add
+      (f32x4.sub (local.get $x) (f32x4.mul (local.get $n) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375)))
+      (f32x4.mul (local.get $n) (v128.const f32x4 2.12194440e-4 2.12194440e-4 2.12194440e-4 2.12194440e-4))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1)
+      (f32x4.mul (local.get $r) (v128.const f32x4 0.142857143 0.142857143 0.142857143 0.142857143))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.166666667 0.166666667 0.166666667 0.166666667)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.2 0.2 0.2 0.2)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.25 0.25 0.25 0.25)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.333333333 0.333333333 0.333333333 0.333333333)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $r)
+      (v128.const f32x4 0.5 0.5 0.5 0.5)) (local.get $p))))
+    (local.set $p (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (local.get $r) (local.get $p))))
+    (v128.andnot
+      (f32x4.mul (local.get $p) (i32x4.shl
+        (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (v128.const i32x4 127 127 127 127))
+        (i32.const 23)))
+      (f32x4.lt (local.get $x) (v128.const f32x4 -87 -87 -87 -87))))
+
+  (func (export "attend")
+    (param $q i32) (param $kNew i32) (param $vNew i32) (param $kc i32) (param $vc i32) (param $bias i32)
+    (param $scratch i32) (param $out i32)
+    (param $B i32) (param $H i32) (param $cap i32) (param $len i32) (param $hd i32) (param $scale f32)
+    (local $b i32) (local $h i32) (local $bh i32) (local $rowBytes i32) (local $qRow i32) (local $kRow i32)
+    (local $vRow i32) (local $biasRow i32) (local $outRow i32) (local $s i32) (local $d i32) (local $at i32)
+    (local $acc v128) (local $maxv v128) (local $e f32) (local $max f32) (local $sum f32)
+    (local.set $rowBytes (i32.shl (local.get $hd) (i32.const 2)))
+    (block $bDone (loop $bLoop
+      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
+      (local.set $biasRow (i32.add (local.get $bias) (i32.shl (i32.mul (local.get $b) (local.get $len)) (i32.const 2))))
+      (local.set $h (i32.const 0))
+      (block $hDone (loop $hLoop
+        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
+        (local.set $bh (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)))
+        (local.set $qRow (i32.add (local.get $q) (i32.mul (local.get $bh) (local.get $rowBytes))))
+        (local.set $kRow (i32.add (local.get $kc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
+        (local.set $vRow (i32.add (local.get $vc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
+        ;; This step's key and value go to row len-1 of the head's cache.
+        (memory.copy
+          (i32.add (local.get $kRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
+          (i32.add (local.get $kNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
+          (local.get $rowBytes))
+        (memory.copy
+          (i32.add (local.get $vRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
+          (i32.add (local.get $vNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
+          (local.get $rowBytes))
+        ;; scratch[s] = scale * q.K[s] + bias[s], and their max.
+        (local.set $max (f32.const -inf))
+        (local.set $at (local.get $kRow))
+        (local.set $s (i32.const 0))
+        (block $sDone (loop $sLoop
+          (br_if $sDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $acc (v128.const f32x4 0 0 0 0))
+          (local.set $d (i32.const 0))
+          (block $dDone (loop $dLoop
+            (br_if $dDone (i32.ge_u (local.get $d) (local.get $rowBytes)))
+            (local.set $acc (f32x4.add (local.get $acc)
+              (f32x4.mul (v128.load (i32.add (local.get $qRow) (local.get $d)))
+                         (v128.load (i32.add (local.get $at) (local.get $d))))))
+            (local.set $d (i32.add (local.get $d) (i32.const 16)))
+            (br $dLoop)))
+          (local.set $e (f32.add
+            (f32.mul
+              (f32.add
+                (f32.add (f32x4.extract_lane 0 (local.get $acc)) (f32x4.extract_lane 1 (local.get $acc)))
+                (f32.add (f32x4.extract_lane 2 (local.get $acc)) (f32x4.extract_lane 3 (local.get $acc))))
+              (local.get $scale))
+            (f32.load (i32.add (local.get $biasRow) (i32.shl (local.get $s) (i32.const 2))))))
+          (f32.store (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))) (local.get $e))
+          (local.set $max (f32.max (local.get $max) (local.get $e)))
+          (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+          (local.set $s (i32.add (local.get $s) (i32.const 1)))
+          (br $sLoop)))
+        ;; scratch[s] = e^(scratch[s] - max), 4 at a time (the scratch is padded to a multiple of 4);
+        ;; summed one at a time, in order; then times 1/sum.
+        (local.set $maxv (f32x4.splat (local.get $max)))
+        (local.set $s (i32.const 0))
+        (block $eDone (loop $eLoop
+          (br_if $eDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
+          (v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load (local.get $at)) (local.get $maxv))))
+          (local.set $s (i32.add (local.get $s) (i32.const 4)))
+          (br $eLoop)))
+        (local.set $sum (f32.const 0))
+        (local.set $s (i32.const 0))
+        (block $sumDone (loop $sumLoop
+          (br_if $sumDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $sum (f32.add (local.get $sum)
+            (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))))
+          (local.set $s (i32.add (local.get $s) (i32.const 1)))
+          (br $sumLoop)))
+        (local.set $maxv (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
+        (local.set $s (i32.const 0))
+        (block $nDone (loop $nLoop
+          (br_if $nDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
+          (v128.store (local.get $at) (f32x4.mul (v128.load (local.get $at)) (local.get $maxv)))
+          (local.set $s (i32.add (local.get $s) (i32.const 4)))
+          (br $nLoop)))
+        ;; out = sum_s scratch[s] V[s], 4 lanes of hd at a time.
+        (local.set $outRow (i32.add (local.get $out) (i32.mul (local.get $bh) (local.get $rowBytes))))
+        (local.set $d (i32.const 0))
+        (block $vDone (loop $vLoop
+          (br_if $vDone (i32.ge_u (local.get $d) (local.get $rowBytes)))
+          (local.set $acc (v128.const f32x4 0 0 0 0))
+          (local.set $at (i32.add (local.get $vRow) (local.get $d)))
+          (local.set $s (i32.const 0))
+          (block $wDone (loop $wLoop
+            (br_if $wDone (i32.ge_u (local.get $s) (local.get $len)))
+            (local.set $acc (f32x4.add (local.get $acc)
+              (f32x4.mul
+                (f32x4.splat (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2)))))
+                (v128.load (local.get $at)))))
+            (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+            (local.set $s (i32.add (local.get $s) (i32.const 1)))
+            (br $wLoop)))
+          (v128.store (i32.add (local.get $outRow) (local.get $d)) (local.get $acc))
+          (local.set $d (i32.add (local.get $d) (i32.const 16)))
+          (br $vLoop)))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $hLoop)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $bLoop))))
+
+  ;; The sum of a vector's 4 lanes.
+  (func $hsum (param $v v128) (result f32)
+    (f32.add
+      (f32.add (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
+      (f32.add (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))
+
+  ;; Per row of x [R, d]: mean, rstd = 1/sqrt(mean((x - mean)^2) + eps), xhat = (x - mean) rstd,
+  ;; y = xhat g + b. Writes y and xhat [R, d] and rstd [R].
+  (func (export "layerNorm")
+    (param $x i32) (param $g i32) (param $b i32) (param $y i32) (param $xhat i32) (param $rstd i32)
+    (param $R i32) (param $d i32) (param $eps f32)
+    (local $r i32) (local $c i32) (local $row i32) (local $rowBytes i32) (local $acc v128) (local $t v128)
+    (local $mean v128) (local $rs v128) (local $width f32) (local $var f32)
+    (local.set $rowBytes (i32.shl (local.get $d) (i32.const 2)))
+    (local.set $width (f32.convert_i32_u (local.get $d)))
+    (block $rDone (loop $rLoop
+      (br_if $rDone (i32.ge_u (local.get $r) (local.get $R)))
+      (local.set $row (i32.mul (local.get $r) (local.get $rowBytes)))
+      (local.set $acc (v128.const f32x4 0 0 0 0))
+      (local.set $c (i32.const 0))
+      (block $mDone (loop $mLoop
+        (br_if $mDone (i32.ge_u (local.get $c) (local.get $rowBytes)))
+        (local.set $acc (f32x4.add (local.get $acc) (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $c))))))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $mLoop)))
+      (local.set $mean (f32x4.splat (f32.div (call $hsum (local.get $acc)) (local.get $width))))
+      (local.set $acc (v128.const f32x4 0 0 0 0))
+      (local.set $c (i32.const 0))
+      (block $vDone (loop $vLoop
+        (br_if $vDone (i32.ge_u (local.get $c) (local.get $rowBytes)))
+        (local.set $t (f32x4.sub (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $c)))) (local.get $mean)))
+        (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $t) (local.get $t))))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $vLoop)))
+      (local.set $var (f32.div (call $hsum (local.get $acc)) (local.get $width)))
+      (local.set $rs (f32x4.splat (f32.div (f32.const 1) (f32.sqrt (f32.add (local.get $var) (local.get $eps))))))
+      (f32.store (i32.add (local.get $rstd) (i32.shl (local.get $r) (i32.const 2))) (f32x4.extract_lane 0 (local.get $rs)))
+      (local.set $c (i32.const 0))
+      (block $oDone (loop $oLoop
+        (br_if $oDone (i32.ge_u (local.get $c) (local.get $rowBytes)))
+        (local.set $t (f32x4.mul
+          (f32x4.sub (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $c)))) (local.get $mean))
+          (local.get $rs)))
+        (v128.store (i32.add (local.get $xhat) (i32.add (local.get $row) (local.get $c))) (local.get $t))
+        (v128.store (i32.add (local.get $y) (i32.add (local.get $row) (local.get $c)))
+          (f32x4.add (f32x4.mul (local.get $t) (v128.load (i32.add (local.get $g) (local.get $c))))
+                     (v128.load (i32.add (local.get $b) (local.get $c)))))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $oLoop)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rLoop))))
+
+  ;; LayerNorm's gradient from dy, xhat [R, d], rstd [R] and g [d]: with dxhat = dy g,
+  ;; dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) per row; dg = sum_rows dy xhat;
+  ;; db = sum_rows dy (accumulated row by row, in order).
+  (func (export "layerNormGrad")
+    (param $dy i32) (param $xhat i32) (param $rstd i32) (param $g i32) (param $dx i32) (param $dg i32)
+    (param $db i32) (param $R i32) (param $d i32)
+    (local $r i32) (local $c i32) (local $row i32) (local $rowBytes i32) (local $a1 v128) (local $a2 v128)
+    (local $t v128) (local $h v128) (local $dyv v128) (local $m1 v128) (local $m2 v128) (local $rs v128)
+    (local $width f32)
+    (local.set $rowBytes (i32.shl (local.get $d) (i32.const 2)))
+    (local.set $width (f32.convert_i32_u (local.get $d)))
+    (memory.fill (local.get $dg) (i32.const 0) (local.get $rowBytes))
+    (memory.fill (local.get $db) (i32.const 0) (local.get $rowBytes))
+    (block $rDone (loop $rLoop
+      (br_if $rDone (i32.ge_u (local.get $r) (local.get $R)))
+      (local.set $row (i32.mul (local.get $r) (local.get $rowBytes)))
+      (local.set $a1 (v128.const f32x4 0 0 0 0))
+      (local.set $a2 (v128.const f32x4 0 0 0 0))
+      (local.set $c (i32.const 0))
+      (block $mDone (loop $mLoop
+        (br_if $mDone (i32.ge_u (local.get $c) (local.get $rowBytes)))
+        (local.set $t (f32x4.mul (v128.load (i32.add (local.get $dy) (i32.add (local.get $row) (local.get $c))))
+                                 (v128.load (i32.add (local.get $g) (local.get $c)))))
+        (local.set $a1 (f32x4.add (local.get $a1) (local.get $t)))
+        (local.set $a2 (f32x4.add (local.get $a2)
+          (f32x4.mul (local.get $t) (v128.load (i32.add (local.get $xhat) (i32.add (local.get $row) (local.get $c)))))))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $mLoop)))
+      (local.set $m1 (f32x4.splat (f32.div (call $hsum (local.get $a1)) (local.get $width))))
+      (local.set $m2 (f32x4.splat (f32.div (call $hsum (local.get $a2)) (local.get $width))))
+      (local.set $rs (f32x4.splat (f32.load (i32.add (local.get $rstd) (i32.shl (local.get $r) (i32.const 2))))))
+      (local.set $c (i32.const 0))
+      (block $oDone (loop $oLoop
+        (br_if $oDone (i32.ge_u (local.get $c) (local.get $rowBytes)))
+        (local.set $dyv (v128.load (i32.add (local.get $dy) (i32.add (local.get $row) (local.get $c)))))
+        (local.set $h (v128.load (i32.add (local.get $xhat) (i32.add (local.get $row) (local.get $c)))))
+        (local.set $t (f32x4.mul (local.get $dyv) (v128.load (i32.add (local.get $g) (local.get $c)))))
+        (v128.store (i32.add (local.get $dx) (i32.add (local.get $row) (local.get $c)))
+          (f32x4.mul (local.get $rs)
+            (f32x4.sub (f32x4.sub (local.get $t) (local.get $m1)) (f32x4.mul (local.get $h) (local.get $m2)))))
+        (v128.store (i32.add (local.get $dg) (local.get $c))
+          (f32x4.add (v128.load (i32.add (local.get $dg) (local.get $c))) (f32x4.mul (local.get $dyv) (local.get $h))))
+        (v128.store (i32.add (local.get $db) (local.get $c))
+          (f32x4.add (v128.load (i32.add (local.get $db) (local.get $c))) (local.get $dyv)))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $oLoop)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rLoop))))
+
+  ;; out[c] = sum_r x[r, c] for x [R, C], accumulated row by row.
+  (func (export "columnSum") (param $x i32) (param $out i32) (param $R i32) (param $C i32)
+    (local $r i32) (local $c i32) (local $rowBytes i32) (local $at i32)
+    (local.set $rowBytes (i32.shl (local.get $C) (i32.const 2)))
+    (memory.fill (local.get $out) (i32.const 0) (local.get $rowBytes))
+    (local.set $at (local.get $x))
+    (block $rDone (loop $rLoop
+      (br_if $rDone (i32.ge_u (local.get $r) (local.get $R)))
+      (local.set $c (i32.const 0))
+      (block $cDone (loop $cLoop
+        (br_if $cDone (i32.ge_u (local.get $c) (local.get $rowBytes)))
+        (v128.store (i32.add (local.get $out) (local.get $c))
+          (f32x4.add (v128.load (i32.add (local.get $out) (local.get $c))) (v128.load (i32.add (local.get $at) (local.get $c)))))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $cLoop)))
+      (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rLoop))))
+)
+`;
+
+/** The exports of the assembled module: each takes memory offsets and sizes. */
+interface Exports {
+  attend(
+    q: number,
+    kNew: number,
+    vNew: number,
+    kCache: number,
+    vCache: number,
+    bias: number,
+    scratch: number,
+    out: number,
+    B: number,
+    H: number,
+    capacity: number,
+    length: number,
+    hd: number,
+    scale: number,
+  ): void;
+  layerNorm(
+    x: number,
+    g: number,
+    b: number,
+    y: number,
+    xhat: number,
+    rstd: number,
+    R: number,
+    d: number,
+    eps: number,
+  ): void;
+  layerNormGrad(
+    dy: number,
+    xhat: number,
+    rstd: number,
+    g: number,
+    dx: number,
+    dg: number,
+    db: number,
+    R: number,
+    d: number,
+  ): void;
+  columnSum(x: number, out: number, R: number, C: number): void;
+}
+
+/** The parts of tfjs-backend-wasm's BackendWasm these kernels use. */
+interface WasmBackend {
+  dataIdMap: { get(dataId: object): { memoryOffset: number } };
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  disposeData(dataId: object): boolean;
+  wasm: { asm?: { memory?: WasmMemory } };
+}
+
+type KernelArgs = {
+  inputs: Record<string, tf.TensorInfo>;
+  backend: unknown;
+  attrs?: Record<string, unknown>;
+};
+
+let installed = false;
+
+/**
+ * Assembles the kernels and registers them on the wasm backend (call with it active); idempotent.
+ * Resolves to false where they do not apply (another tfjs-backend-wasm version, or its threaded
+ * build), leaving GPT and the sampler on tfjs ops.
+ */
+export async function installSimdKernels(wasmVersion: string): Promise<boolean> {
+  if (installed) return true;
+  if (!wasmVersion.startsWith('4.') || tf.getBackend() !== 'wasm') return false;
+  const memory = (tf.backend() as unknown as WasmBackend).wasm.asm?.memory;
+  if (!(memory instanceof WebAssembly.Memory) || !(memory.buffer instanceof ArrayBuffer)) return false;
+  const wabt = await wabtInit();
+  const wat = wabt.parseWat('simdKernels.wat', KERNELS_WAT, { simd: true, bulk_memory: true });
+  let binary: Uint8Array;
+  try {
+    binary = wat.toBinary({}).buffer;
+  } finally {
+    wat.destroy();
+  }
+  const module = await WebAssembly.compile(binary);
+  const exports = (await WebAssembly.instantiate(module, { env: { memory } })).exports as unknown as Exports;
+  const register = (kernelName: string, kernelFunc: (exports: Exports) => tf.KernelFunc): void =>
+    void tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc(exports) });
+  register(KERNELS.attention, attentionKernel);
+  register(KERNELS.layerNorm, layerNormKernel);
+  register(KERNELS.layerNormGrad, layerNormGradKernel);
+  register(KERNELS.columnSum, columnSumKernel);
+  installed = true;
+  return true;
+}
+
+/** Removes the kernels (for tests and benches that compare with and without them). */
+export function uninstallSimdKernels(): void {
+  if (!installed) return;
+  for (const name of Object.values(KERNELS)) tf.unregisterKernel(name, 'wasm');
+  installed = false;
+}
+
+/** Whether the kernels can take rows of `width` floats (head size, model width) on the current backend. */
+export function simdKernelsAvailable(width: number): boolean {
+  return installed && tf.getBackend() === 'wasm' && width % 4 === 0;
+}
+
+/**
+ * softmax(scale * q K^T + bias) V for one query per head [B, H, 1, hd] over a cache
+ * [B, H, capacity, hd] of keys and values that holds `length - 1` positions, after writing kNew and
+ * vNew [B, H, 1, hd] at position `length - 1`: [B, H, 1, hd]. bias is [B, 1, 1, length]. Mutates
+ * the cache.
+ */
+export function cachedAttention(
+  q: tf.Tensor4D,
+  kNew: tf.Tensor4D,
+  vNew: tf.Tensor4D,
+  cache: { k: tf.Tensor4D; v: tf.Tensor4D },
+  bias: tf.Tensor4D,
+  length: number,
+  scale: number,
+): tf.Tensor4D {
+  const [B, H, capacity, hd] = cache.k.shape;
+  if (!(Number.isInteger(length) && length >= 1 && length <= capacity))
+    throw new Error(
+      `cachedAttention: length must be an integer in [1, ${capacity}] (the cache's capacity), got ${length}`,
+    );
+  expectLanes('cachedAttention', 'the head size', hd);
+  const expect = expectShape('cachedAttention');
+  expect('the value cache', cache.v, [B, H, capacity, hd]);
+  expect('q', q, [B, H, 1, hd]);
+  expect('kNew', kNew, [B, H, 1, hd]);
+  expect('vNew', vNew, [B, H, 1, hd]);
+  expect('bias', bias, [B, 1, 1, length]);
+  const inputs = { q, kNew, vNew, kCache: cache.k, vCache: cache.v, bias };
+  return tf.engine().runKernel(KERNELS.attention, inputs, { length, scale }) as tf.Tensor4D;
+}
+
+/**
+ * LayerNorm of each row of x [R, d] with gain and bias [d]: y = xhat * gain + bias, where
+ * xhat = (x - mean) * rstd and rstd = 1 / sqrt(var + eps). Returns y, xhat [R, d] and rstd [R, 1]
+ * (what the gradient needs). Not differentiable itself: GPT wraps it with layerNormGrad.
+ */
+export function layerNormRows(
+  x: tf.Tensor2D,
+  gain: tf.Tensor,
+  bias: tf.Tensor,
+  eps: number,
+): [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D] {
+  const [R, d] = x.shape;
+  expectLanes('layerNormRows', 'the row width', d);
+  const expect = expectShape('layerNormRows');
+  expect('x', x, [R, d]);
+  expect('gain', gain, [d]);
+  expect('bias', bias, [d]);
+  return tf.engine().runKernel(KERNELS.layerNorm, { x, gain, bias }, { eps }) as unknown as [
+    tf.Tensor2D,
+    tf.Tensor2D,
+    tf.Tensor2D,
+  ];
+}
+
+/** The gradients [dx, dgain, dbias] of layerNormRows from dy [R, d] and what it returned. */
+export function layerNormGrad(
+  dy: tf.Tensor,
+  xhat: tf.Tensor,
+  rstd: tf.Tensor,
+  gain: tf.Tensor,
+): [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D] {
+  const [R, d] = xhat.shape as [number, number];
+  expectLanes('layerNormGrad', 'the row width', d);
+  const expect = expectShape('layerNormGrad');
+  expect('dy', dy, [R, d]);
+  expect('rstd', rstd, [R, 1]);
+  expect('gain', gain, [d]);
+  return tf.engine().runKernel(KERNELS.layerNormGrad, { dy, xhat, rstd, gain }) as unknown as [
+    tf.Tensor2D,
+    tf.Tensor1D,
+    tf.Tensor1D,
+  ];
+}
+
+/** The sum of the rows of x [R, C]: [C]. */
+export function columnSum(x: tf.Tensor2D): tf.Tensor1D {
+  expectLanes('columnSum', 'the row width', x.shape[1]);
+  expectShape('columnSum')('x', x, [x.shape[0], x.shape[1]]);
+  return tf.engine().runKernel(KERNELS.columnSum, { x }) as tf.Tensor1D;
+}
+
+/** The kernels step through rows 4 floats at a time: a row of another width would run past its end. */
+function expectLanes(op: string, what: string, width: number): void {
+  if (width % 4 !== 0) throw new Error(`${op}: ${what} must be a multiple of 4, got ${width}`);
+}
+
+function expectShape(op: string) {
+  return (name: string, t: tf.Tensor, shape: number[]): void => {
+    if (t.dtype !== 'float32' || !tf.util.arraysEqual(t.shape, shape))
+      throw new Error(
+        `${op}: ${name} must be float32 [${shape.join(', ')}], got ${t.dtype} [${t.shape.join(', ')}]`,
+      );
+  };
+}
+
+/** The memory offset of a tensor's data on the wasm heap. */
+function offsets(backend: WasmBackend): (t: tf.TensorInfo) => number {
+  return (t) => backend.dataIdMap.get(t.dataId).memoryOffset;
+}
+
+function attentionKernel(exports: Exports): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args as KernelArgs;
+    const backend = args.backend as unknown as WasmBackend;
+    const { q, kNew, vNew, kCache, vCache, bias } = inputs as Record<
+      'q' | 'kNew' | 'vNew' | 'kCache' | 'vCache' | 'bias',
+      tf.TensorInfo
+    >;
+    const [B, H, capacity, hd] = kCache.shape as [number, number, number, number];
+    const length = attrs!.length as number;
+    const out = backend.makeOutput([B, H, 1, hd], 'float32');
+    // One head's scores at a time, padded to whole SIMD vectors.
+    const scratch = backend.makeOutput([Math.ceil(length / 4) * 4], 'float32');
+    const at = offsets(backend);
+    exports.attend(
+      at(q),
+      at(kNew),
+      at(vNew),
+      at(kCache),
+      at(vCache),
+      at(bias),
+      at(scratch),
+      at(out),
+      B,
+      H,
+      capacity,
+      length,
+      hd,
+      attrs!.scale as number,
+    );
+    backend.disposeData(scratch.dataId);
+    return out;
+  };
+}
+
+function layerNormKernel(exports: Exports): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args as KernelArgs;
+    const backend = args.backend as unknown as WasmBackend;
+    const { x, gain, bias } = inputs as Record<'x' | 'gain' | 'bias', tf.TensorInfo>;
+    const [R, d] = x.shape as [number, number];
+    const y = backend.makeOutput([R, d], 'float32');
+    const xhat = backend.makeOutput([R, d], 'float32');
+    const rstd = backend.makeOutput([R, 1], 'float32');
+    const at = offsets(backend);
+    exports.layerNorm(at(x), at(gain), at(bias), at(y), at(xhat), at(rstd), R, d, attrs!.eps as number);
+    return [y, xhat, rstd];
+  };
+}
+
+function layerNormGradKernel(exports: Exports): tf.KernelFunc {
+  return (args) => {
+    const { inputs } = args as KernelArgs;
+    const backend = args.backend as unknown as WasmBackend;
+    const { dy, xhat, rstd, gain } = inputs as Record<'dy' | 'xhat' | 'rstd' | 'gain', tf.TensorInfo>;
+    const [R, d] = xhat.shape as [number, number];
+    const dx = backend.makeOutput([R, d], 'float32');
+    const dGain = backend.makeOutput([d], 'float32');
+    const dBias = backend.makeOutput([d], 'float32');
+    const at = offsets(backend);
+    exports.layerNormGrad(at(dy), at(xhat), at(rstd), at(gain), at(dx), at(dGain), at(dBias), R, d);
+    return [dx, dGain, dBias];
+  };
+}
+
+function columnSumKernel(exports: Exports): tf.KernelFunc {
+  return (args) => {
+    const x = (args as KernelArgs).inputs.x!;
+    const backend = args.backend as unknown as WasmBackend;
+    const [R, C] = x.shape as [number, number];
+    const out = backend.makeOutput([C], 'float32');
+    const at = offsets(backend);
+    exports.columnSum(at(x), at(out), R, C);
+    return out;
+  };
+}
