@@ -74,6 +74,12 @@ export interface RunOptions {
   inPlace?: { layers: readonly LayerKV[]; length: number };
   /** Compute logits for the last position of each row only. */
   lastOnly?: boolean;
+  /**
+   * `bias` is causalBias(T) and there is no `past`: plain causal attention over each row's tokens.
+   * On wasm, rxrl's kernels then skip the keys after each query instead of masking them, and
+   * `present` comes back empty.
+   */
+  causal?: boolean;
 }
 
 const LN_EPS = 1e-5;
@@ -189,6 +195,24 @@ const gelu = differentiable((x) => {
   };
 });
 
+/** Causal self-attention on [B*T, H*hd] queries, keys and values by rxrl's wasm kernels, with its gradient. */
+function causalSelfAttention(heads: { B: number; T: number; H: number }, scale: number) {
+  return differentiable((q, k, v) => {
+    const [value, p] = simd.causalAttention(
+      q as tf.Tensor2D,
+      k as tf.Tensor2D,
+      v as tf.Tensor2D,
+      heads,
+      scale,
+    );
+    return {
+      value,
+      save: [q!, k!, v!, p],
+      gradient: (dy, [qs, ks, vs, ps]) => simd.causalAttentionGrad(dy, qs!, ks!, vs!, ps!, heads, scale),
+    };
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The model.
 
@@ -266,7 +290,7 @@ export class GPT {
   forward(ids: tf.Tensor2D): tf.Tensor3D {
     return tf.tidy(() => {
       const [B, T] = ids.shape;
-      const { logits } = this.run(ids, { bias: causalBias(T) });
+      const { logits } = this.run(ids, { bias: causalBias(T), causal: true });
       return tf.reshape(logits, [B, T, this.config.vocabSize]);
     });
   }
@@ -281,7 +305,7 @@ export class GPT {
       const [B, T] = ids.shape;
       if (T < 2) throw new Error(`nextTokenLogProbs: need at least 2 tokens per row, got ${T}`);
       const inputs = tf.slice(ids, [0, 0], [B, T - 1]);
-      const { logits } = this.run(inputs, { bias: causalBias(T - 1) });
+      const { logits } = this.run(inputs, { bias: causalBias(T - 1), causal: true });
       const scaled = temperature === 1 ? logits : tf.div(logits, temperature);
       return tf.reshape(tf.logSoftmax(scaled), [B, T - 1, this.config.vocabSize]);
     });
@@ -303,7 +327,7 @@ export class GPT {
    * row) and the keys/values of all S = past + T positions per layer, to cache.
    */
   run(ids: tf.Tensor2D, options: RunOptions): { logits: tf.Tensor2D; present: LayerKV[] } {
-    const { positions, bias, past, inPlace, lastOnly = false } = options;
+    const { positions, bias, past, inPlace, lastOnly = false, causal = false } = options;
     const { vocabSize, contextLength, dModel, nLayers } = this.config;
     const [B, T] = ids.shape;
     const flatIds = tf.reshape(ids, [B * T]);
@@ -328,13 +352,16 @@ export class GPT {
       const wpe = tf.slice(this.p('wpe'), [0, 0], [T, dModel]);
       x = tf.reshape(tf.add(tf.reshape(x, [B, T, dModel]), wpe), [B * T, dModel]);
     }
+    const fusedCausal = causal && !past && simd.simdKernelsAvailable(this.headDim);
     const present: LayerKV[] = [];
     for (let l = 0; l < nLayers; l++) {
       const normed = this.norm(`h${l}.ln1`, x);
       const attn = inPlace
         ? this.attentionInPlace(l, normed, B, bias, inPlace.layers[l]!, inPlace.length, rotation)
-        : this.attention(l, normed, B, T, bias, past?.[l], rotation);
-      present.push(attn.kv);
+        : fusedCausal
+          ? { y: this.attentionCausal(l, normed, B, T, rotation), kv: undefined }
+          : this.attention(l, normed, B, T, bias, past?.[l], rotation);
+      if (attn.kv) present.push(attn.kv);
       x = tf.add(x, attn.y);
       x = tf.add(x, this.mlp(l, this.norm(`h${l}.ln2`, x)));
     }
@@ -390,18 +417,39 @@ export class GPT {
   ): { y: tf.Tensor2D; kv: LayerKV } {
     const { dModel, nHeads } = this.config;
     const hd = this.headDim;
-    const { q, k, v } = this.queryKeyValue(l, x, rotation, (t) => tf.reshape(t, [B, nHeads, 1, hd]));
+    const { q, k, v } = this.queryKeyValue(
+      l,
+      x,
+      rotation,
+      (t) => tf.reshape(t, [B, nHeads, 1, hd]) as tf.Tensor4D,
+    );
     const y = simd.cachedAttention(q, k, v, cache, bias, length + 1, 1 / Math.sqrt(hd));
     return { y: this.attentionOut(l, tf.reshape(y, [B, dModel])), kv: cache };
   }
 
+  /**
+   * Causal self-attention on x [B*T, d] by rxrl's wasm kernels (RunOptions.causal): they read the
+   * heads where the projections put them, and skip the keys after each query.
+   */
+  private attentionCausal(
+    l: number,
+    x: tf.Tensor2D,
+    B: number,
+    T: number,
+    rotation: Rope | undefined,
+  ): tf.Tensor2D {
+    const { q, k, v } = this.queryKeyValue(l, x, rotation, (t) => t as tf.Tensor2D);
+    const y = causalSelfAttention({ B, T, H: this.config.nHeads }, 1 / Math.sqrt(this.headDim))(q, k, v);
+    return this.attentionOut(l, y);
+  }
+
   /** The projections of x [B*T, d] to queries, keys (RoPE-rotated with `rotation`) and values, split into heads. */
-  private queryKeyValue(
+  private queryKeyValue<S extends tf.Tensor>(
     l: number,
     x: tf.Tensor2D,
     rotation: Rope | undefined,
-    heads: (t: tf.Tensor) => tf.Tensor4D,
-  ): { q: tf.Tensor4D; k: tf.Tensor4D; v: tf.Tensor4D } {
+    heads: (t: tf.Tensor) => S,
+  ): { q: S; k: S; v: S } {
     const qkv = linear(x, this.p(`h${l}.attn.wqkv`), this.p(`h${l}.attn.bqkv`));
     // Not written back into split's array: tfjs's tape keeps that very array as the op's outputs, so
     // replacing an entry would send the gradient of the rotated tensor straight into the split.

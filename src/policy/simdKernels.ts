@@ -16,6 +16,11 @@
  *   through tfjs's engine and its own pass over memory).
  * - RxrlColumnSum: the sum of a [rows, cols] matrix's rows (bias gradients). tfjs's Sum over axis 0
  *   transposes first; GPT used ones @ x instead, which XNNPACK runs by packing x as weights every call.
+ * - RxrlCausalAttention and RxrlCausalAttentionGrad: causal self-attention for training and
+ *   scoring (forward and gradient), reading the heads where the q/k/v projections put them
+ *   ([B*T, H*hd]) and skipping the keys after each query. tfjs ops need the heads transposed out
+ *   and back, and compute and mask all T x T scores: twice the work, over four batched matmuls,
+ *   a mask add and a softmax.
  *
  * Writing into an input tensor (the attention's cache) breaks tfjs's rule that tensors are
  * immutable. It is safe here because the buffers belong to one decoder (CachedDecoder in
@@ -46,6 +51,8 @@ const KERNELS = {
   layerNorm: 'RxrlLayerNorm',
   layerNormGrad: 'RxrlLayerNormGrad',
   columnSum: 'RxrlColumnSum',
+  causalAttention: 'RxrlCausalAttention',
+  causalAttentionGrad: 'RxrlCausalAttentionGrad',
 } as const;
 
 /**
@@ -194,6 +201,19 @@ const KERNELS_WAT = `
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
       (br $bLoop))))
 
+  ;; The lane sums of four vectors, as one vector [sum a, sum b, sum c, sum d] (a 4 x 4 transpose-add).
+  (func $hsum4 (param $a v128) (param $b v128) (param $c v128) (param $d v128) (result v128)
+    (local $ab v128) (local $cd v128)
+    (local.set $ab (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $a) (local.get $b))
+      (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $a) (local.get $b))))
+    (local.set $cd (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $c) (local.get $d))
+      (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $c) (local.get $d))))
+    (f32x4.add
+      (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $ab) (local.get $cd))
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $ab) (local.get $cd))))
+
   ;; The sum of a vector's 4 lanes.
   (func $hsum (param $v v128) (result f32)
     (f32.add
@@ -313,6 +333,345 @@ const KERNELS_WAT = `
       (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
       (local.set $r (i32.add (local.get $r) (i32.const 1)))
       (br $rLoop))))
+
+  ;; Causal self-attention over T tokens for training, per (b, h): P[i, j] = softmax_j<=i(scale q_i . k_j)
+  ;; and y_i = sum_j<=i P[i, j] v_j. q, k, v and y are [B*T, H*hd] (row b*T+i, head h at column h*hd:
+  ;; the layout of the projections, so no transposes); P is [B, H, T, T], written for j <= i only
+  ;; (the gradient reads it there). Keys after the query are skipped, not masked: half the work.
+  (func (export "causalAttention")
+    (param $q i32) (param $k i32) (param $v i32) (param $y i32) (param $p i32)
+    (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32)
+    (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $d i32) (local $rowBytes i32)
+    (local $hdBytes i32) (local $base i32) (local $pRow i32) (local $qRow i32) (local $yRow i32) (local $at i32)
+    (local $acc v128) (local $pj v128) (local $maxv v128) (local $qv v128) (local $a0 v128) (local $a1 v128)
+    (local $a2 v128) (local $a3 v128) (local $e f32) (local $max f32) (local $sum f32)
+    (local.set $hdBytes (i32.shl (local.get $hd) (i32.const 2)))
+    (local.set $rowBytes (i32.mul (local.get $H) (local.get $hdBytes)))
+    (memory.fill (local.get $y) (i32.const 0) (i32.mul (i32.mul (local.get $B) (local.get $T)) (local.get $rowBytes)))
+    (block $bDone (loop $bLoop
+      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
+      (local.set $h (i32.const 0))
+      (block $hDone (loop $hLoop
+        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
+        (local.set $base (i32.add (i32.mul (i32.mul (local.get $b) (local.get $T)) (local.get $rowBytes))
+                                  (i32.mul (local.get $h) (local.get $hdBytes))))
+        (local.set $i (i32.const 0))
+        (block $iDone (loop $iLoop
+          (br_if $iDone (i32.ge_u (local.get $i) (local.get $T)))
+          (local.set $qRow (i32.add (local.get $q) (i32.add (local.get $base) (i32.mul (local.get $i) (local.get $rowBytes)))))
+          (local.set $yRow (i32.add (local.get $y) (i32.add (local.get $base) (i32.mul (local.get $i) (local.get $rowBytes)))))
+          (local.set $pRow (i32.add (local.get $p) (i32.shl
+            (i32.mul (i32.add (i32.mul (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)) (local.get $T)) (local.get $i))
+                     (local.get $T))
+            (i32.const 2))))
+          ;; scores and their max: 4 keys at a time while 4 remain, then one at a time
+          (local.set $maxv (v128.const f32x4 -inf -inf -inf -inf))
+          (local.set $j (i32.const 0))
+          (block $s4Done (loop $s4Loop
+            (br_if $s4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
+            (local.set $at (i32.add (local.get $k) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
+            (local.set $a0 (v128.const f32x4 0 0 0 0))
+            (local.set $a1 (v128.const f32x4 0 0 0 0))
+            (local.set $a2 (v128.const f32x4 0 0 0 0))
+            (local.set $a3 (v128.const f32x4 0 0 0 0))
+            (local.set $d (i32.const 0))
+            (block $d4Done (loop $d4Loop
+              (br_if $d4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              (local.set $qv (v128.load (i32.add (local.get $qRow) (local.get $d))))
+              (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $qv)
+                (v128.load (i32.add (local.get $at) (local.get $d))))))
+              (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $qv)
+                (v128.load (i32.add (i32.add (local.get $at) (local.get $rowBytes)) (local.get $d))))))
+              (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $qv)
+                (v128.load (i32.add (i32.add (local.get $at) (i32.shl (local.get $rowBytes) (i32.const 1))) (local.get $d))))))
+              (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $qv)
+                (v128.load (i32.add (i32.add (local.get $at) (i32.mul (local.get $rowBytes) (i32.const 3))) (local.get $d))))))
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $d4Loop)))
+            (local.set $qv (f32x4.mul (call $hsum4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3))
+                                      (f32x4.splat (local.get $scale))))
+            (v128.store (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))) (local.get $qv))
+            (local.set $maxv (f32x4.max (local.get $maxv) (local.get $qv)))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $s4Loop)))
+          (local.set $max (f32.max
+            (f32.max (f32x4.extract_lane 0 (local.get $maxv)) (f32x4.extract_lane 1 (local.get $maxv)))
+            (f32.max (f32x4.extract_lane 2 (local.get $maxv)) (f32x4.extract_lane 3 (local.get $maxv)))))
+          (block $sDone (loop $sLoop
+            (br_if $sDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $at (i32.add (local.get $k) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
+            (local.set $acc (v128.const f32x4 0 0 0 0))
+            (local.set $d (i32.const 0))
+            (block $dDone (loop $dLoop
+              (br_if $dDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              (local.set $acc (f32x4.add (local.get $acc)
+                (f32x4.mul (v128.load (i32.add (local.get $qRow) (local.get $d)))
+                           (v128.load (i32.add (local.get $at) (local.get $d))))))
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $dLoop)))
+            (local.set $e (f32.mul (call $hsum (local.get $acc)) (local.get $scale)))
+            (f32.store (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))) (local.get $e))
+            (local.set $max (f32.max (local.get $max) (local.get $e)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $sLoop)))
+          ;; exponentials, 4 at a time while 4 remain, then one at a time (the same per-lane
+          ;; arithmetic), and their sum in order
+          (local.set $pj (f32x4.splat (local.get $max)))
+          (local.set $j (i32.const 0))
+          (block $eDone (loop $eLoop
+            (br_if $eDone (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
+            (local.set $at (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
+            (v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load (local.get $at)) (local.get $pj))))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $eLoop)))
+          (block $tDone (loop $tLoop
+            (br_if $tDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $at (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
+            (f32.store (local.get $at) (f32x4.extract_lane 0
+              (call $exp4 (f32x4.splat (f32.sub (f32.load (local.get $at)) (local.get $max))))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $tLoop)))
+          (local.set $sum (f32.const 0))
+          (local.set $j (i32.const 0))
+          (block $sumDone (loop $sumLoop
+            (br_if $sumDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $sum (f32.add (local.get $sum) (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $sumLoop)))
+          ;; P[i, j] = e_j / sum
+          (local.set $pj (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
+          (local.set $j (i32.const 0))
+          (block $nDone (loop $nLoop
+            (br_if $nDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $at (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
+            (f32.store (local.get $at) (f32.mul (f32.load (local.get $at)) (f32x4.extract_lane 0 (local.get $pj))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $nLoop)))
+          ;; y_i = sum_j P[i, j] v_j: 4 keys at a time while 4 remain, then one at a time
+          (local.set $j (i32.const 0))
+          (block $w4Done (loop $w4Loop
+            (br_if $w4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
+            (local.set $at (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
+            (local.set $a0 (f32x4.splat (f32.load (local.get $at))))
+            (local.set $a1 (f32x4.splat (f32.load offset=4 (local.get $at))))
+            (local.set $a2 (f32x4.splat (f32.load offset=8 (local.get $at))))
+            (local.set $a3 (f32x4.splat (f32.load offset=12 (local.get $at))))
+            (local.set $at (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
+            (local.set $d (i32.const 0))
+            (block $v4Done (loop $v4Loop
+              (br_if $v4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              (v128.store (i32.add (local.get $yRow) (local.get $d))
+                (f32x4.add (v128.load (i32.add (local.get $yRow) (local.get $d)))
+                  (f32x4.add
+                    (f32x4.add
+                      (f32x4.mul (local.get $a0) (v128.load (i32.add (local.get $at) (local.get $d))))
+                      (f32x4.mul (local.get $a1) (v128.load (i32.add (i32.add (local.get $at) (local.get $rowBytes)) (local.get $d)))))
+                    (f32x4.add
+                      (f32x4.mul (local.get $a2)
+                        (v128.load (i32.add (i32.add (local.get $at) (i32.shl (local.get $rowBytes) (i32.const 1))) (local.get $d))))
+                      (f32x4.mul (local.get $a3)
+                        (v128.load (i32.add (i32.add (local.get $at) (i32.mul (local.get $rowBytes) (i32.const 3))) (local.get $d))))))))
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $v4Loop)))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $w4Loop)))
+          (block $wDone (loop $wLoop
+            (br_if $wDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $pj (f32x4.splat (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))))
+            (local.set $at (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
+            (local.set $d (i32.const 0))
+            (block $vDone (loop $vLoop
+              (br_if $vDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              (v128.store (i32.add (local.get $yRow) (local.get $d))
+                (f32x4.add (v128.load (i32.add (local.get $yRow) (local.get $d)))
+                  (f32x4.mul (local.get $pj) (v128.load (i32.add (local.get $at) (local.get $d))))))
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $vLoop)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $wLoop)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $iLoop)))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $hLoop)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $bLoop))))
+
+  ;; The gradient of causalAttention from dy [B*T, H*hd] and its P: with dP[i, j] = dy_i . v_j and
+  ;; dS[i, j] = P[i, j] (dP[i, j] - sum_j' P[i, j'] dP[i, j']), dq_i = scale sum_j dS[i, j] k_j,
+  ;; dk_j = scale sum_i dS[i, j] q_i, dv_j = sum_i P[i, j] dy_i (j <= i). scratch holds one row of dS.
+  (func (export "causalAttentionGrad")
+    (param $dy i32) (param $q i32) (param $k i32) (param $v i32) (param $p i32) (param $scratch i32)
+    (param $dq i32) (param $dk i32) (param $dv i32)
+    (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32)
+    (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $d i32) (local $rowBytes i32)
+    (local $hdBytes i32) (local $base i32) (local $pRow i32) (local $iOff i32) (local $jOff i32) (local $at i32)
+    (local $acc v128) (local $sj v128) (local $pj v128) (local $qv v128) (local $dyv v128) (local $a0 v128)
+    (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $s0 v128) (local $s1 v128) (local $s2 v128)
+    (local $s3 v128) (local $D f32) (local $bytes i32)
+    (local.set $hdBytes (i32.shl (local.get $hd) (i32.const 2)))
+    (local.set $rowBytes (i32.mul (local.get $H) (local.get $hdBytes)))
+    (local.set $bytes (i32.mul (i32.mul (local.get $B) (local.get $T)) (local.get $rowBytes)))
+    (memory.fill (local.get $dq) (i32.const 0) (local.get $bytes))
+    (memory.fill (local.get $dk) (i32.const 0) (local.get $bytes))
+    (memory.fill (local.get $dv) (i32.const 0) (local.get $bytes))
+    (block $bDone (loop $bLoop
+      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
+      (local.set $h (i32.const 0))
+      (block $hDone (loop $hLoop
+        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
+        (local.set $base (i32.add (i32.mul (i32.mul (local.get $b) (local.get $T)) (local.get $rowBytes))
+                                  (i32.mul (local.get $h) (local.get $hdBytes))))
+        (local.set $i (i32.const 0))
+        (block $iDone (loop $iLoop
+          (br_if $iDone (i32.ge_u (local.get $i) (local.get $T)))
+          (local.set $iOff (i32.add (local.get $base) (i32.mul (local.get $i) (local.get $rowBytes))))
+          (local.set $pRow (i32.add (local.get $p) (i32.shl
+            (i32.mul (i32.add (i32.mul (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)) (local.get $T)) (local.get $i))
+                     (local.get $T))
+            (i32.const 2))))
+          ;; scratch[j] = dP[i, j] (4 keys at a time while 4 remain); D = sum_j P[i, j] dP[i, j]
+          (local.set $j (i32.const 0))
+          (block $s4Done (loop $s4Loop
+            (br_if $s4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
+            (local.set $jOff (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
+            (local.set $a0 (v128.const f32x4 0 0 0 0))
+            (local.set $a1 (v128.const f32x4 0 0 0 0))
+            (local.set $a2 (v128.const f32x4 0 0 0 0))
+            (local.set $a3 (v128.const f32x4 0 0 0 0))
+            (local.set $d (i32.const 0))
+            (block $d4Done (loop $d4Loop
+              (br_if $d4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              (local.set $dyv (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d)))))
+              (local.set $at (i32.add (local.get $jOff) (local.get $d)))
+              (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $dyv) (v128.load (local.get $at)))))
+              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+              (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $dyv) (v128.load (local.get $at)))))
+              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+              (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $dyv) (v128.load (local.get $at)))))
+              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+              (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $dyv) (v128.load (local.get $at)))))
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $d4Loop)))
+            (v128.store (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2)))
+              (call $hsum4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $s4Loop)))
+          (block $sDone (loop $sLoop
+            (br_if $sDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $jOff (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
+            (local.set $acc (v128.const f32x4 0 0 0 0))
+            (local.set $d (i32.const 0))
+            (block $dDone (loop $dLoop
+              (br_if $dDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              (local.set $acc (f32x4.add (local.get $acc)
+                (f32x4.mul (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d))))
+                           (v128.load (i32.add (local.get $v) (i32.add (local.get $jOff) (local.get $d)))))))
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $dLoop)))
+            (f32.store (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2))) (call $hsum (local.get $acc)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $sLoop)))
+          (local.set $D (f32.const 0))
+          (local.set $j (i32.const 0))
+          (block $DDone (loop $DLoop
+            (br_if $DDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $at (i32.shl (local.get $j) (i32.const 2)))
+            (local.set $D (f32.add (local.get $D)
+              (f32.mul (f32.load (i32.add (local.get $scratch) (local.get $at))) (f32.load (i32.add (local.get $pRow) (local.get $at))))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $DLoop)))
+          ;; scratch[j] = dS[i, j] * scale = P[i, j] (dP[i, j] - D) scale
+          (local.set $j (i32.const 0))
+          (block $gsDone (loop $gsLoop
+            (br_if $gsDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $at (i32.shl (local.get $j) (i32.const 2)))
+            (f32.store (i32.add (local.get $scratch) (local.get $at))
+              (f32.mul (f32.mul (f32.load (i32.add (local.get $pRow) (local.get $at)))
+                                (f32.sub (f32.load (i32.add (local.get $scratch) (local.get $at))) (local.get $D)))
+                       (local.get $scale)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $gsLoop)))
+          ;; dq_i += dS[i, j] k_j, dk_j += dS[i, j] q_i, dv_j += P[i, j] dy_i: 4 keys at a time while 4
+          ;; remain (dq_i, q_i and dy_i loaded once for the 4), then one at a time
+          (local.set $j (i32.const 0))
+          (block $g4Done (loop $g4Loop
+            (br_if $g4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
+            (local.set $at (i32.shl (local.get $j) (i32.const 2)))
+            (local.set $s0 (f32x4.splat (f32.load (i32.add (local.get $scratch) (local.get $at)))))
+            (local.set $s1 (f32x4.splat (f32.load offset=4 (i32.add (local.get $scratch) (local.get $at)))))
+            (local.set $s2 (f32x4.splat (f32.load offset=8 (i32.add (local.get $scratch) (local.get $at)))))
+            (local.set $s3 (f32x4.splat (f32.load offset=12 (i32.add (local.get $scratch) (local.get $at)))))
+            (local.set $a0 (f32x4.splat (f32.load (i32.add (local.get $pRow) (local.get $at)))))
+            (local.set $a1 (f32x4.splat (f32.load offset=4 (i32.add (local.get $pRow) (local.get $at)))))
+            (local.set $a2 (f32x4.splat (f32.load offset=8 (i32.add (local.get $pRow) (local.get $at)))))
+            (local.set $a3 (f32x4.splat (f32.load offset=12 (i32.add (local.get $pRow) (local.get $at)))))
+            (local.set $jOff (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
+            (local.set $d (i32.const 0))
+            (block $u4Done (loop $u4Loop
+              (br_if $u4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              (local.set $qv (v128.load (i32.add (local.get $q) (i32.add (local.get $iOff) (local.get $d)))))
+              (local.set $dyv (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d)))))
+              (local.set $acc (v128.load (i32.add (local.get $dq) (i32.add (local.get $iOff) (local.get $d)))))
+              (local.set $at (i32.add (local.get $jOff) (local.get $d)))
+              ;; key j
+              (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $s0) (v128.load (i32.add (local.get $k) (local.get $at))))))
+              (v128.store (i32.add (local.get $dk) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s0) (local.get $qv))))
+              (v128.store (i32.add (local.get $dv) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a0) (local.get $dyv))))
+              ;; key j + 1
+              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+              (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $s1) (v128.load (i32.add (local.get $k) (local.get $at))))))
+              (v128.store (i32.add (local.get $dk) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s1) (local.get $qv))))
+              (v128.store (i32.add (local.get $dv) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a1) (local.get $dyv))))
+              ;; key j + 2
+              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+              (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $s2) (v128.load (i32.add (local.get $k) (local.get $at))))))
+              (v128.store (i32.add (local.get $dk) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s2) (local.get $qv))))
+              (v128.store (i32.add (local.get $dv) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a2) (local.get $dyv))))
+              ;; key j + 3
+              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+              (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $s3) (v128.load (i32.add (local.get $k) (local.get $at))))))
+              (v128.store (i32.add (local.get $dk) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s3) (local.get $qv))))
+              (v128.store (i32.add (local.get $dv) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a3) (local.get $dyv))))
+              (v128.store (i32.add (local.get $dq) (i32.add (local.get $iOff) (local.get $d))) (local.get $acc))
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $u4Loop)))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $g4Loop)))
+          (block $gDone (loop $gLoop
+            (br_if $gDone (i32.gt_u (local.get $j) (local.get $i)))
+            (local.set $pj (f32x4.splat (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))))
+            (local.set $sj (f32x4.splat (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2))))))
+            (local.set $jOff (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
+            (local.set $d (i32.const 0))
+            (block $uDone (loop $uLoop
+              (br_if $uDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              (local.set $at (i32.add (local.get $dq) (i32.add (local.get $iOff) (local.get $d))))
+              (v128.store (local.get $at) (f32x4.add (v128.load (local.get $at))
+                (f32x4.mul (local.get $sj) (v128.load (i32.add (local.get $k) (i32.add (local.get $jOff) (local.get $d)))))))
+              (local.set $at (i32.add (local.get $dk) (i32.add (local.get $jOff) (local.get $d))))
+              (v128.store (local.get $at) (f32x4.add (v128.load (local.get $at))
+                (f32x4.mul (local.get $sj) (v128.load (i32.add (local.get $q) (i32.add (local.get $iOff) (local.get $d)))))))
+              (local.set $at (i32.add (local.get $dv) (i32.add (local.get $jOff) (local.get $d))))
+              (v128.store (local.get $at) (f32x4.add (v128.load (local.get $at))
+                (f32x4.mul (local.get $pj) (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d)))))))
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $uLoop)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $gLoop)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $iLoop)))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $hLoop)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $bLoop))))
 )
 `;
 
@@ -357,6 +716,34 @@ interface Exports {
     d: number,
   ): void;
   columnSum(x: number, out: number, R: number, C: number): void;
+  causalAttention(
+    q: number,
+    k: number,
+    v: number,
+    y: number,
+    p: number,
+    B: number,
+    T: number,
+    H: number,
+    hd: number,
+    scale: number,
+  ): void;
+  causalAttentionGrad(
+    dy: number,
+    q: number,
+    k: number,
+    v: number,
+    p: number,
+    scratch: number,
+    dq: number,
+    dk: number,
+    dv: number,
+    B: number,
+    T: number,
+    H: number,
+    hd: number,
+    scale: number,
+  ): void;
 }
 
 /** The parts of tfjs-backend-wasm's BackendWasm these kernels use. */
@@ -401,6 +788,8 @@ export async function installSimdKernels(wasmVersion: string): Promise<boolean> 
   register(KERNELS.layerNorm, layerNormKernel);
   register(KERNELS.layerNormGrad, layerNormGradKernel);
   register(KERNELS.columnSum, columnSumKernel);
+  register(KERNELS.causalAttention, causalAttentionKernel);
+  register(KERNELS.causalAttentionGrad, causalAttentionGradKernel);
   installed = true;
   return true;
 }
@@ -500,6 +889,62 @@ export function columnSum(x: tf.Tensor2D): tf.Tensor1D {
 }
 
 /** The kernels step through rows 4 floats at a time: a row of another width would run past its end. */
+/**
+ * Causal self-attention over each row's T tokens: q, k, v [B*T, H*hd] (heads side by side, as the
+ * projections give them) -> y [B*T, H*hd], with y_i = softmax_{j<=i}(scale q_i . k_j) v_j per head,
+ * and the probabilities P [B, H, T, T] (set for j <= i), which causalAttentionGrad takes.
+ */
+export function causalAttention(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  heads: { B: number; T: number; H: number },
+  scale: number,
+): [tf.Tensor2D, tf.Tensor4D] {
+  const attrs = attentionShape('causalAttention', q, heads, { k, v });
+  return tf.engine().runKernel(KERNELS.causalAttention, { q, k, v }, { ...attrs, scale }) as unknown as [
+    tf.Tensor2D,
+    tf.Tensor4D,
+  ];
+}
+
+/** The gradients [dq, dk, dv] of causalAttention from dy [B*T, H*hd], its inputs and its P. */
+export function causalAttentionGrad(
+  dy: tf.Tensor,
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  p: tf.Tensor,
+  heads: { B: number; T: number; H: number },
+  scale: number,
+): [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D] {
+  const attrs = attentionShape('causalAttentionGrad', q, heads, { k, v, dy });
+  expectShape('causalAttentionGrad')('p', p, [heads.B, heads.H, heads.T, heads.T]);
+  return tf
+    .engine()
+    .runKernel(KERNELS.causalAttentionGrad, { dy, q, k, v, p }, { ...attrs, scale }) as unknown as [
+    tf.Tensor2D,
+    tf.Tensor2D,
+    tf.Tensor2D,
+  ];
+}
+
+function attentionShape(
+  op: string,
+  q: tf.Tensor,
+  { B, T, H }: { B: number; T: number; H: number },
+  others: Record<string, tf.Tensor>,
+): { B: number; T: number; H: number; hd: number } {
+  const width = q.shape[1] ?? 0;
+  if (!(H > 0 && width % H === 0)) throw new Error(`${op}: width ${width} does not split into ${H} heads`);
+  const hd = width / H;
+  expectLanes(op, 'the head size', hd);
+  const expect = expectShape(op);
+  expect('q', q, [B * T, width]);
+  for (const [name, t] of Object.entries(others)) expect(name, t, [B * T, width]);
+  return { B, T, H, hd };
+}
+
 function expectLanes(op: string, what: string, width: number): void {
   if (width % 4 !== 0) throw new Error(`${op}: ${what} must be a multiple of 4, got ${width}`);
 }
@@ -592,5 +1037,51 @@ function columnSumKernel(exports: Exports): tf.KernelFunc {
     const at = offsets(backend);
     exports.columnSum(at(x), at(out), R, C);
     return out;
+  };
+}
+
+function causalAttentionKernel(exports: Exports): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args as KernelArgs;
+    const backend = args.backend as unknown as WasmBackend;
+    const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
+    const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
+    const y = backend.makeOutput([B * T, H * hd], 'float32');
+    const p = backend.makeOutput([B, H, T, T], 'float32');
+    const at = offsets(backend);
+    exports.causalAttention(at(q), at(k), at(v), at(y), at(p), B, T, H, hd, scale);
+    return [y, p];
+  };
+}
+
+function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args as KernelArgs;
+    const backend = args.backend as unknown as WasmBackend;
+    const { dy, q, k, v, p } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'p', tf.TensorInfo>;
+    const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
+    const dq = backend.makeOutput([B * T, H * hd], 'float32');
+    const dk = backend.makeOutput([B * T, H * hd], 'float32');
+    const dv = backend.makeOutput([B * T, H * hd], 'float32');
+    const scratch = backend.makeOutput([T], 'float32');
+    const at = offsets(backend);
+    exports.causalAttentionGrad(
+      at(dy),
+      at(q),
+      at(k),
+      at(v),
+      at(p),
+      at(scratch),
+      at(dq),
+      at(dk),
+      at(dv),
+      B,
+      T,
+      H,
+      hd,
+      scale,
+    );
+    backend.disposeData(scratch.dataId);
+    return [dq, dk, dv];
   };
 }

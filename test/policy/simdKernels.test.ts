@@ -4,6 +4,8 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   cachedAttention,
+  causalAttention,
+  causalAttentionGrad,
   columnSum,
   installSimdKernels,
   layerNormGrad,
@@ -11,7 +13,7 @@ import {
   simdKernelsAvailable,
   uninstallSimdKernels,
 } from '../../src/policy/simdKernels.ts';
-import { MASKED } from '../../src/policy/gpt.ts';
+import { MASKED, causalBias } from '../../src/policy/gpt.ts';
 import { sample } from '../../src/policy/sampler.ts';
 import { PROMPTS, TINY, tinyModel, useWasm } from './helpers.ts';
 
@@ -296,6 +298,86 @@ describe('LayerNorm and column-sum kernels', () => {
       const y = tf.ones([3, 8]) as tf.Tensor2D;
       expect(() => layerNormRows(y, tf.ones([6]), tf.zeros([8]), EPS)).toThrow(
         /layerNormRows: gain must be float32 \[8\], got float32 \[6\]/,
+      );
+    });
+  });
+});
+
+describe('causal attention kernels (training)', () => {
+  const shapes = fc.record({
+    B: fc.integer({ min: 1, max: 3 }),
+    T: fc.integer({ min: 1, max: 20 }),
+    H: fc.integer({ min: 1, max: 3 }),
+    hd: fc.constantFrom(4, 8, 16),
+    seed: fc.integer({ min: 1, max: 1_000_000 }),
+  });
+
+  /** What GPT computes without the kernels: heads split out, masked scores, softmax, merged back. */
+  const reference = (B: number, T: number, H: number, hd: number, scale: number) => {
+    const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, hd]), [0, 2, 1, 3]);
+    return (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => {
+      const scores = tf.add(tf.matMul(tf.mul(heads(q), scale), heads(k), false, true), causalBias(T));
+      return tf.reshape(tf.transpose(tf.matMul(tf.softmax(scores), heads(v)), [0, 2, 1, 3]), [B * T, H * hd]);
+    };
+  };
+
+  it('equal masked softmax attention, and its gradients equal tfjs autodiff of that', () => {
+    fc.assert(
+      fc.property(shapes, ({ B, T, H, hd, seed }) => {
+        tf.tidy(() => {
+          const scale = 1 / Math.sqrt(hd);
+          const make = (i: number) =>
+            tf.randomNormal([B * T, H * hd], 0, 1, 'float32', seed + i) as tf.Tensor2D;
+          const [q, k, v, dy] = [make(0), make(1), make(2), make(3)];
+          const f = reference(B, T, H, hd, scale);
+          const [y, p] = causalAttention(q, k, v, { B, T, H }, scale);
+          expectClose(y, f(q, k, v));
+          const want = tf.grads(f)([q, k, v], dy);
+          causalAttentionGrad(dy, q, k, v, p, { B, T, H }, scale).forEach((g, i) =>
+            expectClose(g, want[i]!, 1e-4),
+          );
+        });
+      }),
+      { numRuns: 30 },
+    );
+  });
+
+  it("make GPT's log-probs and their gradients what tfjs ops give (learned and rope positions)", async () => {
+    for (const positions of ['learned', 'rope'] as const) {
+      const model = tinyModel(3, 1, positions);
+      const ids = tf.tensor2d(
+        Array.from({ length: 3 }, (_, b) => Array.from({ length: 12 }, (_, t) => ((b * 5 + t * 7) % 23) + 1)),
+        [3, 12],
+        'int32',
+      );
+      const mask = tf.ones([3, 12]) as tf.Tensor2D;
+      const weights = tf.linspace(-1, 1, 11);
+      const run = () =>
+        tf.variableGrads(() => tf.sum(tf.mul(model.sequenceLogProbs(ids, mask), weights)) as tf.Scalar);
+      uninstallSimdKernels();
+      expect(simdKernelsAvailable(model.headDim)).toBe(false);
+      const stock = run();
+      expect(await installSimdKernels(version_wasm)).toBe(true);
+      const fused = run();
+      expectClose(fused.value, stock.value);
+      for (const name of Object.keys(stock.grads)) expectClose(fused.grads[name]!, stock.grads[name]!, 1e-4);
+      tf.dispose([stock.value, fused.value, ...Object.values(stock.grads), ...Object.values(fused.grads)]);
+      tf.dispose([ids, mask, weights]);
+      model.dispose();
+    }
+  });
+
+  it('refuse a width that does not split into heads of a multiple of 4', () => {
+    tf.tidy(() => {
+      const x = tf.ones([6, 12]) as tf.Tensor2D;
+      expect(() => causalAttention(x, x, x, { B: 2, T: 3, H: 5 }, 1)).toThrow(
+        /width 12 does not split into 5 heads/,
+      );
+      expect(() => causalAttention(x, x, x, { B: 2, T: 3, H: 2 }, 1)).toThrow(
+        /the head size must be a multiple of 4, got 6/,
+      );
+      expect(() => causalAttention(x, x, x, { B: 3, T: 3, H: 3 }, 1)).toThrow(
+        /q must be float32 \[9, 12\], got float32 \[6, 12\]/,
       );
     });
   });
