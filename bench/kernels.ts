@@ -4,7 +4,7 @@
  * against tfjs-backend-wasm's stock kernels alone, in one process: `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
  *
  * Each round times one learner step (the real Learner: forward, GRPO loss, backward, clipping, AdamW on
- * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 64 new tokens) with
+ * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 128 new tokens, as bench/policy.ts) with
  * the stock kernels and with rxrl's (after a warm-up call each; the order flips each round), and takes
  * the ratio within the round; the median over rounds is reported, because this machine's speed swings several-fold.
  *
@@ -56,14 +56,14 @@ const batch = learnerBatch({ ...BENCH_BATCH, vocab: VOCAB });
 const prompts = Array.from({ length: 16 }, (_, b) =>
   Array.from({ length: 10 + (b % 7) }, (_, i) => ((i * 7 + b) % (VOCAB - 1)) + 1),
 );
-const sampling = { maxNewTokens: 64, temperature: 1, eosId: -1, seed: 1 };
+const sampling = { maxNewTokens: 128, temperature: 1, eosId: -1, seed: 1 };
 
 const tasks = {
   [`learner step, ${BENCH_BATCH.rows} x ${BENCH_BATCH.length} tokens`]: {
     tokens: BENCH_BATCH.rows * BENCH_BATCH.length,
     run: () => void learner.train(batch),
   },
-  'KV-cache sampling, 16 x 64 tokens': { tokens: 16 * 64, run: () => sample(model, prompts, sampling) },
+  'KV-cache sampling, 16 x 128 tokens': { tokens: 16 * 128, run: () => sample(model, prompts, sampling) },
 };
 
 console.log(describeSteadiness(steadiness()));
