@@ -330,35 +330,29 @@ class CachedDecoder implements Decoder {
 
   step(tokens: Int32Array, temperature: number): tf.Tensor2D {
     this.batch.append(tokens);
-    if (!this.inPlace) return this.advance(1, temperature);
-    if (this.batch.width > this.capacity)
+    if (this.inPlace && this.batch.width > this.capacity)
       throw new Error(`sample: decoding past the KV cache's capacity of ${this.capacity} columns`);
-    return tf.tidy(() => {
-      const { ids, positions } = this.batch.window(1);
-      const { logits } = this.model.run(ids, {
-        positions,
-        bias: this.batch.bias(1),
-        inPlace: { layers: this.cache, length: this.batch.width - 1 },
-        lastOnly: true,
-      });
-      return logSoftmaxAt(logits, temperature);
-    });
+    return this.advance(1, temperature);
   }
 
-  /** Runs the last T columns against the concatenated cache, which then holds every column. */
+  /**
+   * Runs the last T columns against the cache, which then holds every column: written in place
+   * after the prefill where that is available, else concatenated into a new cache.
+   */
   private advance(T: number, temperature: number): tf.Tensor2D {
+    const writeInPlace = this.inPlace && this.cache.length > 0;
     const { logProbs, present } = tf.tidy(() => {
       const { ids, positions } = this.batch.window(T);
-      const out = this.model.run(ids, {
-        positions,
-        bias: this.batch.bias(T),
-        past: this.cache,
-        lastOnly: true,
-      });
+      const cache = writeInPlace
+        ? { inPlace: { layers: this.cache, length: this.batch.width - T } }
+        : { past: this.cache };
+      const out = this.model.run(ids, { positions, bias: this.batch.bias(T), ...cache, lastOnly: true });
       return { logProbs: logSoftmaxAt(out.logits, temperature), present: out.present };
     });
-    this.disposeCache();
-    this.cache = present;
+    if (!writeInPlace) {
+      this.disposeCache();
+      this.cache = present;
+    }
     return logProbs;
   }
 
