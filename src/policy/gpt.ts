@@ -17,7 +17,8 @@
  *
  * Backend traps this file works around (TFJS.md): `gather` has no usable gradient on wasm, so
  * lookups are `oneHot(ids) @ W`; matmuls with transpose flags leave XNNPACK, so the matmul
- * gradients transpose explicitly.
+ * gradients transpose explicitly. On wasm, attention, LayerNorm and column sums run on rxrl's own
+ * SIMD kernels (simdKernels.ts) where the head size and width allow; elsewhere on tfjs ops.
  */
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
@@ -324,7 +325,8 @@ export class GPT {
   /**
    * The transformer on ids [B, T], for callers that place rows themselves (the sampler; call it
    * inside tf.tidy). Returns logits [B*T, V] (or [B, V] with lastOnly: the last position of each
-   * row) and the keys/values of all S = past + T positions per layer, to cache.
+   * row) and the keys/values of all S = past + T positions per layer, to cache (none with
+   * `causal` on wasm; the in-place buffers with `inPlace`).
    */
   run(ids: tf.Tensor2D, options: RunOptions): { logits: tf.Tensor2D; present: LayerKV[] } {
     const { positions, bias, past, inPlace, lastOnly = false, causal = false } = options;

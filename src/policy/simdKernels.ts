@@ -56,6 +56,53 @@ const KERNELS = {
 } as const;
 
 /**
+ * The loops of the causal attention kernels: over every head (b, h) and query i of the
+ * [B*T, H*hd] layout, with $base (the byte offset of row b*T, head h), $iOff ($base plus i rows)
+ * and $pRow (the address of P[b, h, i, 0]) set before `body`.
+ */
+function forEachQuery(body: string): string {
+  return `
+    (block $bDone (loop $bLoop
+      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
+      (local.set $h (i32.const 0))
+      (block $hDone (loop $hLoop
+        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
+        (local.set $base (i32.add (i32.mul (i32.mul (local.get $b) (local.get $T)) (local.get $rowBytes))
+                                  (i32.mul (local.get $h) (local.get $hdBytes))))
+        (local.set $i (i32.const 0))
+        (block $iDone (loop $iLoop
+          (br_if $iDone (i32.ge_u (local.get $i) (local.get $T)))
+          (local.set $iOff (i32.add (local.get $base) (i32.mul (local.get $i) (local.get $rowBytes))))
+          (local.set $pRow (i32.add (local.get $p) (i32.shl
+            (i32.mul (i32.add (i32.mul (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)) (local.get $T)) (local.get $i))
+                     (local.get $T))
+            (i32.const 2))))
+${body}
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $iLoop)))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $hLoop)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $bLoop)))`;
+}
+
+/**
+ * The unrolled body of causalAttentionGrad's 4-key block for key j + n: dq_i += dS[i, j+n] k_j+n (in
+ * $acc), dk_j+n += dS[i, j+n] q_i, dv_j+n += P[i, j+n] dy_i; $at steps from key to key.
+ */
+function keyGradient(n: number): string {
+  return `
+              ;; key j + ${n}
+              ${n > 0 ? '(local.set $at (i32.add (local.get $at) (local.get $rowBytes)))' : ''}
+              (local.set $acc (f32x4.add (local.get $acc)
+                (f32x4.mul (local.get $s${n}) (v128.load (i32.add (local.get $k) (local.get $at))))))
+              (v128.store (i32.add (local.get $dk) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s${n}) (local.get $qv))))
+              (v128.store (i32.add (local.get $dv) (local.get $at))
+                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a${n}) (local.get $dyv))))`;
+}
+
+/**
  * The attention attends every head [B, H] in order. A head's query, key and value rows are hd
  * floats; its cache holds `capacity` such rows. Dot products, exponentials and the weighted sum run
  * 4 lanes at a time (f32x4), but the softmax's sum runs one score at a time, in order: a row's result
@@ -129,21 +176,8 @@ const KERNELS_WAT = `
         (local.set $s (i32.const 0))
         (block $sDone (loop $sLoop
           (br_if $sDone (i32.ge_u (local.get $s) (local.get $len)))
-          (local.set $acc (v128.const f32x4 0 0 0 0))
-          (local.set $d (i32.const 0))
-          (block $dDone (loop $dLoop
-            (br_if $dDone (i32.ge_u (local.get $d) (local.get $rowBytes)))
-            (local.set $acc (f32x4.add (local.get $acc)
-              (f32x4.mul (v128.load (i32.add (local.get $qRow) (local.get $d)))
-                         (v128.load (i32.add (local.get $at) (local.get $d))))))
-            (local.set $d (i32.add (local.get $d) (i32.const 16)))
-            (br $dLoop)))
           (local.set $e (f32.add
-            (f32.mul
-              (f32.add
-                (f32.add (f32x4.extract_lane 0 (local.get $acc)) (f32x4.extract_lane 1 (local.get $acc)))
-                (f32.add (f32x4.extract_lane 2 (local.get $acc)) (f32x4.extract_lane 3 (local.get $acc))))
-              (local.get $scale))
+            (f32.mul (call $dot (local.get $qRow) (local.get $at) (local.get $rowBytes)) (local.get $scale))
             (f32.load (i32.add (local.get $biasRow) (i32.shl (local.get $s) (i32.const 2))))))
           (f32.store (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))) (local.get $e))
           (local.set $max (f32.max (local.get $max) (local.get $e)))
@@ -213,6 +247,35 @@ const KERNELS_WAT = `
     (f32x4.add
       (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $ab) (local.get $cd))
       (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $ab) (local.get $cd))))
+
+  ;; x . y over the first "bytes" (a multiple of 16) of two rows, 4 lanes at a time, the lanes summed last.
+  (func $dot (param $x i32) (param $y i32) (param $bytes i32) (result f32)
+    (local $d i32) (local $acc v128)
+    (block $done (loop $loop
+      (br_if $done (i32.ge_u (local.get $d) (local.get $bytes)))
+      (local.set $acc (f32x4.add (local.get $acc)
+        (f32x4.mul (v128.load (i32.add (local.get $x) (local.get $d))) (v128.load (i32.add (local.get $y) (local.get $d))))))
+      (local.set $d (i32.add (local.get $d) (i32.const 16)))
+      (br $loop)))
+    (call $hsum (local.get $acc)))
+
+  ;; [x . r0, x . r1, x . r2, x . r3] for the 4 rows r_n = rows + n stride, over the first "bytes" of each.
+  (func $dot4 (param $x i32) (param $rows i32) (param $stride i32) (param $bytes i32) (result v128)
+    (local $d i32) (local $at i32) (local $xv v128) (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
+    (block $done (loop $loop
+      (br_if $done (i32.ge_u (local.get $d) (local.get $bytes)))
+      (local.set $xv (v128.load (i32.add (local.get $x) (local.get $d))))
+      (local.set $at (i32.add (local.get $rows) (local.get $d)))
+      (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $xv) (v128.load (local.get $at)))))
+      (local.set $at (i32.add (local.get $at) (local.get $stride)))
+      (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $xv) (v128.load (local.get $at)))))
+      (local.set $at (i32.add (local.get $at) (local.get $stride)))
+      (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $xv) (v128.load (local.get $at)))))
+      (local.set $at (i32.add (local.get $at) (local.get $stride)))
+      (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $xv) (v128.load (local.get $at)))))
+      (local.set $d (i32.add (local.get $d) (i32.const 16)))
+      (br $loop)))
+    (call $hsum4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)))
 
   ;; The sum of a vector's 4 lanes.
   (func $hsum (param $v v128) (result f32)
@@ -342,54 +405,23 @@ const KERNELS_WAT = `
     (param $q i32) (param $k i32) (param $v i32) (param $y i32) (param $p i32)
     (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32)
     (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $d i32) (local $rowBytes i32)
-    (local $hdBytes i32) (local $base i32) (local $pRow i32) (local $qRow i32) (local $yRow i32) (local $at i32)
+    (local $hdBytes i32) (local $base i32) (local $pRow i32) (local $iOff i32) (local $at i32)
     (local $acc v128) (local $pj v128) (local $maxv v128) (local $qv v128) (local $a0 v128) (local $a1 v128)
     (local $a2 v128) (local $a3 v128) (local $e f32) (local $max f32) (local $sum f32)
     (local.set $hdBytes (i32.shl (local.get $hd) (i32.const 2)))
     (local.set $rowBytes (i32.mul (local.get $H) (local.get $hdBytes)))
     (memory.fill (local.get $y) (i32.const 0) (i32.mul (i32.mul (local.get $B) (local.get $T)) (local.get $rowBytes)))
-    (block $bDone (loop $bLoop
-      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
-      (local.set $h (i32.const 0))
-      (block $hDone (loop $hLoop
-        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
-        (local.set $base (i32.add (i32.mul (i32.mul (local.get $b) (local.get $T)) (local.get $rowBytes))
-                                  (i32.mul (local.get $h) (local.get $hdBytes))))
-        (local.set $i (i32.const 0))
-        (block $iDone (loop $iLoop
-          (br_if $iDone (i32.ge_u (local.get $i) (local.get $T)))
-          (local.set $qRow (i32.add (local.get $q) (i32.add (local.get $base) (i32.mul (local.get $i) (local.get $rowBytes)))))
-          (local.set $yRow (i32.add (local.get $y) (i32.add (local.get $base) (i32.mul (local.get $i) (local.get $rowBytes)))))
-          (local.set $pRow (i32.add (local.get $p) (i32.shl
-            (i32.mul (i32.add (i32.mul (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)) (local.get $T)) (local.get $i))
-                     (local.get $T))
-            (i32.const 2))))
+${forEachQuery(`
           ;; scores and their max: 4 keys at a time while 4 remain, then one at a time
           (local.set $maxv (v128.const f32x4 -inf -inf -inf -inf))
           (local.set $j (i32.const 0))
           (block $s4Done (loop $s4Loop
             (br_if $s4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
-            (local.set $at (i32.add (local.get $k) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
-            (local.set $a0 (v128.const f32x4 0 0 0 0))
-            (local.set $a1 (v128.const f32x4 0 0 0 0))
-            (local.set $a2 (v128.const f32x4 0 0 0 0))
-            (local.set $a3 (v128.const f32x4 0 0 0 0))
-            (local.set $d (i32.const 0))
-            (block $d4Done (loop $d4Loop
-              (br_if $d4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (local.set $qv (v128.load (i32.add (local.get $qRow) (local.get $d))))
-              (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $qv)
-                (v128.load (i32.add (local.get $at) (local.get $d))))))
-              (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $qv)
-                (v128.load (i32.add (i32.add (local.get $at) (local.get $rowBytes)) (local.get $d))))))
-              (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $qv)
-                (v128.load (i32.add (i32.add (local.get $at) (i32.shl (local.get $rowBytes) (i32.const 1))) (local.get $d))))))
-              (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $qv)
-                (v128.load (i32.add (i32.add (local.get $at) (i32.mul (local.get $rowBytes) (i32.const 3))) (local.get $d))))))
-              (local.set $d (i32.add (local.get $d) (i32.const 16)))
-              (br $d4Loop)))
-            (local.set $qv (f32x4.mul (call $hsum4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3))
-                                      (f32x4.splat (local.get $scale))))
+            (local.set $qv (f32x4.mul
+              (call $dot4 (i32.add (local.get $q) (local.get $iOff))
+                (i32.add (local.get $k) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
+                (local.get $rowBytes) (local.get $hdBytes))
+              (f32x4.splat (local.get $scale))))
             (v128.store (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))) (local.get $qv))
             (local.set $maxv (f32x4.max (local.get $maxv) (local.get $qv)))
             (local.set $j (i32.add (local.get $j) (i32.const 4)))
@@ -399,17 +431,11 @@ const KERNELS_WAT = `
             (f32.max (f32x4.extract_lane 2 (local.get $maxv)) (f32x4.extract_lane 3 (local.get $maxv)))))
           (block $sDone (loop $sLoop
             (br_if $sDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $at (i32.add (local.get $k) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
-            (local.set $acc (v128.const f32x4 0 0 0 0))
-            (local.set $d (i32.const 0))
-            (block $dDone (loop $dLoop
-              (br_if $dDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (local.set $acc (f32x4.add (local.get $acc)
-                (f32x4.mul (v128.load (i32.add (local.get $qRow) (local.get $d)))
-                           (v128.load (i32.add (local.get $at) (local.get $d))))))
-              (local.set $d (i32.add (local.get $d) (i32.const 16)))
-              (br $dLoop)))
-            (local.set $e (f32.mul (call $hsum (local.get $acc)) (local.get $scale)))
+            (local.set $e (f32.mul
+              (call $dot (i32.add (local.get $q) (local.get $iOff))
+                (i32.add (local.get $k) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
+                (local.get $hdBytes))
+              (local.get $scale)))
             (f32.store (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))) (local.get $e))
             (local.set $max (f32.max (local.get $max) (local.get $e)))
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
@@ -460,8 +486,8 @@ const KERNELS_WAT = `
             (local.set $d (i32.const 0))
             (block $v4Done (loop $v4Loop
               (br_if $v4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (v128.store (i32.add (local.get $yRow) (local.get $d))
-                (f32x4.add (v128.load (i32.add (local.get $yRow) (local.get $d)))
+              (v128.store (i32.add (i32.add (local.get $y) (local.get $iOff)) (local.get $d))
+                (f32x4.add (v128.load (i32.add (i32.add (local.get $y) (local.get $iOff)) (local.get $d)))
                   (f32x4.add
                     (f32x4.add
                       (f32x4.mul (local.get $a0) (v128.load (i32.add (local.get $at) (local.get $d))))
@@ -482,19 +508,14 @@ const KERNELS_WAT = `
             (local.set $d (i32.const 0))
             (block $vDone (loop $vLoop
               (br_if $vDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (v128.store (i32.add (local.get $yRow) (local.get $d))
-                (f32x4.add (v128.load (i32.add (local.get $yRow) (local.get $d)))
+              (v128.store (i32.add (i32.add (local.get $y) (local.get $iOff)) (local.get $d))
+                (f32x4.add (v128.load (i32.add (i32.add (local.get $y) (local.get $iOff)) (local.get $d)))
                   (f32x4.mul (local.get $pj) (v128.load (i32.add (local.get $at) (local.get $d))))))
               (local.set $d (i32.add (local.get $d) (i32.const 16)))
               (br $vLoop)))
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
             (br $wLoop)))
-          (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br $iLoop)))
-        (local.set $h (i32.add (local.get $h) (i32.const 1)))
-        (br $hLoop)))
-      (local.set $b (i32.add (local.get $b) (i32.const 1)))
-      (br $bLoop))))
+`)})
 
   ;; The gradient of causalAttention from dy [B*T, H*hd] and its P: with dP[i, j] = dy_i . v_j and
   ;; dS[i, j] = P[i, j] (dP[i, j] - sum_j' P[i, j'] dP[i, j']), dq_i = scale sum_j dS[i, j] k_j,
@@ -514,61 +535,23 @@ const KERNELS_WAT = `
     (memory.fill (local.get $dq) (i32.const 0) (local.get $bytes))
     (memory.fill (local.get $dk) (i32.const 0) (local.get $bytes))
     (memory.fill (local.get $dv) (i32.const 0) (local.get $bytes))
-    (block $bDone (loop $bLoop
-      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
-      (local.set $h (i32.const 0))
-      (block $hDone (loop $hLoop
-        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
-        (local.set $base (i32.add (i32.mul (i32.mul (local.get $b) (local.get $T)) (local.get $rowBytes))
-                                  (i32.mul (local.get $h) (local.get $hdBytes))))
-        (local.set $i (i32.const 0))
-        (block $iDone (loop $iLoop
-          (br_if $iDone (i32.ge_u (local.get $i) (local.get $T)))
-          (local.set $iOff (i32.add (local.get $base) (i32.mul (local.get $i) (local.get $rowBytes))))
-          (local.set $pRow (i32.add (local.get $p) (i32.shl
-            (i32.mul (i32.add (i32.mul (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)) (local.get $T)) (local.get $i))
-                     (local.get $T))
-            (i32.const 2))))
+${forEachQuery(`
           ;; scratch[j] = dP[i, j] (4 keys at a time while 4 remain); D = sum_j P[i, j] dP[i, j]
           (local.set $j (i32.const 0))
           (block $s4Done (loop $s4Loop
             (br_if $s4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
-            (local.set $jOff (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
-            (local.set $a0 (v128.const f32x4 0 0 0 0))
-            (local.set $a1 (v128.const f32x4 0 0 0 0))
-            (local.set $a2 (v128.const f32x4 0 0 0 0))
-            (local.set $a3 (v128.const f32x4 0 0 0 0))
-            (local.set $d (i32.const 0))
-            (block $d4Done (loop $d4Loop
-              (br_if $d4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (local.set $dyv (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d)))))
-              (local.set $at (i32.add (local.get $jOff) (local.get $d)))
-              (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $dyv) (v128.load (local.get $at)))))
-              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
-              (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $dyv) (v128.load (local.get $at)))))
-              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
-              (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $dyv) (v128.load (local.get $at)))))
-              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
-              (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $dyv) (v128.load (local.get $at)))))
-              (local.set $d (i32.add (local.get $d) (i32.const 16)))
-              (br $d4Loop)))
             (v128.store (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2)))
-              (call $hsum4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)))
+              (call $dot4 (i32.add (local.get $dy) (local.get $iOff))
+                (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
+                (local.get $rowBytes) (local.get $hdBytes)))
             (local.set $j (i32.add (local.get $j) (i32.const 4)))
             (br $s4Loop)))
           (block $sDone (loop $sLoop
             (br_if $sDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $jOff (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
-            (local.set $acc (v128.const f32x4 0 0 0 0))
-            (local.set $d (i32.const 0))
-            (block $dDone (loop $dLoop
-              (br_if $dDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (local.set $acc (f32x4.add (local.get $acc)
-                (f32x4.mul (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d))))
-                           (v128.load (i32.add (local.get $v) (i32.add (local.get $jOff) (local.get $d)))))))
-              (local.set $d (i32.add (local.get $d) (i32.const 16)))
-              (br $dLoop)))
-            (f32.store (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2))) (call $hsum (local.get $acc)))
+            (f32.store (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2)))
+              (call $dot (i32.add (local.get $dy) (local.get $iOff))
+                (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
+                (local.get $hdBytes)))
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
             (br $sLoop)))
           (local.set $D (f32.const 0))
@@ -613,33 +596,7 @@ const KERNELS_WAT = `
               (local.set $dyv (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d)))))
               (local.set $acc (v128.load (i32.add (local.get $dq) (i32.add (local.get $iOff) (local.get $d)))))
               (local.set $at (i32.add (local.get $jOff) (local.get $d)))
-              ;; key j
-              (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $s0) (v128.load (i32.add (local.get $k) (local.get $at))))))
-              (v128.store (i32.add (local.get $dk) (local.get $at))
-                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s0) (local.get $qv))))
-              (v128.store (i32.add (local.get $dv) (local.get $at))
-                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a0) (local.get $dyv))))
-              ;; key j + 1
-              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
-              (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $s1) (v128.load (i32.add (local.get $k) (local.get $at))))))
-              (v128.store (i32.add (local.get $dk) (local.get $at))
-                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s1) (local.get $qv))))
-              (v128.store (i32.add (local.get $dv) (local.get $at))
-                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a1) (local.get $dyv))))
-              ;; key j + 2
-              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
-              (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $s2) (v128.load (i32.add (local.get $k) (local.get $at))))))
-              (v128.store (i32.add (local.get $dk) (local.get $at))
-                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s2) (local.get $qv))))
-              (v128.store (i32.add (local.get $dv) (local.get $at))
-                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a2) (local.get $dyv))))
-              ;; key j + 3
-              (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
-              (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $s3) (v128.load (i32.add (local.get $k) (local.get $at))))))
-              (v128.store (i32.add (local.get $dk) (local.get $at))
-                (f32x4.add (v128.load (i32.add (local.get $dk) (local.get $at))) (f32x4.mul (local.get $s3) (local.get $qv))))
-              (v128.store (i32.add (local.get $dv) (local.get $at))
-                (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a3) (local.get $dyv))))
+${[0, 1, 2, 3].map(keyGradient).join('')}
               (v128.store (i32.add (local.get $dq) (i32.add (local.get $iOff) (local.get $d))) (local.get $acc))
               (local.set $d (i32.add (local.get $d) (i32.const 16)))
               (br $u4Loop)))
@@ -666,12 +623,7 @@ const KERNELS_WAT = `
               (br $uLoop)))
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
             (br $gLoop)))
-          (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br $iLoop)))
-        (local.set $h (i32.add (local.get $h) (i32.const 1)))
-        (br $hLoop)))
-      (local.set $b (i32.add (local.get $b) (i32.const 1)))
-      (br $bLoop))))
+`)})
 )
 `;
 
@@ -958,119 +910,109 @@ function expectShape(op: string) {
   };
 }
 
-/** The memory offset of a tensor's data on the wasm heap. */
-function offsets(backend: WasmBackend): (t: tf.TensorInfo) => number {
-  return (t) => backend.dataIdMap.get(t.dataId).memoryOffset;
+/** What a kernel body gets: its inputs and attributes, a way to allocate outputs, and memory offsets. */
+interface KernelIO {
+  inputs: Record<string, tf.TensorInfo>;
+  attrs: Record<string, number>;
+  /** A new float32 tensor on the wasm heap. */
+  output(shape: number[]): tf.TensorInfo;
+  /** Frees a tensor made with `output` that the kernel does not return. */
+  free(t: tf.TensorInfo): void;
+  /** The memory offset of a tensor's data on the wasm heap. */
+  at(t: tf.TensorInfo): number;
+}
+
+/** A tfjs kernel function on the wasm backend around `body`. */
+function wasmKernel(body: (io: KernelIO) => tf.TensorInfo | tf.TensorInfo[]): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs = {} } = args as KernelArgs;
+    const backend = args.backend as unknown as WasmBackend;
+    return body({
+      inputs,
+      attrs: attrs as Record<string, number>,
+      output: (shape) => backend.makeOutput(shape, 'float32'),
+      free: (t) => void backend.disposeData(t.dataId),
+      at: (t) => backend.dataIdMap.get(t.dataId).memoryOffset,
+    });
+  };
 }
 
 function attentionKernel(exports: Exports): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const backend = args.backend as unknown as WasmBackend;
-    const { q, kNew, vNew, kCache, vCache, bias } = inputs as Record<
-      'q' | 'kNew' | 'vNew' | 'kCache' | 'vCache' | 'bias',
-      tf.TensorInfo
-    >;
-    const [B, H, capacity, hd] = kCache.shape as [number, number, number, number];
-    const length = attrs!.length as number;
-    const out = backend.makeOutput([B, H, 1, hd], 'float32');
+  return wasmKernel(({ inputs: { q, kNew, vNew, kCache, vCache, bias }, attrs, output, free, at }) => {
+    const [B, H, capacity, hd] = kCache!.shape as [number, number, number, number];
+    const out = output([B, H, 1, hd]);
     // One head's scores at a time, padded to whole SIMD vectors.
-    const scratch = backend.makeOutput([Math.ceil(length / 4) * 4], 'float32');
-    const at = offsets(backend);
+    const scratch = output([Math.ceil(attrs.length! / 4) * 4]);
+    const [qAt, kNewAt, vNewAt, kAt, vAt, biasAt] = [q, kNew, vNew, kCache, vCache, bias].map((t) => at(t!));
     exports.attend(
-      at(q),
-      at(kNew),
-      at(vNew),
-      at(kCache),
-      at(vCache),
-      at(bias),
+      qAt!,
+      kNewAt!,
+      vNewAt!,
+      kAt!,
+      vAt!,
+      biasAt!,
       at(scratch),
       at(out),
       B,
       H,
       capacity,
-      length,
+      attrs.length!,
       hd,
-      attrs!.scale as number,
+      attrs.scale!,
     );
-    backend.disposeData(scratch.dataId);
+    free(scratch);
     return out;
-  };
+  });
 }
 
 function layerNormKernel(exports: Exports): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const backend = args.backend as unknown as WasmBackend;
-    const { x, gain, bias } = inputs as Record<'x' | 'gain' | 'bias', tf.TensorInfo>;
-    const [R, d] = x.shape as [number, number];
-    const y = backend.makeOutput([R, d], 'float32');
-    const xhat = backend.makeOutput([R, d], 'float32');
-    const rstd = backend.makeOutput([R, 1], 'float32');
-    const at = offsets(backend);
-    exports.layerNorm(at(x), at(gain), at(bias), at(y), at(xhat), at(rstd), R, d, attrs!.eps as number);
+  return wasmKernel(({ inputs: { x, gain, bias }, attrs, output, at }) => {
+    const [R, d] = x!.shape as [number, number];
+    const [y, xhat, rstd] = [output([R, d]), output([R, d]), output([R, 1])];
+    exports.layerNorm(at(x!), at(gain!), at(bias!), at(y), at(xhat), at(rstd), R, d, attrs.eps!);
     return [y, xhat, rstd];
-  };
+  });
 }
 
 function layerNormGradKernel(exports: Exports): tf.KernelFunc {
-  return (args) => {
-    const { inputs } = args as KernelArgs;
-    const backend = args.backend as unknown as WasmBackend;
-    const { dy, xhat, rstd, gain } = inputs as Record<'dy' | 'xhat' | 'rstd' | 'gain', tf.TensorInfo>;
-    const [R, d] = xhat.shape as [number, number];
-    const dx = backend.makeOutput([R, d], 'float32');
-    const dGain = backend.makeOutput([d], 'float32');
-    const dBias = backend.makeOutput([d], 'float32');
-    const at = offsets(backend);
-    exports.layerNormGrad(at(dy), at(xhat), at(rstd), at(gain), at(dx), at(dGain), at(dBias), R, d);
+  return wasmKernel(({ inputs: { dy, xhat, rstd, gain }, output, at }) => {
+    const [R, d] = xhat!.shape as [number, number];
+    const [dx, dGain, dBias] = [output([R, d]), output([d]), output([d])];
+    exports.layerNormGrad(at(dy!), at(xhat!), at(rstd!), at(gain!), at(dx), at(dGain), at(dBias), R, d);
     return [dx, dGain, dBias];
-  };
+  });
 }
 
 function columnSumKernel(exports: Exports): tf.KernelFunc {
-  return (args) => {
-    const x = (args as KernelArgs).inputs.x!;
-    const backend = args.backend as unknown as WasmBackend;
-    const [R, C] = x.shape as [number, number];
-    const out = backend.makeOutput([C], 'float32');
-    const at = offsets(backend);
-    exports.columnSum(at(x), at(out), R, C);
+  return wasmKernel(({ inputs: { x }, output, at }) => {
+    const [R, C] = x!.shape as [number, number];
+    const out = output([C]);
+    exports.columnSum(at(x!), at(out), R, C);
     return out;
-  };
+  });
 }
 
 function causalAttentionKernel(exports: Exports): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const backend = args.backend as unknown as WasmBackend;
-    const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
+  return wasmKernel(({ inputs: { q, k, v }, attrs, output, at }) => {
     const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
-    const y = backend.makeOutput([B * T, H * hd], 'float32');
-    const p = backend.makeOutput([B, H, T, T], 'float32');
-    const at = offsets(backend);
-    exports.causalAttention(at(q), at(k), at(v), at(y), at(p), B, T, H, hd, scale);
+    const [y, p] = [output([B * T, H * hd]), output([B, H, T, T])];
+    exports.causalAttention(at(q!), at(k!), at(v!), at(y), at(p), B, T, H, hd, scale);
     return [y, p];
-  };
+  });
 }
 
 function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const backend = args.backend as unknown as WasmBackend;
-    const { dy, q, k, v, p } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'p', tf.TensorInfo>;
+  return wasmKernel(({ inputs: { dy, q, k, v, p }, attrs, output, free, at }) => {
     const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
-    const dq = backend.makeOutput([B * T, H * hd], 'float32');
-    const dk = backend.makeOutput([B * T, H * hd], 'float32');
-    const dv = backend.makeOutput([B * T, H * hd], 'float32');
-    const scratch = backend.makeOutput([T], 'float32');
-    const at = offsets(backend);
+    const [dq, dk, dv] = [output([B * T, H * hd]), output([B * T, H * hd]), output([B * T, H * hd])];
+    const scratch = output([T]);
+    const [dyAt, qAt, kAt, vAt, pAt] = [dy, q, k, v, p].map((t) => at(t!));
     exports.causalAttentionGrad(
-      at(dy),
-      at(q),
-      at(k),
-      at(v),
-      at(p),
+      dyAt!,
+      qAt!,
+      kAt!,
+      vAt!,
+      pAt!,
       at(scratch),
       at(dq),
       at(dk),
@@ -1081,7 +1023,7 @@ function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
       hd,
       scale,
     );
-    backend.disposeData(scratch.dataId);
+    free(scratch);
     return [dq, dk, dv];
-  };
+  });
 }
