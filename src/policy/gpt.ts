@@ -185,6 +185,10 @@ const layerNorm = differentiable((x, gain, bias) => {
  */
 const GELU_K = 1.702;
 const gelu = differentiable((x) => {
+  if (simd.simdKernelsAvailable(x.size)) {
+    const [value, s] = simd.gelu(x);
+    return { value, save: [x, s], gradient: (dy, [xs, ss]) => [simd.geluGrad(dy, xs!, ss!)] };
+  }
   const s = tf.sigmoid(tf.mul(x, GELU_K));
   return {
     value: tf.mul(x, s),

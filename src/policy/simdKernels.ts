@@ -14,6 +14,8 @@
  * - RxrlLayerNorm and RxrlLayerNormGrad: LayerNorm over the last axis of [rows, d] and its
  *   gradient, each one pass over the rows instead of 9 and 12 tfjs kernels (each with its own trip
  *   through tfjs's engine and its own pass over memory).
+ * - RxrlGelu and RxrlGeluGrad: GELU's sigmoid form and its gradient, one pass each instead of 3 and 6
+ *   tfjs kernels.
  * - RxrlColumnSum: the sum of a [rows, cols] matrix's rows (bias gradients). tfjs's Sum over axis 0
  *   transposes first; GPT used ones @ x instead, which XNNPACK runs by packing x as weights every call.
  * - RxrlCausalAttention and RxrlCausalAttentionGrad: causal self-attention for training and
@@ -51,6 +53,8 @@ const KERNELS = {
   layerNorm: 'RxrlLayerNorm',
   layerNormGrad: 'RxrlLayerNormGrad',
   columnSum: 'RxrlColumnSum',
+  gelu: 'RxrlGelu',
+  geluGrad: 'RxrlGeluGrad',
   causalAttention: 'RxrlCausalAttention',
   causalAttentionGrad: 'RxrlCausalAttentionGrad',
 } as const;
@@ -378,6 +382,41 @@ const KERNELS_WAT = `
       (local.set $r (i32.add (local.get $r) (i32.const 1)))
       (br $rLoop))))
 
+  ;; GELU in its sigmoid form, elementwise over n floats (a multiple of 4): s = sigmoid(1.702 x),
+  ;; y = x s. The sigmoid takes e = e^-|t| (t = 1.702 x, so e^... never overflows): 1 / (1 + e) for
+  ;; t >= 0, e / (1 + e) below.
+  (func (export "gelu") (param $x i32) (param $y i32) (param $s i32) (param $n i32)
+    (local $at i32) (local $end i32) (local $xv v128) (local $t v128) (local $e v128) (local $r v128)
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $done (loop $loop
+      (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+      (local.set $xv (v128.load (i32.add (local.get $x) (local.get $at))))
+      (local.set $t (f32x4.mul (local.get $xv) (v128.const f32x4 1.702 1.702 1.702 1.702)))
+      (local.set $e (call $exp4 (f32x4.neg (f32x4.abs (local.get $t)))))
+      (local.set $r (f32x4.div (v128.const f32x4 1 1 1 1) (f32x4.add (v128.const f32x4 1 1 1 1) (local.get $e))))
+      (local.set $r (v128.bitselect (local.get $r) (f32x4.mul (local.get $e) (local.get $r))
+        (f32x4.ge (local.get $t) (v128.const f32x4 0 0 0 0))))
+      (v128.store (i32.add (local.get $s) (local.get $at)) (local.get $r))
+      (v128.store (i32.add (local.get $y) (local.get $at)) (f32x4.mul (local.get $xv) (local.get $r)))
+      (local.set $at (i32.add (local.get $at) (i32.const 16)))
+      (br $loop))))
+
+  ;; GELU's gradient from dy, x and s = sigmoid(1.702 x): dx = dy (s + 1.702 x s (1 - s)).
+  (func (export "geluGrad") (param $dy i32) (param $x i32) (param $s i32) (param $dx i32) (param $n i32)
+    (local $at i32) (local $end i32) (local $sv v128)
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $done (loop $loop
+      (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+      (local.set $sv (v128.load (i32.add (local.get $s) (local.get $at))))
+      (v128.store (i32.add (local.get $dx) (local.get $at))
+        (f32x4.mul (v128.load (i32.add (local.get $dy) (local.get $at)))
+          (f32x4.add (local.get $sv)
+            (f32x4.mul
+              (f32x4.mul (v128.load (i32.add (local.get $x) (local.get $at))) (v128.const f32x4 1.702 1.702 1.702 1.702))
+              (f32x4.mul (local.get $sv) (f32x4.sub (v128.const f32x4 1 1 1 1) (local.get $sv)))))))
+      (local.set $at (i32.add (local.get $at) (i32.const 16)))
+      (br $loop))))
+
   ;; out[c] = sum_r x[r, c] for x [R, C], accumulated row by row.
   (func (export "columnSum") (param $x i32) (param $out i32) (param $R i32) (param $C i32)
     (local $r i32) (local $c i32) (local $rowBytes i32) (local $at i32)
@@ -668,6 +707,8 @@ interface Exports {
     d: number,
   ): void;
   columnSum(x: number, out: number, R: number, C: number): void;
+  gelu(x: number, y: number, s: number, n: number): void;
+  geluGrad(dy: number, x: number, s: number, dx: number, n: number): void;
   causalAttention(
     q: number,
     k: number,
@@ -740,6 +781,8 @@ export async function installSimdKernels(wasmVersion: string): Promise<boolean> 
   register(KERNELS.layerNorm, layerNormKernel);
   register(KERNELS.layerNormGrad, layerNormGradKernel);
   register(KERNELS.columnSum, columnSumKernel);
+  register(KERNELS.gelu, geluKernel);
+  register(KERNELS.geluGrad, geluGradKernel);
   register(KERNELS.causalAttention, causalAttentionKernel);
   register(KERNELS.causalAttentionGrad, causalAttentionGradKernel);
   installed = true;
@@ -834,6 +877,25 @@ export function layerNormGrad(
 }
 
 /** The sum of the rows of x [R, C]: [C]. */
+/**
+ * GELU in its sigmoid form, x * sigmoid(1.702 x), elementwise over x (float32, size a multiple of
+ * 4): [y, s] with s = sigmoid(1.702 x), which geluGrad takes.
+ */
+export function gelu(x: tf.Tensor): [tf.Tensor, tf.Tensor] {
+  expectLanes('gelu', 'the size', x.size);
+  expectShape('gelu')('x', x, x.shape);
+  return tf.engine().runKernel(KERNELS.gelu, { x }) as unknown as [tf.Tensor, tf.Tensor];
+}
+
+/** GELU's gradient dy * (s + 1.702 x s (1 - s)) from dy, x and gelu's s. */
+export function geluGrad(dy: tf.Tensor, x: tf.Tensor, s: tf.Tensor): tf.Tensor {
+  expectLanes('geluGrad', 'the size', x.size);
+  const expect = expectShape('geluGrad');
+  expect('dy', dy, x.shape);
+  expect('s', s, x.shape);
+  return tf.engine().runKernel(KERNELS.geluGrad, { dy, x, s }) as tf.Tensor;
+}
+
 export function columnSum(x: tf.Tensor2D): tf.Tensor1D {
   expectLanes('columnSum', 'the row width', x.shape[1]);
   expectShape('columnSum')('x', x, [x.shape[0], x.shape[1]]);
@@ -1025,5 +1087,32 @@ function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
     );
     free(scratch);
     return [dq, dk, dv];
+  });
+}
+
+function geluKernel(exports: Exports): tf.KernelFunc {
+  return wasmKernel(({ inputs: { x }, output, at }) => {
+    const [y, s] = [output(x!.shape), output(x!.shape)];
+    exports.gelu(
+      at(x!),
+      at(y),
+      at(s),
+      x!.shape.reduce((n, d) => n * d, 1),
+    );
+    return [y, s];
+  });
+}
+
+function geluGradKernel(exports: Exports): tf.KernelFunc {
+  return wasmKernel(({ inputs: { dy, x, s }, output, at }) => {
+    const dx = output(x!.shape);
+    exports.geluGrad(
+      at(dy!),
+      at(x!),
+      at(s!),
+      at(dx),
+      x!.shape.reduce((n, d) => n * d, 1),
+    );
+    return dx;
   });
 }

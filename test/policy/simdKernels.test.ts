@@ -7,6 +7,8 @@ import {
   causalAttention,
   causalAttentionGrad,
   columnSum,
+  gelu,
+  geluGrad,
   installSimdKernels,
   layerNormGrad,
   layerNormRows,
@@ -288,10 +290,28 @@ describe('LayerNorm and column-sum kernels', () => {
     );
   });
 
+  it('GELU equals x * sigmoid(1.702 x) and its gradient tfjs autodiff of that, out to large |x|', () => {
+    const reference = (x: tf.Tensor) => tf.mul(x, tf.sigmoid(tf.mul(x, 1.702)));
+    fc.assert(
+      fc.property(rowsAndWidth, fc.constantFrom(1, 10, 1000), ({ R, d, seed }, spread) => {
+        tf.tidy(() => {
+          const x = tf.randomNormal([R, d], 0, spread, 'float32', seed);
+          const dy = tf.randomNormal([R, d], 0, 1, 'float32', seed + 1);
+          const [y, s] = gelu(x);
+          expectClose(y, reference(x));
+          expectClose(s, tf.sigmoid(tf.mul(x, 1.702)));
+          expectClose(geluGrad(dy, x, s), tf.grad(reference)(x, dy));
+        });
+      }),
+      { numRuns: 30 },
+    );
+  });
+
   it('refuse rows whose width is not a multiple of 4, which they would run past', () => {
     tf.tidy(() => {
       const x = tf.ones([3, 6]) as tf.Tensor2D;
       expect(() => columnSum(x)).toThrow(/columnSum: the row width must be a multiple of 4, got 6/);
+      expect(() => gelu(tf.ones([3, 3]))).toThrow(/gelu: the size must be a multiple of 4, got 9/);
       expect(() => layerNormRows(x, tf.ones([6]), tf.zeros([6]), EPS)).toThrow(
         /layerNormRows: the row width must be a multiple of 4, got 6/,
       );
