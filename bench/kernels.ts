@@ -1,7 +1,8 @@
 /**
  * rxrl's wasm kernels (the replaced stock kernels of src/policy/wasmKernels.ts and the SIMD kernels of
- * src/policy/simdKernels.ts: decoding attention over an in-place KV cache, LayerNorm, column sums)
- * against tfjs-backend-wasm's stock kernels alone, in one process: `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
+ * src/policy/simdKernels.ts: attention, decoding over an in-place KV cache and causal for training;
+ * LayerNorm; GELU; column sums) against tfjs-backend-wasm's stock kernels alone, in one process:
+ * `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
  *
  * Each round times one learner step (the real Learner: forward, GRPO loss, backward, clipping, AdamW on
  * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 128 new tokens, as bench/policy.ts) with
