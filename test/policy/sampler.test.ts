@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
+import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GPT } from '../../src/policy/gpt.ts';
-import { sample, sampleFullForward, type SampleOptions } from '../../src/policy/sampler.ts';
+import { sample, sampleFullForward, truncatedSupport, type SampleOptions } from '../../src/policy/sampler.ts';
 import { PROMPTS, TINY, distributions, tinyModel, useWasm } from './helpers.ts';
 
 const NO_EOS = -1;
@@ -184,5 +185,39 @@ describe('sample', () => {
       await sampleFullForward(model, PROMPTS.slice(0, 2), { ...base, seed: i, maxNewTokens: 3 });
     }
     expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+describe('truncatedSupport', () => {
+  it('keeps the top k, then the fewest most likely tokens reaching mass p, ties by lowest id', () => {
+    fc.assert(
+      fc.property(
+        // Log-probs from a few distinct levels, so ties at the cut-off happen.
+        fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 1, maxLength: 30 }),
+        fc.option(fc.integer({ min: 1, max: 30 }), { nil: undefined }),
+        fc.option(fc.double({ min: 0.05, max: 1, noNaN: true }), { nil: undefined }),
+        (levels, topK, topP) => {
+          const weights = levels.map((l) => 2 ** l);
+          const total = weights.reduce((a, b) => a + b, 0);
+          const logProbs = Float32Array.from(weights, (w) => Math.log(w / total));
+          // The definition, by sorting the ids with a comparator.
+          const ids = Array.from(logProbs.keys()).sort((a, b) => logProbs[b]! - logProbs[a]! || a - b);
+          let keep = topK !== undefined && topK < ids.length ? topK : ids.length;
+          if (topP !== undefined && topP < 1) {
+            let mass = 0;
+            for (let n = 0; n < keep; n++) {
+              mass += Math.exp(logProbs[ids[n]!]!);
+              if (mass >= topP) {
+                keep = n + 1;
+                break;
+              }
+            }
+          }
+          const expected = ids.slice(0, keep).sort((a, b) => a - b);
+          expect(truncatedSupport(logProbs, { topK, topP })).toEqual(expected);
+        },
+      ),
+      { numRuns: 300 },
+    );
   });
 });
