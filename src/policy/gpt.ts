@@ -365,7 +365,7 @@ export class GPT {
       const attn = inPlace
         ? this.attentionInPlace(l, normed, B, bias, inPlace.layers[l]!, inPlace.length, rotation)
         : fusedCausal
-          ? { y: this.attentionCausal(l, normed, B, T, rotation), kv: undefined }
+          ? this.attentionCausal(l, normed, B, T, rotation)
           : this.attention(l, normed, B, T, bias, past?.[l], rotation);
       if (attn.kv) present.push(attn.kv);
       x = tf.add(x, attn.y);
@@ -435,7 +435,7 @@ export class GPT {
 
   /**
    * Causal self-attention on x [B*T, d] by rxrl's wasm kernels (RunOptions.causal): they read the
-   * heads where the projections put them, and skip the keys after each query.
+   * heads where the projections put them, and skip the keys after each query. No keys/values to cache.
    */
   private attentionCausal(
     l: number,
@@ -443,10 +443,10 @@ export class GPT {
     B: number,
     T: number,
     rotation: Rope | undefined,
-  ): tf.Tensor2D {
+  ): { y: tf.Tensor2D; kv: undefined } {
     const { q, k, v } = this.queryKeyValue(l, x, rotation, (t) => t as tf.Tensor2D);
     const y = causalSelfAttention({ B, T, H: this.config.nHeads }, 1 / Math.sqrt(this.headDim))(q, k, v);
-    return this.attentionOut(l, y);
+    return { y: this.attentionOut(l, y), kv: undefined };
   }
 
   /** The projections of x [B*T, d] to queries, keys (RoPE-rotated with `rotation`) and values, split into heads. */

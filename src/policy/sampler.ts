@@ -16,6 +16,9 @@ import { simdKernelsAvailable } from './simdKernels.ts';
 import { MASKED, type GPT, type LayerKV } from './gpt.ts';
 import { seededUniform, type Uniform } from '../random.ts';
 
+/** Token ids of each prompt to sample from. */
+export type Prompts = readonly (readonly number[])[];
+
 export interface SampleOptions {
   /** Most tokens generated per row; a row also stops when its position reaches contextLength. */
   maxNewTokens: number;
@@ -60,11 +63,7 @@ export interface SampledCompletion {
 }
 
 /** Samples one completion per prompt with a KV cache. */
-export function sample(
-  model: GPT,
-  prompts: readonly (readonly number[])[],
-  options: SampleOptions,
-): Promise<SampledCompletion[]> {
+export function sample(model: GPT, prompts: Prompts, options: SampleOptions): Promise<SampledCompletion[]> {
   return inRuns(model, prompts, options, CachedDecoder);
 }
 
@@ -74,7 +73,7 @@ export function sample(
  */
 export function sampleFullForward(
   model: GPT,
-  prompts: readonly (readonly number[])[],
+  prompts: Prompts,
   options: SampleOptions,
 ): Promise<SampledCompletion[]> {
   return inRuns(model, prompts, options, FullForwardDecoder);
@@ -83,7 +82,7 @@ export function sampleFullForward(
 /** Decodes the prompts in runs of at most `maxRows`; one run gives what one `decode` call gives. */
 async function inRuns(
   model: GPT,
-  prompts: readonly (readonly number[])[],
+  prompts: Prompts,
   options: SampleOptions,
   Decoder: DecoderClass,
 ): Promise<SampledCompletion[]> {
@@ -108,16 +107,11 @@ interface Decoder {
 }
 
 /** `capacity`: the most columns (left padding, prompt and sampled tokens) a row will reach. */
-type DecoderClass = new (
-  model: GPT,
-  prompts: readonly (readonly number[])[],
-  padId: number,
-  capacity: number,
-) => Decoder;
+type DecoderClass = new (model: GPT, prompts: Prompts, padId: number, capacity: number) => Decoder;
 
 async function decode(
   model: GPT,
-  prompts: readonly (readonly number[])[],
+  prompts: Prompts,
   options: SampleOptions,
   Decoder: DecoderClass,
 ): Promise<SampledCompletion[]> {
@@ -162,7 +156,7 @@ async function decode(
   }
 }
 
-function checkRequest(prompts: readonly (readonly number[])[], options: SampleOptions, V: number): void {
+function checkRequest(prompts: Prompts, options: SampleOptions, V: number): void {
   const { maxNewTokens, temperature, topK, topP } = options;
   const fail = (what: string): never => {
     throw new Error(`sample: ${what}`);
@@ -250,7 +244,7 @@ class PaddedBatch {
   readonly offsets: number[];
   readonly columns: number[][];
 
-  constructor(prompts: readonly (readonly number[])[], padId: number) {
+  constructor(prompts: Prompts, padId: number) {
     const longest = Math.max(...prompts.map((p) => p.length));
     this.offsets = prompts.map((p) => longest - p.length);
     this.columns = prompts.map((p, b) => [...new Array<number>(this.offsets[b]!).fill(padId), ...p]);
@@ -314,7 +308,7 @@ class CachedDecoder implements Decoder {
 
   constructor(
     private readonly model: GPT,
-    prompts: readonly (readonly number[])[],
+    prompts: Prompts,
     padId: number,
     private readonly capacity: number,
   ) {
@@ -383,7 +377,7 @@ class FullForwardDecoder implements Decoder {
 
   constructor(
     private readonly model: GPT,
-    prompts: readonly (readonly number[])[],
+    prompts: Prompts,
     padId: number,
   ) {
     this.batch = new PaddedBatch(prompts, padId);

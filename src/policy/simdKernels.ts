@@ -91,6 +91,62 @@ ${body}
 }
 
 /**
+ * WAT: `by4` for each block of 4 keys j..j+3 <= i (the keys causal query i sees), then `by1` for each
+ * key left; $j is the key.
+ */
+function keysUpToQuery(by4: string, by1: string): string {
+  return `
+          (local.set $j (i32.const 0))
+          (block $by4Done (loop $by4
+            (br_if $by4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
+            ${by4}
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $by4)))${restOfKeys(by1)}`;
+}
+
+/** WAT: `body` for each key j <= i, one at a time, in order. */
+function eachKey(body: string): string {
+  return `
+          (local.set $j (i32.const 0))${restOfKeys(body)}`;
+}
+
+/** WAT: `body` for each key from $j to i, one at a time. */
+function restOfKeys(body: string): string {
+  return `
+          (block $by1Done (loop $by1
+            (br_if $by1Done (i32.gt_u (local.get $j) (local.get $i)))
+            ${body}
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $by1)))`;
+}
+
+/** WAT: `body` for each 16-byte group $d of a head's hd floats. */
+function overHead(body: string): string {
+  return `
+            (local.set $d (i32.const 0))
+            (block $laneDone (loop $lane
+              (br_if $laneDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
+              ${body}
+              (local.set $d (i32.add (local.get $d) (i32.const 16)))
+              (br $lane)))`;
+}
+
+/** WAT: the address of key j's head-h row of `matrix` ([B*T, H*hd]). */
+function keyRow(matrix: string): string {
+  return `(i32.add (local.get ${matrix}) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))`;
+}
+
+/** WAT: the address of float j of a row at `row` (a P row or the scratch). */
+function pAt(row: string): string {
+  return `(i32.add (local.get ${row}) (i32.shl (local.get $j) (i32.const 2)))`;
+}
+
+/** WAT: the address of lane group $d at byte offset `offset` of `matrix`. */
+function lane(matrix: string, offset: string): string {
+  return `(i32.add (local.get ${matrix}) (i32.add (local.get ${offset}) (local.get $d)))`;
+}
+
+/**
  * The unrolled body of causalAttentionGrad's 4-key block for key j + n: dq_i += dS[i, j+n] k_j+n (in
  * $acc), dk_j+n += dS[i, j+n] q_i, dv_j+n += P[i, j+n] dy_i; $at steps from key to key.
  */
@@ -445,88 +501,51 @@ const KERNELS_WAT = `
     (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32)
     (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $d i32) (local $rowBytes i32)
     (local $hdBytes i32) (local $base i32) (local $pRow i32) (local $iOff i32) (local $at i32)
-    (local $acc v128) (local $pj v128) (local $maxv v128) (local $qv v128) (local $a0 v128) (local $a1 v128)
+    (local $pj v128) (local $maxv v128) (local $qv v128) (local $a0 v128) (local $a1 v128)
     (local $a2 v128) (local $a3 v128) (local $e f32) (local $max f32) (local $sum f32)
     (local.set $hdBytes (i32.shl (local.get $hd) (i32.const 2)))
     (local.set $rowBytes (i32.mul (local.get $H) (local.get $hdBytes)))
     (memory.fill (local.get $y) (i32.const 0) (i32.mul (i32.mul (local.get $B) (local.get $T)) (local.get $rowBytes)))
 ${forEachQuery(`
-          ;; scores and their max: 4 keys at a time while 4 remain, then one at a time
+          ;; scores and their max
           (local.set $maxv (v128.const f32x4 -inf -inf -inf -inf))
-          (local.set $j (i32.const 0))
-          (block $s4Done (loop $s4Loop
-            (br_if $s4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
-            (local.set $qv (f32x4.mul
-              (call $dot4 (i32.add (local.get $q) (local.get $iOff))
-                (i32.add (local.get $k) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
-                (local.get $rowBytes) (local.get $hdBytes))
+          (local.set $max (f32.const -inf))
+${keysUpToQuery(
+  `(local.set $qv (f32x4.mul
+              (call $dot4 (i32.add (local.get $q) (local.get $iOff)) ${keyRow('$k')} (local.get $rowBytes) (local.get $hdBytes))
               (f32x4.splat (local.get $scale))))
-            (v128.store (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))) (local.get $qv))
-            (local.set $maxv (f32x4.max (local.get $maxv) (local.get $qv)))
-            (local.set $j (i32.add (local.get $j) (i32.const 4)))
-            (br $s4Loop)))
-          (local.set $max (f32.max
-            (f32.max (f32x4.extract_lane 0 (local.get $maxv)) (f32x4.extract_lane 1 (local.get $maxv)))
-            (f32.max (f32x4.extract_lane 2 (local.get $maxv)) (f32x4.extract_lane 3 (local.get $maxv)))))
-          (block $sDone (loop $sLoop
-            (br_if $sDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $e (f32.mul
-              (call $dot (i32.add (local.get $q) (local.get $iOff))
-                (i32.add (local.get $k) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
-                (local.get $hdBytes))
+            (v128.store ${pAt('$pRow')} (local.get $qv))
+            (local.set $maxv (f32x4.max (local.get $maxv) (local.get $qv)))`,
+  `(local.set $e (f32.mul
+              (call $dot (i32.add (local.get $q) (local.get $iOff)) ${keyRow('$k')} (local.get $hdBytes))
               (local.get $scale)))
-            (f32.store (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))) (local.get $e))
-            (local.set $max (f32.max (local.get $max) (local.get $e)))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $sLoop)))
-          ;; exponentials, 4 at a time while 4 remain, then one at a time (the same per-lane
-          ;; arithmetic), and their sum in order
+            (f32.store ${pAt('$pRow')} (local.get $e))
+            (local.set $max (f32.max (local.get $max) (local.get $e)))`,
+)}
+          (local.set $max (f32.max (local.get $max) (f32.max
+            (f32.max (f32x4.extract_lane 0 (local.get $maxv)) (f32x4.extract_lane 1 (local.get $maxv)))
+            (f32.max (f32x4.extract_lane 2 (local.get $maxv)) (f32x4.extract_lane 3 (local.get $maxv))))))
+          ;; exponentials (4 at a time while 4 remain, one at a time after: the same per-lane arithmetic)
           (local.set $pj (f32x4.splat (local.get $max)))
-          (local.set $j (i32.const 0))
-          (block $eDone (loop $eLoop
-            (br_if $eDone (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
-            (local.set $at (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
-            (v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load (local.get $at)) (local.get $pj))))
-            (local.set $j (i32.add (local.get $j) (i32.const 4)))
-            (br $eLoop)))
-          (block $tDone (loop $tLoop
-            (br_if $tDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $at (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
-            (f32.store (local.get $at) (f32x4.extract_lane 0
-              (call $exp4 (f32x4.splat (f32.sub (f32.load (local.get $at)) (local.get $max))))))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $tLoop)))
+${keysUpToQuery(
+  `(v128.store ${pAt('$pRow')} (call $exp4 (f32x4.sub (v128.load ${pAt('$pRow')}) (local.get $pj))))`,
+  `(f32.store ${pAt('$pRow')} (f32x4.extract_lane 0
+              (call $exp4 (f32x4.splat (f32.sub (f32.load ${pAt('$pRow')}) (local.get $max))))))`,
+)}
+          ;; their sum in order, then P[i, j] = e_j / sum
           (local.set $sum (f32.const 0))
-          (local.set $j (i32.const 0))
-          (block $sumDone (loop $sumLoop
-            (br_if $sumDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $sum (f32.add (local.get $sum) (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $sumLoop)))
-          ;; P[i, j] = e_j / sum
-          (local.set $pj (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
-          (local.set $j (i32.const 0))
-          (block $nDone (loop $nLoop
-            (br_if $nDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $at (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
-            (f32.store (local.get $at) (f32.mul (f32.load (local.get $at)) (f32x4.extract_lane 0 (local.get $pj))))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $nLoop)))
-          ;; y_i = sum_j P[i, j] v_j: 4 keys at a time while 4 remain, then one at a time
-          (local.set $j (i32.const 0))
-          (block $w4Done (loop $w4Loop
-            (br_if $w4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
-            (local.set $at (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
-            (local.set $a0 (f32x4.splat (f32.load (local.get $at))))
-            (local.set $a1 (f32x4.splat (f32.load offset=4 (local.get $at))))
-            (local.set $a2 (f32x4.splat (f32.load offset=8 (local.get $at))))
-            (local.set $a3 (f32x4.splat (f32.load offset=12 (local.get $at))))
-            (local.set $at (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
-            (local.set $d (i32.const 0))
-            (block $v4Done (loop $v4Loop
-              (br_if $v4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (v128.store (i32.add (i32.add (local.get $y) (local.get $iOff)) (local.get $d))
-                (f32x4.add (v128.load (i32.add (i32.add (local.get $y) (local.get $iOff)) (local.get $d)))
+${eachKey(`(local.set $sum (f32.add (local.get $sum) (f32.load ${pAt('$pRow')})))`)}
+          (local.set $sum (f32.div (f32.const 1) (local.get $sum)))
+${eachKey(`(f32.store ${pAt('$pRow')} (f32.mul (f32.load ${pAt('$pRow')}) (local.get $sum)))`)}
+          ;; y_i = sum_j P[i, j] v_j
+${keysUpToQuery(
+  `(local.set $a0 (f32x4.splat (f32.load ${pAt('$pRow')})))
+            (local.set $a1 (f32x4.splat (f32.load offset=4 ${pAt('$pRow')})))
+            (local.set $a2 (f32x4.splat (f32.load offset=8 ${pAt('$pRow')})))
+            (local.set $a3 (f32x4.splat (f32.load offset=12 ${pAt('$pRow')})))
+            (local.set $at ${keyRow('$v')})
+${overHead(`(v128.store ${lane('$y', '$iOff')}
+                (f32x4.add (v128.load ${lane('$y', '$iOff')})
                   (f32x4.add
                     (f32x4.add
                       (f32x4.mul (local.get $a0) (v128.load (i32.add (local.get $at) (local.get $d))))
@@ -535,25 +554,13 @@ ${forEachQuery(`
                       (f32x4.mul (local.get $a2)
                         (v128.load (i32.add (i32.add (local.get $at) (i32.shl (local.get $rowBytes) (i32.const 1))) (local.get $d))))
                       (f32x4.mul (local.get $a3)
-                        (v128.load (i32.add (i32.add (local.get $at) (i32.mul (local.get $rowBytes) (i32.const 3))) (local.get $d))))))))
-              (local.set $d (i32.add (local.get $d) (i32.const 16)))
-              (br $v4Loop)))
-            (local.set $j (i32.add (local.get $j) (i32.const 4)))
-            (br $w4Loop)))
-          (block $wDone (loop $wLoop
-            (br_if $wDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $pj (f32x4.splat (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))))
-            (local.set $at (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes)))))
-            (local.set $d (i32.const 0))
-            (block $vDone (loop $vLoop
-              (br_if $vDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (v128.store (i32.add (i32.add (local.get $y) (local.get $iOff)) (local.get $d))
-                (f32x4.add (v128.load (i32.add (i32.add (local.get $y) (local.get $iOff)) (local.get $d)))
-                  (f32x4.mul (local.get $pj) (v128.load (i32.add (local.get $at) (local.get $d))))))
-              (local.set $d (i32.add (local.get $d) (i32.const 16)))
-              (br $vLoop)))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $wLoop)))
+                        (v128.load (i32.add (i32.add (local.get $at) (i32.mul (local.get $rowBytes) (i32.const 3))) (local.get $d))))))))`)}`,
+  `(local.set $pj (f32x4.splat (f32.load ${pAt('$pRow')})))
+            (local.set $at ${keyRow('$v')})
+${overHead(`(v128.store ${lane('$y', '$iOff')}
+                (f32x4.add (v128.load ${lane('$y', '$iOff')})
+                  (f32x4.mul (local.get $pj) (v128.load (i32.add (local.get $at) (local.get $d))))))`)}`,
+)}
 `)})
 
   ;; The gradient of causalAttention from dy [B*T, H*hd] and its P: with dP[i, j] = dy_i . v_j and
@@ -575,93 +582,47 @@ ${forEachQuery(`
     (memory.fill (local.get $dk) (i32.const 0) (local.get $bytes))
     (memory.fill (local.get $dv) (i32.const 0) (local.get $bytes))
 ${forEachQuery(`
-          ;; scratch[j] = dP[i, j] (4 keys at a time while 4 remain); D = sum_j P[i, j] dP[i, j]
-          (local.set $j (i32.const 0))
-          (block $s4Done (loop $s4Loop
-            (br_if $s4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
-            (v128.store (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2)))
-              (call $dot4 (i32.add (local.get $dy) (local.get $iOff))
-                (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
-                (local.get $rowBytes) (local.get $hdBytes)))
-            (local.set $j (i32.add (local.get $j) (i32.const 4)))
-            (br $s4Loop)))
-          (block $sDone (loop $sLoop
-            (br_if $sDone (i32.gt_u (local.get $j) (local.get $i)))
-            (f32.store (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2)))
-              (call $dot (i32.add (local.get $dy) (local.get $iOff))
-                (i32.add (local.get $v) (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
-                (local.get $hdBytes)))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $sLoop)))
+          ;; scratch[j] = dP[i, j]; D = sum_j P[i, j] dP[i, j]
+${keysUpToQuery(
+  `(v128.store ${pAt('$scratch')}
+              (call $dot4 (i32.add (local.get $dy) (local.get $iOff)) ${keyRow('$v')} (local.get $rowBytes) (local.get $hdBytes)))`,
+  `(f32.store ${pAt('$scratch')}
+              (call $dot (i32.add (local.get $dy) (local.get $iOff)) ${keyRow('$v')} (local.get $hdBytes)))`,
+)}
           (local.set $D (f32.const 0))
-          (local.set $j (i32.const 0))
-          (block $DDone (loop $DLoop
-            (br_if $DDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $at (i32.shl (local.get $j) (i32.const 2)))
-            (local.set $D (f32.add (local.get $D)
-              (f32.mul (f32.load (i32.add (local.get $scratch) (local.get $at))) (f32.load (i32.add (local.get $pRow) (local.get $at))))))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $DLoop)))
+${eachKey(`(local.set $D (f32.add (local.get $D) (f32.mul (f32.load ${pAt('$scratch')}) (f32.load ${pAt('$pRow')}))))`)}
           ;; scratch[j] = dS[i, j] * scale = P[i, j] (dP[i, j] - D) scale
-          (local.set $j (i32.const 0))
-          (block $gsDone (loop $gsLoop
-            (br_if $gsDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $at (i32.shl (local.get $j) (i32.const 2)))
-            (f32.store (i32.add (local.get $scratch) (local.get $at))
-              (f32.mul (f32.mul (f32.load (i32.add (local.get $pRow) (local.get $at)))
-                                (f32.sub (f32.load (i32.add (local.get $scratch) (local.get $at))) (local.get $D)))
-                       (local.get $scale)))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $gsLoop)))
-          ;; dq_i += dS[i, j] k_j, dk_j += dS[i, j] q_i, dv_j += P[i, j] dy_i: 4 keys at a time while 4
-          ;; remain (dq_i, q_i and dy_i loaded once for the 4), then one at a time
-          (local.set $j (i32.const 0))
-          (block $g4Done (loop $g4Loop
-            (br_if $g4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
-            (local.set $at (i32.shl (local.get $j) (i32.const 2)))
-            (local.set $s0 (f32x4.splat (f32.load (i32.add (local.get $scratch) (local.get $at)))))
-            (local.set $s1 (f32x4.splat (f32.load offset=4 (i32.add (local.get $scratch) (local.get $at)))))
-            (local.set $s2 (f32x4.splat (f32.load offset=8 (i32.add (local.get $scratch) (local.get $at)))))
-            (local.set $s3 (f32x4.splat (f32.load offset=12 (i32.add (local.get $scratch) (local.get $at)))))
-            (local.set $a0 (f32x4.splat (f32.load (i32.add (local.get $pRow) (local.get $at)))))
-            (local.set $a1 (f32x4.splat (f32.load offset=4 (i32.add (local.get $pRow) (local.get $at)))))
-            (local.set $a2 (f32x4.splat (f32.load offset=8 (i32.add (local.get $pRow) (local.get $at)))))
-            (local.set $a3 (f32x4.splat (f32.load offset=12 (i32.add (local.get $pRow) (local.get $at)))))
+${eachKey(`(f32.store ${pAt('$scratch')}
+              (f32.mul (f32.mul (f32.load ${pAt('$pRow')}) (f32.sub (f32.load ${pAt('$scratch')}) (local.get $D)))
+                       (local.get $scale)))`)}
+          ;; dq_i += dS[i, j] k_j, dk_j += dS[i, j] q_i, dv_j += P[i, j] dy_i (by 4 keys: dq_i, q_i and
+          ;; dy_i loaded once for the 4)
+${keysUpToQuery(
+  `(local.set $s0 (f32x4.splat (f32.load ${pAt('$scratch')})))
+            (local.set $s1 (f32x4.splat (f32.load offset=4 ${pAt('$scratch')})))
+            (local.set $s2 (f32x4.splat (f32.load offset=8 ${pAt('$scratch')})))
+            (local.set $s3 (f32x4.splat (f32.load offset=12 ${pAt('$scratch')})))
+            (local.set $a0 (f32x4.splat (f32.load ${pAt('$pRow')})))
+            (local.set $a1 (f32x4.splat (f32.load offset=4 ${pAt('$pRow')})))
+            (local.set $a2 (f32x4.splat (f32.load offset=8 ${pAt('$pRow')})))
+            (local.set $a3 (f32x4.splat (f32.load offset=12 ${pAt('$pRow')})))
             (local.set $jOff (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
-            (local.set $d (i32.const 0))
-            (block $u4Done (loop $u4Loop
-              (br_if $u4Done (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (local.set $qv (v128.load (i32.add (local.get $q) (i32.add (local.get $iOff) (local.get $d)))))
-              (local.set $dyv (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d)))))
-              (local.set $acc (v128.load (i32.add (local.get $dq) (i32.add (local.get $iOff) (local.get $d)))))
+${overHead(`(local.set $qv (v128.load ${lane('$q', '$iOff')}))
+              (local.set $dyv (v128.load ${lane('$dy', '$iOff')}))
+              (local.set $acc (v128.load ${lane('$dq', '$iOff')}))
               (local.set $at (i32.add (local.get $jOff) (local.get $d)))
 ${[0, 1, 2, 3].map(keyGradient).join('')}
-              (v128.store (i32.add (local.get $dq) (i32.add (local.get $iOff) (local.get $d))) (local.get $acc))
-              (local.set $d (i32.add (local.get $d) (i32.const 16)))
-              (br $u4Loop)))
-            (local.set $j (i32.add (local.get $j) (i32.const 4)))
-            (br $g4Loop)))
-          (block $gDone (loop $gLoop
-            (br_if $gDone (i32.gt_u (local.get $j) (local.get $i)))
-            (local.set $pj (f32x4.splat (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))))
-            (local.set $sj (f32x4.splat (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $j) (i32.const 2))))))
+              (v128.store ${lane('$dq', '$iOff')} (local.get $acc))`)}`,
+  `(local.set $pj (f32x4.splat (f32.load ${pAt('$pRow')})))
+            (local.set $sj (f32x4.splat (f32.load ${pAt('$scratch')})))
             (local.set $jOff (i32.add (local.get $base) (i32.mul (local.get $j) (local.get $rowBytes))))
-            (local.set $d (i32.const 0))
-            (block $uDone (loop $uLoop
-              (br_if $uDone (i32.ge_u (local.get $d) (local.get $hdBytes)))
-              (local.set $at (i32.add (local.get $dq) (i32.add (local.get $iOff) (local.get $d))))
-              (v128.store (local.get $at) (f32x4.add (v128.load (local.get $at))
-                (f32x4.mul (local.get $sj) (v128.load (i32.add (local.get $k) (i32.add (local.get $jOff) (local.get $d)))))))
-              (local.set $at (i32.add (local.get $dk) (i32.add (local.get $jOff) (local.get $d))))
-              (v128.store (local.get $at) (f32x4.add (v128.load (local.get $at))
-                (f32x4.mul (local.get $sj) (v128.load (i32.add (local.get $q) (i32.add (local.get $iOff) (local.get $d)))))))
-              (local.set $at (i32.add (local.get $dv) (i32.add (local.get $jOff) (local.get $d))))
-              (v128.store (local.get $at) (f32x4.add (v128.load (local.get $at))
-                (f32x4.mul (local.get $pj) (v128.load (i32.add (local.get $dy) (i32.add (local.get $iOff) (local.get $d)))))))
-              (local.set $d (i32.add (local.get $d) (i32.const 16)))
-              (br $uLoop)))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $gLoop)))
+${overHead(`(v128.store ${lane('$dq', '$iOff')}
+                (f32x4.add (v128.load ${lane('$dq', '$iOff')}) (f32x4.mul (local.get $sj) (v128.load ${lane('$k', '$jOff')}))))
+              (v128.store ${lane('$dk', '$jOff')}
+                (f32x4.add (v128.load ${lane('$dk', '$jOff')}) (f32x4.mul (local.get $sj) (v128.load ${lane('$q', '$iOff')}))))
+              (v128.store ${lane('$dv', '$jOff')}
+                (f32x4.add (v128.load ${lane('$dv', '$jOff')}) (f32x4.mul (local.get $pj) (v128.load ${lane('$dy', '$iOff')}))))`)}`,
+)}
 `)})
 )
 `;
