@@ -1,13 +1,15 @@
 /**
- * rxrl's wasm kernels (the replaced stock kernels of src/policy/wasmKernels.ts and the SIMD kernels of
+ * rxrl's wasm kernels (the replaced stock kernels of src/policy/wasmKernels.ts, the SIMD kernels of
  * src/policy/simdKernels.ts: attention, decoding over an in-place KV cache and causal for training;
- * LayerNorm; GELU; column sums) against tfjs-backend-wasm's stock kernels alone, in one process:
+ * LayerNorm; GELU; column sums; and the FMA matmul of src/policy/gemmKernel.ts) against
+ * tfjs-backend-wasm's stock kernels alone, and the matmul against XNNPACK's, in one process:
  * `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
  *
  * Each round times one learner step (the real Learner: forward, GRPO loss, backward, clipping, AdamW on
  * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 128 new tokens, as bench/policy.ts) with
- * the stock kernels and with rxrl's (after a warm-up call each; the order flips each round), and takes
- * the ratio within the round; the median over rounds is reported, because this machine's speed swings several-fold.
+ * the stock kernels, with rxrl's but XNNPACK's matmul, and with all of rxrl's (after a warm-up call
+ * each; the order turns each round), and takes the ratios within the round; the median over rounds is
+ * reported, because this machine's speed swings several-fold.
  *
  * --breakdown then times every kernel call of `rounds` learner steps (rxrl's kernels), keyed by kernel and
  * input shapes, and prints the sum of the per-key medians beside the wall time: a host pause lands in
@@ -33,6 +35,7 @@ import { Learner } from '../src/learner/learner.ts';
 import { selectBackend } from '../src/policy/backend.ts';
 import { GPT } from '../src/policy/gpt.ts';
 import { sample } from '../src/policy/sampler.ts';
+import { installGemmKernel, uninstallGemmKernel } from '../src/policy/gemmKernel.ts';
 import { installSimdKernels, uninstallSimdKernels } from '../src/policy/simdKernels.ts';
 import { installWasmKernels, uninstallWasmKernels } from '../src/policy/wasmKernels.ts';
 
@@ -71,38 +74,45 @@ console.log(describeSteadiness(steadiness()));
 console.log(`wasm, d=${dModel} layers=${nLayers} heads=${nHeads}, ${model.parameterCount()} parameters`);
 for (const [name, task] of Object.entries(tasks)) {
   const ratios: number[] = [];
+  const gemmRatios: number[] = [];
   for (let round = 0; round < rounds; round++) {
-    // The order flips each round, so a machine speeding up or slowing down favours neither side.
-    const times = { stock: 0, replaced: 0 };
-    for (const side of round % 2 === 0
-      ? (['stock', 'replaced'] as const)
-      : (['replaced', 'stock'] as const)) {
+    // The order turns each round, so a machine speeding up or slowing down favours no side.
+    const times = { stock: 0, withoutGemm: 0, rxrl: 0 };
+    const sides = ['stock', 'withoutGemm', 'rxrl'] as const;
+    for (const side of [...sides.slice(round % 3), ...sides.slice(0, round % 3)]) {
+      uninstallGemmKernel();
       if (side === 'stock') {
-        uninstallWasmKernels();
         uninstallSimdKernels();
+        uninstallWasmKernels();
       } else {
         installWasmKernels(version_wasm);
         await installSimdKernels(version_wasm);
+        if (side === 'rxrl') await installGemmKernel(version_wasm);
       }
       // One warm-up call (the first after switching kernels), then one timed call.
       times[side] = (await time(1, task.run)).wall[0]!;
     }
-    const { stock, replaced } = times;
-    ratios.push(stock / replaced);
+    const { stock, withoutGemm, rxrl } = times;
+    ratios.push(stock / rxrl);
+    gemmRatios.push(withoutGemm / rxrl);
     const rate = (ms: number) => Math.round((task.tokens / ms) * 1000);
     console.log(
-      `  ${name}, round ${round + 1}: stock ${rate(stock)} tok/s, rxrl ${rate(replaced)} tok/s: ` +
-        `${(stock / replaced).toFixed(2)}x`,
+      `  ${name}, round ${round + 1}: stock ${rate(stock)} tok/s, rxrl without its matmul ${rate(withoutGemm)} tok/s, ` +
+        `rxrl ${rate(rxrl)} tok/s: ${(stock / rxrl).toFixed(2)}x stock, matmul ${(withoutGemm / rxrl).toFixed(2)}x`,
     );
   }
-  ratios.sort(ascending);
+  const summary = (xs: number[]): string => {
+    xs.sort(ascending);
+    return `${median(xs).toFixed(2)}x (median of ${rounds} rounds; ${xs[0]!.toFixed(2)} to ${xs[xs.length - 1]!.toFixed(2)})`;
+  };
+  console.log(`${name}: rxrl's kernels ${summary(ratios)} the stock kernels`);
   console.log(
-    `${name}: rxrl's kernels ${median(ratios).toFixed(2)}x the stock kernels ` +
-      `(median of ${rounds} rounds; ${ratios[0]!.toFixed(2)} to ${ratios[ratios.length - 1]!.toFixed(2)})`,
+    `${name}: rxrl's matmul alone ${summary(gemmRatios)} XNNPACK's, with rxrl's other kernels in place`,
   );
 }
 if (values.breakdown) {
   await installSimdKernels(version_wasm);
+  await installGemmKernel(version_wasm);
   breakdown();
 }
 console.log(describeSteadiness(steadiness()));

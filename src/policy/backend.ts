@@ -11,6 +11,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { installGemmKernel } from './gemmKernel.ts';
 import { installSimdKernels } from './simdKernels.ts';
 import { installWasmKernels } from './wasmKernels.ts';
 
@@ -90,6 +91,8 @@ async function setUp(kind: BackendKind): Promise<BackendKind> {
     await activate('wasm', kind);
     installWasmKernels(wasm.version_wasm);
     await installSimdKernels(wasm.version_wasm);
+    // After installWasmKernels: it keeps that BatchMatMul for what it does not take.
+    await installGemmKernel(wasm.version_wasm);
   } else {
     await activate('cpu', kind);
   }

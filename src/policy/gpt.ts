@@ -23,6 +23,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { normalArray, seededUniform } from '../random.ts';
+import { gemmKernelInstalled } from './gemmKernel.ts';
 import * as simd from './simdKernels.ts';
 
 export const GPTConfig = z
@@ -110,24 +111,32 @@ function differentiable(
 }
 
 /**
- * x @ w (+ b) for 2-D x. wasm runs a matmul on XNNPACK only without transpose flags and with
- * batch 1; tfjs's stock matMul gradient uses the flags and falls to a loop 3-4x slower (TFJS.md).
- * Transposing explicitly keeps the forward and both gradient matmuls on the fast path.
+ * a @ b with a and/or b transposed, for the gradients. rxrl's matmul kernel (gemmKernel.ts) reads
+ * through transpose flags; the wasm backend's other matmuls run a flagged matmul on a loop 3-4x
+ * slower than XNNPACK (TFJS.md), so without the kernel the transposes are explicit, which keeps the
+ * matmul on XNNPACK.
  */
+function matMulT(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean): tf.Tensor {
+  if (gemmKernelInstalled()) return tf.matMul(a, b, transposeA, transposeB);
+  return tf.matMul(transposeA ? tf.transpose(a) : a, transposeB ? tf.transpose(b) : b);
+}
+
+/** The gradients of x @ w: dy @ w^T and x^T @ dy. */
+function matMulGradients(dy: tf.Tensor, x: tf.Tensor, w: tf.Tensor): [tf.Tensor, tf.Tensor] {
+  return [matMulT(dy, w, false, true), matMulT(x, dy, true, false)];
+}
+
+/** x @ w for 2-D x. */
 const matMulFast = differentiable((x, w) => ({
   value: tf.matMul(x, w),
   save: [x, w],
-  gradient: (dy, [xs, ws]) => [tf.matMul(dy, tf.transpose(ws!)), tf.matMul(tf.transpose(xs!), dy)],
+  gradient: (dy, [xs, ws]) => matMulGradients(dy, xs!, ws!),
 }));
 
 const linear = differentiable((x, w, b) => ({
   value: tf.fused.matMul({ a: x as tf.Tensor2D, b: w as tf.Tensor2D, bias: b! }),
   save: [x, w],
-  gradient: (dy, [xs, ws]) => [
-    tf.matMul(dy, tf.transpose(ws!)),
-    tf.matMul(tf.transpose(xs!), dy),
-    columnSum(dy),
-  ],
+  gradient: (dy, [xs, ws]) => [...matMulGradients(dy, xs!, ws!), columnSum(dy)],
 }));
 
 /**
@@ -144,7 +153,7 @@ function columnSum(x: tf.Tensor): tf.Tensor1D {
 const embed = differentiable((oneHot, w) => ({
   value: tf.matMul(oneHot, w),
   save: [oneHot],
-  gradient: (dy, [oh]) => [tf.zerosLike(oh!), tf.matMul(tf.transpose(oh!), dy)],
+  gradient: (dy, [oh]) => [tf.zerosLike(oh!), matMulT(oh!, dy, true, false)],
 }));
 
 /**
@@ -568,7 +577,7 @@ function ropeTables(c: Required<GPTConfig>): Rope {
 const constantMatMul = differentiable((x, r) => ({
   value: tf.matMul(x, r),
   save: [r],
-  gradient: (dy, [rs]) => [tf.matMul(dy, tf.transpose(rs!)), tf.zerosLike(rs!)],
+  gradient: (dy, [rs]) => [matMulT(dy, rs!, false, true), tf.zerosLike(rs!)],
 }));
 
 /** RoPE on a [B*T, d] query or key: x cos + rotateHalf(x) sin. */

@@ -1,0 +1,151 @@
+import * as tf from '@tensorflow/tfjs';
+import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  GEMM_MIN_ROWS,
+  gemmKernelInstalled,
+  installGemmKernel,
+  uninstallGemmKernel,
+} from '../../src/policy/gemmKernel.ts';
+import { useWasm } from './helpers.ts';
+
+beforeAll(async () => {
+  await useWasm();
+});
+
+afterAll(async () => {
+  await installGemmKernel(version_wasm);
+});
+
+interface Case {
+  batch: number[];
+  M: number;
+  K: number;
+  N: number;
+  transposeA: boolean;
+  transposeB: boolean;
+  bias: boolean;
+  seed: number;
+}
+
+const arbitraryCase: fc.Arbitrary<Case> = fc.record({
+  batch: fc.constantFrom<number[]>([], [1], [2], [2, 1]),
+  // Rows that fill 4-row blocks and rows that leave 1-3 past the last, on both sides of the row
+  // threshold. (Below it, the kernel takes a bias with a transpose or a batch even where it packs
+  // B: tfjs-backend-wasm 4.22's own _FusedMatMul gets those wrong.)
+  M: fc.integer({ min: 1, max: GEMM_MIN_ROWS + 70 }),
+  K: fc.integer({ min: 1, max: 48 }),
+  // Whole 8-column panels, a 4-column one, and padded ones.
+  N: fc.integer({ min: 1, max: 27 }),
+  transposeA: fc.boolean(),
+  transposeB: fc.boolean(),
+  bias: fc.boolean(),
+  seed: fc.integer({ min: 1, max: 1_000_000 }),
+});
+
+function operands(c: Case) {
+  const { batch, M, K, N, seed } = c;
+  const a = tf.randomNormal([...batch, ...(c.transposeA ? [K, M] : [M, K])], 0, 1, 'float32', seed);
+  const b = tf.randomNormal([...batch, ...(c.transposeB ? [N, K] : [K, N])], 0, 1, 'float32', seed + 1);
+  const bias = c.bias ? (tf.randomNormal([N], 0, 1, 'float32', seed + 2) as tf.Tensor1D) : undefined;
+  return { a, b, bias };
+}
+
+function product(c: Case, x: ReturnType<typeof operands>): tf.Tensor {
+  const { a, b, bias } = x;
+  return bias
+    ? tf.fused.matMul({ a, b, bias, transposeA: c.transposeA, transposeB: c.transposeB })
+    : tf.matMul(a, b, c.transposeA, c.transposeB);
+}
+
+/** The product in float64, from the operands' values. */
+function reference(c: Case, x: ReturnType<typeof operands>): Float64Array {
+  const { M, K, N } = c;
+  const entries = c.batch.reduce((n, s) => n * s, 1);
+  const [a, b] = [x.a.dataSync(), x.b.dataSync()];
+  const bias = x.bias?.dataSync();
+  const out = new Float64Array(entries * M * N);
+  for (let e = 0; e < entries; e++) {
+    for (let i = 0; i < M; i++) {
+      for (let n = 0; n < N; n++) {
+        let sum = bias ? bias[n]! : 0;
+        for (let k = 0; k < K; k++) {
+          const av = a[e * M * K + (c.transposeA ? k * M + i : i * K + k)]!;
+          const bv = b[e * K * N + (c.transposeB ? n * K + k : k * N + n)]!;
+          sum += av * bv;
+        }
+        out[(e * M + i) * N + n] = sum;
+      }
+    }
+  }
+  return out;
+}
+
+describe('the relaxed-SIMD matmul kernel', () => {
+  it('is installed by selectBackend on this Node', () => {
+    expect(gemmKernelInstalled()).toBe(true);
+  });
+
+  it('equals the product computed in float64, with transposes, batches, a bias, and any M, K, N', () => {
+    fc.assert(
+      fc.property(arbitraryCase, (c) => {
+        const x = operands(c);
+        const got = product(c, x);
+        expect(got.shape).toEqual([...c.batch, c.M, c.N]);
+        const want = reference(c, x);
+        const have = got.dataSync();
+        // Sums of K products of unit normals: rounding error grows like sqrt(K) float32 ulps.
+        for (let i = 0; i < want.length; i++)
+          expect(Math.abs(have[i]! - want[i]!)).toBeLessThan(1e-5 * (1 + c.K));
+        tf.dispose([x.a, x.b, ...(x.bias ? [x.bias] : []), got]);
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  it('gives a row the same result, bit for bit, whatever rows surround it', () => {
+    const K = 37;
+    const N = 22;
+    const rows = tf.randomNormal([3, K], 0, 1, 'float32', 5);
+    const b = tf.randomNormal([K, N], 0, 1, 'float32', 6);
+    const others = tf.randomNormal([200, K], 0, 1, 'float32', 7);
+    // The three rows at the start of a 4-row block, straddling two blocks, and past the last block.
+    const results = [0, 66, 197].map((at) =>
+      tf.tidy(() => {
+        const a = tf.concat([tf.slice(others, 0, at), rows, tf.slice(others, at)]);
+        return tf.slice(tf.matMul(a, b), at, 3).dataSync();
+      }),
+    );
+    expect(results[1]).toEqual(results[0]);
+    expect(results[2]).toEqual(results[0]);
+    tf.dispose([rows, b, others]);
+  });
+
+  it(`leaves matmuls that pack B and have fewer than ${GEMM_MIN_ROWS} rows, and fused activations, to the kernels it replaced`, async () => {
+    const run = (): tf.TypedArray[] =>
+      tf.tidy(() => {
+        const b = tf.randomNormal([20, 12], 0, 1, 'float32', 2) as tf.Tensor2D;
+        const bTransposed = tf.randomNormal([12, 20], 0, 1, 'float32', 4) as tf.Tensor2D;
+        const small = tf.randomNormal([GEMM_MIN_ROWS - 1, 20], 0, 1, 'float32', 1) as tf.Tensor2D;
+        const big = tf.randomNormal([GEMM_MIN_ROWS + 5, 20], 0, 1, 'float32', 3) as tf.Tensor2D;
+        return [
+          tf.matMul(small, bTransposed, false, true).dataSync(),
+          tf.fused.matMul({ a: big, b, activation: 'relu' }).dataSync(),
+          tf.matMul(big, b).dataSync(),
+          tf.matMul(small, b).dataSync(),
+        ];
+      });
+    const withKernel = run();
+    uninstallGemmKernel();
+    expect(gemmKernelInstalled()).toBe(false);
+    const without = run();
+    await installGemmKernel(version_wasm);
+    expect(withKernel[0]).toEqual(without[0]);
+    expect(withKernel[1]).toEqual(without[1]);
+    // These do run on the kernel (B read in place, any number of rows): FMAs round differently
+    // from XNNPACK's sums.
+    expect(withKernel[2]).not.toEqual(without[2]);
+    expect(withKernel[3]).not.toEqual(without[3]);
+  });
+});
