@@ -141,9 +141,66 @@ const GEMM_WAT = `
   ${microKernel('$block1xPart', 1, 1, true)}
   ;; Packs \`width\` vectors of a matrix (vector r, element k at src + r*stride + k*kStride) into a
   ;; panel at dst laid out [K][width], in the order it is written; vectors from \`valid\` on are
-  ;; zeros (and not read: they may lie past the end of the matrix).
+  ;; zeros (and not read: they may lie past the end of the matrix). Whole panels take a SIMD path:
+  ;; vectors side by side (stride 4: B, or A transposed) are copied 4 floats at a time, and vectors
+  ;; along memory (kStride 4: A, or B transposed) are transposed 4 x 4 at a time.
   (func $pack (param $src i32) (param $K i32) (param $stride i32) (param $kStride i32) (param $width i32) (param $valid i32) (param $dst i32)
-    (local $r i32) (local $k i32) (local $at i32)
+    (local $r i32) (local $k i32) (local $at i32) (local $g i32)
+    (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128) (local $t0 v128) (local $t1 v128) (local $t2 v128) (local $t3 v128)
+    (if (i32.and (i32.eq (local.get $valid) (local.get $width)) (i32.eqz (i32.and (local.get $width) (i32.const 3))))
+      (then
+        (if (i32.eq (local.get $stride) (i32.const 4))
+          (then
+            (block $copied (loop $copy
+              (br_if $copied (i32.ge_u (local.get $k) (local.get $K)))
+              (local.set $at (i32.add (local.get $src) (i32.mul (local.get $k) (local.get $kStride))))
+              (local.set $g (i32.const 0))
+              (block $rowDone (loop $row
+                (br_if $rowDone (i32.ge_u (local.get $g) (local.get $width)))
+                (v128.store (local.get $dst) (v128.load (i32.add (local.get $at) (i32.shl (local.get $g) (i32.const 2)))))
+                (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
+                (local.set $g (i32.add (local.get $g) (i32.const 4)))
+                (br $row)))
+              (local.set $k (i32.add (local.get $k) (i32.const 1)))
+              (br $copy)))
+            (return)))
+        (if (i32.eq (local.get $kStride) (i32.const 4))
+          (then
+            ;; 4 k at a time: for each group of 4 vectors, 4 loads along k, a 4 x 4 transpose, and
+            ;; 4 stores into the rows k..k+3 of the panel.
+            (block $fours (loop $four
+              (br_if $fours (i32.gt_u (i32.add (local.get $k) (i32.const 4)) (local.get $K)))
+              (local.set $g (i32.const 0))
+              (block $groupsDone (loop $group
+                (br_if $groupsDone (i32.ge_u (local.get $g) (local.get $width)))
+                (local.set $at (i32.add (i32.add (local.get $src) (i32.shl (local.get $k) (i32.const 2)))
+                  (i32.mul (local.get $g) (local.get $stride))))
+                (local.set $v0 (v128.load (local.get $at)))
+                (local.set $v1 (v128.load (i32.add (local.get $at) (local.get $stride))))
+                (local.set $v2 (v128.load (i32.add (local.get $at) (i32.shl (local.get $stride) (i32.const 1)))))
+                (local.set $v3 (v128.load (i32.add (local.get $at) (i32.mul (local.get $stride) (i32.const 3)))))
+                (local.set $t0 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $v0) (local.get $v1)))
+                (local.set $t1 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $v0) (local.get $v1)))
+                (local.set $t2 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $v2) (local.get $v3)))
+                (local.set $t3 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $v2) (local.get $v3)))
+                (local.set $at (i32.add (local.get $dst) (i32.shl (local.get $g) (i32.const 2))))
+                (v128.store (local.get $at)
+                  (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t0) (local.get $t2)))
+                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                (v128.store (local.get $at)
+                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t0) (local.get $t2)))
+                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                (v128.store (local.get $at)
+                  (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t1) (local.get $t3)))
+                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                (v128.store (local.get $at)
+                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t1) (local.get $t3)))
+                (local.set $g (i32.add (local.get $g) (i32.const 4)))
+                (br $group)))
+              (local.set $dst (i32.add (local.get $dst) (i32.shl (local.get $width) (i32.const 4))))
+              (local.set $k (i32.add (local.get $k) (i32.const 4)))
+              (br $four)))))))
+    ;; One float at a time: the rest of K, and panels with padding.
     (block $kDone (loop $k
       (br_if $kDone (i32.ge_u (local.get $k) (local.get $K)))
       (local.set $at (i32.add (local.get $src) (i32.mul (local.get $k) (local.get $kStride))))
@@ -320,8 +377,11 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
     const [bRows, bCols] = b.shape.slice(-2) as [number, number];
     const [M, K] = transposeA ? [aCols, aRows] : [aRows, aCols];
     const N = transposeB ? bRows : bCols;
-    // B's rows are read where they lie when each holds whole vectors of 4 columns; else B is packed.
-    const packB = transposeB || N % 4 !== 0;
+    // B is packed for many rows: packing costs little beside 2 M flops per element of B, and a panel
+    // read in place is K rows a power of 2 bytes apart for many shapes (N = 512: 2 KiB), which maps
+    // them to few cache sets (measured: half the speed). Few rows (decoding) read B where it lies,
+    // which needs its rows to be whole vectors of 4 columns.
+    const packB = M >= GEMM_MIN_ROWS || transposeB || N % 4 !== 0;
     const entries = batch.reduce((n, s) => n * s, 1);
     // tfjs-backend-wasm 4.22's own _FusedMatMul adds the bias wrongly when it does not hand the
     // matmul to XNNPACK (a transpose flag, or a batch of more than 1), so those stay here at any size.
