@@ -9,8 +9,8 @@
  * (bench/kernels.ts measures the learner step and sampling with and without it).
  *
  * How: C = A B for each batch entry. A is packed into panels of 4 rows ([K][4] floats, rows past the
- * last whole panel one at a time); B is read in place where its rows are whole vectors of 4 floats,
- * else packed into panels of 8 columns ([K][8], then 4, the last one padded with zeros). A
+ * last whole panel one at a time); B into panels of 8 columns ([K][8], then 4, the last one padded
+ * with zeros), except for few rows (GEMM_MIN_ROWS), where it may be read where it lies. A
  * micro-kernel keeps a 4 x 8 block of C in 8 registers while it runs down K: per k, two loads of B,
  * four broadcast loads of A and eight FMAs. Packing reads A and B through strides, so the transposed
  * cases (A^T B and A B^T, the gradients) cost no transpose. A bias (tf.fused.matMul's) is where the
@@ -44,10 +44,10 @@ declare const WebAssembly: {
 const MR = 4;
 
 /**
- * Where B must be packed (B transposed, or a row of B not whole vectors of 4), fewer rows than this
- * go to the kernel this one replaced: XNNPACK keeps a weight matrix packed between calls, this
- * kernel would pack it on every call. Where B is read in place, any number of rows comes here
- * (measured on the sampler's weights with 16 rows: 1.26x XNNPACK).
+ * From this many rows on, B is packed. Below it, B is read where it lies if its rows are whole
+ * vectors of 4 floats and it is not transposed (decoding: 1.26x XNNPACK's on the sampler's weights
+ * with 16 rows); otherwise the matmul goes to the kernel this one replaced, as packing B on every
+ * call would cost more than it saves (XNNPACK keeps a weight matrix packed between calls).
  */
 export const GEMM_MIN_ROWS = 64;
 
