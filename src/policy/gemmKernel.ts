@@ -31,6 +31,7 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
+import type { KernelArgs, WasmBackend } from './simdKernels.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
 declare const WebAssembly: {
@@ -284,20 +285,6 @@ interface Exports {
     packB: number,
   ): void;
 }
-
-/** The parts of tfjs-backend-wasm's BackendWasm this kernel uses. */
-interface WasmBackend {
-  dataIdMap: { get(dataId: object): { memoryOffset: number } };
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  disposeData(dataId: object): boolean;
-  wasm: { asm?: { memory?: InstanceType<typeof WebAssembly.Memory> } };
-}
-
-type KernelArgs = {
-  inputs: Record<string, tf.TensorInfo>;
-  backend: unknown;
-  attrs?: Record<string, unknown>;
-};
 
 /** The kernels replaced: tf.matMul's, and tf.fused.matMul's (GPT's linear layers, with a bias). */
 const KERNEL_NAMES = ['BatchMatMul', '_FusedMatMul'] as const;

@@ -700,15 +700,15 @@ interface Exports {
   ): void;
 }
 
-/** The parts of tfjs-backend-wasm's BackendWasm these kernels use. */
-interface WasmBackend {
+/** The parts of tfjs-backend-wasm's BackendWasm these kernels (and gemmKernel.ts) use. */
+export interface WasmBackend {
   dataIdMap: { get(dataId: object): { memoryOffset: number } };
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   disposeData(dataId: object): boolean;
   wasm: { asm?: { memory?: WasmMemory } };
 }
 
-type KernelArgs = {
+export type KernelArgs = {
   inputs: Record<string, tf.TensorInfo>;
   backend: unknown;
   attrs?: Record<string, unknown>;
