@@ -101,31 +101,36 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
 }
 
 /**
- * WAT: the micro-kernels' calls for one panel of B (its first column $j, width $w, $valid columns)
- * over all of A's panels.
+ * WAT: a call of the micro-kernel for a block of `rows` rows (4 or 1) of A against the current panel
+ * of B: 8 columns, 4, or 1-3 of a padded panel.
+ */
+function blockCall(rows: number): string {
+  const args = `(local.get $p) (local.get $panel) (local.get $cc) (local.get $K) (local.get $cRow) (local.get $valid)
+          (local.get $biasPanel) (local.get $qStep)`;
+  return `
+      (if (i32.eq (local.get $valid) (i32.const 8))
+        (then (call $block${rows}x8 ${args}))
+        (else (if (i32.eq (local.get $valid) (i32.const 4))
+          (then (call $block${rows}x4 ${args}))
+          (else (call $block${rows}xPart ${args})))))`;
+}
+
+/**
+ * WAT: the micro-kernels' calls for one panel of B (its first column $j, $valid columns) over all
+ * of A's panels.
  */
 const OVER_A_PANELS = `
     (local.set $p (local.get $ap))
     (local.set $cc (i32.add (local.get $c) (i32.shl (local.get $j) (i32.const 2))))
     (local.set $i (i32.const 0))
     (block $blocksDone (loop $blocks
-      (br_if $blocksDone (i32.gt_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $M)))
-      (if (i32.eq (local.get $w) (i32.const 8))
-        (then (call $block4x8 (local.get $p) (local.get $panel) (local.get $cc) (local.get $K) (local.get $cRow) (i32.const 8) (local.get $biasPanel) (local.get $qStep)))
-        (else (if (i32.eq (local.get $valid) (i32.const 4))
-          (then (call $block4x4 (local.get $p) (local.get $panel) (local.get $cc) (local.get $K) (local.get $cRow) (i32.const 4) (local.get $biasPanel) (local.get $qStep)))
-          (else (call $block4xPart (local.get $p) (local.get $panel) (local.get $cc) (local.get $K) (local.get $cRow) (local.get $valid) (local.get $biasPanel) (local.get $qStep))))))
+      (br_if $blocksDone (i32.gt_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $M)))${blockCall(MR)}
       (local.set $p (i32.add (local.get $p) (i32.mul (local.get $K) (i32.const ${MR * 4}))))
       (local.set $cc (i32.add (local.get $cc) (i32.mul (local.get $cRow) (i32.const ${MR}))))
       (local.set $i (i32.add (local.get $i) (i32.const ${MR})))
       (br $blocks)))
     (block $rowsDone (loop $rows
-      (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $M)))
-      (if (i32.eq (local.get $w) (i32.const 8))
-        (then (call $block1x8 (local.get $p) (local.get $panel) (local.get $cc) (local.get $K) (local.get $cRow) (i32.const 8) (local.get $biasPanel) (local.get $qStep)))
-        (else (if (i32.eq (local.get $valid) (i32.const 4))
-          (then (call $block1x4 (local.get $p) (local.get $panel) (local.get $cc) (local.get $K) (local.get $cRow) (i32.const 4) (local.get $biasPanel) (local.get $qStep)))
-          (else (call $block1xPart (local.get $p) (local.get $panel) (local.get $cc) (local.get $K) (local.get $cRow) (local.get $valid) (local.get $biasPanel) (local.get $qStep))))))
+      (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $M)))${blockCall(1)}
       (local.set $p (i32.add (local.get $p) (i32.shl (local.get $K) (i32.const 2))))
       (local.set $cc (i32.add (local.get $cc) (local.get $cRow)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
@@ -134,9 +139,9 @@ const OVER_A_PANELS = `
 const GEMM_WAT = `
 (module
   (import "env" "memory" (memory 1))
-  ${microKernel('$block4x8', MR, 2)}
-  ${microKernel('$block4x4', MR, 1)}
-  ${microKernel('$block4xPart', MR, 1, true)}
+  ${microKernel(`$block${MR}x8`, MR, 2)}
+  ${microKernel(`$block${MR}x4`, MR, 1)}
+  ${microKernel(`$block${MR}xPart`, MR, 1, true)}
   ${microKernel('$block1x8', 1, 2)}
   ${microKernel('$block1x4', 1, 1)}
   ${microKernel('$block1xPart', 1, 1, true)}
@@ -380,7 +385,7 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
       b.dtype !== 'float32' ||
       !tf.util.arraysEqual(batch, b.shape.slice(0, -2)) ||
       (transposeB ? bCols : bRows) !== K ||
-      (packB && M < GEMM_MIN_ROWS && !stockIsWrong) ||
+      (M < GEMM_MIN_ROWS && packB && !stockIsWrong) ||
       N === 0 ||
       K === 0 ||
       (attrs?.activation !== undefined && attrs.activation !== 'linear') ||
@@ -393,20 +398,21 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
     const out = backend.makeOutput([...batch, M, N], 'float32');
     const aPacked = backend.makeOutput([M * K], 'float32');
     const bPacked = backend.makeOutput([(packB ? K * Math.ceil(N / 4) * 4 : 0) + 8], 'float32');
+    const [aAt, bAt, outAt, biasAt] = [at(a), at(b), at(out), bias ? at(bias) : 0];
     // Byte strides of A's (row, k) and B's (k, column), through the transposes.
     const [aRow, aCol] = transposeA ? [4, aCols * 4] : [aCols * 4, 4];
     const [bRow, bCol] = transposeB ? [4, bCols * 4] : [bCols * 4, 4];
     for (let e = 0; e < entries; e++) {
       exports.gemm(
-        at(a) + e * aRows * aCols * 4,
+        aAt + e * aRows * aCols * 4,
         aRow,
         aCol,
-        at(b) + e * bRows * bCols * 4,
+        bAt + e * bRows * bCols * 4,
         bRow,
         bCol,
-        bias ? at(bias) : 0,
+        biasAt,
         bias ? 1 : 0,
-        at(out) + e * M * N * 4,
+        outAt + e * M * N * 4,
         M,
         N,
         K,

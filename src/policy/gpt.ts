@@ -16,9 +16,10 @@
  * head plain no-transpose matmuls (the fast path on wasm, below).
  *
  * Backend traps this file works around (TFJS.md): `gather` has no usable gradient on wasm, so
- * lookups are `oneHot(ids) @ W`; matmuls with transpose flags leave XNNPACK, so the matmul
- * gradients transpose explicitly. On wasm, attention, LayerNorm and column sums run on rxrl's own
- * SIMD kernels (simdKernels.ts) where the head size and width allow; elsewhere on tfjs ops.
+ * lookups are `oneHot(ids) @ W`. The stock wasm matmul runs a matmul with transpose flags on a slow
+ * loop, so the matmul gradients pass flags only where the backend takes them well (matMulT). On
+ * wasm, attention, LayerNorm, GELU and column sums run on rxrl's own SIMD kernels (simdKernels.ts)
+ * where the head size and width allow; elsewhere on tfjs ops.
  */
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
@@ -111,14 +112,16 @@ function differentiable(
 }
 
 /**
- * a @ b with a and/or b transposed, for the gradients. rxrl's matmul kernel (gemmKernel.ts) reads
- * through transpose flags; the wasm backend's other matmuls run a flagged matmul on a loop 3-4x
- * slower than XNNPACK (TFJS.md), so without the kernel the transposes are explicit, which keeps the
- * matmul on XNNPACK.
+ * a @ b with a and/or b transposed, for the gradients. On wasm the transposes are explicit unless
+ * rxrl's matmul (gemmKernel.ts) is installed, which reads through the flags without a copy: the
+ * stock matmul runs flags on a loop 3-4x slower than XNNPACK (TFJS.md), and wasmKernels.ts's
+ * transposes them for XNNPACK at no gain (measured slower on a gradient's shape). The other
+ * backends take the flags.
  */
 function matMulT(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean): tf.Tensor {
-  if (gemmKernelInstalled()) return tf.matMul(a, b, transposeA, transposeB);
-  return tf.matMul(transposeA ? tf.transpose(a) : a, transposeB ? tf.transpose(b) : b);
+  if (tf.getBackend() === 'wasm' && !gemmKernelInstalled())
+    return tf.matMul(transposeA ? tf.transpose(a) : a, transposeB ? tf.transpose(b) : b);
+  return tf.matMul(a, b, transposeA, transposeB);
 }
 
 /** The gradients of x @ w: dy @ w^T and x^T @ dy. */
