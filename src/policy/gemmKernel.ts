@@ -1,6 +1,10 @@
 /**
  * rxrl's matmul for tfjs's wasm backend: BatchMatMul with fused multiply-adds (WebAssembly's relaxed
- * SIMD `f32x4.relaxed_madd`, which V8 compiles to `vfmadd231ps` where the CPU has FMA).
+ * SIMD `f32x4.relaxed_madd`, which V8 compiles to `vfmadd231ps` where the CPU has FMA). It also takes
+ * over simdKernels.ts's causal attention for training (RxrlCausalAttention and its gradient), whose
+ * seven per-head products (two forward, five back) it runs on the same packed micro-kernels, skipping
+ * the blocks and the stretches of K that causality makes zero: those kernels' own loops (a dot
+ * product per score, a read-modify-write of dK and dV per key) ran at about a third of the speed.
  *
  * Why: dense matmuls are most of a learner step on the wasm backend (about 600 of 860 ms of kernel
  * time for the ~1M model's 16 x 128 tokens). tfjs-backend-wasm hands them to XNNPACK, whose wasm
@@ -31,7 +35,7 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import type { KernelArgs, WasmBackend } from './simdKernels.ts';
+import { EXP4_WAT, KERNELS as SIMD_KERNELS, type KernelArgs, type WasmBackend } from './simdKernels.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
 declare const WebAssembly: {
@@ -101,13 +105,23 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
 }
 
 /**
- * WAT: a call of the micro-kernel for a block of `rows` rows (4 or 1) of A against the current panel
- * of B: 8 columns, 4, or 1-3 of a padded panel.
+ * WAT: a call of the micro-kernel for a block of `rows` rows (4 or 1) of A from row $i against the
+ * current panel of B (8 columns, 4, or 1-3 of a padded panel), over the part of K that $causal leaves
+ * (see $gemm): rows whose A is zero past its diagonal stop at k = i + rows, rows whose A is zero
+ * before it start at k = i.
  */
 function blockCall(rows: number): string {
-  const args = `(local.get $p) (local.get $panel) (local.get $cc) (local.get $K) (local.get $cRow) (local.get $valid)
-          (local.get $biasPanel) (local.get $qStep)`;
+  const args = `(local.get $pk) (local.get $qk) (local.get $cc) (i32.sub (local.get $kEnd) (local.get $k0)) (local.get $cRow)
+          (local.get $valid) (local.get $biasPanel) (local.get $qStep)`;
   return `
+      (local.set $k0 (select (select (local.get $i) (local.get $K) (i32.lt_u (local.get $i) (local.get $K))) (i32.const 0)
+        (i32.eq (local.get $causal) (i32.const ${CAUSAL.upper}))))
+      (local.set $kEnd (local.get $K))
+      (if (i32.and (i32.eq (local.get $causal) (i32.const ${CAUSAL.lower}))
+                   (i32.lt_u (i32.add (local.get $i) (i32.const ${rows})) (local.get $K)))
+        (then (local.set $kEnd (i32.add (local.get $i) (i32.const ${rows})))))
+      (local.set $pk (i32.add (local.get $p) (i32.mul (local.get $k0) (i32.const ${rows * 4}))))
+      (local.set $qk (i32.add (local.get $panel) (i32.mul (local.get $k0) (local.get $qStep))))
       (if (i32.eq (local.get $valid) (i32.const 8))
         (then (call $block${rows}x8 ${args}))
         (else (if (i32.eq (local.get $valid) (i32.const 4))
@@ -116,13 +130,23 @@ function blockCall(rows: number): string {
 }
 
 /**
+ * What $gemm's $causal says about A and C: `none`; `scores`: C is a causal score matrix, of which only
+ * the blocks with a row at or past their first column are computed (the others are not written);
+ * `lower`: A's row i is zero past column i (causal probabilities: A B sums k <= i only); `upper`:
+ * A's row i is zero before column i (their transpose).
+ */
+const CAUSAL = { none: 0, scores: 1, lower: 2, upper: 3 } as const;
+
+/**
  * WAT: the micro-kernels' calls for one panel of B (its first column $j, $valid columns) over all
- * of A's panels.
+ * of A's panels (from the block of row $j for causal scores: the blocks before it lie above the
+ * diagonal).
  */
 const OVER_A_PANELS = `
-    (local.set $p (local.get $ap))
-    (local.set $cc (i32.add (local.get $c) (i32.shl (local.get $j) (i32.const 2))))
-    (local.set $i (i32.const 0))
+    (local.set $i (select (local.get $j) (i32.const 0) (i32.eq (local.get $causal) (i32.const ${CAUSAL.scores}))))
+    (local.set $p (i32.add (local.get $ap) (i32.mul (local.get $i) (i32.shl (local.get $K) (i32.const 2)))))
+    (local.set $cc (i32.add (i32.add (local.get $c) (i32.shl (local.get $j) (i32.const 2)))
+      (i32.mul (local.get $i) (local.get $cRow))))
     (block $blocksDone (loop $blocks
       (br_if $blocksDone (i32.gt_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $M)))${blockCall(MR)}
       (local.set $p (i32.add (local.get $p) (i32.mul (local.get $K) (i32.const ${MR * 4}))))
@@ -135,6 +159,172 @@ const OVER_A_PANELS = `
       (local.set $cc (i32.add (local.get $cc) (local.get $cRow)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $rows)))`;
+
+/** WAT: the address of float $j of the row at $row. */
+const AT_J = '(i32.add (local.get $row) (i32.shl (local.get $j) (i32.const 2)))';
+
+/**
+ * WAT: `by4` for each block of 4 columns j..j+3 <= i of row $i (the keys causal query i sees), then
+ * `by1` for each column left (without `by4`, each column j <= i); $j is the column.
+ */
+function upToDiagonal(by4: string | undefined, by1: string): string {
+  return `
+      (local.set $j (i32.const 0))${
+        by4 === undefined
+          ? ''
+          : `
+      (block $by4Done (loop $by4
+        (br_if $by4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
+        ${by4}
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br $by4)))`
+      }
+      (block $by1Done (loop $by1
+        (br_if $by1Done (i32.gt_u (local.get $j) (local.get $i)))
+        ${by1}
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $by1)))`;
+}
+
+/** WAT: `body` for each row $i of a [T, T] matrix at $m, at $row; then zeros past the row's diagonal. */
+function eachCausalRow(body: string): string {
+  return `
+    (local.set $row (local.get $m))
+    (local.set $i (i32.const 0))
+    (block $rowsDone (loop $rows
+      (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $T)))
+      ${body}
+      (memory.fill (i32.add (local.get $row) (i32.shl (i32.add (local.get $i) (i32.const 1)) (i32.const 2))) (i32.const 0)
+        (i32.shl (i32.sub (i32.sub (local.get $T) (local.get $i)) (i32.const 1)) (i32.const 2)))
+      (local.set $row (i32.add (local.get $row) (i32.shl (local.get $T) (i32.const 2))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $rows)))`;
+}
+
+/**
+ * WAT: `body` for each head (b, h) of [B*T, H*hd] q/k/v rows, with $base the byte offset of its
+ * first row (row b*T, column h*hd), $pAt the address of its [T, T] probabilities in P [B, H, T, T],
+ * $rowBytes the bytes between rows and $tRow those of a P row.
+ */
+function eachHead(body: string): string {
+  return `
+    (local.set $rowBytes (i32.shl (i32.mul (local.get $H) (local.get $hd)) (i32.const 2)))
+    (local.set $tRow (i32.shl (local.get $T) (i32.const 2)))
+    (block $headsDone (loop $heads
+      (br_if $headsDone (i32.ge_u (local.get $bh) (i32.mul (local.get $B) (local.get $H))))
+      (local.set $base (i32.add
+        (i32.mul (i32.mul (i32.div_u (local.get $bh) (local.get $H)) (local.get $T)) (local.get $rowBytes))
+        (i32.shl (i32.mul (i32.rem_u (local.get $bh) (local.get $H)) (local.get $hd)) (i32.const 2))))
+      (local.set $pAt (i32.add (local.get $p) (i32.mul (i32.mul (local.get $bh) (local.get $T)) (local.get $tRow))))
+      ${body}
+      (local.set $bh (i32.add (local.get $bh) (i32.const 1)))
+      (br $heads)))`;
+}
+
+/** WAT: a $gemm call for a [T, T] by [T, hd] or [T, hd] by [hd, T] product of one head (see eachHead). */
+function headGemm(a: string, [aRow, aCol]: [string, string], b: string, [bRow, bCol]: [string, string], c: string,
+  cRow: string, [M, N, K]: [string, string, string], causal: keyof typeof CAUSAL): string {
+  return `(call $gemm ${a} ${aRow} ${aCol} ${b} ${bRow} ${bCol} (i32.const 0) (i32.const 0) ${c} ${cRow}
+        ${M} ${N} ${K} (local.get $ap) (local.get $bp) (i32.const 1) (i32.const ${CAUSAL[causal]}))`;
+}
+
+const get = (name: string): string => `(local.get $${name})`;
+const plus = (name: string, offset = 'base'): string => `(i32.add (local.get $${name}) (local.get $${offset}))`;
+const [T, HD, ROWS, T_ROW, FOUR] = [get('T'), get('hd'), get('rowBytes'), get('tRow'), '(i32.const 4)'];
+
+/**
+ * WAT: causal self-attention for training on $gemm (what simdKernels.ts's RxrlCausalAttention and
+ * RxrlCausalAttentionGrad compute; see there), per head: S = Q K^T (the blocks on and below the
+ * diagonal), P = softmax(scale S) row by row over j <= i (zeros past the diagonal), Y = P V; and
+ * back: dP = dY V^T, dS = scale P (dP - sum_j P dP), dQ = dS K, dK = dS^T Q, dV = P^T dY. The
+ * products skip what the causal mask makes zero (CAUSAL).
+ */
+const ATTENTION_WAT = `
+  ${EXP4_WAT}
+  ;; Each row i of the [T, T] scores at m becomes softmax_j<=i(scale m[i, j]), zeros past the diagonal.
+  ;; The sum runs in order, one score at a time.
+  (func $softmaxRows (param $m i32) (param $T i32) (param $scale f32)
+    (local $i i32) (local $j i32) (local $row i32) (local $max f32) (local $sum f32) (local $v v128)
+    ${eachCausalRow(`
+      (local.set $v (v128.const f32x4 -inf -inf -inf -inf))
+      (local.set $max (f32.const -inf))
+      ${upToDiagonal(
+        `(local.set $v (f32x4.max (local.get $v) (v128.load ${AT_J})))`,
+        `(local.set $max (f32.max (local.get $max) (f32.load ${AT_J})))`,
+      )}
+      (local.set $max (f32.mul (local.get $scale) (f32.max (local.get $max) (f32.max
+        (f32.max (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
+        (f32.max (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))))
+      (local.set $v (f32x4.splat (local.get $max)))
+      ${upToDiagonal(
+        `(v128.store ${AT_J} (call $exp4 (f32x4.sub (f32x4.mul (v128.load ${AT_J}) (f32x4.splat (local.get $scale))) (local.get $v))))`,
+        `(f32.store ${AT_J} (f32x4.extract_lane 0 (call $exp4
+          (f32x4.sub (f32x4.mul (f32x4.splat (f32.load ${AT_J})) (f32x4.splat (local.get $scale))) (local.get $v)))))`,
+      )}
+      (local.set $sum (f32.const 0))
+      ${upToDiagonal(undefined, `(local.set $sum (f32.add (local.get $sum) (f32.load ${AT_J})))`)}
+      (local.set $sum (f32.div (f32.const 1) (local.get $sum)))
+      ${upToDiagonal(
+        `(v128.store ${AT_J} (f32x4.mul (v128.load ${AT_J}) (f32x4.splat (local.get $sum))))`,
+        `(f32.store ${AT_J} (f32.mul (f32.load ${AT_J}) (local.get $sum)))`,
+      )}`)})
+
+  ;; Each row i of dP [T, T] at m becomes dS = scale P (dP - sum_j<=i P dP), zeros past the diagonal; pm
+  ;; gets P with zeros past the diagonal.
+  (func $softmaxGradRows (param $p i32) (param $m i32) (param $pm i32) (param $T i32) (param $scale f32)
+    (local $i i32) (local $j i32) (local $row i32) (local $pRow i32) (local $D f32) (local $v v128) (local $d v128)
+    ${eachCausalRow(`
+      (local.set $pRow (i32.add (local.get $p) (i32.sub (local.get $row) (local.get $m))))
+      (local.set $v (v128.const f32x4 0 0 0 0))
+      (local.set $D (f32.const 0))
+      ${upToDiagonal(
+        `(local.set $v (f32x4.add (local.get $v)
+          (f32x4.mul (v128.load ${AT_J}) (v128.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2)))))))`,
+        `(local.set $D (f32.add (local.get $D)
+          (f32.mul (f32.load ${AT_J}) (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2)))))))`,
+      )}
+      (local.set $D (f32.add (local.get $D) (f32.add
+        (f32.add (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
+        (f32.add (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v))))))
+      (local.set $d (f32x4.splat (local.get $D)))
+      (local.set $v (f32x4.splat (local.get $scale)))
+      ${upToDiagonal(
+        `(v128.store ${AT_J} (f32x4.mul (f32x4.mul (v128.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
+          (f32x4.sub (v128.load ${AT_J}) (local.get $d))) (local.get $v)))`,
+        `(f32.store ${AT_J} (f32.mul (f32.mul (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
+          (f32.sub (f32.load ${AT_J}) (local.get $D))) (local.get $scale)))`,
+      )}
+      (memory.copy (i32.add (local.get $pm) (i32.sub (local.get $row) (local.get $m))) (local.get $pRow)
+        (i32.shl (i32.add (local.get $i) (i32.const 1)) (i32.const 2)))
+      (memory.fill (i32.add (i32.add (local.get $pm) (i32.sub (local.get $row) (local.get $m)))
+          (i32.shl (i32.add (local.get $i) (i32.const 1)) (i32.const 2))) (i32.const 0)
+        (i32.shl (i32.sub (i32.sub (local.get $T) (local.get $i)) (i32.const 1)) (i32.const 2)))`)})
+
+  ;; q, k, v and y are [B*T, H*hd]; P [B, H, T, T]; ap and bp $gemm's scratch for T x max(T, hd) and
+  ;; hd x T (T rounded up to 4) + 8 floats.
+  (func (export "causalAttention")
+    (param $q i32) (param $k i32) (param $v i32) (param $y i32) (param $p i32) (param $ap i32) (param $bp i32)
+    (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32)
+    (local $bh i32) (local $base i32) (local $rowBytes i32) (local $tRow i32) (local $pAt i32)
+    ${eachHead(`
+      ${headGemm(plus('q'), [ROWS, FOUR], plus('k'), [FOUR, ROWS], get('pAt'), T_ROW, [T, T, HD], 'scores')}
+      (call $softmaxRows (local.get $pAt) (local.get $T) (local.get $scale))
+      ${headGemm(get('pAt'), [T_ROW, FOUR], plus('v'), [ROWS, FOUR], plus('y'), ROWS, [T, HD, T], 'lower')}`)})
+
+  ;; dy, q, k, v, dq, dk and dv are [B*T, H*hd]; P [B, H, T, T]; m and pm scratch for T x T floats;
+  ;; ap and bp as causalAttention's.
+  (func (export "causalAttentionGrad")
+    (param $dy i32) (param $q i32) (param $k i32) (param $v i32) (param $p i32) (param $m i32) (param $pm i32)
+    (param $dq i32) (param $dk i32) (param $dv i32) (param $ap i32) (param $bp i32)
+    (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32)
+    (local $bh i32) (local $base i32) (local $rowBytes i32) (local $tRow i32) (local $pAt i32)
+    ${eachHead(`
+      ${headGemm(plus('dy'), [ROWS, FOUR], plus('v'), [FOUR, ROWS], get('m'), T_ROW, [T, T, HD], 'scores')}
+      (call $softmaxGradRows (local.get $pAt) (local.get $m) (local.get $pm) (local.get $T) (local.get $scale))
+      ${headGemm(get('m'), [T_ROW, FOUR], plus('k'), [ROWS, FOUR], plus('dq'), ROWS, [T, HD, T], 'lower')}
+      ${headGemm(get('m'), [FOUR, T_ROW], plus('q'), [ROWS, FOUR], plus('dk'), ROWS, [T, HD, T], 'upper')}
+      ${headGemm(get('pm'), [FOUR, T_ROW], plus('dy'), [ROWS, FOUR], plus('dv'), ROWS, [T, HD, T], 'upper')}`)})
+`;
 
 const GEMM_WAT = `
 (module
@@ -223,19 +413,20 @@ const GEMM_WAT = `
         (br $r)))
       (local.set $k (i32.add (local.get $k) (i32.const 1)))
       (br $k))))
-  ;; C [M, N] (rows N floats apart) = A B (+ bias [N] where hasBias), where A's element (i, k) is at
-  ;; a + i*aRow + k*aCol and B's (k, n) at b + k*bRow + n*bCol (byte strides). ap and bp are scratch
-  ;; for the packed panels: M*K floats, and K * (N rounded up to 4) + 8 floats (the last 8 hold the
-  ;; bias of the current panel of B, or zeros: the micro-kernels start their sums from it).
-  (func (export "gemm") (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
-    (param $bias i32) (param $hasBias i32) (param $c i32) (param $M i32) (param $N i32) (param $K i32) (param $ap i32) (param $bp i32) (param $packB i32)
-    (local $i i32) (local $j i32) (local $w i32) (local $valid i32) (local $p i32) (local $q i32) (local $cc i32) (local $cRow i32)
-    (local $biasPanel i32) (local $panel i32) (local $qStep i32)
+  ;; C [M, N] (rows cRow bytes apart) = A B (+ bias [N] where hasBias), where A's element (i, k) is at
+  ;; a + i*aRow + k*aCol and B's (k, n) at b + k*bRow + n*bCol (byte strides); causal: CAUSAL in
+  ;; gemmKernel.ts. ap and bp are scratch for the packed panels: M*K floats, and K * (N rounded up to
+  ;; 4) + 8 floats (the last 8 hold the bias of the current panel of B, or zeros: the micro-kernels
+  ;; start their sums from it).
+  (func $gemm (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
+    (param $bias i32) (param $hasBias i32) (param $c i32) (param $cRow i32) (param $M i32) (param $N i32) (param $K i32)
+    (param $ap i32) (param $bp i32) (param $packB i32) (param $causal i32)
+    (local $i i32) (local $j i32) (local $w i32) (local $valid i32) (local $p i32) (local $q i32) (local $cc i32)
+    (local $biasPanel i32) (local $panel i32) (local $qStep i32) (local $k0 i32) (local $kEnd i32) (local $pk i32) (local $qk i32)
     (local.set $biasPanel (i32.add (local.get $bp) (select
       (i32.shl (i32.mul (local.get $K) (i32.and (i32.add (local.get $N) (i32.const 3)) (i32.const -4))) (i32.const 2))
       (i32.const 0)
       (local.get $packB))))
-    (local.set $cRow (i32.shl (local.get $N) (i32.const 2)))
     ;; A's panels: 4 rows while 4 are left, then one row each.
     (local.set $p (local.get $ap))
     (block $aDone (loop $aPanels
@@ -269,6 +460,13 @@ const GEMM_WAT = `
       (local.set $q (i32.add (local.get $q) (i32.shl (i32.mul (local.get $w) (local.get $K)) (i32.const 2))))
       (local.set $j (i32.add (local.get $j) (local.get $w)))
       (br $bPanels))))
+  ;; $gemm for tf.matMul: C's rows N floats apart, no causal structure.
+  (func (export "gemm") (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
+    (param $bias i32) (param $hasBias i32) (param $c i32) (param $M i32) (param $N i32) (param $K i32) (param $ap i32) (param $bp i32) (param $packB i32)
+    (call $gemm (local.get $a) (local.get $aRow) (local.get $aCol) (local.get $b) (local.get $bRow) (local.get $bCol)
+      (local.get $bias) (local.get $hasBias) (local.get $c) (i32.shl (local.get $N) (i32.const 2)) (local.get $M) (local.get $N)
+      (local.get $K) (local.get $ap) (local.get $bp) (local.get $packB) (i32.const ${CAUSAL.none})))
+${ATTENTION_WAT}
 )`;
 
 interface Exports {
@@ -289,10 +487,48 @@ interface Exports {
     bp: number,
     packB: number,
   ): void;
+  causalAttention(
+    q: number,
+    k: number,
+    v: number,
+    y: number,
+    p: number,
+    ap: number,
+    bp: number,
+    B: number,
+    T: number,
+    H: number,
+    hd: number,
+    scale: number,
+  ): void;
+  causalAttentionGrad(
+    dy: number,
+    q: number,
+    k: number,
+    v: number,
+    p: number,
+    m: number,
+    pm: number,
+    dq: number,
+    dk: number,
+    dv: number,
+    ap: number,
+    bp: number,
+    B: number,
+    T: number,
+    H: number,
+    hd: number,
+    scale: number,
+  ): void;
 }
 
-/** The kernels replaced: tf.matMul's, and tf.fused.matMul's (GPT's linear layers, with a bias). */
-const KERNEL_NAMES = ['BatchMatMul', '_FusedMatMul'] as const;
+/**
+ * The kernels replaced: tf.matMul's, tf.fused.matMul's (GPT's linear layers, with a bias), and
+ * simdKernels.ts's causal attention for training, whose products become $gemm's (where simdKernels.ts
+ * registered it).
+ */
+const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
+const ATTENTION_KERNELS = [SIMD_KERNELS.causalAttention, SIMD_KERNELS.causalAttentionGrad] as const;
 
 /** The kernels this one replaced, while installed. */
 let replaced: tf.KernelConfig[] | undefined;
@@ -317,17 +553,20 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   }
   const module = await WebAssembly.compile(binary);
   const exports = (await WebAssembly.instantiate(module, { env: { memory } })).exports as unknown as Exports;
-  const previous = KERNEL_NAMES.map((name) => tf.getKernel(name, 'wasm'));
-  if (!previous.every((kernel) => kernel !== undefined)) return false;
-  for (const kernel of previous) {
+  const matMuls = MATMUL_KERNELS.map((name) => tf.getKernel(name, 'wasm'));
+  if (!matMuls.every((kernel) => kernel !== undefined)) return false;
+  const attention = ATTENTION_KERNELS.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
+  const replacement = (kernel: tf.KernelConfig): tf.KernelFunc =>
+    kernel.kernelName === SIMD_KERNELS.causalAttention
+      ? causalAttentionKernel(exports)
+      : kernel.kernelName === SIMD_KERNELS.causalAttentionGrad
+        ? causalAttentionGradKernel(exports)
+        : gemmKernel(exports, kernel);
+  for (const kernel of [...matMuls, ...attention]) {
     tf.unregisterKernel(kernel.kernelName, 'wasm');
-    tf.registerKernel({
-      kernelName: kernel.kernelName,
-      backendName: 'wasm',
-      kernelFunc: gemmKernel(exports, kernel),
-    });
+    tf.registerKernel({ kernelName: kernel.kernelName, backendName: 'wasm', kernelFunc: replacement(kernel) });
   }
-  replaced = previous;
+  replaced = [...matMuls, ...attention];
   return true;
 }
 
@@ -424,5 +663,45 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
     backend.disposeData(aPacked.dataId);
     backend.disposeData(bPacked.dataId);
     return out;
+  };
+}
+
+/** The size of $gemm's scratch for one head's products: [ap, bp] floats (see causalAttention's WAT). */
+function headScratch(T: number, hd: number): [number, number] {
+  return [T * Math.max(T, hd), hd * Math.ceil(T / 4) * 4 + 8];
+}
+
+/** RxrlCausalAttention (simdKernels.ts's causalAttention) on $gemm. */
+function causalAttentionKernel(exports: Exports): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args as KernelArgs;
+    const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
+    const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
+    const backend = args.backend as unknown as WasmBackend;
+    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+    const [y, p] = [backend.makeOutput([B * T, H * hd], 'float32'), backend.makeOutput([B, H, T, T], 'float32')];
+    const scratch = headScratch(T, hd).map((n) => backend.makeOutput([n], 'float32'));
+    const [ap, bp] = scratch.map(at) as [number, number];
+    exports.causalAttention(at(q), at(k), at(v), at(y), at(p), ap, bp, B, T, H, hd, scale);
+    for (const t of scratch) backend.disposeData(t.dataId);
+    return [y, p];
+  };
+}
+
+/** RxrlCausalAttentionGrad (simdKernels.ts's causalAttentionGrad) on $gemm. */
+function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args as KernelArgs;
+    const { dy, q, k, v, p } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'p', tf.TensorInfo>;
+    const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
+    const backend = args.backend as unknown as WasmBackend;
+    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+    const grads = [0, 1, 2].map(() => backend.makeOutput([B * T, H * hd], 'float32'));
+    const scratch = [T * T, T * T, ...headScratch(T, hd)].map((n) => backend.makeOutput([n], 'float32'));
+    const [m, pm, ap, bp] = scratch.map(at) as [number, number, number, number];
+    const [dq, dk, dv] = grads.map(at) as [number, number, number];
+    exports.causalAttentionGrad(at(dy), at(q), at(k), at(v), at(p), m, pm, dq, dk, dv, ap, bp, B, T, H, hd, scale);
+    for (const t of scratch) backend.disposeData(t.dataId);
+    return grads;
   };
 }

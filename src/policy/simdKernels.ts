@@ -48,7 +48,7 @@ declare const WebAssembly: {
 };
 type WasmMemory = InstanceType<typeof WebAssembly.Memory>;
 
-const KERNELS = {
+export const KERNELS = {
   attention: 'RxrlCachedAttention',
   layerNorm: 'RxrlLayerNorm',
   layerNormGrad: 'RxrlLayerNormGrad',
@@ -163,17 +163,9 @@ function keyGradient(n: number): string {
 }
 
 /**
- * The attention attends every head [B, H] in order. A head's query, key and value rows are hd
- * floats; its cache holds `capacity` such rows. Dot products, exponentials and the weighted sum run
- * 4 lanes at a time (f32x4), but the softmax's sum runs one score at a time, in order: a row's result
- * then does not depend on where its columns fall in SIMD lanes, so not on how much left padding the
- * batch gives it (a masked column's exponential is exactly 0), and a row samples the same whatever
- * the batch. With tfjs's softmax on these scores it did not: probabilities moved in the last bit
- * with the padding.
+ * WAT: $exp4, e^x for x <= 0 (softmax's arguments), 4 lanes at a time (gemmKernel.ts uses it too).
  */
-const KERNELS_WAT = `
-(module
-  (import "env" "memory" (memory 1))
+export const EXP4_WAT = `
   ;; e^x for x <= 0 (softmax's arguments), 4 lanes at a time: x = n ln2 + r with |r| <= ln2/2 (ln2 in
   ;; two parts, as Cephes' expf), e^r by its Taylor series to r^7 (truncation error < 6e-9), times
   ;; 2^n built in the exponent bits. Below -87, 0 (2^-126 is the smallest normal float). Each lane
@@ -201,8 +193,21 @@ const KERNELS_WAT = `
       (f32x4.mul (local.get $p) (i32x4.shl
         (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (v128.const i32x4 127 127 127 127))
         (i32.const 23)))
-      (f32x4.lt (local.get $x) (v128.const f32x4 -87 -87 -87 -87))))
+      (f32x4.lt (local.get $x) (v128.const f32x4 -87 -87 -87 -87))))`;
 
+/**
+ * The attention attends every head [B, H] in order. A head's query, key and value rows are hd
+ * floats; its cache holds `capacity` such rows. Dot products, exponentials and the weighted sum run
+ * 4 lanes at a time (f32x4), but the softmax's sum runs one score at a time, in order: a row's result
+ * then does not depend on where its columns fall in SIMD lanes, so not on how much left padding the
+ * batch gives it (a masked column's exponential is exactly 0), and a row samples the same whatever
+ * the batch. With tfjs's softmax on these scores it did not: probabilities moved in the last bit
+ * with the padding.
+ */
+const KERNELS_WAT = `
+(module
+  (import "env" "memory" (memory 1))
+  ${EXP4_WAT}
   (func (export "attend")
     (param $q i32) (param $kNew i32) (param $vNew i32) (param $kc i32) (param $vc i32) (param $bias i32)
     (param $scratch i32) (param $out i32)

@@ -15,6 +15,7 @@ import {
   simdKernelsAvailable,
   uninstallSimdKernels,
 } from '../../src/policy/simdKernels.ts';
+import { installGemmKernel, uninstallGemmKernel } from '../../src/policy/gemmKernel.ts';
 import { MASKED, causalBias } from '../../src/policy/gpt.ts';
 import { sample } from '../../src/policy/sampler.ts';
 import { PROMPTS, TINY, tinyModel, useWasm } from './helpers.ts';
@@ -341,26 +342,36 @@ describe('causal attention kernels (training)', () => {
     };
   };
 
-  it('equal masked softmax attention, and its gradients equal tfjs autodiff of that', () => {
-    fc.assert(
-      fc.property(shapes, ({ B, T, H, hd, seed }) => {
-        tf.tidy(() => {
-          const scale = 1 / Math.sqrt(hd);
-          const make = (i: number) =>
-            tf.randomNormal([B * T, H * hd], 0, 1, 'float32', seed + i) as tf.Tensor2D;
-          const [q, k, v, dy] = [make(0), make(1), make(2), make(3)];
-          const f = reference(B, T, H, hd, scale);
-          const [y, p] = causalAttention(q, k, v, { B, T, H }, scale);
-          expectClose(y, f(q, k, v));
-          const want = tf.grads(f)([q, k, v], dy);
-          causalAttentionGrad(dy, q, k, v, p, { B, T, H }, scale).forEach((g, i) =>
-            expectClose(g, want[i]!, 1e-4),
-          );
-        });
-      }),
-      { numRuns: 30 },
-    );
-  });
+  // As simdKernels.ts has them, and with their products on gemmKernel.ts's matmul (which
+  // selectBackend installs over them); T up to 40 takes gemm's 4-row blocks and 8-, 4- and
+  // 1-3-column panels, and the rows left over after the blocks.
+  for (const products of ['simd', 'gemm'] as const) {
+    it(`equal masked softmax attention, and its gradients equal tfjs autodiff of that (${products})`, async () => {
+      uninstallGemmKernel();
+      uninstallSimdKernels();
+      expect(await installSimdKernels(version_wasm)).toBe(true);
+      if (products === 'gemm') expect(await installGemmKernel(version_wasm)).toBe(true);
+      fc.assert(
+        fc.property(shapes, fc.integer({ min: 1, max: 40 }), ({ B, T: smallT, H, hd, seed }, bigT) => {
+          const T = products === 'gemm' ? bigT : smallT;
+          tf.tidy(() => {
+            const scale = 1 / Math.sqrt(hd);
+            const make = (i: number) =>
+              tf.randomNormal([B * T, H * hd], 0, 1, 'float32', seed + i) as tf.Tensor2D;
+            const [q, k, v, dy] = [make(0), make(1), make(2), make(3)];
+            const f = reference(B, T, H, hd, scale);
+            const [y, p] = causalAttention(q, k, v, { B, T, H }, scale);
+            expectClose(y, f(q, k, v));
+            const want = tf.grads(f)([q, k, v], dy);
+            causalAttentionGrad(dy, q, k, v, p, { B, T, H }, scale).forEach((g, i) =>
+              expectClose(g, want[i]!, 1e-4),
+            );
+          });
+        }),
+        { numRuns: 30 },
+      );
+    });
+  }
 
   it("make GPT's log-probs and their gradients what tfjs ops give (learned and rope positions)", async () => {
     for (const positions of ['learned', 'rope'] as const) {
