@@ -2,7 +2,7 @@
  * rxrl's matmul for tfjs's wasm backend: BatchMatMul with fused multiply-adds (WebAssembly's relaxed
  * SIMD `f32x4.relaxed_madd`, which V8 compiles to `vfmadd231ps` where the CPU has FMA). It also takes
  * over simdKernels.ts's causal attention for training (RxrlCausalAttention and its gradient), whose
- * seven per-head products (two forward, five back) it runs on the same packed micro-kernels, skipping
+ * six per-head products (two forward, four back) it runs on the same packed micro-kernels, skipping
  * the blocks and the stretches of K that causality makes zero: those kernels' own loops (a dot
  * product per score, a read-modify-write of dK and dV per key) ran at about a third of the speed.
  *
