@@ -49,6 +49,23 @@ declare const WebAssembly: {
 const MR = 4;
 
 /**
+ * The blocks of K and of rows that $gemm packs and multiplies at a time (a multiple of MR): a panel
+ * of B (KC x 8 floats, 8 KiB) stays in the L1 cache while it meets each panel of the block of A
+ * (MC x KC floats, 256 KiB), which stays in L2.
+ */
+const KC = 256;
+const MC = 256;
+
+/** The blocks of rows and of K (for tests that cross them). */
+export const GEMM_BLOCKS = { rows: MC, k: KC } as const;
+
+/** WAT: $w and $valid, the width of the panel of B from column $j (8, or 4 at the end) and its columns in B. */
+const PANEL_WIDTH = `
+            (local.set $w (select (i32.const 8) (i32.const 4) (i32.le_u (i32.add (local.get $j) (i32.const 8)) (local.get $N))))
+            (local.set $valid (select (local.get $w) (i32.sub (local.get $N) (local.get $j))
+              (i32.le_u (i32.add (local.get $j) (local.get $w)) (local.get $N))))`;
+
+/**
  * From this many rows on, B is packed. Below it, B is read where it lies if its rows are whole
  * vectors of 4 floats and it is not transposed (decoding: 1.26x XNNPACK's on the sampler's weights
  * with 16 rows); otherwise the matmul goes to the kernel this one replaced, as packing B on every
@@ -59,7 +76,9 @@ export const GEMM_MIN_ROWS = 64;
 /**
  * WAT: the micro-kernel `name` for a block of `mr` rows of A (a panel at $p, [K][mr]) and `nv`
  * vectors of 4 columns of B (a panel at $q, [K][4 nv]), storing into C at $c (rows $cRow bytes
- * apart). With `partial`, only the first $valid (1-3) columns of its single vector are stored.
+ * apart). The sums start from the rows at $start, $startRow bytes apart (0: one bias row for all;
+ * $cRow: C itself, for the second and later blocks of K). With `partial`, only the first $valid (1-3)
+ * columns of its single vector are read and stored.
  */
 function microKernel(name: string, mr: number, nv: number, partial = false): string {
   const acc = (r: number, n: number): string => `$c${r}_${n}`;
@@ -67,6 +86,18 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
     Array.from({ length: mr }, (_, r) => Array.from({ length: nv }, (_, n) => f(r, n)).join('\n')).join('\n');
   const rowAt = (r: number): string =>
     `(i32.add (local.get $c) (i32.mul (i32.const ${r}) (local.get $cRow)))`;
+  const startAt = (r: number): string =>
+    `(i32.add (local.get $start) (i32.mul (i32.const ${r}) (local.get $startRow)))`;
+  const start = partial
+    ? each(
+        (r) => `
+    (local.set ${acc(r, 0)} (f32x4.splat (f32.load ${startAt(r)})))
+    (if (i32.gt_u (local.get $valid) (i32.const 1)) (then
+      (local.set ${acc(r, 0)} (f32x4.replace_lane 1 (local.get ${acc(r, 0)}) (f32.load offset=4 ${startAt(r)})))))
+    (if (i32.gt_u (local.get $valid) (i32.const 2)) (then
+      (local.set ${acc(r, 0)} (f32x4.replace_lane 2 (local.get ${acc(r, 0)}) (f32.load offset=8 ${startAt(r)})))))`,
+      )
+    : each((r, n) => `(local.set ${acc(r, n)} (v128.load offset=${n * 16} ${startAt(r)}))`);
   const store = partial
     ? each(
         (r) => `
@@ -78,11 +109,12 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
       )
     : each((r, n) => `(v128.store offset=${n * 16} ${rowAt(r)} (local.get ${acc(r, n)}))`);
   return `
-  (func ${name} (param $p i32) (param $q i32) (param $c i32) (param $K i32) (param $cRow i32) (param $valid i32) (param $bias i32) (param $qStep i32)
+  (func ${name} (param $p i32) (param $q i32) (param $c i32) (param $K i32) (param $cRow i32) (param $valid i32)
+    (param $start i32) (param $startRow i32) (param $qStep i32)
     ${each((r, n) => `(local ${acc(r, n)} v128)`)}
     ${Array.from({ length: nv }, (_, n) => `(local $b${n} v128)`).join(' ')}
     (local $a v128) (local $k i32)
-    ${each((r, n) => `(local.set ${acc(r, n)} (v128.load offset=${n * 16} (local.get $bias)))`)}
+    ${start}
     (local.set $k (local.get $K))
     (block $done (loop $next
       (br_if $done (i32.eqz (local.get $k)))
@@ -106,22 +138,27 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
 
 /**
  * WAT: a call of the micro-kernel for a block of `rows` rows (4 or 1) of A from row $i against the
- * current panel of B (8 columns, 4, or 1-3 of a padded panel), over the part of K that $causal leaves
- * (see $gemm): rows whose A is zero past its diagonal stop at k = i + rows, rows whose A is zero
- * before it start at k = i.
+ * current panel of B (8 columns, 4, or 1-3 of a padded panel), over the part of the current block of K
+ * ($k0 to $k0 + $kLen) that $causal leaves (see $gemm): rows whose A is zero past its diagonal stop at
+ * k = i + rows, rows whose A is zero before it start at k = i. The first block of K starts from the
+ * bias, the others from C.
  */
 function blockCall(rows: number): string {
-  const args = `(local.get $pk) (local.get $qk) (local.get $cc) (i32.sub (local.get $kEnd) (local.get $k0)) (local.get $cRow)
-          (local.get $valid) (local.get $biasPanel) (local.get $qStep)`;
+  const args = `(local.get $pk) (local.get $qk) (local.get $cc) (i32.sub (local.get $kEnd) (local.get $kStart)) (local.get $cRow)
+          (local.get $valid) (select (local.get $biasPanel) (local.get $cc) (i32.eqz (local.get $k0)))
+          (select (i32.const 0) (local.get $cRow) (i32.eqz (local.get $k0))) (local.get $qStep)`;
+  const clamp = (x: string): string =>
+    `(select (i32.const 0) (select ${x} (local.get $kLen) (i32.lt_s ${x} (local.get $kLen))) (i32.lt_s ${x} (i32.const 0)))`;
   return `
-      (local.set $k0 (select (select (local.get $i) (local.get $K) (i32.lt_u (local.get $i) (local.get $K))) (i32.const 0)
-        (i32.eq (local.get $causal) (i32.const ${CAUSAL.upper}))))
-      (local.set $kEnd (local.get $K))
-      (if (i32.and (i32.eq (local.get $causal) (i32.const ${CAUSAL.lower}))
-                   (i32.lt_u (i32.add (local.get $i) (i32.const ${rows})) (local.get $K)))
-        (then (local.set $kEnd (i32.add (local.get $i) (i32.const ${rows})))))
-      (local.set $pk (i32.add (local.get $p) (i32.mul (local.get $k0) (i32.const ${rows * 4}))))
-      (local.set $qk (i32.add (local.get $panel) (i32.mul (local.get $k0) (local.get $qStep))))
+      (local.set $kStart (i32.const 0))
+      (local.set $kEnd (local.get $kLen))
+      (if (i32.eq (local.get $causal) (i32.const ${CAUSAL.upper}))
+        (then (local.set $kStart ${clamp('(i32.sub (local.get $i) (local.get $k0))')})))
+      (if (i32.eq (local.get $causal) (i32.const ${CAUSAL.lower}))
+        (then (local.set $kEnd ${clamp(`(i32.sub (i32.add (local.get $i) (i32.const ${rows})) (local.get $k0))`)})))
+      (if (i32.lt_s (local.get $kEnd) (local.get $kStart)) (then (local.set $kEnd (local.get $kStart))))
+      (local.set $pk (i32.add (local.get $p) (i32.mul (local.get $kStart) (i32.const ${rows * 4}))))
+      (local.set $qk (i32.add (local.get $panel) (i32.mul (local.get $kStart) (local.get $qStep))))
       (if (i32.eq (local.get $valid) (i32.const 8))
         (then (call $block${rows}x8 ${args}))
         (else (if (i32.eq (local.get $valid) (i32.const 4))
@@ -138,24 +175,26 @@ function blockCall(rows: number): string {
 const CAUSAL = { none: 0, scores: 1, lower: 2, upper: 3 } as const;
 
 /**
- * WAT: the micro-kernels' calls for one panel of B (its first column $j, $valid columns) over all
- * of A's panels (from the block of row $j for causal scores: the blocks before it lie above the
- * diagonal).
+ * WAT: the micro-kernels' calls for one panel of B (its first column $j, $valid columns) over A's
+ * panels of the current block of rows ($i0 to $iEnd; for causal scores from the panel of row $j on:
+ * the panels before it lie above the diagonal).
  */
 const OVER_A_PANELS = `
-    (local.set $i (select (local.get $j) (i32.const 0) (i32.eq (local.get $causal) (i32.const ${CAUSAL.scores}))))
-    (local.set $p (i32.add (local.get $ap) (i32.mul (local.get $i) (i32.shl (local.get $K) (i32.const 2)))))
+    (local.set $i (local.get $i0))
+    (if (i32.and (i32.eq (local.get $causal) (i32.const ${CAUSAL.scores})) (i32.gt_u (local.get $j) (local.get $i)))
+      (then (local.set $i (select (local.get $j) (local.get $iEnd) (i32.lt_u (local.get $j) (local.get $iEnd))))))
+    (local.set $p (i32.add (local.get $ap) (i32.mul (i32.sub (local.get $i) (local.get $i0)) (i32.shl (local.get $kLen) (i32.const 2)))))
     (local.set $cc (i32.add (i32.add (local.get $c) (i32.shl (local.get $j) (i32.const 2)))
       (i32.mul (local.get $i) (local.get $cRow))))
     (block $blocksDone (loop $blocks
-      (br_if $blocksDone (i32.gt_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $M)))${blockCall(MR)}
-      (local.set $p (i32.add (local.get $p) (i32.mul (local.get $K) (i32.const ${MR * 4}))))
+      (br_if $blocksDone (i32.gt_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $iEnd)))${blockCall(MR)}
+      (local.set $p (i32.add (local.get $p) (i32.mul (local.get $kLen) (i32.const ${MR * 4}))))
       (local.set $cc (i32.add (local.get $cc) (i32.mul (local.get $cRow) (i32.const ${MR}))))
       (local.set $i (i32.add (local.get $i) (i32.const ${MR})))
       (br $blocks)))
     (block $rowsDone (loop $rows
-      (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $M)))${blockCall(1)}
-      (local.set $p (i32.add (local.get $p) (i32.shl (local.get $K) (i32.const 2))))
+      (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $iEnd)))${blockCall(1)}
+      (local.set $p (i32.add (local.get $p) (i32.shl (local.get $kLen) (i32.const 2))))
       (local.set $cc (i32.add (local.get $cc) (local.get $cRow)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $rows)))`;
@@ -422,44 +461,70 @@ const GEMM_WAT = `
     (param $bias i32) (param $hasBias i32) (param $c i32) (param $cRow i32) (param $M i32) (param $N i32) (param $K i32)
     (param $ap i32) (param $bp i32) (param $packB i32) (param $causal i32)
     (local $i i32) (local $j i32) (local $w i32) (local $valid i32) (local $p i32) (local $q i32) (local $cc i32)
-    (local $biasPanel i32) (local $panel i32) (local $qStep i32) (local $k0 i32) (local $kEnd i32) (local $pk i32) (local $qk i32)
+    (local $biasPanel i32) (local $panel i32) (local $qStep i32) (local $k0 i32) (local $kLen i32) (local $kStart i32)
+    (local $kEnd i32) (local $i0 i32) (local $iEnd i32) (local $pk i32) (local $qk i32)
+    ;; The bias panel lies after the packed panels of one block of K.
     (local.set $biasPanel (i32.add (local.get $bp) (select
-      (i32.shl (i32.mul (local.get $K) (i32.and (i32.add (local.get $N) (i32.const 3)) (i32.const -4))) (i32.const 2))
+      (i32.shl (i32.mul (select (local.get $K) (i32.const ${KC}) (i32.lt_u (local.get $K) (i32.const ${KC})))
+        (i32.and (i32.add (local.get $N) (i32.const 3)) (i32.const -4))) (i32.const 2))
       (i32.const 0)
       (local.get $packB))))
-    ;; A's panels: 4 rows while 4 are left, then one row each.
-    (local.set $p (local.get $ap))
-    (block $aDone (loop $aPanels
-      (br_if $aDone (i32.ge_u (local.get $i) (local.get $M)))
-      (local.set $w (select (i32.const ${MR}) (i32.const 1) (i32.le_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $M))))
-      (call $pack (i32.add (local.get $a) (i32.mul (local.get $i) (local.get $aRow))) (local.get $K)
-        (local.get $aRow) (local.get $aCol) (local.get $w) (local.get $w) (local.get $p))
-      (local.set $p (i32.add (local.get $p) (i32.shl (i32.mul (local.get $w) (local.get $K)) (i32.const 2))))
-      (local.set $i (i32.add (local.get $i) (local.get $w)))
-      (br $aPanels)))
-    ;; B's panels one at a time (8 columns while 8 are left, then 4, the last padded), each
-    ;; multiplied by all of A while it is in cache.
-    (local.set $q (local.get $bp))
-    (block $bDone (loop $bPanels
-      (br_if $bDone (i32.ge_u (local.get $j) (local.get $N)))
-      (local.set $w (select (i32.const 8) (i32.const 4) (i32.le_u (i32.add (local.get $j) (i32.const 8)) (local.get $N))))
-      (local.set $valid (select (local.get $w) (i32.sub (local.get $N) (local.get $j))
-        (i32.le_u (i32.add (local.get $j) (local.get $w)) (local.get $N))))
+    (loop $kBlocks
+      (local.set $kLen (i32.sub (local.get $K) (local.get $k0)))
+      (local.set $kLen (select (local.get $kLen) (i32.const ${KC}) (i32.lt_u (local.get $kLen) (i32.const ${KC}))))
+      ;; B's panels for rows k0..k0+kLen of B (8 columns while 8 are left, then 4, the last padded).
       (if (local.get $packB)
         (then
-          (call $pack (i32.add (local.get $b) (i32.mul (local.get $j) (local.get $bCol))) (local.get $K)
-            (local.get $bCol) (local.get $bRow) (local.get $w) (local.get $valid) (local.get $q))
-          (local.set $panel (local.get $q))
-          (local.set $qStep (i32.shl (local.get $w) (i32.const 2))))
-        (else
-          (local.set $panel (i32.add (local.get $b) (i32.shl (local.get $j) (i32.const 2))))
-          (local.set $qStep (local.get $bRow))))
-      (call $pack (i32.add (local.get $bias) (i32.shl (local.get $j) (i32.const 2))) (i32.const 1) (i32.const 4) (i32.const 0)
-        (local.get $w) (select (local.get $valid) (i32.const 0) (local.get $hasBias)) (local.get $biasPanel))
-      ${OVER_A_PANELS}
-      (local.set $q (i32.add (local.get $q) (i32.shl (i32.mul (local.get $w) (local.get $K)) (i32.const 2))))
-      (local.set $j (i32.add (local.get $j) (local.get $w)))
-      (br $bPanels))))
+          (local.set $q (local.get $bp))
+          (local.set $j (i32.const 0))
+          (block $packed (loop $packing
+            (br_if $packed (i32.ge_u (local.get $j) (local.get $N)))
+            ${PANEL_WIDTH}
+            (call $pack (i32.add (i32.add (local.get $b) (i32.mul (local.get $j) (local.get $bCol))) (i32.mul (local.get $k0) (local.get $bRow)))
+              (local.get $kLen) (local.get $bCol) (local.get $bRow) (local.get $w) (local.get $valid) (local.get $q))
+            (local.set $q (i32.add (local.get $q) (i32.shl (i32.mul (local.get $w) (local.get $kLen)) (i32.const 2))))
+            (local.set $j (i32.add (local.get $j) (local.get $w)))
+            (br $packing)))))
+      (local.set $i0 (i32.const 0))
+      (loop $mBlocks
+        (local.set $iEnd (i32.add (local.get $i0) (i32.const ${MC})))
+        (local.set $iEnd (select (local.get $iEnd) (local.get $M) (i32.lt_u (local.get $iEnd) (local.get $M))))
+        ;; A's panels for rows i0..iEnd and the block's columns of A: 4 rows while 4 are left, then one row each.
+        (local.set $p (local.get $ap))
+        (local.set $i (local.get $i0))
+        (block $aDone (loop $aPanels
+          (br_if $aDone (i32.ge_u (local.get $i) (local.get $iEnd)))
+          (local.set $w (select (i32.const ${MR}) (i32.const 1) (i32.le_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $M))))
+          (call $pack (i32.add (i32.add (local.get $a) (i32.mul (local.get $i) (local.get $aRow))) (i32.mul (local.get $k0) (local.get $aCol)))
+            (local.get $kLen) (local.get $aRow) (local.get $aCol) (local.get $w) (local.get $w) (local.get $p))
+          (local.set $p (i32.add (local.get $p) (i32.shl (i32.mul (local.get $w) (local.get $kLen)) (i32.const 2))))
+          (local.set $i (i32.add (local.get $i) (local.get $w)))
+          (br $aPanels)))
+        ;; Each panel of B by those rows of A.
+        (local.set $q (local.get $bp))
+        (local.set $j (i32.const 0))
+        (block $bDone (loop $bPanels
+          (br_if $bDone (i32.ge_u (local.get $j) (local.get $N)))
+          ${PANEL_WIDTH}
+          (if (local.get $packB)
+            (then
+              (local.set $panel (local.get $q))
+              (local.set $qStep (i32.shl (local.get $w) (i32.const 2))))
+            (else
+              (local.set $panel (i32.add (i32.add (local.get $b) (i32.shl (local.get $j) (i32.const 2))) (i32.mul (local.get $k0) (local.get $bRow))))
+              (local.set $qStep (local.get $bRow))))
+          (if (i32.eqz (local.get $k0))
+            (then
+              (call $pack (i32.add (local.get $bias) (i32.shl (local.get $j) (i32.const 2))) (i32.const 1) (i32.const 4) (i32.const 0)
+                (local.get $w) (select (local.get $valid) (i32.const 0) (local.get $hasBias)) (local.get $biasPanel))))
+          ${OVER_A_PANELS}
+          (local.set $q (i32.add (local.get $q) (i32.shl (i32.mul (local.get $w) (local.get $kLen)) (i32.const 2))))
+          (local.set $j (i32.add (local.get $j) (local.get $w)))
+          (br $bPanels)))
+        (local.set $i0 (local.get $iEnd))
+        (br_if $mBlocks (i32.lt_u (local.get $i0) (local.get $M))))
+      (local.set $k0 (i32.add (local.get $k0) (local.get $kLen)))
+      (br_if $kBlocks (i32.lt_u (local.get $k0) (local.get $K)))))
   ;; $gemm for tf.matMul: C's rows N floats apart, no causal structure.
   (func (export "gemm") (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
     (param $bias i32) (param $hasBias i32) (param $c i32) (param $M i32) (param $N i32) (param $K i32) (param $ap i32) (param $bp i32) (param $packB i32)
@@ -635,8 +700,8 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
     }
     const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
     const out = backend.makeOutput([...batch, M, N], 'float32');
-    const aPacked = backend.makeOutput([M * K], 'float32');
-    const bPacked = backend.makeOutput([(packB ? K * Math.ceil(N / 4) * 4 : 0) + 8], 'float32');
+    const aPacked = backend.makeOutput([Math.min(M, MC) * Math.min(K, KC)], 'float32');
+    const bPacked = backend.makeOutput([(packB ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8], 'float32');
     const [aAt, bAt, outAt, biasAt] = [at(a), at(b), at(out), bias ? at(bias) : 0];
     // Byte strides of A's (row, k) and B's (k, column), through the transposes.
     const [aRow, aCol] = transposeA ? [4, aCols * 4] : [aCols * 4, 4];

@@ -3,6 +3,7 @@ import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  GEMM_BLOCKS,
   GEMM_MIN_ROWS,
   gemmKernelInstalled,
   installGemmKernel,
@@ -34,8 +35,15 @@ const arbitraryCase: fc.Arbitrary<Case> = fc.record({
   // Rows that fill 4-row blocks and rows that leave 1-3 past the last, on both sides of the row
   // threshold. (Below it, the kernel takes a bias with a transpose or a batch even where it packs
   // B: tfjs-backend-wasm 4.22's own _FusedMatMul gets those wrong.)
-  M: fc.integer({ min: 1, max: GEMM_MIN_ROWS + 70 }),
-  K: fc.integer({ min: 1, max: 48 }),
+  // Now and then more than one block of rows or of K.
+  M: fc.oneof(
+    { weight: 4, arbitrary: fc.integer({ min: 1, max: GEMM_MIN_ROWS + 70 }) },
+    { weight: 1, arbitrary: fc.integer({ min: GEMM_BLOCKS.rows - 3, max: 2 * GEMM_BLOCKS.rows + 9 }) },
+  ),
+  K: fc.oneof(
+    { weight: 4, arbitrary: fc.integer({ min: 1, max: 48 }) },
+    { weight: 1, arbitrary: fc.integer({ min: GEMM_BLOCKS.k - 3, max: 2 * GEMM_BLOCKS.k + 9 }) },
+  ),
   // Whole 8-column panels, a 4-column one, and padded ones.
   N: fc.integer({ min: 1, max: 27 }),
   transposeA: fc.boolean(),
@@ -105,20 +113,20 @@ describe('the relaxed-SIMD matmul kernel', () => {
   });
 
   it('gives a row the same result, bit for bit, whatever rows surround it', () => {
-    const K = 37;
+    const K = GEMM_BLOCKS.k + 37;
     const N = 22;
     const rows = tf.randomNormal([3, K], 0, 1, 'float32', 5);
     const b = tf.randomNormal([K, N], 0, 1, 'float32', 6);
-    const others = tf.randomNormal([200, K], 0, 1, 'float32', 7);
-    // The three rows at the start of a 4-row block, straddling two blocks, and past the last block.
-    const results = [0, 66, 197].map((at) =>
+    const others = tf.randomNormal([GEMM_BLOCKS.rows + 200, K], 0, 1, 'float32', 7);
+    // The three rows at the start of a 4-row block, straddling two 4-row blocks, straddling two blocks
+    // of rows, and past the last 4-row block.
+    const results = [0, 66, GEMM_BLOCKS.rows - 1, GEMM_BLOCKS.rows + 197].map((at) =>
       tf.tidy(() => {
         const a = tf.concat([tf.slice(others, 0, at), rows, tf.slice(others, at)]);
         return tf.slice(tf.matMul(a, b), at, 3).dataSync();
       }),
     );
-    expect(results[1]).toEqual(results[0]);
-    expect(results[2]).toEqual(results[0]);
+    for (const result of results.slice(1)) expect(result).toEqual(results[0]);
     tf.dispose([rows, b, others]);
   });
 
