@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { adamwStep, simdKernelsAvailable } from '../policy/simdKernels.ts';
 
 export interface AdamWConfig {
   beta1?: number;
@@ -42,21 +43,46 @@ export class AdamW {
     return this.t;
   }
 
-  /** One update with gradients by parameter name (a name without a gradient is left alone). */
-  apply(grads: tf.NamedTensorMap, learningRate: number): void {
+  /**
+   * One update with gradients by parameter name (a name without a gradient is left alone), each
+   * multiplied by gradScale first (global-norm clipping's factor). On the wasm backend with rxrl's
+   * kernels, one pass per parameter (simdKernels.ts's adamwStep, the same arithmetic).
+   */
+  apply(grads: tf.NamedTensorMap, learningRate: number, gradScale = 1): void {
     this.t++;
     const c1 = 1 - this.beta1 ** this.t;
     const c2 = 1 - this.beta2 ** this.t;
+    const fused = simdKernelsAvailable(4);
     tf.tidy(() => {
       for (const [name, p] of this.params) {
-        const g = grads[name];
-        if (!g) continue;
+        const grad = grads[name];
+        if (!grad) continue;
         const m = this.m.get(name)!;
         const v = this.v.get(name)!;
+        const weightDecay = p.rank >= 2 ? this.weightDecay : 0;
+        if (fused) {
+          const [p2, m2, v2] = adamwStep(p, grad, m, v, {
+            gradScale,
+            beta1: this.beta1,
+            oneMinusBeta1: 1 - this.beta1,
+            beta2: this.beta2,
+            oneMinusBeta2: 1 - this.beta2,
+            c1,
+            c2,
+            epsilon: this.epsilon,
+            weightDecay,
+            learningRate,
+          });
+          m.assign(m2);
+          v.assign(v2);
+          p.assign(p2);
+          continue;
+        }
+        const g = gradScale === 1 ? grad : tf.mul(grad, gradScale);
         m.assign(tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1)));
         v.assign(tf.add(tf.mul(v, this.beta2), tf.mul(tf.mul(g, g), 1 - this.beta2)));
         const update = tf.div(tf.div(m, c1), tf.add(tf.sqrt(tf.div(v, c2)), this.epsilon));
-        const decay = this.weightDecay > 0 && p.rank >= 2 ? tf.mul(p, this.weightDecay) : undefined;
+        const decay = weightDecay > 0 ? tf.mul(p, weightDecay) : undefined;
         p.assign(tf.sub(p, tf.mul(decay ? tf.add(update, decay) : update, learningRate)));
       }
     });

@@ -18,18 +18,13 @@ export function lossAndGradients(
   return { value, grads };
 }
 
-/** Scales the gradients in place to a global norm of at most `max` (0: no clipping); returns the norm before. */
-export function clipByGlobalNorm(grads: tf.NamedTensorMap, max: number): number {
+/**
+ * The global norm of the gradients and the factor that brings it down to `max` (1 where it is
+ * below, or max is 0: no clipping).
+ */
+export function globalNormScale(grads: tf.NamedTensorMap, max: number): { norm: number; scale: number } {
   const normTensor = tf.tidy(() => tf.sqrt(tf.addN(Object.values(grads).map((g) => tf.sum(tf.mul(g, g))))));
   const norm = normTensor.dataSync()[0]!;
   normTensor.dispose();
-  if (max > 0 && norm > max) {
-    const scale = max / (norm + 1e-6);
-    for (const name of Object.keys(grads)) {
-      const scaled = tf.mul(grads[name]!, scale);
-      grads[name]!.dispose();
-      grads[name] = scaled;
-    }
-  }
-  return norm;
+  return { norm, scale: max > 0 && norm > max ? max / (norm + 1e-6) : 1 };
 }

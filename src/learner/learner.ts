@@ -4,7 +4,7 @@ import { DEFAULT_GRPO_LOSS, grpoLoss, type GrpoLossConfig } from '../grpo/loss.t
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 import { GPT, pickTokenLogProbs, tokenEntropy } from '../policy/gpt.ts';
 import { AdamW, type AdamWConfig } from './adamw.ts';
-import { clipByGlobalNorm, lossAndGradients } from './gradients.ts';
+import { globalNormScale, lossAndGradients } from './gradients.ts';
 import { learningRateAt, type LearningRateSchedule } from './schedule.ts';
 
 export interface LearnerConfig {
@@ -169,9 +169,10 @@ export class Learner {
       return r.loss;
     });
 
-    const gradNorm = clipByGlobalNorm(grads, this.config.maxGradNorm);
+    // Clipping's factor goes into the optimiser's pass over each gradient.
+    const { norm: gradNorm, scale } = globalNormScale(grads, this.config.maxGradNorm);
     const learningRate = learningRateAt(this.config.learningRate, this.stepCount);
-    this.optimizer.apply(grads, learningRate);
+    this.optimizer.apply(grads, learningRate, scale);
     this.stepCount++;
     if (
       this.reference &&

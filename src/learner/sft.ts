@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 import type { GPT } from '../policy/gpt.ts';
 import { AdamW, type AdamWConfig } from './adamw.ts';
-import { clipByGlobalNorm, lossAndGradients } from './gradients.ts';
+import { globalNormScale, lossAndGradients } from './gradients.ts';
 import { learningRateAt, type LearningRateSchedule } from './schedule.ts';
 
 /** One training sequence and the first token the loss covers (the completion, for SFT on prompts). */
@@ -65,8 +65,8 @@ export class SftTrainer {
         tf.div(tf.neg(tf.sum(this.model.sequenceLogProbs(ids, mask))), tf.maximum(tf.sum(mask), 1)),
       ),
     );
-    const norm = clipByGlobalNorm(grads, this.config.maxGradNorm ?? 1);
-    this.optimizer.apply(grads, lr);
+    const { norm, scale } = globalNormScale(grads, this.config.maxGradNorm ?? 1);
+    this.optimizer.apply(grads, lr, scale);
     this.steps++;
     const loss = value.dataSync()[0]!;
     tf.dispose([value, ids, mask, ...Object.values(grads)]);

@@ -261,14 +261,23 @@ function eachHead(body: string): string {
 }
 
 /** WAT: a $gemm call for a [T, T] by [T, hd] or [T, hd] by [hd, T] product of one head (see eachHead). */
-function headGemm(a: string, [aRow, aCol]: [string, string], b: string, [bRow, bCol]: [string, string], c: string,
-  cRow: string, [M, N, K]: [string, string, string], causal: keyof typeof CAUSAL): string {
+function headGemm(
+  a: string,
+  [aRow, aCol]: [string, string],
+  b: string,
+  [bRow, bCol]: [string, string],
+  c: string,
+  cRow: string,
+  [M, N, K]: [string, string, string],
+  causal: keyof typeof CAUSAL,
+): string {
   return `(call $gemm ${a} ${aRow} ${aCol} ${b} ${bRow} ${bCol} (i32.const 0) (i32.const 0) ${c} ${cRow}
         ${M} ${N} ${K} (local.get $ap) (local.get $bp) (i32.const 1) (i32.const ${CAUSAL[causal]}))`;
 }
 
 const get = (name: string): string => `(local.get $${name})`;
-const plus = (name: string, offset = 'base'): string => `(i32.add (local.get $${name}) (local.get $${offset}))`;
+const plus = (name: string, offset = 'base'): string =>
+  `(i32.add (local.get $${name}) (local.get $${offset}))`;
 const [T, HD, ROWS, T_ROW, FOUR] = [get('T'), get('hd'), get('rowBytes'), get('tRow'), '(i32.const 4)'];
 
 /**
@@ -620,7 +629,9 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   const exports = (await WebAssembly.instantiate(module, { env: { memory } })).exports as unknown as Exports;
   const matMuls = MATMUL_KERNELS.map((name) => tf.getKernel(name, 'wasm'));
   if (!matMuls.every((kernel) => kernel !== undefined)) return false;
-  const attention = ATTENTION_KERNELS.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
+  const attention = ATTENTION_KERNELS.map((name) => tf.getKernel(name, 'wasm')).filter(
+    (k) => k !== undefined,
+  );
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc =>
     kernel.kernelName === SIMD_KERNELS.causalAttention
       ? causalAttentionKernel(exports)
@@ -629,7 +640,11 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
         : gemmKernel(exports, kernel);
   for (const kernel of [...matMuls, ...attention]) {
     tf.unregisterKernel(kernel.kernelName, 'wasm');
-    tf.registerKernel({ kernelName: kernel.kernelName, backendName: 'wasm', kernelFunc: replacement(kernel) });
+    tf.registerKernel({
+      kernelName: kernel.kernelName,
+      backendName: 'wasm',
+      kernelFunc: replacement(kernel),
+    });
   }
   replaced = [...matMuls, ...attention];
   return true;
@@ -744,7 +759,10 @@ function causalAttentionKernel(exports: Exports): tf.KernelFunc {
     const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
     const backend = args.backend as unknown as WasmBackend;
     const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
-    const [y, p] = [backend.makeOutput([B * T, H * hd], 'float32'), backend.makeOutput([B, H, T, T], 'float32')];
+    const [y, p] = [
+      backend.makeOutput([B * T, H * hd], 'float32'),
+      backend.makeOutput([B, H, T, T], 'float32'),
+    ];
     const scratch = headScratch(T, hd).map((n) => backend.makeOutput([n], 'float32'));
     const [ap, bp] = scratch.map(at) as [number, number];
     exports.causalAttention(at(q), at(k), at(v), at(y), at(p), ap, bp, B, T, H, hd, scale);
@@ -765,7 +783,25 @@ function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
     const scratch = [T * T, T * T, ...headScratch(T, hd)].map((n) => backend.makeOutput([n], 'float32'));
     const [m, pm, ap, bp] = scratch.map(at) as [number, number, number, number];
     const [dq, dk, dv] = grads.map(at) as [number, number, number];
-    exports.causalAttentionGrad(at(dy), at(q), at(k), at(v), at(p), m, pm, dq, dk, dv, ap, bp, B, T, H, hd, scale);
+    exports.causalAttentionGrad(
+      at(dy),
+      at(q),
+      at(k),
+      at(v),
+      at(p),
+      m,
+      pm,
+      dq,
+      dk,
+      dv,
+      ap,
+      bp,
+      B,
+      T,
+      H,
+      hd,
+      scale,
+    );
     for (const t of scratch) backend.disposeData(t.dataId);
     return grads;
   };

@@ -53,6 +53,7 @@ export const KERNELS = {
   layerNorm: 'RxrlLayerNorm',
   layerNormGrad: 'RxrlLayerNormGrad',
   columnSum: 'RxrlColumnSum',
+  adamw: 'RxrlAdamW',
   gelu: 'RxrlGelu',
   geluGrad: 'RxrlGeluGrad',
   causalAttention: 'RxrlCausalAttention',
@@ -161,6 +162,70 @@ function keyGradient(n: number): string {
               (v128.store (i32.add (local.get $dv) (local.get $at))
                 (f32x4.add (v128.load (i32.add (local.get $dv) (local.get $at))) (f32x4.mul (local.get $a${n}) (local.get $dyv))))`;
 }
+
+/** The scalars of one AdamW update, in the order the kernel takes them. */
+const ADAMW_SCALARS = [
+  'gradScale',
+  'beta1',
+  'oneMinusBeta1',
+  'beta2',
+  'oneMinusBeta2',
+  'c1',
+  'c2',
+  'epsilon',
+  'weightDecay',
+  'learningRate',
+] as const;
+type AdamWScalars = Record<(typeof ADAMW_SCALARS)[number], number>;
+
+/**
+ * WAT: AdamW's update (src/learner/adamw.ts) in one pass over n floats instead of about 15 tfjs
+ * kernels (each its own pass over the parameter): g' = g gradScale; m' = beta1 m + (1 - beta1) g';
+ * v' = beta2 v + (1 - beta2) g'^2; p' = p - lr ((m'/c1) / (sqrt(v'/c2) + eps) + wd p), without the wd
+ * term where $decay is 0. The same float32 operations in the same order as those kernels, so the same
+ * values: 4 floats at a time, then one at a time.
+ */
+const ADAMW_WAT = (() => {
+  /** One step over 4 floats (f32x4: locals $gv, $mv, ...) or one (f32: $gs, $ms, ...) at $at. */
+  const step = (type: 'f32x4' | 'f32'): string => {
+    const [load, store, suffix, scalar] =
+      type === 'f32x4'
+        ? ['v128.load', 'v128.store', 'v', (k: string) => `$${k}V`]
+        : ['f32.load', 'f32.store', 's', (k: string) => `$${k}`];
+    const op = (name: string, ...args: string[]): string => `(${type}.${name} ${args.join(' ')})`;
+    const x = (name: string): string => `(${load} (i32.add (local.get $${name}) (local.get $at)))`;
+    const k = (name: (typeof ADAMW_SCALARS)[number]): string => `(local.get ${scalar(name)})`;
+    const get = (name: string): string => `(local.get $${name}${suffix})`;
+    const set = (name: string, value: string): string => `(local.set $${name}${suffix} ${value})`;
+    return `
+        ${set('g', op('mul', x('g'), k('gradScale')))}
+        ${set('m', op('add', op('mul', x('m'), k('beta1')), op('mul', get('g'), k('oneMinusBeta1'))))}
+        ${set('v', op('add', op('mul', x('v'), k('beta2')), op('mul', op('mul', get('g'), get('g')), k('oneMinusBeta2'))))}
+        ${set('u', op('div', op('div', get('m'), k('c1')), op('add', op('sqrt', op('div', get('v'), k('c2'))), k('epsilon'))))}
+        (if (local.get $decay) (then ${set('u', op('add', get('u'), op('mul', x('p'), k('weightDecay'))))}))
+        (${store} (i32.add (local.get $mOut) (local.get $at)) ${get('m')})
+        (${store} (i32.add (local.get $vOut) (local.get $at)) ${get('v')})
+        (${store} (i32.add (local.get $pOut) (local.get $at)) ${op('sub', x('p'), op('mul', get('u'), k('learningRate')))})`;
+  };
+  return `
+  (func (export "adamw") (param $p i32) (param $g i32) (param $m i32) (param $v i32) (param $pOut i32) (param $mOut i32)
+    (param $vOut i32) (param $n i32) (param $decay i32)
+    ${ADAMW_SCALARS.map((name) => `(param $${name} f32)`).join(' ')}
+    ${ADAMW_SCALARS.map((name) => `(local $${name}V v128)`).join(' ')}
+    (local $at i32) (local $end i32) (local $gv v128) (local $mv v128) (local $vv v128) (local $uv v128)
+    (local $gs f32) (local $ms f32) (local $vs f32) (local $us f32)
+    ${ADAMW_SCALARS.map((name) => `(local.set $${name}V (f32x4.splat (local.get $${name})))`).join('\n    ')}
+    (local.set $end (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2)))
+    (block $vDone (loop $vLoop
+      (br_if $vDone (i32.ge_u (local.get $at) (local.get $end)))${step('f32x4')}
+      (local.set $at (i32.add (local.get $at) (i32.const 16)))
+      (br $vLoop)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $sDone (loop $sLoop
+      (br_if $sDone (i32.ge_u (local.get $at) (local.get $end)))${step('f32')}
+      (local.set $at (i32.add (local.get $at) (i32.const 4)))
+      (br $sLoop))))`;
+})();
 
 /**
  * WAT: $exp4, e^x for x <= 0 (softmax's arguments), 4 lanes at a time (gemmKernel.ts uses it too).
@@ -497,6 +562,8 @@ const KERNELS_WAT = `
       (local.set $r (i32.add (local.get $r) (i32.const 1)))
       (br $rLoop))))
 
+${ADAMW_WAT}
+
   ;; Causal self-attention over T tokens for training, per (b, h): P[i, j] = softmax_j<=i(scale q_i . k_j)
   ;; and y_i = sum_j<=i P[i, j] v_j. q, k, v and y are [B*T, H*hd] (row b*T+i, head h at column h*hd:
   ;; the layout of the projections, so no transposes); P is [B, H, T, T], written for j <= i only
@@ -673,6 +740,18 @@ interface Exports {
     d: number,
   ): void;
   columnSum(x: number, out: number, R: number, C: number): void;
+  adamw(
+    p: number,
+    g: number,
+    m: number,
+    v: number,
+    pOut: number,
+    mOut: number,
+    vOut: number,
+    n: number,
+    decay: number,
+    ...scalars: number[]
+  ): void;
   gelu(x: number, y: number, s: number, n: number): void;
   geluGrad(dy: number, x: number, s: number, dx: number, n: number): void;
   causalAttention(
@@ -747,6 +826,7 @@ export async function installSimdKernels(wasmVersion: string): Promise<boolean> 
   register(KERNELS.layerNorm, layerNormKernel);
   register(KERNELS.layerNormGrad, layerNormGradKernel);
   register(KERNELS.columnSum, columnSumKernel);
+  register(KERNELS.adamw, adamwKernel);
   register(KERNELS.gelu, geluKernel);
   register(KERNELS.geluGrad, geluGradKernel);
   register(KERNELS.causalAttention, causalAttentionKernel);
@@ -866,6 +946,26 @@ export function columnSum(x: tf.Tensor2D): tf.Tensor1D {
   expectLanes('columnSum', 'the row width', x.shape[1]);
   expectShape('columnSum')('x', x, [x.shape[0], x.shape[1]]);
   return tf.engine().runKernel(KERNELS.columnSum, { x }) as tf.Tensor1D;
+}
+
+/**
+ * One AdamW update of a parameter p with its gradient g and moments m, v (all float32, one shape):
+ * [p', m', v'] (see ADAMW_WAT). weightDecay 0 leaves the decay term out.
+ */
+export function adamwStep(
+  p: tf.Tensor,
+  g: tf.Tensor,
+  m: tf.Tensor,
+  v: tf.Tensor,
+  scalars: AdamWScalars,
+): [tf.Tensor, tf.Tensor, tf.Tensor] {
+  const expect = expectShape('adamwStep');
+  for (const [name, t] of Object.entries({ p, g, m, v })) expect(name, t, p.shape);
+  return tf.engine().runKernel(KERNELS.adamw, { p, g, m, v }, { ...scalars }) as unknown as [
+    tf.Tensor,
+    tf.Tensor,
+    tf.Tensor,
+  ];
 }
 
 /** The kernels step through rows 4 floats at a time: a row of another width would run past its end. */
@@ -1017,6 +1117,23 @@ function columnSumKernel(exports: Exports): tf.KernelFunc {
     const out = output([C]);
     exports.columnSum(at(x!), at(out), R, C);
     return out;
+  });
+}
+
+function adamwKernel(exports: Exports): tf.KernelFunc {
+  return wasmKernel(({ inputs: { p, g, m, v }, attrs, output, at }) => {
+    const outs = [output(p!.shape), output(p!.shape), output(p!.shape)];
+    exports.adamw(
+      at(p!),
+      at(g!),
+      at(m!),
+      at(v!),
+      ...(outs.map(at) as [number, number, number]),
+      tf.util.sizeFromShape(p!.shape),
+      attrs.weightDecay === 0 ? 0 : 1,
+      ...ADAMW_SCALARS.map((name) => attrs[name]!),
+    );
+    return outs;
   });
 }
 
