@@ -266,7 +266,7 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
       }
       torch.allThreads = rate(sortTiming(many), trainTokens);
     }
-    server.close();
+    await server.close();
   } else {
     if (server) torchErrors.push(`${size.name}: ${server.error}`);
     step = rate(await time(runs, tfjsStep), trainTokens);
@@ -433,8 +433,12 @@ class TorchServer {
     if ('error' in answer) throw new Error(`PyTorch bench: ${answer.error}`);
   }
 
-  close(): void {
+  /** Ends the server and waits for its process to exit, so that it shares no CPU with what runs next. */
+  async close(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
     this.child.stdin.end();
+    await exited;
   }
 
   private async next(): Promise<Record<string, unknown> | { error: string }> {
