@@ -35,7 +35,7 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import { EXP4_WAT, KERNELS as SIMD_KERNELS, type KernelArgs, type WasmBackend } from './simdKernels.ts';
+import { KERNELS as SIMD_KERNELS, type KernelArgs, type WasmBackend } from './simdKernels.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
 declare const WebAssembly: {
@@ -199,6 +199,9 @@ const OVER_A_PANELS = `
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $rows)))`;
 
+/** WAT: a vector of 4 copies of x. */
+const splat = (x: number): string => `(v128.const f32x4 ${x} ${x} ${x} ${x})`;
+
 /** WAT: the address of float $j of the row at $row. */
 const AT_J = '(i32.add (local.get $row) (i32.shl (local.get $j) (i32.const 2)))';
 
@@ -225,20 +228,33 @@ function upToDiagonal(by4: string | undefined, by1: string): string {
         (br $by1)))`;
 }
 
-/** WAT: `body` for each row $i of a [T, T] matrix at $m, at $row; then zeros past the row's diagonal. */
-function eachCausalRow(body: string): string {
+/**
+ * WAT: `body` for each row $i of a [T, T] matrix at $m, at $row; then `after` for each column
+ * past the diagonal to the end of its block of 4 ($j; the columns a 4-row block of $gemm's causal
+ * modes reads past the diagonal, so they must hold zeros).
+ */
+function eachCausalRow(body: string, after: string): string {
   return `
     (local.set $row (local.get $m))
     (local.set $i (i32.const 0))
     (block $rowsDone (loop $rows
       (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $T)))
       ${body}
-      (memory.fill (i32.add (local.get $row) (i32.shl (i32.add (local.get $i) (i32.const 1)) (i32.const 2))) (i32.const 0)
-        (i32.shl (i32.sub (i32.sub (local.get $T) (local.get $i)) (i32.const 1)) (i32.const 2)))
+      (local.set $j (i32.add (local.get $i) (i32.const 1)))
+      (block $zerosDone (loop $zeros
+        (br_if $zerosDone (i32.or (i32.ge_u (local.get $j) (local.get $T)) (i32.eqz (i32.and (local.get $j) (i32.const 3)))))
+        ${after}
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $zeros)))
       (local.set $row (i32.add (local.get $row) (i32.shl (local.get $T) (i32.const 2))))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $rows)))`;
 }
+
+/** WAT: the sum of a vector's 4 lanes. */
+const hsum = (v: string): string => `(f32.add
+        (f32.add (f32x4.extract_lane 0 ${v}) (f32x4.extract_lane 1 ${v}))
+        (f32.add (f32x4.extract_lane 2 ${v}) (f32x4.extract_lane 3 ${v})))`;
 
 /**
  * WAT: `body` for each head (b, h) of [B*T, H*hd] q/k/v rows, with $base the byte offset of its
@@ -288,12 +304,29 @@ const [T, HD, ROWS, T_ROW, FOUR] = [get('T'), get('hd'), get('rowBytes'), get('t
  * products skip what the causal mask makes zero (CAUSAL).
  */
 const ATTENTION_WAT = `
-  ${EXP4_WAT}
-  ;; Each row i of the [T, T] scores at m becomes softmax_j<=i(scale m[i, j]), zeros past the diagonal.
-  ;; The sum runs in order, one score at a time.
+  ;; e^x for x <= 0, 4 lanes at a time, with fused multiply-adds (about half the operations of
+  ;; simdKernels.ts's $exp4, to the same error): n = round(x log2 e), found by adding 1.5 * 2^23 (n lands
+  ;; in the low bits of the sum's mantissa); r = x - n ln2 (ln2 in two parts); e^r by its Taylor series
+  ;; to r^7 (truncation error < 6e-9) in Horner form; 2^n built from n's bits. Below -87, 0.
+  (func $expFma (param $x v128) (result v128)
+    (local $t v128) (local $n v128) (local $r v128) (local $p v128)
+    (local.set $t (f32x4.relaxed_madd (local.get $x) ${splat(Math.LOG2E)} ${splat(12582912)}))
+    (local.set $n (f32x4.sub (local.get $t) ${splat(12582912)}))
+    (local.set $r (f32x4.relaxed_nmadd (local.get $n) ${splat(0.693359375)} (local.get $x)))
+    (local.set $r (f32x4.relaxed_nmadd (local.get $n) ${splat(-2.1219444e-4)} (local.get $r)))
+    (local.set $p ${splat(1 / 5040)})
+    ${[720, 120, 24, 6, 2, 1, 1]
+      .map((k) => `(local.set $p (f32x4.relaxed_madd (local.get $p) (local.get $r) ${splat(1 / k)}))`)
+      .join('\n    ')}
+    (v128.andnot
+      (f32x4.mul (local.get $p) (i32x4.add (i32x4.shl (local.get $t) (i32.const 23)) (v128.const i32x4 0x3f800000 0x3f800000 0x3f800000 0x3f800000)))
+      (f32x4.lt (local.get $x) ${splat(-87)})))
+  ;; Each row i of the [T, T] scores at m becomes softmax_j<=i(scale m[i, j]) (zeros past the diagonal
+  ;; to the end of its block of 4; the rest of the row is left as it was).
   (func $softmaxRows (param $m i32) (param $T i32) (param $scale f32)
-    (local $i i32) (local $j i32) (local $row i32) (local $max f32) (local $sum f32) (local $v v128)
-    ${eachCausalRow(`
+    (local $i i32) (local $j i32) (local $row i32) (local $max f32) (local $sum f32) (local $v v128) (local $e v128)
+    ${eachCausalRow(
+      `
       (local.set $v (v128.const f32x4 -inf -inf -inf -inf))
       (local.set $max (f32.const -inf))
       ${upToDiagonal(
@@ -303,50 +336,56 @@ const ATTENTION_WAT = `
       (local.set $max (f32.mul (local.get $scale) (f32.max (local.get $max) (f32.max
         (f32.max (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
         (f32.max (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))))
-      (local.set $v (f32x4.splat (local.get $max)))
-      ${upToDiagonal(
-        `(v128.store ${AT_J} (call $exp4 (f32x4.sub (f32x4.mul (v128.load ${AT_J}) (f32x4.splat (local.get $scale))) (local.get $v))))`,
-        `(f32.store ${AT_J} (f32x4.extract_lane 0 (call $exp4
-          (f32x4.sub (f32x4.mul (f32x4.splat (f32.load ${AT_J})) (f32x4.splat (local.get $scale))) (local.get $v)))))`,
-      )}
+      (local.set $v (v128.const f32x4 0 0 0 0))
       (local.set $sum (f32.const 0))
-      ${upToDiagonal(undefined, `(local.set $sum (f32.add (local.get $sum) (f32.load ${AT_J})))`)}
-      (local.set $sum (f32.div (f32.const 1) (local.get $sum)))
       ${upToDiagonal(
-        `(v128.store ${AT_J} (f32x4.mul (v128.load ${AT_J}) (f32x4.splat (local.get $sum))))`,
+        `(local.set $e (call $expFma (f32x4.sub (f32x4.mul (v128.load ${AT_J}) (f32x4.splat (local.get $scale)))
+          (f32x4.splat (local.get $max)))))
+        (v128.store ${AT_J} (local.get $e))
+        (local.set $v (f32x4.add (local.get $v) (local.get $e)))`,
+        `(local.set $e (call $expFma (f32x4.splat (f32.sub (f32.mul (f32.load ${AT_J}) (local.get $scale)) (local.get $max)))))
+        (f32.store ${AT_J} (f32x4.extract_lane 0 (local.get $e)))
+        (local.set $sum (f32.add (local.get $sum) (f32x4.extract_lane 0 (local.get $e))))`,
+      )}
+      (local.set $sum (f32.div (f32.const 1) (f32.add ${hsum('(local.get $v)')} (local.get $sum))))
+      (local.set $v (f32x4.splat (local.get $sum)))
+      ${upToDiagonal(
+        `(v128.store ${AT_J} (f32x4.mul (v128.load ${AT_J}) (local.get $v)))`,
         `(f32.store ${AT_J} (f32.mul (f32.load ${AT_J}) (local.get $sum)))`,
-      )}`)})
+      )}`,
+      `(f32.store ${AT_J} (f32.const 0))`,
+    )})
 
-  ;; Each row i of dP [T, T] at m becomes dS = scale P (dP - sum_j<=i P dP), zeros past the diagonal; pm
-  ;; gets P with zeros past the diagonal.
+  ;; Each row i of dP [T, T] at m becomes dS = scale P (dP - sum_j<=i P dP), and pm gets P's row; both
+  ;; with zeros past the diagonal to the end of its block of 4 (so P's own zeros are not relied on).
   (func $softmaxGradRows (param $p i32) (param $m i32) (param $pm i32) (param $T i32) (param $scale f32)
-    (local $i i32) (local $j i32) (local $row i32) (local $pRow i32) (local $D f32) (local $v v128) (local $d v128)
-    ${eachCausalRow(`
+    (local $i i32) (local $j i32) (local $row i32) (local $pRow i32) (local $pmRow i32) (local $D f32) (local $v v128)
+    (local $d v128) (local $pv v128)
+    ${eachCausalRow(
+      `
       (local.set $pRow (i32.add (local.get $p) (i32.sub (local.get $row) (local.get $m))))
+      (local.set $pmRow (i32.add (local.get $pm) (i32.sub (local.get $row) (local.get $m))))
       (local.set $v (v128.const f32x4 0 0 0 0))
       (local.set $D (f32.const 0))
       ${upToDiagonal(
-        `(local.set $v (f32x4.add (local.get $v)
-          (f32x4.mul (v128.load ${AT_J}) (v128.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2)))))))`,
-        `(local.set $D (f32.add (local.get $D)
-          (f32.mul (f32.load ${AT_J}) (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2)))))))`,
+        `(local.set $pv (v128.load ${AT_J.replace('$row', '$pRow')}))
+        (v128.store ${AT_J.replace('$row', '$pmRow')} (local.get $pv))
+        (local.set $v (f32x4.add (local.get $v) (f32x4.mul (v128.load ${AT_J}) (local.get $pv))))`,
+        `(f32.store ${AT_J.replace('$row', '$pmRow')} (f32.load ${AT_J.replace('$row', '$pRow')}))
+        (local.set $D (f32.add (local.get $D) (f32.mul (f32.load ${AT_J}) (f32.load ${AT_J.replace('$row', '$pRow')}))))`,
       )}
-      (local.set $D (f32.add (local.get $D) (f32.add
-        (f32.add (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
-        (f32.add (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v))))))
+      (local.set $D (f32.add (local.get $D) ${hsum('(local.get $v)')}))
       (local.set $d (f32x4.splat (local.get $D)))
       (local.set $v (f32x4.splat (local.get $scale)))
       ${upToDiagonal(
-        `(v128.store ${AT_J} (f32x4.mul (f32x4.mul (v128.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
+        `(v128.store ${AT_J} (f32x4.mul (f32x4.mul (v128.load ${AT_J.replace('$row', '$pmRow')})
           (f32x4.sub (v128.load ${AT_J}) (local.get $d))) (local.get $v)))`,
-        `(f32.store ${AT_J} (f32.mul (f32.mul (f32.load (i32.add (local.get $pRow) (i32.shl (local.get $j) (i32.const 2))))
+        `(f32.store ${AT_J} (f32.mul (f32.mul (f32.load ${AT_J.replace('$row', '$pmRow')})
           (f32.sub (f32.load ${AT_J}) (local.get $D))) (local.get $scale)))`,
-      )}
-      (memory.copy (i32.add (local.get $pm) (i32.sub (local.get $row) (local.get $m))) (local.get $pRow)
-        (i32.shl (i32.add (local.get $i) (i32.const 1)) (i32.const 2)))
-      (memory.fill (i32.add (i32.add (local.get $pm) (i32.sub (local.get $row) (local.get $m)))
-          (i32.shl (i32.add (local.get $i) (i32.const 1)) (i32.const 2))) (i32.const 0)
-        (i32.shl (i32.sub (i32.sub (local.get $T) (local.get $i)) (i32.const 1)) (i32.const 2)))`)})
+      )}`,
+      `(f32.store ${AT_J} (f32.const 0))
+        (f32.store ${AT_J.replace('$row', '$pmRow')} (f32.const 0))`,
+    )})
 
   ;; q, k, v and y are [B*T, H*hd]; P [B, H, T, T]; ap and bp $gemm's scratch for T x max(T, hd) and
   ;; hd x T (T rounded up to 4) + 8 floats.
