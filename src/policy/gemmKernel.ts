@@ -5,6 +5,8 @@
  * six per-head products (two forward, four back) it runs on the same packed micro-kernels, skipping
  * the blocks and the stretches of K that causality makes zero: those kernels' own loops (a dot
  * product per score, a read-modify-write of dK and dV per key) ran at about a third of the speed.
+ * And it takes over simdKernels.ts's GELU: with an FMA exponential whose constants live in locals,
+ * two vectors at a time, it runs in half the time.
  *
  * Why: dense matmuls are most of a learner step on the wasm backend (about 600 of 860 ms of kernel
  * time for the ~1M model's 16 x 128 tokens). tfjs-backend-wasm hands them to XNNPACK, whose wasm
@@ -202,6 +204,68 @@ const OVER_A_PANELS = `
 /** WAT: a vector of 4 copies of x. */
 const splat = (x: number): string => `(v128.const f32x4 ${x} ${x} ${x} ${x})`;
 
+/**
+ * The constants of expFma, each held in a local (`$k_<name>`) that a function sets once: V8 builds a
+ * v128.const in three instructions wherever it is used, inside loops too, which made the exponential
+ * twice as long.
+ */
+const EXP_CONSTANTS = {
+  log2e: Math.LOG2E,
+  magic: 12582912,
+  ln2hi: 0.693359375,
+  ln2lo: -2.1219444e-4,
+  c7: 1 / 5040,
+  c6: 1 / 720,
+  c5: 1 / 120,
+  c4: 1 / 24,
+  c3: 1 / 6,
+  c2: 1 / 2,
+  one: 1,
+  low: -87,
+} as const;
+
+/** WAT: the locals expFma uses (`lanes` sets of temporaries), and the statements that set its constants. */
+function expLocals(lanes = 1): string {
+  return [
+    ...Object.keys(EXP_CONSTANTS).map((k) => `(local $k_${k} v128)`),
+    ...Array.from(
+      { length: lanes },
+      (_, u) => `(local $et${u} v128) (local $en${u} v128) (local $er${u} v128) (local $ep${u} v128)`,
+    ),
+  ].join(' ');
+}
+const EXP_SETUP = Object.entries(EXP_CONSTANTS)
+  .map(([k, v]) => `(local.set $k_${k} ${splat(v)})`)
+  .join('\n    ');
+
+/**
+ * WAT: statements that set local `target` to e^x (x <= 0; `x` a local's name), 4 lanes at a time, with
+ * fused multiply-adds (about half the operations of simdKernels.ts's $exp4, to the same error):
+ * n = round(x log2 e), found by adding 1.5 * 2^23 (n lands in the low bits of the sum's mantissa);
+ * r = x - n ln2 (ln2 in two parts); e^r by its Taylor series to r^7 (truncation error < 6e-9) in
+ * Horner form; 2^n built from n's bits. Below -87, 0. `u` picks a set of temporaries.
+ */
+function expFma(x: string, target: string, u = 0): string {
+  const k = (name: keyof typeof EXP_CONSTANTS): string => `(local.get $k_${name})`;
+  const [t, n, r, p] = ['et', 'en', 'er', 'ep'].map((name) => `$${name}${u}`) as [
+    string,
+    string,
+    string,
+    string,
+  ];
+  return `(local.set ${t} (f32x4.relaxed_madd (local.get ${x}) ${k('log2e')} ${k('magic')}))
+      (local.set ${n} (f32x4.sub (local.get ${t}) ${k('magic')}))
+      (local.set ${r} (f32x4.relaxed_nmadd (local.get ${n}) ${k('ln2hi')} (local.get ${x})))
+      (local.set ${r} (f32x4.relaxed_nmadd (local.get ${n}) ${k('ln2lo')} (local.get ${r})))
+      (local.set ${p} ${k('c7')})
+      ${(['c6', 'c5', 'c4', 'c3', 'c2', 'one', 'one'] as const)
+        .map((c) => `(local.set ${p} (f32x4.relaxed_madd (local.get ${p}) (local.get ${r}) ${k(c)}))`)
+        .join('\n      ')}
+      (local.set ${target} (v128.andnot
+        (f32x4.mul (local.get ${p}) (i32x4.add (i32x4.shl (local.get ${t}) (i32.const 23)) ${k('one')}))
+        (f32x4.lt (local.get ${x}) ${k('low')})))`;
+}
+
 /** WAT: the address of float $j of the row at $row. */
 const AT_J = '(i32.add (local.get $row) (i32.shl (local.get $j) (i32.const 2)))';
 
@@ -304,27 +368,46 @@ const [T, HD, ROWS, T_ROW, FOUR] = [get('T'), get('hd'), get('rowBytes'), get('t
  * products skip what the causal mask makes zero (CAUSAL).
  */
 const ATTENTION_WAT = `
-  ;; e^x for x <= 0, 4 lanes at a time, with fused multiply-adds (about half the operations of
-  ;; simdKernels.ts's $exp4, to the same error): n = round(x log2 e), found by adding 1.5 * 2^23 (n lands
-  ;; in the low bits of the sum's mantissa); r = x - n ln2 (ln2 in two parts); e^r by its Taylor series
-  ;; to r^7 (truncation error < 6e-9) in Horner form; 2^n built from n's bits. Below -87, 0.
-  (func $expFma (param $x v128) (result v128)
-    (local $t v128) (local $n v128) (local $r v128) (local $p v128)
-    (local.set $t (f32x4.relaxed_madd (local.get $x) ${splat(Math.LOG2E)} ${splat(12582912)}))
-    (local.set $n (f32x4.sub (local.get $t) ${splat(12582912)}))
-    (local.set $r (f32x4.relaxed_nmadd (local.get $n) ${splat(0.693359375)} (local.get $x)))
-    (local.set $r (f32x4.relaxed_nmadd (local.get $n) ${splat(-2.1219444e-4)} (local.get $r)))
-    (local.set $p ${splat(1 / 5040)})
-    ${[720, 120, 24, 6, 2, 1, 1]
-      .map((k) => `(local.set $p (f32x4.relaxed_madd (local.get $p) (local.get $r) ${splat(1 / k)}))`)
-      .join('\n    ')}
-    (v128.andnot
-      (f32x4.mul (local.get $p) (i32x4.add (i32x4.shl (local.get $t) (i32.const 23)) (v128.const i32x4 0x3f800000 0x3f800000 0x3f800000 0x3f800000)))
-      (f32x4.lt (local.get $x) ${splat(-87)})))
+  ;; GELU's sigmoid form (simdKernels.ts's RxrlGelu) with expFma, two vectors at a time (their
+  ;; exponentials overlap): s = sigmoid(1.702 x) = 1 / (1 + e^-t) for t = 1.702 x >= 0, e^t / (1 + e^t)
+  ;; below (e^-|t| never overflows); y = x s. n, a multiple of 8 floats.
+  (func (export "gelu") (param $x i32) (param $y i32) (param $s i32) (param $n i32)
+    (local $at i32) (local $end i32) (local $k v128) (local $zero v128) ${expLocals(2)}
+    ${[0, 1].map((u) => `(local $x${u} v128) (local $t${u} v128) (local $e${u} v128) (local $r${u} v128)`).join(' ')}
+    ${EXP_SETUP}
+    (local.set $k ${splat(1.702)})
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $done (loop $loop
+      (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+      ${[0, 1]
+        .map(
+          (u) => `
+      (local.set $x${u} (v128.load offset=${u * 16} (i32.add (local.get $x) (local.get $at))))
+      (local.set $t${u} (f32x4.mul (local.get $x${u}) (local.get $k)))
+      (local.set $e${u} (f32x4.neg (f32x4.abs (local.get $t${u}))))
+      ${expFma(`$e${u}`, `$e${u}`, u)}`,
+        )
+        .join('')}
+      ${[0, 1]
+        .map(
+          (u) => `
+      (local.set $r${u} (f32x4.div (local.get $k_one) (f32x4.add (local.get $k_one) (local.get $e${u}))))
+      (local.set $r${u} (v128.bitselect (local.get $r${u}) (f32x4.mul (local.get $e${u}) (local.get $r${u}))
+        (f32x4.ge (local.get $t${u}) (local.get $zero))))
+      (v128.store offset=${u * 16} (i32.add (local.get $s) (local.get $at)) (local.get $r${u}))
+      (v128.store offset=${u * 16} (i32.add (local.get $y) (local.get $at)) (f32x4.mul (local.get $x${u}) (local.get $r${u})))`,
+        )
+        .join('')}
+      (local.set $at (i32.add (local.get $at) (i32.const 32)))
+      (br $loop))))
+
   ;; Each row i of the [T, T] scores at m becomes softmax_j<=i(scale m[i, j]) (zeros past the diagonal
   ;; to the end of its block of 4; the rest of the row is left as it was).
   (func $softmaxRows (param $m i32) (param $T i32) (param $scale f32)
     (local $i i32) (local $j i32) (local $row i32) (local $max f32) (local $sum f32) (local $v v128) (local $e v128)
+    (local $scaleV v128) (local $maxV v128) ${expLocals()}
+    ${EXP_SETUP}
+    (local.set $scaleV (f32x4.splat (local.get $scale)))
     ${eachCausalRow(
       `
       (local.set $v (v128.const f32x4 -inf -inf -inf -inf))
@@ -336,14 +419,16 @@ const ATTENTION_WAT = `
       (local.set $max (f32.mul (local.get $scale) (f32.max (local.get $max) (f32.max
         (f32.max (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
         (f32.max (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))))
+      (local.set $maxV (f32x4.splat (local.get $max)))
       (local.set $v (v128.const f32x4 0 0 0 0))
       (local.set $sum (f32.const 0))
       ${upToDiagonal(
-        `(local.set $e (call $expFma (f32x4.sub (f32x4.mul (v128.load ${AT_J}) (f32x4.splat (local.get $scale)))
-          (f32x4.splat (local.get $max)))))
+        `(local.set $e (f32x4.sub (f32x4.mul (v128.load ${AT_J}) (local.get $scaleV)) (local.get $maxV)))
+        ${expFma('$e', '$e')}
         (v128.store ${AT_J} (local.get $e))
         (local.set $v (f32x4.add (local.get $v) (local.get $e)))`,
-        `(local.set $e (call $expFma (f32x4.splat (f32.sub (f32.mul (f32.load ${AT_J}) (local.get $scale)) (local.get $max)))))
+        `(local.set $e (f32x4.splat (f32.sub (f32.mul (f32.load ${AT_J}) (local.get $scale)) (local.get $max))))
+        ${expFma('$e', '$e')}
         (f32.store ${AT_J} (f32x4.extract_lane 0 (local.get $e)))
         (local.set $sum (f32.add (local.get $sum) (f32x4.extract_lane 0 (local.get $e))))`,
       )}
@@ -600,6 +685,7 @@ interface Exports {
     bp: number,
     packB: number,
   ): void;
+  gelu(x: number, y: number, s: number, n: number): void;
   causalAttention(
     q: number,
     k: number,
@@ -641,7 +727,11 @@ interface Exports {
  * registered it).
  */
 const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
-const ATTENTION_KERNELS = [SIMD_KERNELS.causalAttention, SIMD_KERNELS.causalAttentionGrad] as const;
+const SIMD_REPLACED = [
+  SIMD_KERNELS.causalAttention,
+  SIMD_KERNELS.causalAttentionGrad,
+  SIMD_KERNELS.gelu,
+] as const;
 
 /** The kernels this one replaced, while installed. */
 let replaced: tf.KernelConfig[] | undefined;
@@ -668,16 +758,20 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   const exports = (await WebAssembly.instantiate(module, { env: { memory } })).exports as unknown as Exports;
   const matMuls = MATMUL_KERNELS.map((name) => tf.getKernel(name, 'wasm'));
   if (!matMuls.every((kernel) => kernel !== undefined)) return false;
-  const attention = ATTENTION_KERNELS.map((name) => tf.getKernel(name, 'wasm')).filter(
-    (k) => k !== undefined,
-  );
-  const replacement = (kernel: tf.KernelConfig): tf.KernelFunc =>
-    kernel.kernelName === SIMD_KERNELS.causalAttention
-      ? causalAttentionKernel(exports)
-      : kernel.kernelName === SIMD_KERNELS.causalAttentionGrad
-        ? causalAttentionGradKernel(exports)
-        : gemmKernel(exports, kernel);
-  for (const kernel of [...matMuls, ...attention]) {
+  const simd = SIMD_REPLACED.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
+  const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
+    switch (kernel.kernelName) {
+      case SIMD_KERNELS.causalAttention:
+        return causalAttentionKernel(exports);
+      case SIMD_KERNELS.causalAttentionGrad:
+        return causalAttentionGradKernel(exports);
+      case SIMD_KERNELS.gelu:
+        return geluKernel(exports, kernel);
+      default:
+        return gemmKernel(exports, kernel);
+    }
+  };
+  for (const kernel of [...matMuls, ...simd]) {
     tf.unregisterKernel(kernel.kernelName, 'wasm');
     tf.registerKernel({
       kernelName: kernel.kernelName,
@@ -685,7 +779,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
       kernelFunc: replacement(kernel),
     });
   }
-  replaced = [...matMuls, ...attention];
+  replaced = [...matMuls, ...simd];
   return true;
 }
 
@@ -843,5 +937,19 @@ function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
     );
     for (const t of scratch) backend.disposeData(t.dataId);
     return grads;
+  };
+}
+
+/** RxrlGelu (simdKernels.ts's gelu) with FMAs, for sizes that are a multiple of 8 (others: `previous`). */
+function geluKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
+  return (args) => {
+    const { x } = (args as KernelArgs).inputs as { x: tf.TensorInfo };
+    const n = tf.util.sizeFromShape(x.shape);
+    if (n % 8 !== 0) return previous.kernelFunc(args);
+    const backend = args.backend as unknown as WasmBackend;
+    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+    const [y, s] = [backend.makeOutput(x.shape, 'float32'), backend.makeOutput(x.shape, 'float32')];
+    exports.gelu(at(x), at(y), at(s), n);
+    return [y, s];
   };
 }

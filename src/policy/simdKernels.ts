@@ -528,8 +528,11 @@ const KERNELS_WAT = `
       (br $loop))))
 
   ;; GELU's gradient from dy, x and s = sigmoid(1.702 x): dx = dy (s + 1.702 x s (1 - s)).
+  ;; (The constants are locals: V8 builds a v128.const in three instructions wherever it is used.)
   (func (export "geluGrad") (param $dy i32) (param $x i32) (param $s i32) (param $dx i32) (param $n i32)
-    (local $at i32) (local $end i32) (local $sv v128)
+    (local $at i32) (local $end i32) (local $sv v128) (local $k v128) (local $one v128)
+    (local.set $k (v128.const f32x4 1.702 1.702 1.702 1.702))
+    (local.set $one (v128.const f32x4 1 1 1 1))
     (local.set $end (i32.shl (local.get $n) (i32.const 2)))
     (block $done (loop $loop
       (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
@@ -538,8 +541,8 @@ const KERNELS_WAT = `
         (f32x4.mul (v128.load (i32.add (local.get $dy) (local.get $at)))
           (f32x4.add (local.get $sv)
             (f32x4.mul
-              (f32x4.mul (v128.load (i32.add (local.get $x) (local.get $at))) (v128.const f32x4 1.702 1.702 1.702 1.702))
-              (f32x4.mul (local.get $sv) (f32x4.sub (v128.const f32x4 1 1 1 1) (local.get $sv)))))))
+              (f32x4.mul (v128.load (i32.add (local.get $x) (local.get $at))) (local.get $k))
+              (f32x4.mul (local.get $sv) (f32x4.sub (local.get $one) (local.get $sv)))))))
       (local.set $at (i32.add (local.get $at) (i32.const 16)))
       (br $loop))))
 

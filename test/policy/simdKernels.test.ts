@@ -24,6 +24,14 @@ beforeAll(async () => {
   await useWasm();
 });
 
+/** simdKernels.ts's kernels alone, or with gemmKernel.ts's over some of them (as selectBackend installs them). */
+async function useKernels(which: 'simd' | 'gemm'): Promise<void> {
+  uninstallGemmKernel();
+  uninstallSimdKernels();
+  expect(await installSimdKernels(version_wasm)).toBe(true);
+  if (which === 'gemm') expect(await installGemmKernel(version_wasm)).toBe(true);
+}
+
 interface Case {
   B: number;
   H: number;
@@ -291,22 +299,27 @@ describe('LayerNorm and column-sum kernels', () => {
     );
   });
 
-  it('GELU equals x * sigmoid(1.702 x) and its gradient tfjs autodiff of that, out to large |x|', () => {
-    const reference = (x: tf.Tensor) => tf.mul(x, tf.sigmoid(tf.mul(x, 1.702)));
-    fc.assert(
-      fc.property(rowsAndWidth, fc.constantFrom(1, 10, 1000), ({ R, d, seed }, spread) => {
-        tf.tidy(() => {
-          const x = tf.randomNormal([R, d], 0, spread, 'float32', seed);
-          const dy = tf.randomNormal([R, d], 0, 1, 'float32', seed + 1);
-          const [y, s] = gelu(x);
-          expectClose(y, reference(x));
-          expectClose(s, tf.sigmoid(tf.mul(x, 1.702)));
-          expectClose(geluGrad(dy, x, s), tf.grad(reference)(x, dy));
-        });
-      }),
-      { numRuns: 30 },
-    );
-  });
+  // As simdKernels.ts has it, and gemmKernel.ts's with fused multiply-adds (which selectBackend installs
+  // over it, for sizes that are a multiple of 8; the others stay with simdKernels.ts's).
+  for (const kernels of ['simd', 'gemm'] as const) {
+    it(`GELU equals x * sigmoid(1.702 x) and its gradient tfjs autodiff of that, out to large |x| (${kernels})`, async () => {
+      await useKernels(kernels);
+      const reference = (x: tf.Tensor) => tf.mul(x, tf.sigmoid(tf.mul(x, 1.702)));
+      fc.assert(
+        fc.property(rowsAndWidth, fc.constantFrom(1, 10, 1000), ({ R, d, seed }, spread) => {
+          tf.tidy(() => {
+            const x = tf.randomNormal([R, d], 0, spread, 'float32', seed);
+            const dy = tf.randomNormal([R, d], 0, 1, 'float32', seed + 1);
+            const [y, s] = gelu(x);
+            expectClose(y, reference(x));
+            expectClose(s, tf.sigmoid(tf.mul(x, 1.702)));
+            expectClose(geluGrad(dy, x, s), tf.grad(reference)(x, dy));
+          });
+        }),
+        { numRuns: 30 },
+      );
+    });
+  }
 
   it('refuse rows whose width is not a multiple of 4, which they would run past', () => {
     tf.tidy(() => {
@@ -347,10 +360,7 @@ describe('causal attention kernels (training)', () => {
   // 1-3-column panels, and the rows left over after the blocks.
   for (const products of ['simd', 'gemm'] as const) {
     it(`equal masked softmax attention, and its gradients equal tfjs autodiff of that (${products})`, async () => {
-      uninstallGemmKernel();
-      uninstallSimdKernels();
-      expect(await installSimdKernels(version_wasm)).toBe(true);
-      if (products === 'gemm') expect(await installGemmKernel(version_wasm)).toBe(true);
+      await useKernels(products);
       fc.assert(
         fc.property(shapes, fc.integer({ min: 1, max: 40 }), ({ B, T: smallT, H, hd, seed }, bigT) => {
           const T = products === 'gemm' ? bigT : smallT;
