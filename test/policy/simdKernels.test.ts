@@ -102,65 +102,70 @@ describe('cachedAttention (wasm kernel over an in-place KV cache)', () => {
     expect(simdKernelsAvailable(6)).toBe(false);
   });
 
-  it('equals softmax(scale q K^T + bias) V over the concatenated cache, and writes the new key and value in place', () => {
-    fc.assert(
-      fc.property(arbitraryCase, (c) => {
-        const x = inputs(c);
-        const { B, H, hd, capacity, length } = c;
-        const scale = 1 / Math.sqrt(hd);
-        const expected = reference(x, length, scale);
-        const kBefore = x.k.arraySync();
-        const vBefore = x.v.arraySync();
-        const got = cachedAttention(x.q, x.kNew, x.vNew, { k: x.k, v: x.v }, x.bias, length, scale);
-        expect(got.shape).toEqual([B, H, 1, hd]);
-        const want = expected.dataSync();
-        const have = got.dataSync();
-        for (let i = 0; i < want.length; i++) expect(Math.abs(have[i]! - want[i]!)).toBeLessThan(1e-5);
-        // Position length - 1 now holds kNew / vNew; every other position is as it was.
-        const kAfter = x.k.arraySync();
-        const vAfter = x.v.arraySync();
-        const kNew = x.kNew.arraySync();
-        const vNew = x.vNew.arraySync();
-        for (let b = 0; b < B; b++) {
-          for (let h = 0; h < H; h++) {
-            for (let s = 0; s < capacity; s++) {
-              const written = s === length - 1;
-              expect(kAfter[b]![h]![s]).toEqual(written ? kNew[b]![h]![0] : kBefore[b]![h]![s]);
-              expect(vAfter[b]![h]![s]).toEqual(written ? vNew[b]![h]![0] : vBefore[b]![h]![s]);
+  // As simdKernels.ts has it, and gemmKernel.ts's with FMAs (which selectBackend installs over it).
+  for (const kernels of ['simd', 'gemm'] as const) {
+    it(`equals softmax(scale q K^T + bias) V over the concatenated cache, and writes the new key and value in place (${kernels})`, async () => {
+      await useKernels(kernels);
+      fc.assert(
+        fc.property(arbitraryCase, (c) => {
+          const x = inputs(c);
+          const { B, H, hd, capacity, length } = c;
+          const scale = 1 / Math.sqrt(hd);
+          const expected = reference(x, length, scale);
+          const kBefore = x.k.arraySync();
+          const vBefore = x.v.arraySync();
+          const got = cachedAttention(x.q, x.kNew, x.vNew, { k: x.k, v: x.v }, x.bias, length, scale);
+          expect(got.shape).toEqual([B, H, 1, hd]);
+          const want = expected.dataSync();
+          const have = got.dataSync();
+          for (let i = 0; i < want.length; i++) expect(Math.abs(have[i]! - want[i]!)).toBeLessThan(1e-5);
+          // Position length - 1 now holds kNew / vNew; every other position is as it was.
+          const kAfter = x.k.arraySync();
+          const vAfter = x.v.arraySync();
+          const kNew = x.kNew.arraySync();
+          const vNew = x.vNew.arraySync();
+          for (let b = 0; b < B; b++) {
+            for (let h = 0; h < H; h++) {
+              for (let s = 0; s < capacity; s++) {
+                const written = s === length - 1;
+                expect(kAfter[b]![h]![s]).toEqual(written ? kNew[b]![h]![0] : kBefore[b]![h]![s]);
+                expect(vAfter[b]![h]![s]).toEqual(written ? vNew[b]![h]![0] : vBefore[b]![h]![s]);
+              }
             }
           }
-        }
-        tf.dispose([...Object.values(x), expected, got]);
-      }),
-      { numRuns: 40 },
-    );
-  });
+          tf.dispose([...Object.values(x), expected, got]);
+        }),
+        { numRuns: 40 },
+      );
+    });
 
-  it("gives a row the same result, bit for bit, whatever left padding precedes it (tfjs's lane-wise softmax does not)", () => {
-    const H = 4;
-    const hd = 8;
-    const length = 9;
-    const run = (pad: number): Float32Array =>
-      tf.tidy(() => {
-        const x = inputs({ B: 1, H, hd, capacity: length, length, padding: [0], seed: 7 });
-        // The same keys and values behind `pad` masked columns of junk.
-        const junk = tf.randomNormal([1, H, pad, hd], 0, 1, 'float32', 99);
-        const k = tf.concat([junk, x.k], 2) as tf.Tensor4D;
-        const v = tf.concat([junk, x.v], 2) as tf.Tensor4D;
-        const bias = new Float32Array(pad + length).fill(MASKED, 0, pad);
-        return cachedAttention(
-          x.q,
-          x.kNew,
-          x.vNew,
-          { k, v },
-          tf.tensor4d(bias, [1, 1, 1, pad + length]),
-          pad + length,
-          0.3,
-        ).dataSync() as Float32Array;
-      });
-    const alone = run(0);
-    for (const pad of [1, 2, 3, 5]) expect(run(pad)).toEqual(alone);
-  });
+    it(`gives a row the same result, bit for bit, whatever left padding precedes it (tfjs's lane-wise softmax does not) (${kernels})`, async () => {
+      await useKernels(kernels);
+      const H = 4;
+      const hd = 8;
+      const length = 9;
+      const run = (pad: number): Float32Array =>
+        tf.tidy(() => {
+          const x = inputs({ B: 1, H, hd, capacity: length, length, padding: [0], seed: 7 });
+          // The same keys and values behind `pad` masked columns of junk.
+          const junk = tf.randomNormal([1, H, pad, hd], 0, 1, 'float32', 99);
+          const k = tf.concat([junk, x.k], 2) as tf.Tensor4D;
+          const v = tf.concat([junk, x.v], 2) as tf.Tensor4D;
+          const bias = new Float32Array(pad + length).fill(MASKED, 0, pad);
+          return cachedAttention(
+            x.q,
+            x.kNew,
+            x.vNew,
+            { k, v },
+            tf.tensor4d(bias, [1, 1, 1, pad + length]),
+            pad + length,
+            0.3,
+          ).dataSync() as Float32Array;
+        });
+      const alone = run(0);
+      for (const pad of [1, 2, 3, 5]) expect(run(pad)).toEqual(alone);
+    });
+  }
 
   it('rejects a length beyond the capacity and mismatched shapes, naming them', () => {
     const x = inputs({ B: 2, H: 2, hd: 4, capacity: 5, length: 5, padding: [0, 0], seed: 1 });
