@@ -7,7 +7,9 @@
  * product per score, a read-modify-write of dK and dV per key) ran at about a third of the speed.
  * And it takes over simdKernels.ts's GELU (with an FMA exponential whose constants live in locals,
  * two vectors at a time: half the time) and decoding's attention over the KV cache (scores 4 keys at a
- * time, the weighted sum of V with one accumulator per vector of the head: about 1.5x).
+ * time, the weighted sum of V with one accumulator per vector of the head: about 1.5x), and tf.exp
+ * where every input lies in [-87, 88] (the log-softmax's and the entropy's; 8x tfjs-backend-wasm's
+ * scalar loop).
  *
  * Why: dense matmuls are most of a learner step on the wasm backend (about 600 of 860 ms of kernel
  * time for the ~1M model's 16 x 128 tokens). tfjs-backend-wasm hands them to XNNPACK, whose wasm
@@ -546,6 +548,36 @@ const ATTENTION_WAT = `
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
       (br $bLoop))))
 
+  ;; tf.exp with expFma for x in [-87, 88] (n = round(x log2 e) in [-126, 127]: 2^n a normal float);
+  ;; 4 lanes at a time, the last 1-3 as lanes of a vector of copies. Returns 1, having written
+  ;; garbage, if some x lies outside (or is NaN): the caller then hands the tensor to tfjs's own Exp.
+  (func (export "exp") (param $x i32) (param $y i32) (param $n i32) (result i32)
+    (local $at i32) (local $end i32) (local $v v128) (local $in v128) (local $hi v128) ${expLocals()}
+    ${EXP_SETUP}
+    (local.set $hi ${splat(88)})
+    (local.set $in (v128.const i32x4 -1 -1 -1 -1))
+    (local.set $end (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2)))
+    (block $done (loop $loop
+      (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+      (local.set $v (v128.load (i32.add (local.get $x) (local.get $at))))
+      (local.set $in (v128.and (local.get $in)
+        (v128.and (f32x4.ge (local.get $v) (local.get $k_low)) (f32x4.le (local.get $v) (local.get $hi)))))
+      ${expFma('$v', '$v')}
+      (v128.store (i32.add (local.get $y) (local.get $at)) (local.get $v))
+      (local.set $at (i32.add (local.get $at) (i32.const 16)))
+      (br $loop)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $tailDone (loop $tail
+      (br_if $tailDone (i32.ge_u (local.get $at) (local.get $end)))
+      (local.set $v (f32x4.splat (f32.load (i32.add (local.get $x) (local.get $at)))))
+      (local.set $in (v128.and (local.get $in)
+        (v128.and (f32x4.ge (local.get $v) (local.get $k_low)) (f32x4.le (local.get $v) (local.get $hi)))))
+      ${expFma('$v', '$v')}
+      (f32.store (i32.add (local.get $y) (local.get $at)) (f32x4.extract_lane 0 (local.get $v)))
+      (local.set $at (i32.add (local.get $at) (i32.const 4)))
+      (br $tail)))
+    (i32.eqz (i32x4.all_true (local.get $in))))
+
   ;; GELU's sigmoid form (simdKernels.ts's RxrlGelu) with expFma, two vectors at a time (their
   ;; exponentials overlap): s = sigmoid(1.702 x) = 1 / (1 + e^-t) for t = 1.702 x >= 0, e^t / (1 + e^t)
   ;; below (e^-|t| never overflows); y = x s. n, a multiple of 8 floats.
@@ -864,6 +896,7 @@ interface Exports {
     packB: number,
   ): void;
   gelu(x: number, y: number, s: number, n: number): void;
+  exp(x: number, y: number, n: number): number;
   attend(
     q: number,
     kNew: number,
@@ -920,7 +953,7 @@ interface Exports {
  * simdKernels.ts's causal attention for training, whose products become $gemm's (where simdKernels.ts
  * registered it).
  */
-const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
+const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul', 'Exp'] as const;
 const SIMD_REPLACED = [
   SIMD_KERNELS.attention,
   SIMD_KERNELS.causalAttention,
@@ -964,6 +997,8 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
         return geluKernel(exports, kernel);
       case SIMD_KERNELS.attention:
         return cachedAttentionKernel(exports);
+      case 'Exp':
+        return expKernel(exports, kernel);
       default:
         return gemmKernel(exports, kernel);
     }
@@ -1184,5 +1219,20 @@ function cachedAttentionKernel(exports: Exports): tf.KernelFunc {
     );
     backend.disposeData(scratch.dataId);
     return out;
+  };
+}
+
+/** tf.exp on float32 with expFma where every x lies in [-87, 88] (the log-softmax's and entropy's
+ * exponentials, ~10x tfjs-backend-wasm's scalar loop); anything else goes to `previous`. */
+function expKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
+  return (args) => {
+    const { x } = (args as KernelArgs).inputs as { x: tf.TensorInfo };
+    if (x.dtype !== 'float32') return previous.kernelFunc(args);
+    const backend = args.backend as unknown as WasmBackend;
+    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+    const y = backend.makeOutput(x.shape, 'float32');
+    if (exports.exp(at(x), at(y), tf.util.sizeFromShape(x.shape)) === 0) return y;
+    backend.disposeData(y.dataId);
+    return previous.kernelFunc(args);
   };
 }

@@ -157,3 +157,46 @@ describe('the relaxed-SIMD matmul kernel', () => {
     expect(withKernel[3]).not.toEqual(without[3]);
   });
 });
+
+describe("the relaxed-SIMD module's tf.exp", () => {
+  it('is within 2 float32 ulps of e^x over [-87, 88], for any size (4 lanes at a time, then the rest)', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 203 }),
+        fc.constantFrom(1, 10, 87),
+        fc.integer({ min: 1, max: 1_000_000 }),
+        (n, spread, seed) => {
+          tf.tidy(() => {
+            const x = tf.clipByValue(tf.randomNormal([n], 0, spread, 'float32', seed), -87, 88);
+            const have = tf.exp(x).dataSync();
+            x.dataSync().forEach((v, i) => {
+              const want = Math.exp(v);
+              expect(Math.abs(have[i]! - want) / want).toBeLessThan(2.5e-7);
+            });
+          });
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+
+  it("hands tensors with values outside [-87, 88] (or NaN) to tfjs's own Exp, whole", async () => {
+    const inputs = [
+      [-100, 0.5, -1],
+      [89, 1, 2, 3, 4],
+      [NaN, 0],
+      [-87, 88, 0, -1e-30, ...Array.from({ length: 1000 }, (_, i) => Math.sin(i) * 20)],
+    ];
+    const run = () => inputs.map((values) => tf.tidy(() => [...tf.exp(tf.tensor1d(values)).dataSync()]));
+    const withKernel = run();
+    uninstallGemmKernel();
+    const stock = run();
+    await installGemmKernel(version_wasm);
+    for (let i = 0; i < 3; i++) expect(withKernel[i]).toEqual(stock[i]);
+    // All in range: the kernel's own values (its rounding is not libm's), within 2 ulps of the stock ones.
+    expect(withKernel[3]).not.toEqual(stock[3]);
+    withKernel[3]!.forEach((v, i) =>
+      expect(Math.abs(v - stock[3]![i]!) / stock[3]![i]!).toBeLessThan(2.5e-7),
+    );
+  });
+});
