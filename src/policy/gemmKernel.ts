@@ -115,7 +115,7 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
     : each((r, n) => `(v128.store offset=${n * 16} ${rowAt(r)} (local.get ${acc(r, n)}))`);
   return `
   (func ${name} (param $p i32) (param $q i32) (param $c i32) (param $K i32) (param $cRow i32) (param $valid i32)
-    (param $start i32) (param $startRow i32) (param $qStep i32)
+    (param $start i32) (param $startRow i32) (param $qStep i32) (param $pStep i32)
     ${each((r, n) => `(local ${acc(r, n)} v128)`)}
     ${Array.from({ length: nv }, (_, n) => `(local $b${n} v128)`).join(' ')}
     (local $a v128) (local $k i32)
@@ -134,7 +134,7 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
           `(local.set ${acc(r, n)} (f32x4.relaxed_madd (local.get $a) (local.get $b${n}) (local.get ${acc(r, n)})))`,
       ).join('\n')}`,
       ).join('')}
-      (local.set $p (i32.add (local.get $p) (i32.const ${mr * 4})))
+      (local.set $p (i32.add (local.get $p) (local.get $pStep)))
       (local.set $q (i32.add (local.get $q) (local.get $qStep)))
       (local.set $k (i32.sub (local.get $k) (i32.const 1)))
       (br $next)))
@@ -151,7 +151,7 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
 function blockCall(rows: number): string {
   const args = `(local.get $pk) (local.get $qk) (local.get $cc) (i32.sub (local.get $kEnd) (local.get $kStart)) (local.get $cRow)
           (local.get $valid) (select (local.get $biasPanel) (local.get $cc) (i32.eqz (local.get $k0)))
-          (select (i32.const 0) (local.get $cRow) (i32.eqz (local.get $k0))) (local.get $qStep)`;
+          (select (i32.const 0) (local.get $cRow) (i32.eqz (local.get $k0))) (local.get $qStep) (local.get $pStep${rows})`;
   const clamp = (x: string): string =>
     `(select (i32.const 0) (select ${x} (local.get $kLen) (i32.lt_s ${x} (local.get $kLen))) (i32.lt_s ${x} (i32.const 0)))`;
   return `
@@ -162,7 +162,7 @@ function blockCall(rows: number): string {
       (if (i32.eq (local.get $causal) (i32.const ${CAUSAL.lower}))
         (then (local.set $kEnd ${clamp(`(i32.sub (i32.add (local.get $i) (i32.const ${rows})) (local.get $k0))`)})))
       (if (i32.lt_s (local.get $kEnd) (local.get $kStart)) (then (local.set $kEnd (local.get $kStart))))
-      (local.set $pk (i32.add (local.get $p) (i32.mul (local.get $kStart) (i32.const ${rows * 4}))))
+      (local.set $pk (i32.add (local.get $p) (i32.mul (local.get $kStart) (local.get $pStep${rows}))))
       (local.set $qk (i32.add (local.get $panel) (i32.mul (local.get $kStart) (local.get $qStep))))
       (if (i32.eq (local.get $valid) (i32.const 8))
         (then (call $block${rows}x8 ${args}))
@@ -188,18 +188,21 @@ const OVER_A_PANELS = `
     (local.set $i (local.get $i0))
     (if (i32.and (i32.eq (local.get $causal) (i32.const ${CAUSAL.scores})) (i32.gt_u (local.get $j) (local.get $i)))
       (then (local.set $i (select (local.get $j) (local.get $iEnd) (i32.lt_u (local.get $j) (local.get $iEnd))))))
-    (local.set $p (i32.add (local.get $ap) (i32.mul (i32.sub (local.get $i) (local.get $i0)) (i32.shl (local.get $kLen) (i32.const 2)))))
+    (local.set $p (select
+      (i32.add (i32.add (local.get $a) (i32.shl (local.get $i) (i32.const 2))) (i32.mul (local.get $k0) (local.get $aCol)))
+      (i32.add (local.get $ap) (i32.mul (i32.sub (local.get $i) (local.get $i0)) (i32.shl (local.get $kLen) (i32.const 2))))
+      (local.get $aInPlace)))
     (local.set $cc (i32.add (i32.add (local.get $c) (i32.shl (local.get $j) (i32.const 2)))
       (i32.mul (local.get $i) (local.get $cRow))))
     (block $blocksDone (loop $blocks
       (br_if $blocksDone (i32.gt_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $iEnd)))${blockCall(MR)}
-      (local.set $p (i32.add (local.get $p) (i32.mul (local.get $kLen) (i32.const ${MR * 4}))))
+      (local.set $p (i32.add (local.get $p) (local.get $pBlock${MR})))
       (local.set $cc (i32.add (local.get $cc) (i32.mul (local.get $cRow) (i32.const ${MR}))))
       (local.set $i (i32.add (local.get $i) (i32.const ${MR})))
       (br $blocks)))
     (block $rowsDone (loop $rows
       (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $iEnd)))${blockCall(1)}
-      (local.set $p (i32.add (local.get $p) (i32.shl (local.get $kLen) (i32.const 2))))
+      (local.set $p (i32.add (local.get $p) (local.get $pBlock1)))
       (local.set $cc (i32.add (local.get $cc) (local.get $cRow)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $rows)))`;
@@ -805,7 +808,13 @@ const GEMM_WAT = `
     (param $ap i32) (param $bp i32) (param $packB i32) (param $causal i32)
     (local $i i32) (local $j i32) (local $w i32) (local $valid i32) (local $p i32) (local $q i32) (local $cc i32)
     (local $biasPanel i32) (local $panel i32) (local $qStep i32) (local $k0 i32) (local $kLen i32) (local $kStart i32)
-    (local $kEnd i32) (local $i0 i32) (local $iEnd i32) (local $pk i32) (local $qk i32)
+    (local $kEnd i32) (local $i0 i32) (local $iEnd i32) (local $pk i32) (local $qk i32) (local $aInPlace i32)
+    (local $pStep${MR} i32) (local $pStep1 i32) (local $pBlock${MR} i32) (local $pBlock1 i32)
+    ;; A is read where it lies when its rows lie side by side (aRow 4: a transpose) for the causal
+    ;; products that start at the diagonal (attention's dS^T Q and P^T dY): a block's 4 rows at one k are
+    ;; then one vector, as in a packed panel, and packing the T x T matrix for each product would cost
+    ;; about as much as the product.
+    (local.set $aInPlace (i32.and (i32.eq (local.get $causal) (i32.const ${CAUSAL.upper})) (i32.eq (local.get $aRow) (i32.const 4))))
     ;; The bias panel lies after the packed panels of one block of K.
     (local.set $biasPanel (i32.add (local.get $bp) (select
       (i32.shl (i32.mul (select (local.get $K) (i32.const ${KC}) (i32.lt_u (local.get $K) (i32.const ${KC})))
@@ -835,6 +844,18 @@ const GEMM_WAT = `
         ;; A's panels for rows i0..iEnd and the block's columns of A: 4 rows while 4 are left, then one row each.
         (local.set $p (local.get $ap))
         (local.set $i (local.get $i0))
+        (if (local.get $aInPlace)
+          (then
+            (local.set $pStep${MR} (local.get $aCol))
+            (local.set $pStep1 (local.get $aCol))
+            (local.set $pBlock${MR} (i32.const ${MR * 4}))
+            (local.set $pBlock1 (i32.const 4))
+            (local.set $i (local.get $iEnd)))
+          (else
+            (local.set $pStep${MR} (i32.const ${MR * 4}))
+            (local.set $pStep1 (i32.const 4))
+            (local.set $pBlock${MR} (i32.mul (local.get $kLen) (i32.const ${MR * 4})))
+            (local.set $pBlock1 (i32.shl (local.get $kLen) (i32.const 2)))))
         (block $aDone (loop $aPanels
           (br_if $aDone (i32.ge_u (local.get $i) (local.get $iEnd)))
           (local.set $w (select (i32.const ${MR}) (i32.const 1) (i32.le_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $M))))
