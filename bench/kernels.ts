@@ -1,13 +1,13 @@
 /**
- * rxrl's wasm kernels (the replaced stock kernels of src/policy/wasmKernels.ts, the SIMD kernels of
- * src/policy/simdKernels.ts: attention, decoding over an in-place KV cache and causal for training;
- * LayerNorm; GELU; column sums; and the FMA matmul of src/policy/gemmKernel.ts) against
- * tfjs-backend-wasm's stock kernels alone, and the matmul against XNNPACK's, in one process:
- * `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
+ * rxrl's wasm kernels (the replaced stock kernels of src/policy/wasmKernels.ts; the SIMD kernels of
+ * src/policy/simdKernels.ts: attention, LayerNorm, GELU, column sums, AdamW; and the relaxed-SIMD (FMA)
+ * module of src/policy/gemmKernel.ts: the matmul, and the attention, GELU and exp it takes over) against
+ * tfjs-backend-wasm's stock kernels alone, and the relaxed-SIMD module against XNNPACK's matmul and
+ * simdKernels.ts's others, in one process: `npx tsx bench/kernels.ts [--rounds 5] [--size d:layers:heads] [--breakdown]`.
  *
  * Each round times one learner step (the real Learner: forward, GRPO loss, backward, clipping, AdamW on
  * 16 x 128 tokens, as bench/policy.ts) and one KV-cache sampling call (16 prompts x 128 new tokens, as bench/policy.ts) with
- * the stock kernels, with rxrl's but XNNPACK's matmul, and with all of rxrl's (after a warm-up call
+ * the stock kernels, with rxrl's but without the relaxed-SIMD module, and with all of rxrl's (after a warm-up call
  * each; the order turns each round), and takes the ratios within the round; the median over rounds is
  * reported, because this machine's speed swings several-fold.
  *
@@ -97,8 +97,8 @@ for (const [name, task] of Object.entries(tasks)) {
     gemmRatios.push(withoutGemm / rxrl);
     const rate = (ms: number) => Math.round((task.tokens / ms) * 1000);
     console.log(
-      `  ${name}, round ${round + 1}: stock ${rate(stock)} tok/s, rxrl without its matmul ${rate(withoutGemm)} tok/s, ` +
-        `rxrl ${rate(rxrl)} tok/s: ${(stock / rxrl).toFixed(2)}x stock, matmul ${(withoutGemm / rxrl).toFixed(2)}x`,
+      `  ${name}, round ${round + 1}: stock ${rate(stock)} tok/s, rxrl without its relaxed-SIMD kernels ${rate(withoutGemm)} tok/s, ` +
+        `rxrl ${rate(rxrl)} tok/s: ${(stock / rxrl).toFixed(2)}x stock, relaxed SIMD ${(withoutGemm / rxrl).toFixed(2)}x`,
     );
   }
   const summary = (xs: number[]): string => {
@@ -107,7 +107,7 @@ for (const [name, task] of Object.entries(tasks)) {
   };
   console.log(`${name}: rxrl's kernels ${summary(ratios)} the stock kernels`);
   console.log(
-    `${name}: rxrl's matmul alone ${summary(gemmRatios)} XNNPACK's, with rxrl's other kernels in place`,
+    `${name}: rxrl's relaxed-SIMD kernels (gemmKernel.ts) ${summary(gemmRatios)} XNNPACK's matmul and simdKernels.ts's others`,
   );
 }
 if (values.breakdown) {
