@@ -40,7 +40,14 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import { KERNELS as SIMD_KERNELS, type KernelArgs, type WasmBackend } from './simdKernels.ts';
+import {
+  forEachCachedHead,
+  KERNELS as SIMD_KERNELS,
+  scratchSoftmax,
+  type Attend,
+  type KernelArgs,
+  type WasmBackend,
+} from './simdKernels.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
 declare const WebAssembly: {
@@ -427,26 +434,7 @@ const ATTENTION_WAT = `
     ${EXP_SETUP}
     (local.set $rowBytes (i32.shl (local.get $hd) (i32.const 2)))
     (local.set $scaleV (f32x4.splat (local.get $scale)))
-    (block $bDone (loop $bLoop
-      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
-      (local.set $biasRow (i32.add (local.get $bias) (i32.shl (i32.mul (local.get $b) (local.get $len)) (i32.const 2))))
-      (local.set $h (i32.const 0))
-      (block $hDone (loop $hLoop
-        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
-        (local.set $bh (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)))
-        (local.set $qRow (i32.add (local.get $q) (i32.mul (local.get $bh) (local.get $rowBytes))))
-        (local.set $kRow (i32.add (local.get $kc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
-        (local.set $vRow (i32.add (local.get $vc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
-        ;; This step's key and value go to row len-1 of the head's cache.
-        (memory.copy
-          (i32.add (local.get $kRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
-          (i32.add (local.get $kNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
-          (local.get $rowBytes))
-        (memory.copy
-          (i32.add (local.get $vRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
-          (i32.add (local.get $vNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
-          (local.get $rowBytes))
-        ;; scratch[s] = scale q.K[s] + bias[s], 4 keys at a time, then one at a time; and their max.
+    ${forEachCachedHead(`        ;; scratch[s] = scale q.K[s] + bias[s], 4 keys at a time, then one at a time; and their max.
         (local.set $maxv (v128.const f32x4 -inf -inf -inf -inf))
         (local.set $max (f32.const -inf))
         (local.set $s (i32.const 0))
@@ -510,30 +498,9 @@ const ATTENTION_WAT = `
         ;; summed one at a time, in order; then times 1/sum.
         (local.set $maxv (f32x4.splat (local.get $max)))
         (local.set $s (i32.const 0))
-        (block $eDone (loop $eLoop
-          (br_if $eDone (i32.ge_u (local.get $s) (local.get $len)))
-          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
-          (local.set $e (f32x4.sub (v128.load (local.get $at)) (local.get $maxv)))
+${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.get $maxv)))
           ${expFma('$e', '$e')}
-          (v128.store (local.get $at) (local.get $e))
-          (local.set $s (i32.add (local.get $s) (i32.const 4)))
-          (br $eLoop)))
-        (local.set $sum (f32.const 0))
-        (local.set $s (i32.const 0))
-        (block $sumDone (loop $sumLoop
-          (br_if $sumDone (i32.ge_u (local.get $s) (local.get $len)))
-          (local.set $sum (f32.add (local.get $sum)
-            (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))))
-          (local.set $s (i32.add (local.get $s) (i32.const 1)))
-          (br $sumLoop)))
-        (local.set $maxv (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
-        (local.set $s (i32.const 0))
-        (block $nDone (loop $nLoop
-          (br_if $nDone (i32.ge_u (local.get $s) (local.get $len)))
-          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
-          (v128.store (local.get $at) (f32x4.mul (v128.load (local.get $at)) (local.get $maxv)))
-          (local.set $s (i32.add (local.get $s) (i32.const 4)))
-          (br $nLoop)))
+          (v128.store (local.get $at) (local.get $e))`)}
         ;; out = sum_s scratch[s] V[s]: 8 vectors of the head at a time, then 4, then 1.
         (local.set $outRow (i32.add (local.get $out) (i32.mul (local.get $bh) (local.get $rowBytes))))
         (local.set $d (i32.const 0))
@@ -545,11 +512,7 @@ const ATTENTION_WAT = `
           (br $d4)))
         (block $d1Done (loop $d1
           (br_if $d1Done (i32.ge_u (local.get $d) (local.get $rowBytes)))${weightedSum(1)}
-          (br $d1)))
-        (local.set $h (i32.add (local.get $h) (i32.const 1)))
-        (br $hLoop)))
-      (local.set $b (i32.add (local.get $b) (i32.const 1)))
-      (br $bLoop))))
+          (br $d1)))`)})
 
   ;; tf.exp with expFma for x in [-87, 88] (n = round(x log2 e) in [-126, 127]: 2^n a normal float);
   ;; 4 lanes at a time, the last 1-3 as lanes of a vector of copies. Returns 1, having written
@@ -918,22 +881,7 @@ interface Exports {
   ): void;
   gelu(x: number, y: number, s: number, n: number): void;
   exp(x: number, y: number, n: number): number;
-  attend(
-    q: number,
-    kNew: number,
-    vNew: number,
-    kCache: number,
-    vCache: number,
-    bias: number,
-    scratch: number,
-    out: number,
-    B: number,
-    H: number,
-    capacity: number,
-    length: number,
-    hd: number,
-    scale: number,
-  ): void;
+  attend: Attend;
   causalAttention(
     q: number,
     k: number,

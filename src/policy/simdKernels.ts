@@ -228,6 +228,71 @@ const ADAMW_WAT = (() => {
 })();
 
 /**
+ * WAT: decoding's softmax over a head's $len scores in $scratch (padded to a multiple of 4), from $s = 0
+ * and their max in $maxv: `expStep` turns the 4 scores at $at into e^(score - max) (4 at a time over
+ * the padding too); then they are summed one at a time, in order (so a row's result does not depend on
+ * its left padding), and scaled by 1/sum.
+ */
+export function scratchSoftmax(expStep: string): string {
+  return `
+        (block $eDone (loop $eLoop
+          (br_if $eDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
+          ${expStep}
+          (local.set $s (i32.add (local.get $s) (i32.const 4)))
+          (br $eLoop)))
+        (local.set $sum (f32.const 0))
+        (local.set $s (i32.const 0))
+        (block $sumDone (loop $sumLoop
+          (br_if $sumDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $sum (f32.add (local.get $sum)
+            (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))))
+          (local.set $s (i32.add (local.get $s) (i32.const 1)))
+          (br $sumLoop)))
+        (local.set $maxv (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
+        (local.set $s (i32.const 0))
+        (block $nDone (loop $nLoop
+          (br_if $nDone (i32.ge_u (local.get $s) (local.get $len)))
+          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
+          (v128.store (local.get $at) (f32x4.mul (v128.load (local.get $at)) (local.get $maxv)))
+          (local.set $s (i32.add (local.get $s) (i32.const 4)))
+          (br $nLoop)))`;
+}
+
+/**
+ * WAT: `body` for each head (b, h) of decoding's attention (RxrlCachedAttention, here and in
+ * gemmKernel.ts), with $bh, $qRow, $kRow, $vRow (the head's query and cache rows) and $biasRow set,
+ * after this step's key and value are written to row len-1 of the head's cache.
+ */
+export function forEachCachedHead(body: string): string {
+  return `
+    (block $bDone (loop $bLoop
+      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
+      (local.set $biasRow (i32.add (local.get $bias) (i32.shl (i32.mul (local.get $b) (local.get $len)) (i32.const 2))))
+      (local.set $h (i32.const 0))
+      (block $hDone (loop $hLoop
+        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
+        (local.set $bh (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)))
+        (local.set $qRow (i32.add (local.get $q) (i32.mul (local.get $bh) (local.get $rowBytes))))
+        (local.set $kRow (i32.add (local.get $kc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
+        (local.set $vRow (i32.add (local.get $vc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
+        ;; This step's key and value go to row len-1 of the head's cache.
+        (memory.copy
+          (i32.add (local.get $kRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
+          (i32.add (local.get $kNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
+          (local.get $rowBytes))
+        (memory.copy
+          (i32.add (local.get $vRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
+          (i32.add (local.get $vNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
+          (local.get $rowBytes))
+${body}
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $hLoop)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $bLoop)))`;
+}
+
+/**
  * WAT: $exp4, e^x for x <= 0 (softmax's arguments), 4 lanes at a time (gemmKernel.ts uses it too).
  */
 export const EXP4_WAT = `
@@ -281,26 +346,7 @@ const KERNELS_WAT = `
     (local $vRow i32) (local $biasRow i32) (local $outRow i32) (local $s i32) (local $d i32) (local $at i32)
     (local $acc v128) (local $maxv v128) (local $e f32) (local $max f32) (local $sum f32)
     (local.set $rowBytes (i32.shl (local.get $hd) (i32.const 2)))
-    (block $bDone (loop $bLoop
-      (br_if $bDone (i32.ge_u (local.get $b) (local.get $B)))
-      (local.set $biasRow (i32.add (local.get $bias) (i32.shl (i32.mul (local.get $b) (local.get $len)) (i32.const 2))))
-      (local.set $h (i32.const 0))
-      (block $hDone (loop $hLoop
-        (br_if $hDone (i32.ge_u (local.get $h) (local.get $H)))
-        (local.set $bh (i32.add (i32.mul (local.get $b) (local.get $H)) (local.get $h)))
-        (local.set $qRow (i32.add (local.get $q) (i32.mul (local.get $bh) (local.get $rowBytes))))
-        (local.set $kRow (i32.add (local.get $kc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
-        (local.set $vRow (i32.add (local.get $vc) (i32.mul (i32.mul (local.get $bh) (local.get $cap)) (local.get $rowBytes))))
-        ;; This step's key and value go to row len-1 of the head's cache.
-        (memory.copy
-          (i32.add (local.get $kRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
-          (i32.add (local.get $kNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
-          (local.get $rowBytes))
-        (memory.copy
-          (i32.add (local.get $vRow) (i32.mul (i32.sub (local.get $len) (i32.const 1)) (local.get $rowBytes)))
-          (i32.add (local.get $vNew) (i32.mul (local.get $bh) (local.get $rowBytes)))
-          (local.get $rowBytes))
-        ;; scratch[s] = scale * q.K[s] + bias[s], and their max.
+    ${forEachCachedHead(`        ;; scratch[s] = scale * q.K[s] + bias[s], and their max.
         (local.set $max (f32.const -inf))
         (local.set $at (local.get $kRow))
         (local.set $s (i32.const 0))
@@ -318,28 +364,7 @@ const KERNELS_WAT = `
         ;; summed one at a time, in order; then times 1/sum.
         (local.set $maxv (f32x4.splat (local.get $max)))
         (local.set $s (i32.const 0))
-        (block $eDone (loop $eLoop
-          (br_if $eDone (i32.ge_u (local.get $s) (local.get $len)))
-          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
-          (v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load (local.get $at)) (local.get $maxv))))
-          (local.set $s (i32.add (local.get $s) (i32.const 4)))
-          (br $eLoop)))
-        (local.set $sum (f32.const 0))
-        (local.set $s (i32.const 0))
-        (block $sumDone (loop $sumLoop
-          (br_if $sumDone (i32.ge_u (local.get $s) (local.get $len)))
-          (local.set $sum (f32.add (local.get $sum)
-            (f32.load (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))))
-          (local.set $s (i32.add (local.get $s) (i32.const 1)))
-          (br $sumLoop)))
-        (local.set $maxv (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
-        (local.set $s (i32.const 0))
-        (block $nDone (loop $nLoop
-          (br_if $nDone (i32.ge_u (local.get $s) (local.get $len)))
-          (local.set $at (i32.add (local.get $scratch) (i32.shl (local.get $s) (i32.const 2))))
-          (v128.store (local.get $at) (f32x4.mul (v128.load (local.get $at)) (local.get $maxv)))
-          (local.set $s (i32.add (local.get $s) (i32.const 4)))
-          (br $nLoop)))
+${scratchSoftmax(`(v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load (local.get $at)) (local.get $maxv))))`)}
         ;; out = sum_s scratch[s] V[s], 4 lanes of hd at a time.
         (local.set $outRow (i32.add (local.get $out) (i32.mul (local.get $bh) (local.get $rowBytes))))
         (local.set $d (i32.const 0))
@@ -359,11 +384,7 @@ const KERNELS_WAT = `
             (br $wLoop)))
           (v128.store (i32.add (local.get $outRow) (local.get $d)) (local.get $acc))
           (local.set $d (i32.add (local.get $d) (i32.const 16)))
-          (br $vLoop)))
-        (local.set $h (i32.add (local.get $h) (i32.const 1)))
-        (br $hLoop)))
-      (local.set $b (i32.add (local.get $b) (i32.const 1)))
-      (br $bLoop))))
+          (br $vLoop)))`)})
 
   ;; The lane sums of four vectors, as one vector [sum a, sum b, sum c, sum d] (a 4 x 4 transpose-add).
   (func $hsum4 (param $a v128) (param $b v128) (param $c v128) (param $d v128) (result v128)
@@ -702,24 +723,27 @@ ${overHead(`(v128.store ${lane('$dq', '$iOff')}
 )
 `;
 
+/** The attend export (RxrlCachedAttention): memory offsets, sizes and the scale. */
+export type Attend = (
+  q: number,
+  kNew: number,
+  vNew: number,
+  kCache: number,
+  vCache: number,
+  bias: number,
+  scratch: number,
+  out: number,
+  B: number,
+  H: number,
+  capacity: number,
+  length: number,
+  hd: number,
+  scale: number,
+) => void;
+
 /** The exports of the assembled module: each takes memory offsets and sizes. */
 interface Exports {
-  attend(
-    q: number,
-    kNew: number,
-    vNew: number,
-    kCache: number,
-    vCache: number,
-    bias: number,
-    scratch: number,
-    out: number,
-    B: number,
-    H: number,
-    capacity: number,
-    length: number,
-    hd: number,
-    scale: number,
-  ): void;
+  attend: Attend;
   layerNorm(
     x: number,
     g: number,
