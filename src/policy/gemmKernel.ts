@@ -1,15 +1,16 @@
 /**
- * rxrl's matmul for tfjs's wasm backend: BatchMatMul with fused multiply-adds (WebAssembly's relaxed
- * SIMD `f32x4.relaxed_madd`, which V8 compiles to `vfmadd231ps` where the CPU has FMA). It also takes
- * over simdKernels.ts's causal attention for training (RxrlCausalAttention and its gradient), whose
- * six per-head products (two forward, four back) it runs on the same packed micro-kernels, skipping
- * the blocks and the stretches of K that causality makes zero: those kernels' own loops (a dot
- * product per score, a read-modify-write of dK and dV per key) ran at about a third of the speed.
- * And it takes over simdKernels.ts's GELU (with an FMA exponential whose constants live in locals,
- * two vectors at a time: half the time) and decoding's attention over the KV cache (scores 4 keys at a
- * time, the weighted sum of V with one accumulator per vector of the head: about 1.5x), and tf.exp
- * where every input lies in [-87, 88] (the log-softmax's and the entropy's; 8x tfjs-backend-wasm's
- * scalar loop).
+ * rxrl's relaxed-SIMD kernels for tfjs's wasm backend, built on fused multiply-adds (WebAssembly's
+ * relaxed SIMD `f32x4.relaxed_madd`, which V8 compiles to `vfmadd231ps` where the CPU has FMA):
+ *
+ * - the matmul, BatchMatMul and _FusedMatMul (tf.matMul and tf.fused.matMul), in place of XNNPACK's;
+ * - simdKernels.ts's causal attention for training (RxrlCausalAttention and its gradient): its six
+ *   per-head products (two forward, four back) on the matmul's micro-kernels, skipping the blocks and
+ *   the stretches of K that causality makes zero (those kernels' own loops, a dot product per score
+ *   and a read-modify-write of dK and dV per key, took about 2.5x as long);
+ * - simdKernels.ts's GELU and decoding attention over the KV cache (RxrlGelu, RxrlCachedAttention),
+ *   with an FMA exponential whose constants live in locals (half and two thirds of the time);
+ * - tf.exp where every input lies in [-87, 88] (the log-softmax's and the entropy's: 8x
+ *   tfjs-backend-wasm's scalar loop).
  *
  * Why: dense matmuls are most of a learner step on the wasm backend (about 600 of 860 ms of kernel
  * time for the ~1M model's 16 x 128 tokens). tfjs-backend-wasm hands them to XNNPACK, whose wasm
@@ -17,9 +18,10 @@
  * GFLOP/s on the learner's shapes, this kernel 27-37, against a peak of 59 for FMAs alone
  * (bench/kernels.ts measures the learner step and sampling with and without it).
  *
- * How: C = A B for each batch entry. A is packed into panels of 4 rows ([K][4] floats, rows past the
- * last whole panel one at a time); B into panels of 8 columns ([K][8], then 4, the last one padded
- * with zeros), except for few rows (GEMM_MIN_ROWS), where it may be read where it lies. A
+ * How (the matmul): C = A B for each batch entry, in blocks of rows and of K (KC, MC). A is packed into
+ * panels of 4 rows ([K][4] floats, rows past the last whole panel one at a time); B into panels of 8
+ * columns ([K][8], then 4, the last one padded with zeros), except for few rows (GEMM_MIN_ROWS), where
+ * it may be read where it lies. A
  * micro-kernel keeps a 4 x 8 block of C in 8 registers while it runs down K: per k, two loads of B,
  * four broadcast loads of A and eight FMAs. Packing reads A and B through strides, so the transposed
  * cases (A^T B and A B^T, the gradients) cost no transpose. A bias (tf.fused.matMul's) is where the
@@ -34,8 +36,9 @@
  * `--experimental-wasm-relaxed-simd`, which installGemmKernel sets (V8 reads wasm feature flags
  * when it compiles a module). Where the module still does not compile, the kernel is not installed
  * and matmuls stay on XNNPACK. (On an x86 CPU without FMA, before 2013's, V8 would compile
- * relaxed_madd to a multiply and an add, and this kernel would be slower than XNNPACK.) Like simdKernels.ts it runs on the wasm backend's own memory, so it
- * is installed only on tfjs-backend-wasm 4.x's single-threaded build.
+ * relaxed_madd to a multiply and an add, and this kernel would be slower than XNNPACK.) Like
+ * simdKernels.ts it runs on the wasm backend's own memory, so it is installed only on
+ * tfjs-backend-wasm 4.x's single-threaded build.
  */
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';

@@ -18,11 +18,17 @@
  *   tfjs kernels.
  * - RxrlColumnSum: the sum of a [rows, cols] matrix's rows (bias gradients). tfjs's Sum over axis 0
  *   transposes first; GPT used ones @ x instead, which XNNPACK runs by packing x as weights every call.
+ * - RxrlAdamW: AdamW's update of one parameter in one pass (reads p, g, m, v; writes p, m, v), the
+ *   same float32 operations in the same order as the ~15 tfjs kernels of src/learner/adamw.ts.
  * - RxrlCausalAttention and RxrlCausalAttentionGrad: causal self-attention for training and
  *   scoring (forward and gradient), reading the heads where the q/k/v projections put them
  *   ([B*T, H*hd]) and skipping the keys after each query. tfjs ops need the heads transposed out
  *   and back, and compute and mask all T x T scores: twice the work, over four batched matmuls,
  *   a mask add and a softmax.
+ *
+ * Where relaxed SIMD compiles, gemmKernel.ts takes over the causal attention, GELU and the cached
+ * attention with fused multiply-adds; these stay as the fallback (and GELU for sizes that are not a
+ * multiple of 8).
  *
  * Writing into an input tensor (the attention's cache) breaks tfjs's rule that tensors are
  * immutable. It is safe here because the buffers belong to one decoder (CachedDecoder in
