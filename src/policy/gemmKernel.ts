@@ -377,12 +377,14 @@ const hsum = (v: string): string => `(f32.add
  */
 function eachHead(body: string): string {
   return `
-    (local.set $rowBytes (i32.shl (i32.mul (local.get $H) (local.get $hd)) (i32.const 2)))
     (local.set $tRow (i32.shl (local.get $T) (i32.const 2)))
     (block $headsDone (loop $heads
       (br_if $headsDone (i32.ge_u (local.get $bh) (i32.mul (local.get $B) (local.get $H))))
       (local.set $base (i32.add
-        (i32.mul (i32.mul (i32.div_u (local.get $bh) (local.get $H)) (local.get $T)) (local.get $rowBytes))
+        (i32.mul (i32.mul (i32.div_u (local.get $bh) (local.get $H)) (local.get $T)) (local.get $inRow))
+        (i32.shl (i32.mul (i32.rem_u (local.get $bh) (local.get $H)) (local.get $hd)) (i32.const 2))))
+      (local.set $yBase (i32.add
+        (i32.mul (i32.mul (i32.div_u (local.get $bh) (local.get $H)) (local.get $T)) (local.get $outRow))
         (i32.shl (i32.mul (i32.rem_u (local.get $bh) (local.get $H)) (local.get $hd)) (i32.const 2))))
       (local.set $pAt (i32.add (local.get $p) (i32.mul (i32.mul (local.get $bh) (local.get $T)) (local.get $tRow))))
       ${body}
@@ -408,7 +410,14 @@ function headGemm(
 const get = (name: string): string => `(local.get $${name})`;
 const plus = (name: string, offset = 'base'): string =>
   `(i32.add (local.get $${name}) (local.get $${offset}))`;
-const [T, HD, ROWS, T_ROW, FOUR] = [get('T'), get('hd'), get('rowBytes'), get('tRow'), '(i32.const 4)'];
+const [T, HD, ROWS, OUT_ROWS, T_ROW, FOUR] = [
+  get('T'),
+  get('hd'),
+  get('inRow'),
+  get('outRow'),
+  get('tRow'),
+  '(i32.const 4)',
+];
 
 /**
  * WAT: causal self-attention for training on $gemm (what simdKernels.ts's RxrlCausalAttention and
@@ -655,26 +664,26 @@ ${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.ge
   ;; hd x T (T rounded up to 4) + 8 floats.
   (func (export "causalAttention")
     (param $q i32) (param $k i32) (param $v i32) (param $y i32) (param $p i32) (param $ap i32) (param $bp i32)
-    (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32)
-    (local $bh i32) (local $base i32) (local $rowBytes i32) (local $tRow i32) (local $pAt i32)
+    (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32) (param $inRow i32) (param $outRow i32)
+    (local $bh i32) (local $base i32) (local $yBase i32) (local $tRow i32) (local $pAt i32)
     ${eachHead(`
       ${headGemm(plus('q'), [ROWS, FOUR], plus('k'), [FOUR, ROWS], get('pAt'), T_ROW, [T, T, HD], 'scores')}
       (call $softmaxRows (local.get $pAt) (local.get $T) (local.get $scale))
-      ${headGemm(get('pAt'), [T_ROW, FOUR], plus('v'), [ROWS, FOUR], plus('y'), ROWS, [T, HD, T], 'lower')}`)})
+      ${headGemm(get('pAt'), [T_ROW, FOUR], plus('v'), [ROWS, FOUR], plus('y', 'yBase'), OUT_ROWS, [T, HD, T], 'lower')}`)})
 
   ;; dy, q, k, v, dq, dk and dv are [B*T, H*hd]; P [B, H, T, T]; m and pm scratch for T x T floats;
   ;; ap and bp as causalAttention's.
   (func (export "causalAttentionGrad")
     (param $dy i32) (param $q i32) (param $k i32) (param $v i32) (param $p i32) (param $m i32) (param $pm i32)
     (param $dq i32) (param $dk i32) (param $dv i32) (param $ap i32) (param $bp i32)
-    (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32)
-    (local $bh i32) (local $base i32) (local $rowBytes i32) (local $tRow i32) (local $pAt i32)
+    (param $B i32) (param $T i32) (param $H i32) (param $hd i32) (param $scale f32) (param $inRow i32) (param $outRow i32)
+    (local $bh i32) (local $base i32) (local $yBase i32) (local $tRow i32) (local $pAt i32)
     ${eachHead(`
-      ${headGemm(plus('dy'), [ROWS, FOUR], plus('v'), [FOUR, ROWS], get('m'), T_ROW, [T, T, HD], 'scores')}
+      ${headGemm(plus('dy', 'yBase'), [OUT_ROWS, FOUR], plus('v'), [FOUR, ROWS], get('m'), T_ROW, [T, T, HD], 'scores')}
       (call $softmaxGradRows (local.get $pAt) (local.get $m) (local.get $pm) (local.get $T) (local.get $scale))
       ${headGemm(get('m'), [T_ROW, FOUR], plus('k'), [ROWS, FOUR], plus('dq'), ROWS, [T, HD, T], 'lower')}
       ${headGemm(get('m'), [FOUR, T_ROW], plus('q'), [ROWS, FOUR], plus('dk'), ROWS, [T, HD, T], 'upper')}
-      ${headGemm(get('pm'), [FOUR, T_ROW], plus('dy'), [ROWS, FOUR], plus('dv'), ROWS, [T, HD, T], 'upper')}`)})
+      ${headGemm(get('pm'), [FOUR, T_ROW], plus('dy', 'yBase'), [OUT_ROWS, FOUR], plus('dv'), ROWS, [T, HD, T], 'upper')}`)})
 `;
 
 const GEMM_WAT = `
@@ -898,6 +907,8 @@ interface Exports {
     H: number,
     hd: number,
     scale: number,
+    inRow: number,
+    outRow: number,
   ): void;
   causalAttentionGrad(
     dy: number,
@@ -917,6 +928,8 @@ interface Exports {
     H: number,
     hd: number,
     scale: number,
+    inRow: number,
+    outRow: number,
   ): void;
 }
 
@@ -962,9 +975,9 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
     switch (kernel.kernelName) {
       case SIMD_KERNELS.causalAttention:
-        return causalAttentionKernel(exports);
+        return causalAttentionKernel(exports, false);
       case SIMD_KERNELS.causalAttentionGrad:
-        return causalAttentionGradKernel(exports);
+        return causalAttentionGradKernel(exports, false);
       case SIMD_KERNELS.gelu:
         return geluKernel(exports, kernel);
       case SIMD_KERNELS.attention:
@@ -984,17 +997,81 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
     });
   }
   replaced = [...matMuls, ...simd];
+  tf.registerKernel({
+    kernelName: QKV_KERNELS.forward,
+    backendName: 'wasm',
+    kernelFunc: causalAttentionKernel(exports, true),
+  });
+  tf.registerKernel({
+    kernelName: QKV_KERNELS.gradient,
+    backendName: 'wasm',
+    kernelFunc: causalAttentionGradKernel(exports, true),
+  });
   return true;
 }
 
 /** Puts back the kernels it replaced (for tests and benches that compare the two). */
 export function uninstallGemmKernel(): void {
   if (!replaced) return;
+  for (const name of Object.values(QKV_KERNELS)) tf.unregisterKernel(name, 'wasm');
   for (const kernel of replaced) {
     tf.unregisterKernel(kernel.kernelName, 'wasm');
     tf.registerKernel(kernel);
   }
   replaced = undefined;
+}
+
+/** The kernels of causal attention on the q/k/v projection's output as it is (no split), which only this module has. */
+const QKV_KERNELS = { forward: 'RxrlCausalAttentionQkv', gradient: 'RxrlCausalAttentionQkvGrad' } as const;
+
+/**
+ * Causal self-attention straight from the q/k/v projection: qkv [B*T, 3 H*hd] (q, k and v side by side,
+ * each H heads of hd) -> y [B*T, H*hd] and the probabilities P [B, H, T, T] for the gradient. What
+ * simdKernels.ts's causalAttention computes from the three split out, without the split (three copies)
+ * and, in the gradient, the concat that joins dq, dk and dv back. Only while this module is installed
+ * (gemmKernelInstalled()).
+ */
+export function causalAttentionQkv(
+  qkv: tf.Tensor2D,
+  { B, T, H }: { B: number; T: number; H: number },
+  scale: number,
+): [tf.Tensor2D, tf.Tensor4D] {
+  const hd = qkvHeadSize('causalAttentionQkv', qkv, { B, T, H });
+  return tf.engine().runKernel(QKV_KERNELS.forward, { qkv }, { B, T, H, hd, scale }) as unknown as [
+    tf.Tensor2D,
+    tf.Tensor4D,
+  ];
+}
+
+/** The gradient of causalAttentionQkv with respect to qkv, from dy [B*T, H*hd] and its P. */
+export function causalAttentionQkvGrad(
+  dy: tf.Tensor,
+  qkv: tf.Tensor,
+  p: tf.Tensor,
+  { B, T, H }: { B: number; T: number; H: number },
+  scale: number,
+): tf.Tensor2D {
+  const hd = qkvHeadSize('causalAttentionQkvGrad', qkv, { B, T, H });
+  const expect = (name: string, t: tf.Tensor, shape: number[]): void => {
+    if (t.dtype !== 'float32' || !tf.util.arraysEqual(t.shape, shape))
+      throw new Error(
+        `causalAttentionQkvGrad: ${name} must be float32 [${shape.join(', ')}], got ${t.dtype} [${t.shape.join(', ')}]`,
+      );
+  };
+  expect('dy', dy, [B * T, H * hd]);
+  expect('p', p, [B, H, T, T]);
+  return tf.engine().runKernel(QKV_KERNELS.gradient, { dy, qkv, p }, { B, T, H, hd, scale }) as tf.Tensor2D;
+}
+
+function qkvHeadSize(op: string, qkv: tf.Tensor, { B, T, H }: { B: number; T: number; H: number }): number {
+  if (!gemmKernelInstalled())
+    throw new Error(`${op}: rxrl's relaxed-SIMD kernels are not installed (wasm backend only)`);
+  const width = qkv.shape[1] ?? 0;
+  if (qkv.dtype !== 'float32' || qkv.rank !== 2 || qkv.shape[0] !== B * T || width % (3 * H) !== 0)
+    throw new Error(
+      `${op}: qkv must be float32 [${B * T}, 3 * ${H} heads * head size], got ${qkv.dtype} [${qkv.shape.join(', ')}]`,
+    );
+  return width / (3 * H);
 }
 
 /** Whether matmuls of at least GEMM_MIN_ROWS rows run on this kernel. */
@@ -1088,49 +1165,30 @@ function headScratch(T: number, hd: number): [number, number] {
   return [T * Math.max(T, hd), hd * Math.ceil(T / 4) * 4 + 8];
 }
 
-/** RxrlCausalAttention (simdKernels.ts's causalAttention) on $gemm. */
-function causalAttentionKernel(exports: Exports): tf.KernelFunc {
+/**
+ * Causal attention on $gemm: RxrlCausalAttention (simdKernels.ts's causalAttention: q, k, v [B*T, H*hd])
+ * or, `fused`, RxrlCausalAttentionQkv (the projection's [B*T, 3 H*hd], q, k and v side by side).
+ */
+function causalAttentionKernel(exports: Exports, fused: boolean): tf.KernelFunc {
   return (args) => {
     const { inputs, attrs } = args as KernelArgs;
-    const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
     const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
     const backend = args.backend as unknown as WasmBackend;
     const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+    const [q, k, v] = headInputs(inputs, fused, H * hd, at);
     const [y, p] = [
       backend.makeOutput([B * T, H * hd], 'float32'),
       backend.makeOutput([B, H, T, T], 'float32'),
     ];
     const scratch = headScratch(T, hd).map((n) => backend.makeOutput([n], 'float32'));
     const [ap, bp] = scratch.map(at) as [number, number];
-    exports.causalAttention(at(q), at(k), at(v), at(y), at(p), ap, bp, B, T, H, hd, scale);
-    for (const t of scratch) backend.disposeData(t.dataId);
-    return [y, p];
-  };
-}
-
-/** RxrlCausalAttentionGrad (simdKernels.ts's causalAttentionGrad) on $gemm. */
-function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const { dy, q, k, v, p } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'p', tf.TensorInfo>;
-    const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
-    const backend = args.backend as unknown as WasmBackend;
-    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
-    const grads = [0, 1, 2].map(() => backend.makeOutput([B * T, H * hd], 'float32'));
-    const scratch = [T * T, T * T, ...headScratch(T, hd)].map((n) => backend.makeOutput([n], 'float32'));
-    const [m, pm, ap, bp] = scratch.map(at) as [number, number, number, number];
-    const [dq, dk, dv] = grads.map(at) as [number, number, number];
-    exports.causalAttentionGrad(
-      at(dy),
-      at(q),
-      at(k),
-      at(v),
+    const rowBytes = H * hd * 4;
+    exports.causalAttention(
+      q,
+      k,
+      v,
+      at(y),
       at(p),
-      m,
-      pm,
-      dq,
-      dk,
-      dv,
       ap,
       bp,
       B,
@@ -1138,10 +1196,71 @@ function causalAttentionGradKernel(exports: Exports): tf.KernelFunc {
       H,
       hd,
       scale,
+      fused ? 3 * rowBytes : rowBytes,
+      rowBytes,
     );
     for (const t of scratch) backend.disposeData(t.dataId);
-    return grads;
+    return [y, p];
   };
+}
+
+/**
+ * Its gradient: RxrlCausalAttentionGrad ([dq, dk, dv], each [B*T, H*hd]) or, `fused`,
+ * RxrlCausalAttentionQkvGrad (one [B*T, 3 H*hd], the gradient of the projection's output).
+ */
+function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args as KernelArgs;
+    const { dy, p } = inputs as Record<'dy' | 'p', tf.TensorInfo>;
+    const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
+    const backend = args.backend as unknown as WasmBackend;
+    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+    const [q, k, v] = headInputs(inputs, fused, H * hd, at);
+    const grads = fused
+      ? [backend.makeOutput([B * T, 3 * H * hd], 'float32')]
+      : [0, 1, 2].map(() => backend.makeOutput([B * T, H * hd], 'float32'));
+    const [dq, dk, dv] = fused
+      ? [0, 1, 2].map((i) => at(grads[0]!) + i * H * hd * 4)
+      : (grads.map(at) as [number, number, number]);
+    const scratch = [T * T, T * T, ...headScratch(T, hd)].map((n) => backend.makeOutput([n], 'float32'));
+    const [m, pm, ap, bp] = scratch.map(at) as [number, number, number, number];
+    const rowBytes = H * hd * 4;
+    exports.causalAttentionGrad(
+      at(dy),
+      q,
+      k,
+      v,
+      at(p),
+      m,
+      pm,
+      dq!,
+      dk!,
+      dv!,
+      ap,
+      bp,
+      B,
+      T,
+      H,
+      hd,
+      scale,
+      fused ? 3 * rowBytes : rowBytes,
+      rowBytes,
+    );
+    for (const t of scratch) backend.disposeData(t.dataId);
+    return fused ? grads[0]! : grads;
+  };
+}
+
+/** The addresses of q, k and v: three tensors, or (fused) three column ranges of one qkv. */
+function headInputs(
+  inputs: Record<string, tf.TensorInfo | undefined>,
+  fused: boolean,
+  width: number,
+  at: (t: tf.TensorInfo) => number,
+): [number, number, number] {
+  if (!fused) return [at(inputs.q!), at(inputs.k!), at(inputs.v!)];
+  const qkv = at(inputs.qkv!);
+  return [qkv, qkv + width * 4, qkv + 2 * width * 4];
 }
 
 /** RxrlGelu (simdKernels.ts's gelu) with FMAs, for sizes that are a multiple of 8 (others: `previous`). */

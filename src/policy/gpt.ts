@@ -24,7 +24,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { normalArray, seededUniform } from '../random.ts';
-import { gemmKernelInstalled } from './gemmKernel.ts';
+import { causalAttentionQkv, causalAttentionQkvGrad, gemmKernelInstalled } from './gemmKernel.ts';
 import * as simd from './simdKernels.ts';
 
 export const GPTConfig = z
@@ -226,6 +226,21 @@ function causalSelfAttention(heads: { B: number; T: number; H: number }, scale: 
       value,
       save: [q!, k!, v!, p],
       gradient: (dy, [qs, ks, vs, ps]) => simd.causalAttentionGrad(dy, qs!, ks!, vs!, ps!, heads, scale),
+    };
+  });
+}
+
+/**
+ * The same from the q/k/v projection's output [B*T, 3 H*hd] as it is, on gemmKernel.ts's kernels: no
+ * split into three copies, and no concat of their gradients.
+ */
+function causalSelfAttentionQkv(heads: { B: number; T: number; H: number }, scale: number) {
+  return differentiable((qkv) => {
+    const [value, p] = causalAttentionQkv(qkv as tf.Tensor2D, heads, scale);
+    return {
+      value,
+      save: [qkv!, p],
+      gradient: (dy, [qkvs, ps]) => [causalAttentionQkvGrad(dy, qkvs!, ps!, heads, scale)],
     };
   });
 }
@@ -456,8 +471,18 @@ export class GPT {
     T: number,
     rotation: Rope | undefined,
   ): { y: tf.Tensor2D; kv: undefined } {
+    const heads = { B, T, H: this.config.nHeads };
+    const scale = 1 / Math.sqrt(this.headDim);
+    if (!rotation && gemmKernelInstalled()) {
+      // Queries and keys need no rotation: attend on the projection's output as it lies.
+      const qkv = linear(x, this.p(`h${l}.attn.wqkv`), this.p(`h${l}.attn.bqkv`));
+      return {
+        y: this.attentionOut(l, causalSelfAttentionQkv(heads, scale)(qkv) as tf.Tensor2D),
+        kv: undefined,
+      };
+    }
     const { q, k, v } = this.queryKeyValue(l, x, rotation, (t) => t as tf.Tensor2D);
-    const y = causalSelfAttention({ B, T, H: this.config.nHeads }, 1 / Math.sqrt(this.headDim))(q, k, v);
+    const y = causalSelfAttention(heads, scale)(q, k, v);
     return { y: this.attentionOut(l, y), kv: undefined };
   }
 

@@ -3,12 +3,15 @@ import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  causalAttentionQkv,
+  causalAttentionQkvGrad,
   GEMM_BLOCKS,
   GEMM_MIN_ROWS,
   gemmKernelInstalled,
   installGemmKernel,
   uninstallGemmKernel,
 } from '../../src/policy/gemmKernel.ts';
+import { causalAttention, causalAttentionGrad } from '../../src/policy/simdKernels.ts';
 import { useWasm } from './helpers.ts';
 
 beforeAll(async () => {
@@ -198,5 +201,58 @@ describe("the relaxed-SIMD module's tf.exp", () => {
     withKernel[3]!.forEach((v, i) =>
       expect(Math.abs(v - stock[3]![i]!) / stock[3]![i]!).toBeLessThan(2.5e-7),
     );
+  });
+});
+
+describe('causal attention on the q/k/v projection as it lies', () => {
+  it('gives what the split q, k, v give, and its gradient what theirs concatenated give, bit for bit', () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          B: fc.integer({ min: 1, max: 3 }),
+          T: fc.integer({ min: 1, max: 40 }),
+          H: fc.integer({ min: 1, max: 3 }),
+          hd: fc.constantFrom(4, 8, 16),
+          seed: fc.integer({ min: 1, max: 1_000_000 }),
+        }),
+        ({ B, T, H, hd, seed }) => {
+          tf.tidy(() => {
+            const heads = { B, T, H };
+            const scale = 1 / Math.sqrt(hd);
+            const qkv = tf.randomNormal([B * T, 3 * H * hd], 0, 1, 'float32', seed) as tf.Tensor2D;
+            const dy = tf.randomNormal([B * T, H * hd], 0, 1, 'float32', seed + 1) as tf.Tensor2D;
+            const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+            const [y, p] = causalAttentionQkv(qkv, heads, scale);
+            const [ySplit, pSplit] = causalAttention(q, k, v, heads, scale);
+            expect(y.dataSync()).toEqual(ySplit.dataSync());
+            const grad = causalAttentionQkvGrad(dy, qkv, p, heads, scale);
+            const want = tf.concat(causalAttentionGrad(dy, q, k, v, pSplit, heads, scale), 1);
+            expect(grad.shape).toEqual([B * T, 3 * H * hd]);
+            expect(grad.dataSync()).toEqual(want.dataSync());
+          });
+        },
+      ),
+      { numRuns: 30 },
+    );
+  });
+
+  it('says what is wrong with its inputs, and that it needs the relaxed-SIMD kernels', async () => {
+    tf.tidy(() => {
+      const qkv = tf.ones([6, 18]) as tf.Tensor2D;
+      expect(() => causalAttentionQkv(qkv, { B: 2, T: 3, H: 4 }, 1)).toThrow(
+        /causalAttentionQkv: qkv must be float32 \[6, 3 \* 4 heads \* head size\], got float32 \[6, 18\]/,
+      );
+      const [, p] = causalAttentionQkv(qkv, { B: 2, T: 3, H: 2 }, 1);
+      expect(() => causalAttentionQkvGrad(tf.ones([6, 5]), qkv, p, { B: 2, T: 3, H: 2 }, 1)).toThrow(
+        /causalAttentionQkvGrad: dy must be float32 \[6, 6\], got float32 \[6, 5\]/,
+      );
+    });
+    uninstallGemmKernel();
+    const qkv = tf.ones([6, 18]) as tf.Tensor2D;
+    expect(() => causalAttentionQkv(qkv, { B: 2, T: 3, H: 2 }, 1)).toThrow(
+      /rxrl's relaxed-SIMD kernels are not installed/,
+    );
+    qkv.dispose();
+    await installGemmKernel(version_wasm);
   });
 });
