@@ -44,11 +44,14 @@ import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
 import {
+  cachedAttentionKernel,
+  expectShape,
   forEachCachedHead,
+  keysUpToQuery,
   KERNELS as SIMD_KERNELS,
   scratchSoftmax,
+  wasmKernel,
   type Attend,
-  type KernelArgs,
   type WasmBackend,
 } from './simdKernels.ts';
 
@@ -320,29 +323,6 @@ const hsumLikeHsum4 = (v: string): string => `(f32.add
 const AT_J = '(i32.add (local.get $row) (i32.shl (local.get $j) (i32.const 2)))';
 
 /**
- * WAT: `by4` for each block of 4 columns j..j+3 <= i of row $i (the keys causal query i sees), then
- * `by1` for each column left (without `by4`, each column j <= i); $j is the column.
- */
-function upToDiagonal(by4: string | undefined, by1: string): string {
-  return `
-      (local.set $j (i32.const 0))${
-        by4 === undefined
-          ? ''
-          : `
-      (block $by4Done (loop $by4
-        (br_if $by4Done (i32.gt_u (i32.add (local.get $j) (i32.const 3)) (local.get $i)))
-        ${by4}
-        (local.set $j (i32.add (local.get $j) (i32.const 4)))
-        (br $by4)))`
-      }
-      (block $by1Done (loop $by1
-        (br_if $by1Done (i32.gt_u (local.get $j) (local.get $i)))
-        ${by1}
-        (local.set $j (i32.add (local.get $j) (i32.const 1)))
-        (br $by1)))`;
-}
-
-/**
  * WAT: `body` for each row $i of a [T, T] matrix at $m, at $row; then `after` for each column
  * past the diagonal to the end of its block of 4 ($j; the columns a 4-row block of $gemm's causal
  * modes reads past the diagonal, so they must hold zeros).
@@ -600,7 +580,7 @@ ${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.ge
       `
       (local.set $v (v128.const f32x4 -inf -inf -inf -inf))
       (local.set $max (f32.const -inf))
-      ${upToDiagonal(
+      ${keysUpToQuery(
         `(local.set $v (f32x4.max (local.get $v) (v128.load ${AT_J})))`,
         `(local.set $max (f32.max (local.get $max) (f32.load ${AT_J})))`,
       )}
@@ -610,7 +590,7 @@ ${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.ge
       (local.set $maxV (f32x4.splat (local.get $max)))
       (local.set $v (v128.const f32x4 0 0 0 0))
       (local.set $sum (f32.const 0))
-      ${upToDiagonal(
+      ${keysUpToQuery(
         `(local.set $e (f32x4.sub (f32x4.mul (v128.load ${AT_J}) (local.get $scaleV)) (local.get $maxV)))
         ${expFma('$e', '$e')}
         (v128.store ${AT_J} (local.get $e))
@@ -622,7 +602,7 @@ ${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.ge
       )}
       (local.set $sum (f32.div (f32.const 1) (f32.add ${hsum('(local.get $v)')} (local.get $sum))))
       (local.set $v (f32x4.splat (local.get $sum)))
-      ${upToDiagonal(
+      ${keysUpToQuery(
         `(v128.store ${AT_J} (f32x4.mul (v128.load ${AT_J}) (local.get $v)))`,
         `(f32.store ${AT_J} (f32.mul (f32.load ${AT_J}) (local.get $sum)))`,
       )}`,
@@ -640,7 +620,7 @@ ${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.ge
       (local.set $pmRow (i32.add (local.get $pm) (i32.sub (local.get $row) (local.get $m))))
       (local.set $v (v128.const f32x4 0 0 0 0))
       (local.set $D (f32.const 0))
-      ${upToDiagonal(
+      ${keysUpToQuery(
         `(local.set $pv (v128.load ${AT_J.replace('$row', '$pRow')}))
         (v128.store ${AT_J.replace('$row', '$pmRow')} (local.get $pv))
         (local.set $v (f32x4.add (local.get $v) (f32x4.mul (v128.load ${AT_J}) (local.get $pv))))`,
@@ -650,7 +630,7 @@ ${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.ge
       (local.set $D (f32.add (local.get $D) ${hsum('(local.get $v)')}))
       (local.set $d (f32x4.splat (local.get $D)))
       (local.set $v (f32x4.splat (local.get $scale)))
-      ${upToDiagonal(
+      ${keysUpToQuery(
         `(v128.store ${AT_J} (f32x4.mul (f32x4.mul (v128.load ${AT_J.replace('$row', '$pmRow')})
           (f32x4.sub (v128.load ${AT_J}) (local.get $d))) (local.get $v)))`,
         `(f32.store ${AT_J} (f32.mul (f32.mul (f32.load ${AT_J.replace('$row', '$pmRow')})
@@ -934,11 +914,11 @@ interface Exports {
 }
 
 /**
- * The kernels replaced: tf.matMul's, tf.fused.matMul's (GPT's linear layers, with a bias), and
- * simdKernels.ts's causal attention for training, whose products become $gemm's (where simdKernels.ts
- * registered it).
+ * The kernels replaced: tfjs-backend-wasm's tf.matMul, tf.fused.matMul (GPT's linear layers, with a
+ * bias) and tf.exp, and simdKernels.ts's attention (training and decoding) and GELU where it
+ * registered them.
  */
-const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul', 'Exp'] as const;
+const STOCK_REPLACED = ['BatchMatMul', '_FusedMatMul', 'Exp'] as const;
 const SIMD_REPLACED = [
   SIMD_KERNELS.attention,
   SIMD_KERNELS.causalAttention,
@@ -953,8 +933,8 @@ let replaced: tf.KernelConfig[] | undefined;
 let binary: Uint8Array | undefined;
 
 /**
- * Replaces the wasm backend's BatchMatMul and _FusedMatMul (call with the backend active, after
- * any other replacement of them); idempotent. Resolves to false where it does not apply: another
+ * Replaces the kernels of STOCK_REPLACED and SIMD_REPLACED and registers the fused-qkv attention (call
+ * with the backend active, after simdKernels.ts and any other replacement of them); idempotent. Resolves to false where it does not apply: another
  * tfjs-backend-wasm version or its threaded build, or a V8 that will not compile relaxed SIMD.
  */
 export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
@@ -969,8 +949,8 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   }
   const module = await WebAssembly.compile(binary);
   const exports = (await WebAssembly.instantiate(module, { env: { memory } })).exports as unknown as Exports;
-  const matMuls = MATMUL_KERNELS.map((name) => tf.getKernel(name, 'wasm'));
-  if (!matMuls.every((kernel) => kernel !== undefined)) return false;
+  const stock = STOCK_REPLACED.map((name) => tf.getKernel(name, 'wasm'));
+  if (!stock.every((kernel) => kernel !== undefined)) return false;
   const simd = SIMD_REPLACED.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
     switch (kernel.kernelName) {
@@ -988,7 +968,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
         return gemmKernel(exports, kernel);
     }
   };
-  for (const kernel of [...matMuls, ...simd]) {
+  for (const kernel of [...stock, ...simd]) {
     tf.unregisterKernel(kernel.kernelName, 'wasm');
     tf.registerKernel({
       kernelName: kernel.kernelName,
@@ -996,7 +976,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
       kernelFunc: replacement(kernel),
     });
   }
-  replaced = [...matMuls, ...simd];
+  replaced = [...stock, ...simd];
   tf.registerKernel({
     kernelName: QKV_KERNELS.forward,
     backendName: 'wasm',
@@ -1052,12 +1032,7 @@ export function causalAttentionQkvGrad(
   scale: number,
 ): tf.Tensor2D {
   const hd = qkvHeadSize('causalAttentionQkvGrad', qkv, { B, T, H });
-  const expect = (name: string, t: tf.Tensor, shape: number[]): void => {
-    if (t.dtype !== 'float32' || !tf.util.arraysEqual(t.shape, shape))
-      throw new Error(
-        `causalAttentionQkvGrad: ${name} must be float32 [${shape.join(', ')}], got ${t.dtype} [${t.shape.join(', ')}]`,
-      );
-  };
+  const expect = expectShape('causalAttentionQkvGrad');
   expect('dy', dy, [B * T, H * hd]);
   expect('p', p, [B, H, T, T]);
   return tf.engine().runKernel(QKV_KERNELS.gradient, { dy, qkv, p }, { B, T, H, hd, scale }) as tf.Tensor2D;
@@ -1091,12 +1066,11 @@ async function assemble(): Promise<Uint8Array> {
 
 /** The kernel in place of `previous` (BatchMatMul or _FusedMatMul), which keeps what it does not take. */
 function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const backend = args.backend as unknown as WasmBackend;
+  return wasmKernel(({ inputs, attrs: numbers, output, free, at, fallBack }) => {
+    const attrs = numbers as unknown as { transposeA?: boolean; transposeB?: boolean; activation?: string };
     const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
-    const transposeA = attrs?.transposeA === true;
-    const transposeB = attrs?.transposeB === true;
+    const transposeA = attrs.transposeA === true;
+    const transposeB = attrs.transposeB === true;
     const batch = a.shape.slice(0, -2);
     const [aRows, aCols] = a.shape.slice(-2) as [number, number];
     const [bRows, bCols] = b.shape.slice(-2) as [number, number];
@@ -1121,17 +1095,18 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
       (M < GEMM_MIN_ROWS && packB && !stockIsWrong) ||
       N === 0 ||
       K === 0 ||
-      (attrs?.activation !== undefined && attrs.activation !== 'linear') ||
+      (attrs.activation !== undefined && attrs.activation !== 'linear') ||
       inputs.preluActivationWeights !== undefined ||
       (bias !== undefined && (bias.dtype !== 'float32' || tf.util.sizeFromShape(bias.shape) !== N))
     ) {
-      return previous.kernelFunc(args);
+      return fallBack();
     }
-    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
-    const out = backend.makeOutput([...batch, M, N], 'float32');
-    const aPacked = backend.makeOutput([Math.min(M, MC) * Math.min(K, KC)], 'float32');
-    const bPacked = backend.makeOutput([(packB ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8], 'float32');
-    const [aAt, bAt, outAt, biasAt] = [at(a), at(b), at(out), bias ? at(bias) : 0];
+    const out = output([...batch, M, N]);
+    const aPacked = output([Math.min(M, MC) * Math.min(K, KC)]);
+    const bPacked = output([(packB ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8]);
+    const [aAt, bAt, outAt, biasAt, apAt, bpAt] = [a, b, out, bias, aPacked, bPacked].map((t) =>
+      t ? at(t) : 0,
+    ) as [number, number, number, number, number, number];
     // Byte strides of A's (row, k) and B's (k, column), through the transposes.
     const [aRow, aCol] = transposeA ? [4, aCols * 4] : [aCols * 4, 4];
     const [bRow, bCol] = transposeB ? [4, bCols * 4] : [bCols * 4, 4];
@@ -1149,15 +1124,15 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
         M,
         N,
         K,
-        at(aPacked),
-        at(bPacked),
+        apAt,
+        bpAt,
         packB ? 1 : 0,
       );
     }
-    backend.disposeData(aPacked.dataId);
-    backend.disposeData(bPacked.dataId);
+    free(aPacked);
+    free(bPacked);
     return out;
-  };
+  }, previous);
 }
 
 /** The size of $gemm's scratch for one head's products: [ap, bp] floats (see causalAttention's WAT). */
@@ -1170,38 +1145,16 @@ function headScratch(T: number, hd: number): [number, number] {
  * or, `fused`, RxrlCausalAttentionQkv (the projection's [B*T, 3 H*hd], q, k and v side by side).
  */
 function causalAttentionKernel(exports: Exports, fused: boolean): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
-    const backend = args.backend as unknown as WasmBackend;
-    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+  return wasmKernel(({ inputs, attrs, output, free, at }) => {
+    const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
-    const [y, p] = [
-      backend.makeOutput([B * T, H * hd], 'float32'),
-      backend.makeOutput([B, H, T, T], 'float32'),
-    ];
-    const scratch = headScratch(T, hd).map((n) => backend.makeOutput([n], 'float32'));
+    const [y, p] = [output([B * T, H * hd]), output([B, H, T, T])];
+    const scratch = headScratch(T, hd).map((n) => output([n]));
     const [ap, bp] = scratch.map(at) as [number, number];
-    const rowBytes = H * hd * 4;
-    exports.causalAttention(
-      q,
-      k,
-      v,
-      at(y),
-      at(p),
-      ap,
-      bp,
-      B,
-      T,
-      H,
-      hd,
-      scale,
-      fused ? 3 * rowBytes : rowBytes,
-      rowBytes,
-    );
-    for (const t of scratch) backend.disposeData(t.dataId);
+    exports.causalAttention(q, k, v, at(y), at(p), ap, bp, ...headArgs(attrs, fused));
+    scratch.forEach(free);
     return [y, p];
-  };
+  });
 }
 
 /**
@@ -1209,28 +1162,22 @@ function causalAttentionKernel(exports: Exports, fused: boolean): tf.KernelFunc 
  * RxrlCausalAttentionQkvGrad (one [B*T, 3 H*hd], the gradient of the projection's output).
  */
 function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const { dy, p } = inputs as Record<'dy' | 'p', tf.TensorInfo>;
-    const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
-    const backend = args.backend as unknown as WasmBackend;
-    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
+  return wasmKernel(({ inputs, attrs, output, free, at }) => {
+    const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
-    const grads = fused
-      ? [backend.makeOutput([B * T, 3 * H * hd], 'float32')]
-      : [0, 1, 2].map(() => backend.makeOutput([B * T, H * hd], 'float32'));
-    const [dq, dk, dv] = fused
-      ? [0, 1, 2].map((i) => at(grads[0]!) + i * H * hd * 4)
-      : (grads.map(at) as [number, number, number]);
-    const scratch = [T * T, T * T, ...headScratch(T, hd)].map((n) => backend.makeOutput([n], 'float32'));
-    const [m, pm, ap, bp] = scratch.map(at) as [number, number, number, number];
     const rowBytes = H * hd * 4;
+    const grads = fused ? [output([B * T, 3 * H * hd])] : [0, 1, 2].map(() => output([B * T, H * hd]));
+    const [dq, dk, dv] = fused
+      ? [0, 1, 2].map((i) => at(grads[0]!) + i * rowBytes)
+      : (grads.map(at) as [number, number, number]);
+    const scratch = [T * T, T * T, ...headScratch(T, hd)].map((n) => output([n]));
+    const [m, pm, ap, bp] = scratch.map(at) as [number, number, number, number];
     exports.causalAttentionGrad(
-      at(dy),
+      at(inputs.dy!),
       q,
       k,
       v,
-      at(p),
+      at(inputs.p!),
       m,
       pm,
       dq!,
@@ -1238,17 +1185,24 @@ function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelF
       dv!,
       ap,
       bp,
-      B,
-      T,
-      H,
-      hd,
-      scale,
-      fused ? 3 * rowBytes : rowBytes,
-      rowBytes,
+      ...headArgs(attrs, fused),
     );
-    for (const t of scratch) backend.disposeData(t.dataId);
+    scratch.forEach(free);
     return fused ? grads[0]! : grads;
-  };
+  });
+}
+
+/**
+ * The attention exports' last arguments: B, T, H, hd, scale, and the bytes between rows of q/k/v (and
+ * of their gradients) and of y (and dy).
+ */
+function headArgs(
+  attrs: Record<string, number>,
+  fused: boolean,
+): [number, number, number, number, number, number, number] {
+  const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
+  const rowBytes = H * hd * 4;
+  return [B, T, H, hd, scale, fused ? 3 * rowBytes : rowBytes, rowBytes];
 }
 
 /** The addresses of q, k and v: three tensors, or (fused) three column ranges of one qkv. */
@@ -1265,65 +1219,25 @@ function headInputs(
 
 /** RxrlGelu (simdKernels.ts's gelu) with FMAs, for sizes that are a multiple of 8 (others: `previous`). */
 function geluKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
-  return (args) => {
-    const { x } = (args as KernelArgs).inputs as { x: tf.TensorInfo };
-    const n = tf.util.sizeFromShape(x.shape);
-    if (n % 8 !== 0) return previous.kernelFunc(args);
-    const backend = args.backend as unknown as WasmBackend;
-    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
-    const [y, s] = [backend.makeOutput(x.shape, 'float32'), backend.makeOutput(x.shape, 'float32')];
-    exports.gelu(at(x), at(y), at(s), n);
+  return wasmKernel(({ inputs: { x }, output, at, fallBack }) => {
+    const n = tf.util.sizeFromShape(x!.shape);
+    if (n % 8 !== 0) return fallBack();
+    const [y, s] = [output(x!.shape), output(x!.shape)];
+    exports.gelu(at(x!), at(y), at(s), n);
     return [y, s];
-  };
+  }, previous);
 }
 
-/** RxrlCachedAttention (simdKernels.ts's cachedAttention) with FMAs. */
-function cachedAttentionKernel(exports: Exports): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args as KernelArgs;
-    const { q, kNew, vNew, kCache, vCache, bias } = inputs as Record<
-      'q' | 'kNew' | 'vNew' | 'kCache' | 'vCache' | 'bias',
-      tf.TensorInfo
-    >;
-    const { length, scale } = attrs as Record<'length' | 'scale', number>;
-    const [B, H, capacity, hd] = kCache.shape as [number, number, number, number];
-    const backend = args.backend as unknown as WasmBackend;
-    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
-    const out = backend.makeOutput([B, H, 1, hd], 'float32');
-    // One head's scores at a time, padded to whole SIMD vectors.
-    const scratch = backend.makeOutput([Math.ceil(length / 4) * 4], 'float32');
-    exports.attend(
-      at(q),
-      at(kNew),
-      at(vNew),
-      at(kCache),
-      at(vCache),
-      at(bias),
-      at(scratch),
-      at(out),
-      B,
-      H,
-      capacity,
-      length,
-      hd,
-      scale,
-    );
-    backend.disposeData(scratch.dataId);
-    return out;
-  };
-}
-
-/** tf.exp on float32 with expFma where every x lies in [-87, 88] (the log-softmax's and entropy's
- * exponentials, ~10x tfjs-backend-wasm's scalar loop); anything else goes to `previous`. */
+/**
+ * tf.exp on float32 with expFma where every x lies in [-87, 88] (the log-softmax's and entropy's
+ * exponentials, ~10x tfjs-backend-wasm's scalar loop); anything else goes to `previous`.
+ */
 function expKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
-  return (args) => {
-    const { x } = (args as KernelArgs).inputs as { x: tf.TensorInfo };
-    if (x.dtype !== 'float32') return previous.kernelFunc(args);
-    const backend = args.backend as unknown as WasmBackend;
-    const at = (t: tf.TensorInfo): number => backend.dataIdMap.get(t.dataId).memoryOffset;
-    const y = backend.makeOutput(x.shape, 'float32');
-    if (exports.exp(at(x), at(y), tf.util.sizeFromShape(x.shape)) === 0) return y;
-    backend.disposeData(y.dataId);
-    return previous.kernelFunc(args);
-  };
+  return wasmKernel(({ inputs: { x }, output, free, at, fallBack }) => {
+    if (x!.dtype !== 'float32') return fallBack();
+    const y = output(x!.shape);
+    if (exports.exp(at(x!), at(y), tf.util.sizeFromShape(x!.shape)) === 0) return y;
+    free(y);
+    return fallBack();
+  }, previous);
 }

@@ -475,7 +475,7 @@ export class GPT {
     const scale = 1 / Math.sqrt(this.headDim);
     if (!rotation && gemmKernelInstalled()) {
       // Queries and keys need no rotation: attend on the projection's output as it lies.
-      const qkv = linear(x, this.p(`h${l}.attn.wqkv`), this.p(`h${l}.attn.bqkv`));
+      const qkv = this.queryKeyValueProjection(l, x);
       return {
         y: this.attentionOut(l, causalSelfAttentionQkv(heads, scale)(qkv) as tf.Tensor2D),
         kv: undefined,
@@ -493,7 +493,7 @@ export class GPT {
     rotation: Rope | undefined,
     heads: (t: tf.Tensor) => S,
   ): { q: S; k: S; v: S } {
-    const qkv = linear(x, this.p(`h${l}.attn.wqkv`), this.p(`h${l}.attn.bqkv`));
+    const qkv = this.queryKeyValueProjection(l, x);
     // Not written back into split's array: tfjs's tape keeps that very array as the op's outputs, so
     // replacing an entry would send the gradient of the rotated tensor straight into the split.
     const [qIn, kIn, vIn] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
@@ -502,6 +502,11 @@ export class GPT {
       k: heads(rotation ? rotate(kIn, rotation) : kIn),
       v: heads(vIn),
     };
+  }
+
+  /** x [B*T, d] projected to queries, keys and values side by side: [B*T, 3d]. */
+  private queryKeyValueProjection(l: number, x: tf.Tensor2D): tf.Tensor2D {
+    return linear(x, this.p(`h${l}.attn.wqkv`), this.p(`h${l}.attn.bqkv`)) as tf.Tensor2D;
   }
 
   private attentionOut(l: number, merged: tf.Tensor): tf.Tensor2D {

@@ -101,7 +101,7 @@ ${body}
  * WAT: `by4` for each block of 4 keys j..j+3 <= i (the keys causal query i sees), then `by1` for each
  * key left; $j is the key.
  */
-function keysUpToQuery(by4: string, by1: string): string {
+export function keysUpToQuery(by4: string, by1: string): string {
   return `
           (local.set $j (i32.const 0))
           (block $by4Done (loop $by4
@@ -299,9 +299,9 @@ ${body}
 }
 
 /**
- * WAT: $exp4, e^x for x <= 0 (softmax's arguments), 4 lanes at a time (gemmKernel.ts uses it too).
+ * WAT: $exp4, e^x for x <= 0 (softmax's arguments), 4 lanes at a time.
  */
-export const EXP4_WAT = `
+const EXP4_WAT = `
   ;; e^x for x <= 0 (softmax's arguments), 4 lanes at a time: x = n ln2 + r with |r| <= ln2/2 (ln2 in
   ;; two parts, as Cephes' expf), e^r by its Taylor series to r^7 (truncation error < 6e-9), times
   ;; 2^n built in the exponent bits. Below -87, 0 (2^-126 is the smallest normal float). Each lane
@@ -855,7 +855,7 @@ export async function installSimdKernels(wasmVersion: string): Promise<boolean> 
   const exports = (await WebAssembly.instantiate(module, { env: { memory } })).exports as unknown as Exports;
   const register = (kernelName: string, kernelFunc: (exports: Exports) => tf.KernelFunc): void =>
     void tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc(exports) });
-  register(KERNELS.attention, attentionKernel);
+  register(KERNELS.attention, cachedAttentionKernel);
   register(KERNELS.layerNorm, layerNormKernel);
   register(KERNELS.layerNormGrad, layerNormGradKernel);
   register(KERNELS.columnSum, columnSumKernel);
@@ -1062,7 +1062,7 @@ function expectLanes(op: string, what: string, width: number): void {
   if (width % 4 !== 0) throw new Error(`${op}: ${what} must be a multiple of 4, got ${width}`);
 }
 
-function expectShape(op: string) {
+export function expectShape(op: string) {
   return (name: string, t: tf.Tensor, shape: number[]): void => {
     if (t.dtype !== 'float32' || !tf.util.arraysEqual(t.shape, shape))
       throw new Error(
@@ -1071,7 +1071,10 @@ function expectShape(op: string) {
   };
 }
 
-/** What a kernel body gets: its inputs and attributes, a way to allocate outputs, and memory offsets. */
+/**
+ * What a kernel body gets: its inputs and attributes, a way to allocate outputs, memory offsets, and
+ * the kernel it replaced (for what it does not take).
+ */
 interface KernelIO {
   inputs: Record<string, tf.TensorInfo>;
   attrs: Record<string, number>;
@@ -1081,31 +1084,41 @@ interface KernelIO {
   free(t: tf.TensorInfo): void;
   /** The memory offset of a tensor's data on the wasm heap. */
   at(t: tf.TensorInfo): number;
+  /** Runs the kernel this one replaced on the same call (only for kernels made with `previous`). */
+  fallBack(): tf.TensorInfo | tf.TensorInfo[];
 }
 
-/** A tfjs kernel function on the wasm backend around `body`. */
-function wasmKernel(body: (io: KernelIO) => tf.TensorInfo | tf.TensorInfo[]): tf.KernelFunc {
+/** A tfjs kernel function on the wasm backend around `body`, in place of `previous` if given. */
+export function wasmKernel(
+  body: (io: KernelIO) => tf.TensorInfo | tf.TensorInfo[],
+  previous?: tf.KernelConfig,
+): tf.KernelFunc {
   return (args) => {
     const { inputs, attrs = {} } = args as KernelArgs;
     const backend = args.backend as unknown as WasmBackend;
     return body({
       inputs,
-      attrs: attrs as Record<string, number>,
+      attrs: attrs as KernelIO['attrs'],
       output: (shape) => backend.makeOutput(shape, 'float32'),
       free: (t) => void backend.disposeData(t.dataId),
       at: (t) => backend.dataIdMap.get(t.dataId).memoryOffset,
+      fallBack: () => {
+        if (!previous) throw new Error('wasmKernel: no kernel to fall back to');
+        return previous.kernelFunc(args) as tf.TensorInfo | tf.TensorInfo[];
+      },
     });
   };
 }
 
-function attentionKernel(exports: Exports): tf.KernelFunc {
+/** RxrlCachedAttention around an `attend` export (this module's, or gemmKernel.ts's with FMAs). */
+export function cachedAttentionKernel({ attend }: { attend: Attend }): tf.KernelFunc {
   return wasmKernel(({ inputs: { q, kNew, vNew, kCache, vCache, bias }, attrs, output, free, at }) => {
     const [B, H, capacity, hd] = kCache!.shape as [number, number, number, number];
     const out = output([B, H, 1, hd]);
     // One head's scores at a time, padded to whole SIMD vectors.
     const scratch = output([Math.ceil(attrs.length! / 4) * 4]);
     const [qAt, kNewAt, vNewAt, kAt, vAt, biasAt] = [q, kNew, vNew, kCache, vCache, bias].map((t) => at(t!));
-    exports.attend(
+    attend(
       qAt!,
       kNewAt!,
       vNewAt!,
