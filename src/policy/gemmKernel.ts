@@ -19,11 +19,11 @@
  * (bench/kernels.ts measures the learner step and sampling with and without it).
  *
  * How (the matmul): C = A B for each batch entry, in blocks of rows and of K (KC, MC). A is packed into
- * panels of 4 rows ([K][4] floats, rows past the last whole panel one at a time); B into panels of 8
+ * panels of 6 rows ([K][6] floats; then 4, and rows past those one at a time); B into panels of 8
  * columns ([K][8], then 4, the last one padded with zeros), except for few rows (GEMM_MIN_ROWS), where
- * it may be read where it lies. A
- * micro-kernel keeps a 4 x 8 block of C in 8 registers while it runs down K: per k, two loads of B,
- * four broadcast loads of A and eight FMAs. Packing reads A and B through strides, so the transposed
+ * it may be read where it lies. A micro-kernel keeps a 6 x 8 block of C in 12 registers while it runs
+ * down K: per k, two loads of B, six broadcast loads of A and twelve FMAs (attention's causal products
+ * use blocks of 4 x 8). Packing reads A and B through strides, so the transposed
  * cases (A^T B and A B^T, the gradients) cost no transpose. A bias (tf.fused.matMul's) is where the
  * sums start. The loop over K is deliberately not unrolled: V8's optimising compiler hoists an
  * unrolled body's loads above its FMAs and spills registers (seen in its disassembly), which made it
@@ -63,19 +63,25 @@ declare const WebAssembly: {
   instantiate(module: object, imports: object): Promise<{ exports: object }>;
 };
 
-/** Rows of A per micro-kernel block. */
-const MR = 4;
+/**
+ * Rows of A per micro-kernel block: 6 for the matmul (a 6 x 8 block of C in 12 registers, against 8
+ * for 4 x 8: per FMA fewer loads and less loop, and enough sums in flight to cover the FMA's latency;
+ * 1.08-1.18x on the learner's shapes, measured side by side), and 4 for attention's causal products,
+ * whose masks and zero padding work in blocks of 4 rows. V8 gives wasm 15 vector registers: 12 sums,
+ * 2 vectors of B and one broadcast of A fill them.
+ */
+const MR = { matmul: 6, causal: 4 } as const;
 
 /**
- * The blocks of K and of rows that $gemm packs and multiplies at a time (a multiple of MR): a panel
+ * The blocks of K and of rows that $gemm packs and multiplies at a time (a multiple of its MR): a panel
  * of B (KC x 8 floats, 8 KiB) stays in the L1 cache while it meets each panel of the block of A
- * (MC x KC floats, 256 KiB), which stays in L2.
+ * (MC x KC floats, up to 256 KiB), which stays in L2.
  */
 const KC = 256;
-const MC = 256;
+const mcOf = (mr: number): number => Math.floor(256 / mr) * mr;
 
-/** The blocks of rows and of K (for tests that cross them). */
-export const GEMM_BLOCKS = { rows: MC, k: KC } as const;
+/** The matmul's blocks of rows and of K (for tests that cross them). */
+export const GEMM_BLOCKS = { rows: mcOf(MR.matmul), k: KC } as const;
 
 /** WAT: $w and $valid, the width of the panel of B from column $j (8, or 4 at the end) and its columns in B. */
 const PANEL_WIDTH = `
@@ -134,8 +140,9 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
     (local $a v128) (local $k i32)
     ${start}
     (local.set $k (local.get $K))
-    (block $done (loop $next
-      (br_if $done (i32.eqz (local.get $k)))
+    ;; A loop that tests at its end: V8 then computes the broadcasts' addresses (memory start + offset)
+    ;; once, before it, instead of on every k.
+    (if (local.get $k) (then (loop $next
       ${Array.from({ length: nv }, (_, n) => `(local.set $b${n} (v128.load offset=${n * 16} (local.get $q)))`).join('\n')}
       ${Array.from(
         { length: mr },
@@ -150,7 +157,7 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
       (local.set $p (i32.add (local.get $p) (local.get $pStep)))
       (local.set $q (i32.add (local.get $q) (local.get $qStep)))
       (local.set $k (i32.sub (local.get $k) (i32.const 1)))
-      (br $next)))
+      (br_if $next (local.get $k)))))
     ${store})`;
 }
 
@@ -197,7 +204,8 @@ const CAUSAL = { none: 0, scores: 1, lower: 2, upper: 3 } as const;
  * panels of the current block of rows ($i0 to $iEnd; for causal scores from the panel of row $j on:
  * the panels before it lie above the diagonal).
  */
-const OVER_A_PANELS = `
+function overAPanels(mr: number): string {
+  return `
     (local.set $i (local.get $i0))
     (if (i32.and (i32.eq (local.get $causal) (i32.const ${CAUSAL.scores})) (i32.gt_u (local.get $j) (local.get $i)))
       (then (local.set $i (select (local.get $j) (local.get $iEnd) (i32.lt_u (local.get $j) (local.get $iEnd))))))
@@ -207,18 +215,26 @@ const OVER_A_PANELS = `
       (local.get $aInPlace)))
     (local.set $cc (i32.add (i32.add (local.get $c) (i32.shl (local.get $j) (i32.const 2)))
       (i32.mul (local.get $i) (local.get $cRow))))
-    (block $blocksDone (loop $blocks
-      (br_if $blocksDone (i32.gt_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $iEnd)))${blockCall(MR)}
-      (local.set $p (i32.add (local.get $p) (local.get $pBlock${MR})))
-      (local.set $cc (i32.add (local.get $cc) (i32.mul (local.get $cRow) (i32.const ${MR}))))
-      (local.set $i (i32.add (local.get $i) (i32.const ${MR})))
-      (br $blocks)))
-    (block $rowsDone (loop $rows
-      (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $iEnd)))${blockCall(1)}
-      (local.set $p (i32.add (local.get $p) (local.get $pBlock1)))
-      (local.set $cc (i32.add (local.get $cc) (local.get $cRow)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $rows)))`;
+    ${rowBlocks(mr)
+      .map(
+        (h) => `
+    (block $blocks${h}Done (loop $blocks${h}
+      (br_if $blocks${h}Done (i32.gt_u (i32.add (local.get $i) (i32.const ${h})) (local.get $iEnd)))${blockCall(h)}
+      (local.set $p (i32.add (local.get $p) (local.get $pBlock${h})))
+      (local.set $cc (i32.add (local.get $cc) (i32.mul (local.get $cRow) (i32.const ${h}))))
+      (local.set $i (i32.add (local.get $i) (i32.const ${h})))
+      (br $blocks${h})))`,
+      )
+      .join('')}`;
+}
+
+/**
+ * The heights of the blocks of rows $gemm<mr> multiplies, in turn, while that many rows are left: `mr`,
+ * then 4 (a matmul of 16 rows, decoding's, is 6 + 6 + 4), then one at a time.
+ */
+function rowBlocks(mr: number): number[] {
+  return [...new Set([mr, 4, 1])];
+}
 
 /** WAT: a vector of 4 copies of x. */
 const splat = (x: number): string => `(v128.const f32x4 ${x} ${x} ${x} ${x})`;
@@ -383,7 +399,7 @@ function headGemm(
   [M, N, K]: [string, string, string],
   causal: keyof typeof CAUSAL,
 ): string {
-  return `(call $gemm ${a} ${aRow} ${aCol} ${b} ${bRow} ${bCol} (i32.const 0) (i32.const 0) ${c} ${cRow}
+  return `(call $gemm${MR.causal} ${a} ${aRow} ${aCol} ${b} ${bRow} ${bCol} (i32.const 0) (i32.const 0) ${c} ${cRow}
         ${M} ${N} ${K} (local.get $ap) (local.get $bp) (i32.const 1) (i32.const ${CAUSAL[causal]}))`;
 }
 
@@ -666,105 +682,23 @@ ${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.ge
       ${headGemm(get('pm'), [FOUR, T_ROW], plus('dy', 'yBase'), [OUT_ROWS, FOUR], plus('dv'), ROWS, [T, HD, T], 'upper')}`)})
 `;
 
-const GEMM_WAT = `
-(module
-  (import "env" "memory" (memory 1))
-  ${microKernel(`$block${MR}x8`, MR, 2)}
-  ${microKernel(`$block${MR}x4`, MR, 1)}
-  ${microKernel(`$block${MR}xPart`, MR, 1, true)}
-  ${microKernel('$block1x8', 1, 2)}
-  ${microKernel('$block1x4', 1, 1)}
-  ${microKernel('$block1xPart', 1, 1, true)}
-  ;; Packs \`width\` vectors of a matrix (vector r, element k at src + r*stride + k*kStride) into a
-  ;; panel at dst laid out [K][width], in the order it is written; vectors from \`valid\` on are
-  ;; zeros (and not read: they may lie past the end of the matrix). Whole panels take a SIMD path:
-  ;; vectors side by side (stride 4: B, or A transposed) are copied 4 floats at a time, and vectors
-  ;; along memory (kStride 4: A, or B transposed) are transposed 4 x 4 at a time.
-  (func $pack (param $src i32) (param $K i32) (param $stride i32) (param $kStride i32) (param $width i32) (param $valid i32) (param $dst i32)
-    (local $r i32) (local $k i32) (local $at i32) (local $g i32)
-    (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128) (local $t0 v128) (local $t1 v128) (local $t2 v128) (local $t3 v128)
-    (if (i32.and (i32.eq (local.get $valid) (local.get $width)) (i32.eqz (i32.and (local.get $width) (i32.const 3))))
-      (then
-        (if (i32.eq (local.get $stride) (i32.const 4))
-          (then
-            (block $copied (loop $copy
-              (br_if $copied (i32.ge_u (local.get $k) (local.get $K)))
-              (local.set $at (i32.add (local.get $src) (i32.mul (local.get $k) (local.get $kStride))))
-              (local.set $g (i32.const 0))
-              (block $rowDone (loop $row
-                (br_if $rowDone (i32.ge_u (local.get $g) (local.get $width)))
-                (v128.store (local.get $dst) (v128.load (i32.add (local.get $at) (i32.shl (local.get $g) (i32.const 2)))))
-                (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
-                (local.set $g (i32.add (local.get $g) (i32.const 4)))
-                (br $row)))
-              (local.set $k (i32.add (local.get $k) (i32.const 1)))
-              (br $copy)))
-            (return)))
-        (if (i32.eq (local.get $kStride) (i32.const 4))
-          (then
-            ;; 4 k at a time: for each group of 4 vectors, 4 loads along k, a 4 x 4 transpose, and
-            ;; 4 stores into the rows k..k+3 of the panel.
-            (block $fours (loop $four
-              (br_if $fours (i32.gt_u (i32.add (local.get $k) (i32.const 4)) (local.get $K)))
-              (local.set $g (i32.const 0))
-              (block $groupsDone (loop $group
-                (br_if $groupsDone (i32.ge_u (local.get $g) (local.get $width)))
-                (local.set $at (i32.add (i32.add (local.get $src) (i32.shl (local.get $k) (i32.const 2)))
-                  (i32.mul (local.get $g) (local.get $stride))))
-                (local.set $v0 (v128.load (local.get $at)))
-                (local.set $v1 (v128.load (i32.add (local.get $at) (local.get $stride))))
-                (local.set $v2 (v128.load (i32.add (local.get $at) (i32.shl (local.get $stride) (i32.const 1)))))
-                (local.set $v3 (v128.load (i32.add (local.get $at) (i32.mul (local.get $stride) (i32.const 3)))))
-                (local.set $t0 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $v0) (local.get $v1)))
-                (local.set $t1 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $v0) (local.get $v1)))
-                (local.set $t2 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $v2) (local.get $v3)))
-                (local.set $t3 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $v2) (local.get $v3)))
-                (local.set $at (i32.add (local.get $dst) (i32.shl (local.get $g) (i32.const 2))))
-                (v128.store (local.get $at)
-                  (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t0) (local.get $t2)))
-                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
-                (v128.store (local.get $at)
-                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t0) (local.get $t2)))
-                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
-                (v128.store (local.get $at)
-                  (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t1) (local.get $t3)))
-                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
-                (v128.store (local.get $at)
-                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t1) (local.get $t3)))
-                (local.set $g (i32.add (local.get $g) (i32.const 4)))
-                (br $group)))
-              (local.set $dst (i32.add (local.get $dst) (i32.shl (local.get $width) (i32.const 4))))
-              (local.set $k (i32.add (local.get $k) (i32.const 4)))
-              (br $four)))))))
-    ;; One float at a time: the rest of K, and panels with padding.
-    (block $kDone (loop $k
-      (br_if $kDone (i32.ge_u (local.get $k) (local.get $K)))
-      (local.set $at (i32.add (local.get $src) (i32.mul (local.get $k) (local.get $kStride))))
-      (local.set $r (i32.const 0))
-      (block $rDone (loop $r
-        (br_if $rDone (i32.ge_u (local.get $r) (local.get $width)))
-        (f32.store (local.get $dst)
-          (if (result f32) (i32.lt_u (local.get $r) (local.get $valid))
-            (then (f32.load (local.get $at)))
-            (else (f32.const 0))))
-        (local.set $at (i32.add (local.get $at) (local.get $stride)))
-        (local.set $dst (i32.add (local.get $dst) (i32.const 4)))
-        (local.set $r (i32.add (local.get $r) (i32.const 1)))
-        (br $r)))
-      (local.set $k (i32.add (local.get $k) (i32.const 1)))
-      (br $k))))
+/** WAT: $gemm<mr> (see its comment), with micro-kernel blocks of `mr` rows of A. */
+function gemmFunction(mr: number): string {
+  return `
   ;; C [M, N] (rows cRow bytes apart) = A B (+ bias [N] where hasBias), where A's element (i, k) is at
   ;; a + i*aRow + k*aCol and B's (k, n) at b + k*bRow + n*bCol (byte strides); causal: CAUSAL in
   ;; gemmKernel.ts. ap and bp are scratch for the packed panels: M*K floats, and K * (N rounded up to
   ;; 4) + 8 floats (the last 8 hold the bias of the current panel of B, or zeros: the micro-kernels
   ;; start their sums from it).
-  (func $gemm (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
+  (func $gemm${mr} (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
     (param $bias i32) (param $hasBias i32) (param $c i32) (param $cRow i32) (param $M i32) (param $N i32) (param $K i32)
     (param $ap i32) (param $bp i32) (param $packB i32) (param $causal i32)
     (local $i i32) (local $j i32) (local $w i32) (local $valid i32) (local $p i32) (local $q i32) (local $cc i32)
     (local $biasPanel i32) (local $panel i32) (local $qStep i32) (local $k0 i32) (local $kLen i32) (local $kStart i32)
     (local $kEnd i32) (local $i0 i32) (local $iEnd i32) (local $pk i32) (local $qk i32) (local $aInPlace i32)
-    (local $pStep${MR} i32) (local $pStep1 i32) (local $pBlock${MR} i32) (local $pBlock1 i32)
+    ${rowBlocks(mr)
+      .map((h) => `(local $pStep${h} i32) (local $pBlock${h} i32)`)
+      .join(' ')}
     ;; A is read where it lies when its rows lie side by side (aRow 4: a transpose) for the causal
     ;; products that start at the diagonal (attention's dS^T Q and P^T dY): a block's 4 rows at one k are
     ;; then one vector, as in a packed panel, and packing the T x T matrix for each product would cost
@@ -794,26 +728,38 @@ const GEMM_WAT = `
             (br $packing)))))
       (local.set $i0 (i32.const 0))
       (loop $mBlocks
-        (local.set $iEnd (i32.add (local.get $i0) (i32.const ${MC})))
+        (local.set $iEnd (i32.add (local.get $i0) (i32.const ${mcOf(mr)})))
         (local.set $iEnd (select (local.get $iEnd) (local.get $M) (i32.lt_u (local.get $iEnd) (local.get $M))))
         ;; A's panels for rows i0..iEnd and the block's columns of A: 4 rows while 4 are left, then one row each.
         (local.set $p (local.get $ap))
         (local.set $i (local.get $i0))
         (if (local.get $aInPlace)
           (then
-            (local.set $pStep${MR} (local.get $aCol))
-            (local.set $pStep1 (local.get $aCol))
-            (local.set $pBlock${MR} (i32.const ${MR * 4}))
-            (local.set $pBlock1 (i32.const 4))
+            ${rowBlocks(mr)
+              .map(
+                (h) =>
+                  `(local.set $pStep${h} (local.get $aCol)) (local.set $pBlock${h} (i32.const ${h * 4}))`,
+              )
+              .join('\n            ')}
             (local.set $i (local.get $iEnd)))
           (else
-            (local.set $pStep${MR} (i32.const ${MR * 4}))
-            (local.set $pStep1 (i32.const 4))
-            (local.set $pBlock${MR} (i32.mul (local.get $kLen) (i32.const ${MR * 4})))
-            (local.set $pBlock1 (i32.shl (local.get $kLen) (i32.const 2)))))
+            ${rowBlocks(mr)
+              .map(
+                (h) =>
+                  `(local.set $pStep${h} (i32.const ${h * 4})) (local.set $pBlock${h} (i32.mul (local.get $kLen) (i32.const ${h * 4})))`,
+              )
+              .join('\n            ')}))
         (block $aDone (loop $aPanels
           (br_if $aDone (i32.ge_u (local.get $i) (local.get $iEnd)))
-          (local.set $w (select (i32.const ${MR}) (i32.const 1) (i32.le_u (i32.add (local.get $i) (i32.const ${MR})) (local.get $M))))
+          (local.set $w (i32.const 1))
+          ${rowBlocks(mr)
+            .slice(0, -1)
+            .reverse()
+            .map(
+              (h) =>
+                `(if (i32.le_u (i32.add (local.get $i) (i32.const ${h})) (local.get $M)) (then (local.set $w (i32.const ${h}))))`,
+            )
+            .join('\n          ')}
           (call $pack (i32.add (i32.add (local.get $a) (i32.mul (local.get $i) (local.get $aRow))) (i32.mul (local.get $k0) (local.get $aCol)))
             (local.get $kLen) (local.get $aRow) (local.get $aCol) (local.get $w) (local.get $w) (local.get $p))
           (local.set $p (i32.add (local.get $p) (i32.shl (i32.mul (local.get $w) (local.get $kLen)) (i32.const 2))))
@@ -836,18 +782,136 @@ const GEMM_WAT = `
             (then
               (call $pack (i32.add (local.get $bias) (i32.shl (local.get $j) (i32.const 2))) (i32.const 1) (i32.const 4) (i32.const 0)
                 (local.get $w) (select (local.get $valid) (i32.const 0) (local.get $hasBias)) (local.get $biasPanel))))
-          ${OVER_A_PANELS}
+          ${overAPanels(mr)}
           (local.set $q (i32.add (local.get $q) (i32.shl (i32.mul (local.get $w) (local.get $kLen)) (i32.const 2))))
           (local.set $j (i32.add (local.get $j) (local.get $w)))
           (br $bPanels)))
         (local.set $i0 (local.get $iEnd))
         (br_if $mBlocks (i32.lt_u (local.get $i0) (local.get $M))))
       (local.set $k0 (i32.add (local.get $k0) (local.get $kLen)))
-      (br_if $kBlocks (i32.lt_u (local.get $k0) (local.get $K)))))
+      (br_if $kBlocks (i32.lt_u (local.get $k0) (local.get $K)))))`;
+}
+
+const GEMM_WAT = `
+(module
+  (import "env" "memory" (memory 1))
+  ${[MR.matmul, MR.causal, 1]
+    .map(
+      (mr) => `
+  ${microKernel(`$block${mr}x8`, mr, 2)}
+  ${microKernel(`$block${mr}x4`, mr, 1)}
+  ${microKernel(`$block${mr}xPart`, mr, 1, true)}`,
+    )
+    .join('')}
+  ;; Packs \`width\` vectors of a matrix (vector r, element k at src + r*stride + k*kStride) into a
+  ;; panel at dst laid out [K][width], in the order it is written; vectors from \`valid\` on are
+  ;; zeros (and not read: they may lie past the end of the matrix). Whole panels of an even width take
+  ;; a SIMD path: vectors side by side (stride 4: B, or A transposed) are copied 4 floats at a time,
+  ;; and vectors along memory (kStride 4: A, or B transposed) are transposed 4 x 4 at a time; a last
+  ;; pair of vectors (a panel of 6 rows of A) goes 2 floats at a time, and 4 x 2 at a time.
+  (func $pack (param $src i32) (param $K i32) (param $stride i32) (param $kStride i32) (param $width i32) (param $valid i32) (param $dst i32)
+    (local $r i32) (local $k i32) (local $at i32) (local $g i32)
+    (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128) (local $t0 v128) (local $t1 v128) (local $t2 v128) (local $t3 v128)
+    (local $fours i32)
+    ;; The vectors that go in groups of 4; a pair may follow.
+    (local.set $fours (i32.and (local.get $width) (i32.const -4)))
+    (if (i32.and (i32.eq (local.get $valid) (local.get $width)) (i32.eqz (i32.and (local.get $width) (i32.const 1))))
+      (then
+        (if (i32.eq (local.get $stride) (i32.const 4))
+          (then
+            (block $copied (loop $copy
+              (br_if $copied (i32.ge_u (local.get $k) (local.get $K)))
+              (local.set $at (i32.add (local.get $src) (i32.mul (local.get $k) (local.get $kStride))))
+              (local.set $g (i32.const 0))
+              (block $rowDone (loop $row
+                (br_if $rowDone (i32.ge_u (local.get $g) (local.get $fours)))
+                (v128.store (local.get $dst) (v128.load (i32.add (local.get $at) (i32.shl (local.get $g) (i32.const 2)))))
+                (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
+                (local.set $g (i32.add (local.get $g) (i32.const 4)))
+                (br $row)))
+              (if (i32.lt_u (local.get $fours) (local.get $width))
+                (then
+                  (i64.store (local.get $dst) (i64.load (i32.add (local.get $at) (i32.shl (local.get $g) (i32.const 2)))))
+                  (local.set $dst (i32.add (local.get $dst) (i32.const 8)))))
+              (local.set $k (i32.add (local.get $k) (i32.const 1)))
+              (br $copy)))
+            (return)))
+        (if (i32.eq (local.get $kStride) (i32.const 4))
+          (then
+            ;; 4 k at a time: for each group of 4 vectors, 4 loads along k, a 4 x 4 transpose, and
+            ;; 4 stores into the rows k..k+3 of the panel.
+            (block $fours (loop $four
+              (br_if $fours (i32.gt_u (i32.add (local.get $k) (i32.const 4)) (local.get $K)))
+              (local.set $g (i32.const 0))
+              (block $groupsDone (loop $group
+                (br_if $groupsDone (i32.ge_u (local.get $g) (local.get $fours)))
+                (local.set $at (i32.add (i32.add (local.get $src) (i32.shl (local.get $k) (i32.const 2)))
+                  (i32.mul (local.get $g) (local.get $stride))))
+                (local.set $v0 (v128.load (local.get $at)))
+                (local.set $v1 (v128.load (i32.add (local.get $at) (local.get $stride))))
+                (local.set $v2 (v128.load (i32.add (local.get $at) (i32.shl (local.get $stride) (i32.const 1)))))
+                (local.set $v3 (v128.load (i32.add (local.get $at) (i32.mul (local.get $stride) (i32.const 3)))))
+                (local.set $t0 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $v0) (local.get $v1)))
+                (local.set $t1 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $v0) (local.get $v1)))
+                (local.set $t2 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $v2) (local.get $v3)))
+                (local.set $t3 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $v2) (local.get $v3)))
+                (local.set $at (i32.add (local.get $dst) (i32.shl (local.get $g) (i32.const 2))))
+                (v128.store (local.get $at)
+                  (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t0) (local.get $t2)))
+                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                (v128.store (local.get $at)
+                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t0) (local.get $t2)))
+                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                (v128.store (local.get $at)
+                  (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t1) (local.get $t3)))
+                (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                (v128.store (local.get $at)
+                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t1) (local.get $t3)))
+                (local.set $g (i32.add (local.get $g) (i32.const 4)))
+                (br $group)))
+              (if (i32.lt_u (local.get $fours) (local.get $width))
+                (then
+                  ;; The pair: 4 k of each, interleaved into 2 floats for each of the rows k..k+3.
+                  (local.set $at (i32.add (i32.add (local.get $src) (i32.shl (local.get $k) (i32.const 2)))
+                    (i32.mul (local.get $g) (local.get $stride))))
+                  (local.set $v0 (v128.load (local.get $at)))
+                  (local.set $v1 (v128.load (i32.add (local.get $at) (local.get $stride))))
+                  (local.set $t0 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $v0) (local.get $v1)))
+                  (local.set $t1 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $v0) (local.get $v1)))
+                  (local.set $at (i32.add (local.get $dst) (i32.shl (local.get $g) (i32.const 2))))
+                  (i64.store (local.get $at) (i64x2.extract_lane 0 (local.get $t0)))
+                  (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                  (i64.store (local.get $at) (i64x2.extract_lane 1 (local.get $t0)))
+                  (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                  (i64.store (local.get $at) (i64x2.extract_lane 0 (local.get $t1)))
+                  (local.set $at (i32.add (local.get $at) (i32.shl (local.get $width) (i32.const 2))))
+                  (i64.store (local.get $at) (i64x2.extract_lane 1 (local.get $t1)))))
+              (local.set $dst (i32.add (local.get $dst) (i32.shl (local.get $width) (i32.const 4))))
+              (local.set $k (i32.add (local.get $k) (i32.const 4)))
+              (br $four)))))))
+    ;; One float at a time: the rest of K, and panels with padding.
+    (block $kDone (loop $k
+      (br_if $kDone (i32.ge_u (local.get $k) (local.get $K)))
+      (local.set $at (i32.add (local.get $src) (i32.mul (local.get $k) (local.get $kStride))))
+      (local.set $r (i32.const 0))
+      (block $rDone (loop $r
+        (br_if $rDone (i32.ge_u (local.get $r) (local.get $width)))
+        (f32.store (local.get $dst)
+          (if (result f32) (i32.lt_u (local.get $r) (local.get $valid))
+            (then (f32.load (local.get $at)))
+            (else (f32.const 0))))
+        (local.set $at (i32.add (local.get $at) (local.get $stride)))
+        (local.set $dst (i32.add (local.get $dst) (i32.const 4)))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $r)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br $k))))
+  ${gemmFunction(MR.matmul)}
+  ${gemmFunction(MR.causal)}
   ;; $gemm for tf.matMul: C's rows N floats apart, no causal structure.
   (func (export "gemm") (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
     (param $bias i32) (param $hasBias i32) (param $c i32) (param $M i32) (param $N i32) (param $K i32) (param $ap i32) (param $bp i32) (param $packB i32)
-    (call $gemm (local.get $a) (local.get $aRow) (local.get $aCol) (local.get $b) (local.get $bRow) (local.get $bCol)
+    (call $gemm${MR.matmul} (local.get $a) (local.get $aRow) (local.get $aCol) (local.get $b) (local.get $bRow) (local.get $bCol)
       (local.get $bias) (local.get $hasBias) (local.get $c) (i32.shl (local.get $N) (i32.const 2)) (local.get $M) (local.get $N)
       (local.get $K) (local.get $ap) (local.get $bp) (local.get $packB) (i32.const ${CAUSAL.none})))
 ${ATTENTION_WAT}
@@ -1102,7 +1166,7 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
       return fallBack();
     }
     const out = output([...batch, M, N]);
-    const aPacked = output([Math.min(M, MC) * Math.min(K, KC)]);
+    const aPacked = output([Math.min(M, GEMM_BLOCKS.rows) * Math.min(K, KC)]);
     const bPacked = output([(packB ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8]);
     const [aAt, bAt, outAt, biasAt, apAt, bpAt] = [a, b, out, bias, aPacked, bPacked].map((t) =>
       t ? at(t) : 0,

@@ -35,7 +35,7 @@ interface Case {
 
 const arbitraryCase: fc.Arbitrary<Case> = fc.record({
   batch: fc.constantFrom<number[]>([], [1], [2], [2, 1]),
-  // Rows that fill 4-row blocks and rows that leave 1-3 past the last, on both sides of the row
+  // Rows that fill 6-row blocks and rows that leave 1-5 past the last (a 4-row block, single rows), on both sides of the row
   // threshold. (Below it, the kernel takes a bias with a transpose or a batch even where it packs
   // B: tfjs-backend-wasm 4.22's own _FusedMatMul gets those wrong.)
   // Now and then more than one block of rows or of K.
