@@ -21,9 +21,10 @@
  * How (the matmul): C = A B for each batch entry, in blocks of rows and of K (KC, MC). A is packed into
  * panels of 6 rows ([K][6] floats; then 4, and rows past those one at a time); B into panels of 8
  * columns ([K][8], then 4, the last one padded with zeros), except for few rows (GEMM_MIN_ROWS), where
- * it may be read where it lies. A micro-kernel keeps a 6 x 8 block of C in 12 registers while it runs
- * down K: per k, two loads of B, six broadcast loads of A and twelve FMAs (attention's causal products
- * use blocks of 4 x 8). Packing reads A and B through strides, so the transposed
+ * it is read where it lies the first time and packed once from the second (decoding's weights:
+ * PackedWeights). A micro-kernel keeps a 6 x 8 block of C in 12 registers while it runs down K: per
+ * k, two loads of B, six broadcast loads of A and twelve FMAs (attention's causal products use blocks
+ * of 4 x 8). Packing reads A and B through strides, so the transposed
  * cases (A^T B and A B^T, the gradients) cost no transpose. A bias (tf.fused.matMul's) is where the
  * sums start. The loop over K is deliberately not unrolled: V8's optimising compiler hoists an
  * unrolled body's loads above its FMAs and spills registers (seen in its disassembly), which made it
@@ -52,6 +53,7 @@ import {
   scratchSoftmax,
   wasmKernel,
   type Attend,
+  type KernelIO,
   type WasmBackend,
 } from './simdKernels.ts';
 
@@ -190,6 +192,13 @@ function blockCall(rows: number): string {
           (then (call $block${rows}x4 ${args}))
           (else (call $block${rows}xPart ${args})))))`;
 }
+
+/**
+ * How $gemm reads B: `inPlace` (few rows; its rows must be whole vectors of 4 columns); `whole`: the
+ * panels of each block of K packed into bp before the rows of A meet them; `prepacked`: packed once by
+ * the packB export, at bp (a weight matrix that decoding multiplies at every step: PackedWeights).
+ */
+const PACK_B = { inPlace: 0, whole: 1, prepacked: 2 } as const;
 
 /**
  * What $gemm's $causal says about A and C: `none`; `scores`: C is a causal score matrix, of which only
@@ -400,7 +409,7 @@ function headGemm(
   causal: keyof typeof CAUSAL,
 ): string {
   return `(call $gemm${MR.causal} ${a} ${aRow} ${aCol} ${b} ${bRow} ${bCol} (i32.const 0) (i32.const 0) ${c} ${cRow}
-        ${M} ${N} ${K} (local.get $ap) (local.get $bp) (i32.const 1) (i32.const ${CAUSAL[causal]}))`;
+        ${M} ${N} ${K} (local.get $ap) (local.get $bp) (i32.const ${PACK_B.whole}) (i32.const ${CAUSAL[causal]}))`;
 }
 
 const get = (name: string): string => `(local.get $${name})`;
@@ -687,9 +696,9 @@ function gemmFunction(mr: number): string {
   return `
   ;; C [M, N] (rows cRow bytes apart) = A B (+ bias [N] where hasBias), where A's element (i, k) is at
   ;; a + i*aRow + k*aCol and B's (k, n) at b + k*bRow + n*bCol (byte strides); causal: CAUSAL in
-  ;; gemmKernel.ts. ap and bp are scratch for the packed panels: M*K floats, and K * (N rounded up to
-  ;; 4) + 8 floats (the last 8 hold the bias of the current panel of B, or zeros: the micro-kernels
-  ;; start their sums from it).
+  ;; gemmKernel.ts; packB: PACK_B. ap and bp are scratch for the packed panels: M*K floats, and K * (N
+  ;; rounded up to 4) (PACK_B.whole; none in place; prepacked: bp holds them) + 8 floats (the last 8
+  ;; hold the bias of the current panel of B, or zeros: the micro-kernels start their sums from it).
   (func $gemm${mr} (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
     (param $bias i32) (param $hasBias i32) (param $c i32) (param $cRow i32) (param $M i32) (param $N i32) (param $K i32)
     (param $ap i32) (param $bp i32) (param $packB i32) (param $causal i32)
@@ -704,28 +713,18 @@ function gemmFunction(mr: number): string {
     ;; then one vector, as in a packed panel, and packing the T x T matrix for each product would cost
     ;; about as much as the product.
     (local.set $aInPlace (i32.and (i32.eq (local.get $causal) (i32.const ${CAUSAL.upper})) (i32.eq (local.get $aRow) (i32.const 4))))
-    ;; The bias panel lies after the packed panels of one block of K.
-    (local.set $biasPanel (i32.add (local.get $bp) (select
-      (i32.shl (i32.mul (select (local.get $K) (i32.const ${KC}) (i32.lt_u (local.get $K) (i32.const ${KC})))
-        (i32.and (i32.add (local.get $N) (i32.const 3)) (i32.const -4))) (i32.const 2))
-      (i32.const 0)
-      (local.get $packB))))
+    ;; The bias panel lies after the packed panels of one block of K (of all of K when prepacked).
+    (local.set $biasPanel (i32.add (local.get $bp) (i32.shl (i32.mul
+      (select
+        (select (local.get $K) (i32.const ${KC}) (i32.lt_u (local.get $K) (i32.const ${KC})))
+        (select (local.get $K) (i32.const 0) (i32.eq (local.get $packB) (i32.const ${PACK_B.prepacked})))
+        (i32.eq (local.get $packB) (i32.const ${PACK_B.whole})))
+      (i32.and (i32.add (local.get $N) (i32.const 3)) (i32.const -4))) (i32.const 2))))
     (loop $kBlocks
       (local.set $kLen (i32.sub (local.get $K) (local.get $k0)))
       (local.set $kLen (select (local.get $kLen) (i32.const ${KC}) (i32.lt_u (local.get $kLen) (i32.const ${KC}))))
-      ;; B's panels for rows k0..k0+kLen of B (8 columns while 8 are left, then 4, the last padded).
-      (if (local.get $packB)
-        (then
-          (local.set $q (local.get $bp))
-          (local.set $j (i32.const 0))
-          (block $packed (loop $packing
-            (br_if $packed (i32.ge_u (local.get $j) (local.get $N)))
-            ${PANEL_WIDTH}
-            (call $pack (i32.add (i32.add (local.get $b) (i32.mul (local.get $j) (local.get $bCol))) (i32.mul (local.get $k0) (local.get $bRow)))
-              (local.get $kLen) (local.get $bCol) (local.get $bRow) (local.get $w) (local.get $valid) (local.get $q))
-            (local.set $q (i32.add (local.get $q) (i32.shl (i32.mul (local.get $w) (local.get $kLen)) (i32.const 2))))
-            (local.set $j (i32.add (local.get $j) (local.get $w)))
-            (br $packing)))))
+      (if (i32.eq (local.get $packB) (i32.const ${PACK_B.whole}))
+        (then (call $packPanels (local.get $b) (local.get $bRow) (local.get $bCol) (local.get $N) (local.get $k0) (local.get $kLen) (local.get $bp))))
       (local.set $i0 (i32.const 0))
       (loop $mBlocks
         (local.set $iEnd (i32.add (local.get $i0) (i32.const ${mcOf(mr)})))
@@ -767,6 +766,9 @@ function gemmFunction(mr: number): string {
           (br $aPanels)))
         ;; Each panel of B by those rows of A.
         (local.set $q (local.get $bp))
+        (if (i32.eq (local.get $packB) (i32.const ${PACK_B.prepacked}))
+          (then (local.set $q (i32.add (local.get $bp) (i32.shl (i32.mul (local.get $k0)
+            (i32.and (i32.add (local.get $N) (i32.const 3)) (i32.const -4))) (i32.const 2))))))
         (local.set $j (i32.const 0))
         (block $bDone (loop $bPanels
           (br_if $bDone (i32.ge_u (local.get $j) (local.get $N)))
@@ -906,6 +908,29 @@ const GEMM_WAT = `
         (br $r)))
       (local.set $k (i32.add (local.get $k) (i32.const 1)))
       (br $k))))
+  ;; B's panels for its rows k0..k0+kLen (8 columns while 8 are left, then 4, the last padded) at dst.
+  (func $packPanels (param $b i32) (param $bRow i32) (param $bCol i32) (param $N i32) (param $k0 i32) (param $kLen i32) (param $dst i32)
+    (local $j i32) (local $w i32) (local $valid i32)
+    (block $packed (loop $packing
+      (br_if $packed (i32.ge_u (local.get $j) (local.get $N)))
+      ${PANEL_WIDTH}
+      (call $pack (i32.add (i32.add (local.get $b) (i32.mul (local.get $j) (local.get $bCol))) (i32.mul (local.get $k0) (local.get $bRow)))
+        (local.get $kLen) (local.get $bCol) (local.get $bRow) (local.get $w) (local.get $valid) (local.get $dst))
+      (local.set $dst (i32.add (local.get $dst) (i32.shl (i32.mul (local.get $w) (local.get $kLen)) (i32.const 2))))
+      (local.set $j (i32.add (local.get $j) (local.get $w)))
+      (br $packing))))
+  ;; B [K, N] (element (k, n) at b + k*bRow + n*bCol) packed for PACK_B.prepacked at dst: the panels of
+  ;; each block of K, block after block (K * (N rounded up to 4) floats).
+  (func (export "packB") (param $b i32) (param $bRow i32) (param $bCol i32) (param $N i32) (param $K i32) (param $dst i32)
+    (local $k0 i32) (local $kLen i32)
+    (block $done (loop $blocks
+      (br_if $done (i32.ge_u (local.get $k0) (local.get $K)))
+      (local.set $kLen (i32.sub (local.get $K) (local.get $k0)))
+      (local.set $kLen (select (local.get $kLen) (i32.const ${KC}) (i32.lt_u (local.get $kLen) (i32.const ${KC}))))
+      (call $packPanels (local.get $b) (local.get $bRow) (local.get $bCol) (local.get $N) (local.get $k0) (local.get $kLen)
+        (i32.add (local.get $dst) (i32.shl (i32.mul (local.get $k0) (i32.and (i32.add (local.get $N) (i32.const 3)) (i32.const -4))) (i32.const 2))))
+      (local.set $k0 (i32.add (local.get $k0) (local.get $kLen)))
+      (br $blocks))))
   ${gemmFunction(MR.matmul)}
   ${gemmFunction(MR.causal)}
   ;; $gemm for tf.matMul: C's rows N floats apart, no causal structure.
@@ -935,6 +960,7 @@ interface Exports {
     bp: number,
     packB: number,
   ): void;
+  packB(b: number, bRow: number, bCol: number, N: number, K: number, dst: number): void;
   gelu(x: number, y: number, s: number, n: number): void;
   exp(x: number, y: number, n: number): number;
   attend: Attend;
@@ -990,8 +1016,9 @@ const SIMD_REPLACED = [
   SIMD_KERNELS.gelu,
 ] as const;
 
-/** The kernels this one replaced, while installed. */
+/** The kernels this one replaced, and the packed weights, while installed. */
 let replaced: tf.KernelConfig[] | undefined;
+let weights: PackedWeights | undefined;
 
 /** The assembled module, kept: wabt takes a while, and a test installs and uninstalls often. */
 let binary: Uint8Array | undefined;
@@ -1016,6 +1043,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   const stock = STOCK_REPLACED.map((name) => tf.getKernel(name, 'wasm'));
   if (!stock.every((kernel) => kernel !== undefined)) return false;
   const simd = SIMD_REPLACED.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
+  const packedWeights = new PackedWeights(tf.backend() as unknown as WasmBackend);
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
     switch (kernel.kernelName) {
       case SIMD_KERNELS.causalAttention:
@@ -1029,7 +1057,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
       case 'Exp':
         return expKernel(exports, kernel);
       default:
-        return gemmKernel(exports, kernel);
+        return gemmKernel(exports, kernel, packedWeights);
     }
   };
   for (const kernel of [...stock, ...simd]) {
@@ -1041,6 +1069,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
     });
   }
   replaced = [...stock, ...simd];
+  weights = packedWeights;
   tf.registerKernel({
     kernelName: QKV_KERNELS.forward,
     backendName: 'wasm',
@@ -1063,6 +1092,14 @@ export function uninstallGemmKernel(): void {
     tf.registerKernel(kernel);
   }
   replaced = undefined;
+  const backend = tf.backend() as unknown as WasmBackend;
+  weights?.sweep({ free: (t) => void backend.disposeData(t.dataId) }, true);
+  weights = undefined;
+}
+
+/** How many weight matrices the matmul holds packed for decoding (see PackedWeights; for tests). */
+export function packedWeightsHeld(): number {
+  return weights?.size ?? 0;
 }
 
 /** The kernels of causal attention on the q/k/v projection's output as it is (no split), which only this module has. */
@@ -1128,9 +1165,64 @@ async function assemble(): Promise<Uint8Array> {
   }
 }
 
+/**
+ * Weight matrices packed for decoding (PACK_B.prepacked), by the dataId of the tensor packed. Decoding
+ * multiplies 16-odd rows by the same weights at every step; read in place, a panel of B is K rows far
+ * apart in memory, which the hardware prefetcher does not follow; packed, it is one run of memory.
+ * tfjs never changes the values under a dataId (a Variable's assign takes the new tensor's dataId), so
+ * a packed copy is right for as long as its dataId lives; the copies of dataIds the backend has since
+ * freed are freed at the next lookup. A matrix is packed the second time it is seen, so that one-off
+ * products (activations) pack nothing, and only while the copies hold less than MAX_FLOATS.
+ */
+class PackedWeights {
+  static readonly MAX_FLOATS = 64 * 2 ** 20;
+  private readonly copies = new Map<object, { buffer: tf.TensorInfo; at: number; floats: number }>();
+  private seen = new WeakSet<object>();
+  private floats = 0;
+
+  constructor(private readonly backend: WasmBackend) {}
+
+  /** The address of b [K, N] packed (N a multiple of 4, not transposed), or undefined: read it in place. */
+  packed(b: tf.TensorInfo, K: number, N: number, exports: Exports, io: KernelIO): number | undefined {
+    this.sweep(io);
+    const copy = this.copies.get(b.dataId);
+    if (copy) return copy.at;
+    const floats = K * N + 8;
+    if (!this.seen.has(b.dataId) || this.floats + floats > PackedWeights.MAX_FLOATS) {
+      this.seen.add(b.dataId);
+      return undefined;
+    }
+    const buffer = io.output([floats]);
+    const at = io.at(buffer);
+    exports.packB(io.at(b), N * 4, 4, N, K, at);
+    this.copies.set(b.dataId, { buffer, at, floats });
+    this.floats += floats;
+    return at;
+  }
+
+  /** How many packed copies are held (for tests). */
+  get size(): number {
+    return this.copies.size;
+  }
+
+  /** Frees the copies of dataIds the backend no longer holds (all of them with `all`). */
+  sweep(io: Pick<KernelIO, 'free'>, all = false): void {
+    const { dataIdMap } = this.backend;
+    for (const [dataId, copy] of this.copies) {
+      if (all || !dataIdMap.has(dataId)) {
+        io.free(copy.buffer);
+        this.copies.delete(dataId);
+        this.floats -= copy.floats;
+      }
+    }
+    if (all) this.seen = new WeakSet();
+  }
+}
+
 /** The kernel in place of `previous` (BatchMatMul or _FusedMatMul), which keeps what it does not take. */
-function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
-  return wasmKernel(({ inputs, attrs: numbers, output, free, at, fallBack }) => {
+function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: PackedWeights): tf.KernelFunc {
+  return wasmKernel((io) => {
+    const { inputs, attrs: numbers, output, free, at, fallBack } = io;
     const attrs = numbers as unknown as { transposeA?: boolean; transposeB?: boolean; activation?: string };
     const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
     const transposeA = attrs.transposeA === true;
@@ -1138,6 +1230,7 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
     const batch = a.shape.slice(0, -2);
     const [aRows, aCols] = a.shape.slice(-2) as [number, number];
     const [bRows, bCols] = b.shape.slice(-2) as [number, number];
+    const entries = batch.reduce((n, s) => n * s, 1);
     const [M, K] = transposeA ? [aCols, aRows] : [aRows, aCols];
     const N = transposeB ? bRows : bCols;
     // B is packed for many rows: packing costs little beside 2 M flops per element of B, and a panel
@@ -1145,7 +1238,6 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
     // them to few cache sets (measured: half the speed). Few rows (decoding) read B where it lies,
     // which needs its rows to be whole vectors of 4 columns.
     const packB = M >= GEMM_MIN_ROWS || transposeB || N % 4 !== 0;
-    const entries = batch.reduce((n, s) => n * s, 1);
     // tfjs-backend-wasm 4.22's own _FusedMatMul adds the bias wrongly when it does not hand the
     // matmul to XNNPACK (a transpose flag, or a batch of more than 1), so those stay here at any size.
     const stockIsWrong = bias !== undefined && (transposeA || transposeB || entries > 1);
@@ -1165,12 +1257,22 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
     ) {
       return fallBack();
     }
+    const prepacked = packB || entries > 1 ? undefined : weights.packed(b, K, N, exports, io);
     const out = output([...batch, M, N]);
     const aPacked = output([Math.min(M, GEMM_BLOCKS.rows) * Math.min(K, KC)]);
-    const bPacked = output([(packB ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8]);
-    const [aAt, bAt, outAt, biasAt, apAt, bpAt] = [a, b, out, bias, aPacked, bPacked].map((t) =>
-      t ? at(t) : 0,
-    ) as [number, number, number, number, number, number];
+    const bPacked =
+      prepacked === undefined
+        ? output([(packB ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8])
+        : undefined;
+    const [aAt, bAt, outAt, biasAt, apAt] = [a, b, out, bias, aPacked].map((t) => (t ? at(t) : 0)) as [
+      number,
+      number,
+      number,
+      number,
+      number,
+    ];
+    const bpAt = prepacked ?? at(bPacked!);
+    const mode = packB ? PACK_B.whole : prepacked === undefined ? PACK_B.inPlace : PACK_B.prepacked;
     // Byte strides of A's (row, k) and B's (k, column), through the transposes.
     const [aRow, aCol] = transposeA ? [4, aCols * 4] : [aCols * 4, 4];
     const [bRow, bCol] = transposeB ? [4, bCols * 4] : [bCols * 4, 4];
@@ -1190,11 +1292,11 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
         K,
         apAt,
         bpAt,
-        packB ? 1 : 0,
+        mode,
       );
     }
     free(aPacked);
-    free(bPacked);
+    if (bPacked) free(bPacked);
     return out;
   }, previous);
 }

@@ -819,7 +819,7 @@ interface Exports {
 
 /** The parts of tfjs-backend-wasm's BackendWasm these kernels (and gemmKernel.ts) use. */
 export interface WasmBackend {
-  dataIdMap: { get(dataId: object): { memoryOffset: number } };
+  dataIdMap: { get(dataId: object): { memoryOffset: number }; has(dataId: object): boolean };
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   disposeData(dataId: object): boolean;
   wasm: { asm?: { memory?: WasmMemory } };
@@ -1075,7 +1075,7 @@ export function expectShape(op: string) {
  * What a kernel body gets: its inputs and attributes, a way to allocate outputs, memory offsets, and
  * the kernel it replaced (for what it does not take).
  */
-interface KernelIO {
+export interface KernelIO {
   inputs: Record<string, tf.TensorInfo>;
   attrs: Record<string, number>;
   /** A new float32 tensor on the wasm heap. */

@@ -9,6 +9,7 @@ import {
   GEMM_MIN_ROWS,
   gemmKernelInstalled,
   installGemmKernel,
+  packedWeightsHeld,
   uninstallGemmKernel,
 } from '../../src/policy/gemmKernel.ts';
 import { causalAttention, causalAttentionGrad } from '../../src/policy/simdKernels.ts';
@@ -121,9 +122,9 @@ describe('the relaxed-SIMD matmul kernel', () => {
     const rows = tf.randomNormal([3, K], 0, 1, 'float32', 5);
     const b = tf.randomNormal([K, N], 0, 1, 'float32', 6);
     const others = tf.randomNormal([GEMM_BLOCKS.rows + 200, K], 0, 1, 'float32', 7);
-    // The three rows at the start of a 4-row block, straddling two 4-row blocks, straddling two blocks
-    // of rows, and past the last 4-row block.
-    const results = [0, 66, GEMM_BLOCKS.rows - 1, GEMM_BLOCKS.rows + 197].map((at) =>
+    // The three rows at the start of a 6-row block, straddling two 6-row blocks, straddling two blocks
+    // of rows, and straddling the last 6-row block and the 4-row block after it (455 rows: 75 x 6 + 4 + 1).
+    const results = [0, 64, GEMM_BLOCKS.rows - 1, GEMM_BLOCKS.rows + 197].map((at) =>
       tf.tidy(() => {
         const a = tf.concat([tf.slice(others, 0, at), rows, tf.slice(others, at)]);
         return tf.slice(tf.matMul(a, b), at, 3).dataSync();
@@ -158,6 +159,76 @@ describe('the relaxed-SIMD matmul kernel', () => {
     // from XNNPACK's sums.
     expect(withKernel[2]).not.toEqual(without[2]);
     expect(withKernel[3]).not.toEqual(without[3]);
+  });
+});
+
+describe('weights packed for decoding', () => {
+  // Few rows by the same B again and again: the second call packs B, later ones read the packed copy.
+  const decode = (x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D): Float32Array =>
+    tf.tidy(() => tf.fused.matMul({ a: x, b: w, bias }).dataSync() as Float32Array);
+
+  it('gives bit for bit what B read in place gives, across blocks of K and partial panels', () => {
+    // K crosses a block of K; N = 28 is three panels of 8 and one of 4.
+    const [K, N] = [GEMM_BLOCKS.k + 45, 28];
+    const x = tf.randomNormal([16, K], 0, 1, 'float32', 11) as tf.Tensor2D;
+    const w = tf.randomNormal([K, N], 0, 1, 'float32', 12) as tf.Tensor2D;
+    const bias = tf.randomNormal([N], 0, 1, 'float32', 13) as tf.Tensor1D;
+    const held = packedWeightsHeld();
+    const inPlace = decode(x, w, bias);
+    expect(packedWeightsHeld()).toBe(held);
+    const packing = decode(x, w, bias);
+    expect(packedWeightsHeld()).toBe(held + 1);
+    const packed = decode(x, w, bias);
+    expect(packing).toEqual(inPlace);
+    expect(packed).toEqual(inPlace);
+    // And both are the product.
+    const [xs, ws, bs] = [x.dataSync(), w.dataSync(), bias.dataSync()];
+    for (const [i, n] of [
+      [0, 0],
+      [7, 27],
+      [15, 13],
+    ] as const) {
+      let sum = bs[n]!;
+      for (let k = 0; k < K; k++) sum += xs[i * K + k]! * ws[k * N + n]!;
+      expect(packed[i * N + n]).toBeCloseTo(sum, 3);
+    }
+    tf.dispose([x, w, bias]);
+  });
+
+  it("takes a Variable's new values after assign, and frees a copy once its tensor is gone", () => {
+    const [K, N] = [40, 12];
+    const x = tf.randomNormal([10, K], 0, 1, 'float32', 21) as tf.Tensor2D;
+    const bias = tf.zeros([N]) as tf.Tensor1D;
+    const initial = tf.randomNormal([K, N], 0, 1, 'float32', 22);
+    const w = tf.variable(initial) as tf.Variable<tf.Rank.R2>;
+    initial.dispose();
+    decode(x, w, bias); // (which also frees what earlier tests left behind)
+    const held = packedWeightsHeld();
+    const before = decode(x, w, bias);
+    expect(packedWeightsHeld()).toBe(held + 1);
+    const next = tf.randomNormal([K, N], 0, 1, 'float32', 23) as tf.Tensor2D;
+    w.assign(next);
+    const after = decode(x, w, bias);
+    expect(after).not.toEqual(before);
+    const [xs, ns] = [x.dataSync(), next.dataSync()];
+    for (let i = 0; i < 10; i++) {
+      for (let n = 0; n < N; n++) {
+        let sum = 0;
+        for (let k = 0; k < K; k++) sum += xs[i * K + k]! * ns[k * N + n]!;
+        expect(after[i * N + n]).toBeCloseTo(sum, 4);
+      }
+    }
+    // The copy of the first values went at that lookup (the backend had freed them).
+    expect(packedWeightsHeld()).toBe(held);
+    decode(x, w, bias);
+    expect(packedWeightsHeld()).toBe(held + 1);
+    w.dispose();
+    next.dispose();
+    // Any later small matmul looks the cache over.
+    const other = tf.randomNormal([K, N], 0, 1, 'float32', 24) as tf.Tensor2D;
+    decode(x, other, bias);
+    expect(packedWeightsHeld()).toBe(held);
+    tf.dispose([x, bias, other]);
   });
 });
 
