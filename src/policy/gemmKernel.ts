@@ -12,10 +12,11 @@
  * - tf.exp where every input lies in [-87, 88] (the log-softmax's and the entropy's: 8x
  *   tfjs-backend-wasm's scalar loop).
  *
- * Why: dense matmuls are most of a learner step on the wasm backend (about 600 of 860 ms of kernel
- * time for the ~1M model's 16 x 128 tokens). tfjs-backend-wasm hands them to XNNPACK, whose wasm
- * build has only SIMD128's separate multiply and add. Measured here in one process: XNNPACK 20-33
- * GFLOP/s on the learner's shapes, this kernel 27-37, against a peak of 59 for FMAs alone
+ * Why: dense matmuls are most of a learner step on the wasm backend (90% of the ~10M model's step
+ * with this kernel; 600 of 860 ms of kernel time for the ~1M model's under XNNPACK). tfjs-backend-wasm
+ * hands them to XNNPACK, whose wasm build has only SIMD128's separate multiply and add. Measured here
+ * in one process: XNNPACK 20-33 GFLOP/s on the learner's shapes; this kernel's 6 x 8 micro-kernel
+ * 39-40 in a fast stretch, the whole matmul 85-90% of that, against 37-45 for a loop of FMAs alone
  * (bench/kernels.ts measures the learner step and sampling with and without it).
  *
  * How (the matmul): C = A B for each batch entry, in blocks of rows and of K (KC, MC). A is packed into
