@@ -730,7 +730,7 @@ function gemmFunction(mr: number): string {
       (loop $mBlocks
         (local.set $iEnd (i32.add (local.get $i0) (i32.const ${mcOf(mr)})))
         (local.set $iEnd (select (local.get $iEnd) (local.get $M) (i32.lt_u (local.get $iEnd) (local.get $M))))
-        ;; A's panels for rows i0..iEnd and the block's columns of A: 4 rows while 4 are left, then one row each.
+        ;; A's panels for rows i0..iEnd and the block's columns of A: of ${rowBlocks(mr).join(', ')} rows, in turn.
         (local.set $p (local.get $ap))
         (local.set $i (local.get $i0))
         (if (local.get $aInPlace)
