@@ -1171,13 +1171,17 @@ async function assemble(): Promise<Uint8Array> {
  * multiplies 16-odd rows by the same weights at every step; read in place, a panel of B is K rows far
  * apart in memory, which the hardware prefetcher does not follow; packed, it is one run of memory.
  * tfjs never changes the values under a dataId (a Variable's assign takes the new tensor's dataId), so
- * a packed copy is right for as long as its dataId lives; the copies of dataIds the backend has since
+ * a packed copy is right for as long as its dataId lives (for its shape: a reshape shares the dataId);
+ * the copies of dataIds the backend has since
  * freed are freed at the next lookup. A matrix is packed the second time it is seen, so that one-off
  * products (activations) pack nothing, and only while the copies hold less than MAX_FLOATS.
  */
 class PackedWeights {
   static readonly MAX_FLOATS = 64 * 2 ** 20;
-  private readonly copies = new Map<object, { buffer: tf.TensorInfo; at: number; floats: number }>();
+  private readonly copies = new Map<
+    object,
+    { buffer: tf.TensorInfo; at: number; floats: number; shape: [number, number] }
+  >();
   private seen = new WeakSet<object>();
   private floats = 0;
 
@@ -1187,7 +1191,8 @@ class PackedWeights {
   packed(b: tf.TensorInfo, K: number, N: number, exports: Exports, io: KernelIO): number | undefined {
     this.sweep(io);
     const copy = this.copies.get(b.dataId);
-    if (copy) return copy.at;
+    // A reshape shares its input's dataId: that view is read in place.
+    if (copy) return copy.shape[0] === K && copy.shape[1] === N ? copy.at : undefined;
     const floats = K * N + 8;
     if (!this.seen.has(b.dataId) || this.floats + floats > PackedWeights.MAX_FLOATS) {
       this.seen.add(b.dataId);
@@ -1196,7 +1201,7 @@ class PackedWeights {
     const buffer = io.output([floats]);
     const at = io.at(buffer);
     exports.packB(io.at(b), N * 4, 4, N, K, at);
-    this.copies.set(b.dataId, { buffer, at, floats });
+    this.copies.set(b.dataId, { buffer, at, floats, shape: [K, N] });
     this.floats += floats;
     return at;
   }

@@ -167,7 +167,7 @@ describe('weights packed for decoding', () => {
   const decode = (x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D): Float32Array =>
     tf.tidy(() => tf.fused.matMul({ a: x, b: w, bias }).dataSync() as Float32Array);
 
-  it('gives bit for bit what B read in place gives, across blocks of K and partial panels', () => {
+  it('gives bit for bit what B read in place gives, across blocks of K and partial panels; reads a reshape of B as itself', () => {
     // K crosses a block of K; N = 28 is three panels of 8 and one of 4.
     const [K, N] = [GEMM_BLOCKS.k + 45, 28];
     const x = tf.randomNormal([16, K], 0, 1, 'float32', 11) as tf.Tensor2D;
@@ -192,7 +192,23 @@ describe('weights packed for decoding', () => {
       for (let k = 0; k < K; k++) sum += xs[i * K + k]! * ws[k * N + n]!;
       expect(packed[i * N + n]).toBeCloseTo(sum, 3);
     }
-    tf.dispose([x, w, bias]);
+    // A reshape of w shares its dataId: it is read as itself, not as w's packed copy.
+    const [K2, N2] = [43, (K * N) / 43];
+    const view = tf.reshape(w, [K2, N2]) as tf.Tensor2D;
+    const y = tf.randomNormal([16, K2], 0, 1, 'float32', 14) as tf.Tensor2D;
+    const noBias = tf.zeros([N2]) as tf.Tensor1D;
+    const viaView = decode(y, view, noBias);
+    const ys = y.dataSync();
+    for (const [i, n] of [
+      [0, 0],
+      [9, N2 - 1],
+      [15, 101],
+    ] as const) {
+      let sum = 0;
+      for (let k = 0; k < K2; k++) sum += ys[i * K2 + k]! * ws[k * N2 + n]!;
+      expect(viaView[i * N2 + n]).toBeCloseTo(sum, 3);
+    }
+    tf.dispose([x, w, bias, view, y, noBias]);
   });
 
   it("takes a Variable's new values after assign, and frees a copy once its tensor is gone", () => {
