@@ -93,10 +93,11 @@ const PANEL_WIDTH = `
               (i32.le_u (i32.add (local.get $j) (local.get $w)) (local.get $N))))`;
 
 /**
- * From this many rows on, B is packed. Below it, B is read where it lies if its rows are whole
- * vectors of 4 floats and it is not transposed (decoding: 1.26x XNNPACK's on the sampler's weights
- * with 16 rows); otherwise the matmul goes to the kernel this one replaced, as packing B on every
- * call would cost more than it saves (XNNPACK keeps a weight matrix packed between calls).
+ * From this many rows on, B is packed on every call. Below it, B is read where it lies if its rows
+ * are whole vectors of 4 floats and it is not transposed, and from its second use on from a copy packed
+ * once (PackedWeights: decoding's weights); otherwise the matmul goes to the kernel this one replaced,
+ * as packing B on every call would cost more than it saves (XNNPACK keeps a weight matrix packed
+ * between calls).
  */
 export const GEMM_MIN_ROWS = 64;
 
@@ -165,7 +166,7 @@ function microKernel(name: string, mr: number, nv: number, partial = false): str
 }
 
 /**
- * WAT: a call of the micro-kernel for a block of `rows` rows (4 or 1) of A from row $i against the
+ * WAT: a call of the micro-kernel for a block of `rows` rows (6, 4 or 1) of A from row $i against the
  * current panel of B (8 columns, 4, or 1-3 of a padded panel), over the part of the current block of K
  * ($k0 to $k0 + $kLen) that $causal leaves (see $gemm): rows whose A is zero past its diagonal stop at
  * k = i + rows, rows whose A is zero before it start at k = i. The first block of K starts from the
@@ -692,7 +693,11 @@ ${scratchSoftmax(`(local.set $e (f32x4.sub (v128.load (local.get $at)) (local.ge
       ${headGemm(get('pm'), [FOUR, T_ROW], plus('dy', 'yBase'), [OUT_ROWS, FOUR], plus('dv'), ROWS, [T, HD, T], 'upper')}`)})
 `;
 
-/** WAT: $gemm<mr> (see its comment), with micro-kernel blocks of `mr` rows of A. */
+/**
+ * WAT: $gemm<mr> (see its comment), with micro-kernel blocks of `mr` rows of A. Only $gemm4 may be given
+ * a causal mode: the masks, the `scores` start at a panel of B and the softmaxes' zero padding assume
+ * blocks of 4 rows.
+ */
 function gemmFunction(mr: number): string {
   return `
   ;; C [M, N] (rows cRow bytes apart) = A B (+ bias [N] where hasBias), where A's element (i, k) is at
@@ -1093,8 +1098,7 @@ export function uninstallGemmKernel(): void {
     tf.registerKernel(kernel);
   }
   replaced = undefined;
-  const backend = tf.backend() as unknown as WasmBackend;
-  weights?.sweep({ free: (t) => void backend.disposeData(t.dataId) }, true);
+  weights?.sweep(true);
   weights = undefined;
 }
 
@@ -1173,7 +1177,7 @@ async function assemble(): Promise<Uint8Array> {
  * tfjs never changes the values under a dataId (a Variable's assign takes the new tensor's dataId), so
  * a packed copy is right for as long as its dataId lives (for its shape: a reshape shares the dataId);
  * the copies of dataIds the backend has since
- * freed are freed at the next lookup. A matrix is packed the second time it is seen, so that one-off
+ * freed are freed at the next matmul. A matrix is packed the second time it is seen, so that one-off
  * products (activations) pack nothing, and only while the copies hold less than MAX_FLOATS.
  */
 class PackedWeights {
@@ -1189,7 +1193,6 @@ class PackedWeights {
 
   /** The address of b [K, N] packed (N a multiple of 4, not transposed), or undefined: read it in place. */
   packed(b: tf.TensorInfo, K: number, N: number, exports: Exports, io: KernelIO): number | undefined {
-    this.sweep(io);
     const copy = this.copies.get(b.dataId);
     // A reshape shares its input's dataId: that view is read in place.
     if (copy) return copy.shape[0] === K && copy.shape[1] === N ? copy.at : undefined;
@@ -1212,11 +1215,11 @@ class PackedWeights {
   }
 
   /** Frees the copies of dataIds the backend no longer holds (all of them with `all`). */
-  sweep(io: Pick<KernelIO, 'free'>, all = false): void {
+  sweep(all = false): void {
     const { dataIdMap } = this.backend;
     for (const [dataId, copy] of this.copies) {
       if (all || !dataIdMap.has(dataId)) {
-        io.free(copy.buffer);
+        this.backend.disposeData(copy.buffer.dataId);
         this.copies.delete(dataId);
         this.floats -= copy.floats;
       }
@@ -1228,6 +1231,8 @@ class PackedWeights {
 /** The kernel in place of `previous` (BatchMatMul or _FusedMatMul), which keeps what it does not take. */
 function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: PackedWeights): tf.KernelFunc {
   return wasmKernel((io) => {
+    // Every matmul frees the packed copies of weights gone since the last (a walk of a few entries).
+    weights.sweep();
     const { inputs, attrs: numbers, output, free, at, fallBack } = io;
     const attrs = numbers as unknown as { transposeA?: boolean; transposeB?: boolean; activation?: string };
     const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
@@ -1241,8 +1246,9 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
     const N = transposeB ? bRows : bCols;
     // B is packed for many rows: packing costs little beside 2 M flops per element of B, and a panel
     // read in place is K rows a power of 2 bytes apart for many shapes (N = 512: 2 KiB), which maps
-    // them to few cache sets (measured: half the speed). Few rows (decoding) read B where it lies,
-    // which needs its rows to be whole vectors of 4 columns.
+    // them to few cache sets (measured: half the speed). Few rows (decoding) read B where it lies the
+    // first time and its packed copy after (PackedWeights), which needs its rows to be whole vectors
+    // of 4 columns.
     const packB = M >= GEMM_MIN_ROWS || transposeB || N % 4 !== 0;
     // tfjs-backend-wasm 4.22's own _FusedMatMul adds the bias wrongly when it does not hand the
     // matmul to XNNPACK (a transpose flag, or a batch of more than 1), so those stay here at any size.

@@ -173,6 +173,7 @@ describe('weights packed for decoding', () => {
     const x = tf.randomNormal([16, K], 0, 1, 'float32', 11) as tf.Tensor2D;
     const w = tf.randomNormal([K, N], 0, 1, 'float32', 12) as tf.Tensor2D;
     const bias = tf.randomNormal([N], 0, 1, 'float32', 13) as tf.Tensor1D;
+    tf.tidy(() => tf.matMul(x, tf.ones([K, 4])).dataSync()); // frees what earlier tests left behind
     const held = packedWeightsHeld();
     const inPlace = decode(x, w, bias);
     expect(packedWeightsHeld()).toBe(held);
