@@ -93,11 +93,11 @@ const PANEL_WIDTH = `
               (i32.le_u (i32.add (local.get $j) (local.get $w)) (local.get $N))))`;
 
 /**
- * From this many rows on, B is packed on every call. Below it, B is read where it lies if its rows
- * are whole vectors of 4 floats and it is not transposed, and from its second use on from a copy packed
- * once (PackedWeights: decoding's weights); otherwise the matmul goes to the kernel this one replaced,
- * as packing B on every call would cost more than it saves (XNNPACK keeps a weight matrix packed
- * between calls).
+ * From this many rows on, B is packed on every call. Below it, B is read from a copy packed once from
+ * its second use on (PackedWeights: decoding's weights); its first time, where it lies if its rows are
+ * whole vectors of 4 floats and it is not transposed, otherwise on the kernel this one replaced, as
+ * packing B for one product of few rows costs about as much as the product (XNNPACK keeps a weight
+ * matrix packed between calls).
  */
 export const GEMM_MIN_ROWS = 64;
 
@@ -1184,27 +1184,40 @@ class PackedWeights {
   static readonly MAX_FLOATS = 64 * 2 ** 20;
   private readonly copies = new Map<
     object,
-    { buffer: tf.TensorInfo; at: number; floats: number; shape: [number, number] }
+    { buffer: tf.TensorInfo; at: number; floats: number; layout: string }
   >();
   private seen = new WeakSet<object>();
   private floats = 0;
 
   constructor(private readonly backend: WasmBackend) {}
 
-  /** The address of b [K, N] packed (N a multiple of 4, not transposed), or undefined: read it in place. */
-  packed(b: tf.TensorInfo, K: number, N: number, exports: Exports, io: KernelIO): number | undefined {
+  /**
+   * The address of b [K, N] (element (k, n) at bRow k + bCol n bytes) packed, or undefined: not packed
+   * (yet).
+   */
+  packed(
+    b: tf.TensorInfo,
+    K: number,
+    N: number,
+    bRow: number,
+    bCol: number,
+    exports: Exports,
+    io: KernelIO,
+  ): number | undefined {
     const copy = this.copies.get(b.dataId);
-    // A reshape shares its input's dataId: that view is read in place.
-    if (copy) return copy.shape[0] === K && copy.shape[1] === N ? copy.at : undefined;
-    const floats = K * N + 8;
+    // A reshape shares its input's dataId, and a product may read B transposed: a copy serves only
+    // the layout it was packed from.
+    const layout = `${K}x${N}:${bRow}:${bCol}`;
+    if (copy) return copy.layout === layout ? copy.at : undefined;
+    const floats = K * Math.ceil(N / 4) * 4 + 8;
     if (!this.seen.has(b.dataId) || this.floats + floats > PackedWeights.MAX_FLOATS) {
       this.seen.add(b.dataId);
       return undefined;
     }
     const buffer = io.output([floats]);
     const at = io.at(buffer);
-    exports.packB(io.at(b), N * 4, 4, N, K, at);
-    this.copies.set(b.dataId, { buffer, at, floats, shape: [K, N] });
+    exports.packB(io.at(b), bRow, bCol, N, K, at);
+    this.copies.set(b.dataId, { buffer, at, floats, layout });
     this.floats += floats;
     return at;
   }
@@ -1244,23 +1257,16 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
     const entries = batch.reduce((n, s) => n * s, 1);
     const [M, K] = transposeA ? [aCols, aRows] : [aRows, aCols];
     const N = transposeB ? bRows : bCols;
-    // B is packed for many rows: packing costs little beside 2 M flops per element of B, and a panel
-    // read in place is K rows a power of 2 bytes apart for many shapes (N = 512: 2 KiB), which maps
-    // them to few cache sets (measured: half the speed). Few rows (decoding) read B where it lies the
-    // first time and its packed copy after (PackedWeights), which needs its rows to be whole vectors
-    // of 4 columns.
-    const packB = M >= GEMM_MIN_ROWS || transposeB || N % 4 !== 0;
     // tfjs-backend-wasm 4.22's own _FusedMatMul adds the bias wrongly when it does not hand the
     // matmul to XNNPACK (a transpose flag, or a batch of more than 1), so those stay here at any size.
     const stockIsWrong = bias !== undefined && (transposeA || transposeB || entries > 1);
     // Activations, broadcast batches and biases other than one per column stay with the kernel
-    // this one replaced, and so do matmuls too small to pay for packing B.
+    // this one replaced.
     if (
       a.dtype !== 'float32' ||
       b.dtype !== 'float32' ||
       !tf.util.arraysEqual(batch, b.shape.slice(0, -2)) ||
       (transposeB ? bCols : bRows) !== K ||
-      (M < GEMM_MIN_ROWS && packB && !stockIsWrong) ||
       N === 0 ||
       K === 0 ||
       (attrs.activation !== undefined && attrs.activation !== 'linear') ||
@@ -1269,12 +1275,25 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
     ) {
       return fallBack();
     }
-    const prepacked = packB || entries > 1 ? undefined : weights.packed(b, K, N, exports, io);
+    // Byte strides of A's (row, k) and B's (k, column), through the transposes.
+    const [aRow, aCol] = transposeA ? [4, aCols * 4] : [aCols * 4, 4];
+    const [bRow, bCol] = transposeB ? [4, bCols * 4] : [bCols * 4, 4];
+    // B is packed for many rows: packing costs little beside 2 M flops per element of B, and a panel
+    // read in place is K rows a power of 2 bytes apart for many shapes (N = 512: 2 KiB), which maps
+    // them to few cache sets (measured: half the speed). Few rows (decoding) read B from a copy packed
+    // once (PackedWeights) from its second use on; the first time, where it lies if its rows are whole
+    // vectors of 4 columns, else (transposed, or N not a multiple of 4) on the kernel this one
+    // replaced, as packing B for one product of few rows costs about as much as the product.
+    const few = M < GEMM_MIN_ROWS;
+    const prepacked = few && entries === 1 ? weights.packed(b, K, N, bRow, bCol, exports, io) : undefined;
+    const inPlace = few && prepacked === undefined && !transposeB && N % 4 === 0;
+    if (few && prepacked === undefined && !inPlace && !stockIsWrong) return fallBack();
+    const mode = prepacked !== undefined ? PACK_B.prepacked : inPlace ? PACK_B.inPlace : PACK_B.whole;
     const out = output([...batch, M, N]);
     const aPacked = output([Math.min(M, GEMM_BLOCKS.rows) * Math.min(K, KC)]);
     const bPacked =
       prepacked === undefined
-        ? output([(packB ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8])
+        ? output([(mode === PACK_B.whole ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8])
         : undefined;
     const [aAt, bAt, outAt, biasAt, apAt] = [a, b, out, bias, aPacked].map((t) => (t ? at(t) : 0)) as [
       number,
@@ -1284,10 +1303,6 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
       number,
     ];
     const bpAt = prepacked ?? at(bPacked!);
-    const mode = packB ? PACK_B.whole : prepacked === undefined ? PACK_B.inPlace : PACK_B.prepacked;
-    // Byte strides of A's (row, k) and B's (k, column), through the transposes.
-    const [aRow, aCol] = transposeA ? [4, aCols * 4] : [aCols * 4, 4];
-    const [bRow, bCol] = transposeB ? [4, bCols * 4] : [bCols * 4, 4];
     for (let e = 0; e < entries; e++) {
       exports.gemm(
         aAt + e * aRows * aCols * 4,

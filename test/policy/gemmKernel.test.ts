@@ -212,6 +212,65 @@ describe('weights packed for decoding', () => {
     tf.dispose([x, w, bias, view, y, noBias]);
   });
 
+  it('packs a transposed B, or one of N not a multiple of 4, from its second use; a copy serves only its layout', () => {
+    const K = 36;
+    const x = tf.randomNormal([16, K], 0, 1, 'float32', 31) as tf.Tensor2D;
+    // Square, so that w and w^T have the same shape.
+    const w = tf.randomNormal([K, K], 0, 1, 'float32', 32) as tf.Tensor2D;
+    const head = tf.randomNormal([K, 102], 0, 1, 'float32', 33) as tf.Tensor2D;
+    const [xs, ws, hs] = [x.dataSync(), w.dataSync(), head.dataSync()];
+    const product = (
+      b: Float32Array | Int32Array | Uint8Array,
+      N: number,
+      transposed: boolean,
+      i: number,
+      n: number,
+    ) => {
+      let sum = 0;
+      for (let k = 0; k < K; k++) sum += xs[i * K + k]! * b[transposed ? n * K + k : k * N + n]!;
+      return sum;
+    };
+    const check = (
+      have: tf.TypedArray,
+      b: Float32Array | Int32Array | Uint8Array,
+      N: number,
+      transposed: boolean,
+    ) => {
+      for (const [i, n] of [
+        [0, 0],
+        [7, N - 1],
+        [15, 5],
+      ] as const)
+        expect(have[i * N + n]).toBeCloseTo(product(b, N, transposed, i, n), 3);
+    };
+    tf.tidy(() => tf.matMul(x, tf.ones([K, 4])).dataSync()); // frees what earlier tests left behind
+    const held = packedWeightsHeld();
+    for (let use = 0; use < 3; use++) {
+      check(
+        tf.tidy(() => tf.matMul(x, w, false, true).dataSync()),
+        ws,
+        K,
+        true,
+      );
+      check(
+        tf.tidy(() => tf.matMul(x, head).dataSync()),
+        hs,
+        102,
+        false,
+      );
+    }
+    expect(packedWeightsHeld()).toBe(held + 2);
+    // w untransposed: w's copy holds w^T's layout, so this one is read in place.
+    for (let use = 0; use < 2; use++)
+      check(
+        tf.tidy(() => tf.matMul(x, w).dataSync()),
+        ws,
+        K,
+        false,
+      );
+    tf.dispose([x, w, head]);
+  });
+
   it("takes a Variable's new values after assign, and frees a copy once its tensor is gone", () => {
     const [K, N] = [40, 12];
     const x = tf.randomNormal([10, K], 0, 1, 'float32', 21) as tf.Tensor2D;
