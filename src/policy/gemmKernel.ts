@@ -1175,8 +1175,8 @@ async function assemble(): Promise<Uint8Array> {
  * multiplies 16-odd rows by the same weights at every step; read in place, a panel of B is K rows far
  * apart in memory, which the hardware prefetcher does not follow; packed, it is one run of memory.
  * tfjs never changes the values under a dataId (a Variable's assign takes the new tensor's dataId), so
- * a packed copy is right for as long as its dataId lives (for its shape: a reshape shares the dataId);
- * the copies of dataIds the backend has since
+ * a packed copy is right for as long as its dataId lives, for the layout it was packed from (a reshape
+ * shares the dataId; a product may read B transposed). The copies of dataIds the backend has since
  * freed are freed at the next matmul. A matrix is packed the second time it is seen, so that one-off
  * products (activations) pack nothing, and only while the copies hold less than MAX_FLOATS.
  */
