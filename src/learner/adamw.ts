@@ -64,9 +64,7 @@ export class AdamW {
           const [p2, m2, v2] = adamwStep(p, grad, m, v, {
             gradScale,
             beta1: this.beta1,
-            oneMinusBeta1: 1 - this.beta1,
             beta2: this.beta2,
-            oneMinusBeta2: 1 - this.beta2,
             c1,
             c2,
             epsilon: this.epsilon,

@@ -978,13 +978,7 @@ interface Exports {
     p: number,
     ap: number,
     bp: number,
-    B: number,
-    T: number,
-    H: number,
-    hd: number,
-    scale: number,
-    inRow: number,
-    outRow: number,
+    ...head: HeadArgs
   ): void;
   causalAttentionGrad(
     dy: number,
@@ -999,15 +993,12 @@ interface Exports {
     dv: number,
     ap: number,
     bp: number,
-    B: number,
-    T: number,
-    H: number,
-    hd: number,
-    scale: number,
-    inRow: number,
-    outRow: number,
+    ...head: HeadArgs
   ): void;
 }
+
+/** The attention exports' last arguments (headArgs). */
+type HeadArgs = [B: number, T: number, H: number, hd: number, scale: number, inRow: number, outRow: number];
 
 /**
  * The kernels replaced: tfjs-backend-wasm's tf.matMul, tf.fused.matMul (GPT's linear layers, with a
@@ -1022,20 +1013,20 @@ const SIMD_REPLACED = [
   SIMD_KERNELS.gelu,
 ] as const;
 
-/** The kernels this one replaced, and the packed weights, while installed. */
-let replaced: tf.KernelConfig[] | undefined;
-let weights: PackedWeights | undefined;
+/** While installed: the kernels this one replaced, and the packed weights. */
+let installed: { replaced: tf.KernelConfig[]; weights: PackedWeights } | undefined;
 
 /** The assembled module, kept: wabt takes a while, and a test installs and uninstalls often. */
 let binary: Uint8Array | undefined;
 
 /**
  * Replaces the kernels of STOCK_REPLACED and SIMD_REPLACED and registers the fused-qkv attention (call
- * with the backend active, after simdKernels.ts and any other replacement of them); idempotent. Resolves to false where it does not apply: another
- * tfjs-backend-wasm version or its threaded build, or a V8 that will not compile relaxed SIMD.
+ * with the backend active, after simdKernels.ts and any other replacement of them); idempotent.
+ * Resolves to false where it does not apply: another tfjs-backend-wasm version or its threaded build,
+ * or a V8 that will not compile relaxed SIMD.
  */
 export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
-  if (replaced) return true;
+  if (installed) return true;
   if (!wasmVersion.startsWith('4.') || tf.getBackend() !== 'wasm') return false;
   const memory = (tf.backend() as unknown as WasmBackend).wasm.asm?.memory;
   if (!(memory instanceof WebAssembly.Memory) || !(memory.buffer instanceof ArrayBuffer)) return false;
@@ -1049,7 +1040,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   const stock = STOCK_REPLACED.map((name) => tf.getKernel(name, 'wasm'));
   if (!stock.every((kernel) => kernel !== undefined)) return false;
   const simd = SIMD_REPLACED.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
-  const packedWeights = new PackedWeights(tf.backend() as unknown as WasmBackend);
+  const weights = new PackedWeights(tf.backend() as unknown as WasmBackend);
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
     switch (kernel.kernelName) {
       case SIMD_KERNELS.causalAttention:
@@ -1063,7 +1054,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
       case 'Exp':
         return expKernel(exports, kernel);
       default:
-        return gemmKernel(exports, kernel, packedWeights);
+        return gemmKernel(exports, kernel, weights);
     }
   };
   for (const kernel of [...stock, ...simd]) {
@@ -1074,8 +1065,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
       kernelFunc: replacement(kernel),
     });
   }
-  replaced = [...stock, ...simd];
-  weights = packedWeights;
+  installed = { replaced: [...stock, ...simd], weights };
   tf.registerKernel({
     kernelName: QKV_KERNELS.forward,
     backendName: 'wasm',
@@ -1091,20 +1081,19 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
 
 /** Puts back the kernels it replaced (for tests and benches that compare the two). */
 export function uninstallGemmKernel(): void {
-  if (!replaced) return;
+  if (!installed) return;
   for (const name of Object.values(QKV_KERNELS)) tf.unregisterKernel(name, 'wasm');
-  for (const kernel of replaced) {
+  for (const kernel of installed.replaced) {
     tf.unregisterKernel(kernel.kernelName, 'wasm');
     tf.registerKernel(kernel);
   }
-  replaced = undefined;
-  weights?.sweep(true);
-  weights = undefined;
+  installed.weights.sweep(true);
+  installed = undefined;
 }
 
 /** How many weight matrices the matmul holds packed for decoding (see PackedWeights; for tests). */
 export function packedWeightsHeld(): number {
-  return weights?.size ?? 0;
+  return installed?.weights.size ?? 0;
 }
 
 /** The kernels of causal attention on the q/k/v projection's output as it is (no split), which only this module has. */
@@ -1157,7 +1146,7 @@ function qkvHeadSize(op: string, qkv: tf.Tensor, { B, T, H }: { B: number; T: nu
 
 /** Whether matmuls of at least GEMM_MIN_ROWS rows run on this kernel. */
 export function gemmKernelInstalled(): boolean {
-  return replaced !== undefined && tf.getBackend() === 'wasm';
+  return installed !== undefined && tf.getBackend() === 'wasm';
 }
 
 async function assemble(): Promise<Uint8Array> {
@@ -1295,13 +1284,8 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
       prepacked === undefined
         ? output([(mode === PACK_B.whole ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8])
         : undefined;
-    const [aAt, bAt, outAt, biasAt, apAt] = [a, b, out, bias, aPacked].map((t) => (t ? at(t) : 0)) as [
-      number,
-      number,
-      number,
-      number,
-      number,
-    ];
+    const [aAt, bAt, outAt, apAt] = [at(a), at(b), at(out), at(aPacked)];
+    const biasAt = bias ? at(bias) : 0;
     const bpAt = prepacked ?? at(bPacked!);
     for (let e = 0; e < entries; e++) {
       exports.gemm(
@@ -1389,10 +1373,7 @@ function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelF
  * The attention exports' last arguments: B, T, H, hd, scale, and the bytes between rows of q/k/v (and
  * of their gradients) and of y (and dy).
  */
-function headArgs(
-  attrs: Record<string, number>,
-  fused: boolean,
-): [number, number, number, number, number, number, number] {
+function headArgs(attrs: Record<string, number>, fused: boolean): HeadArgs {
   const { B, T, H, hd, scale } = attrs as Record<'B' | 'T' | 'H' | 'hd' | 'scale', number>;
   const rowBytes = H * hd * 4;
   return [B, T, H, hd, scale, fused ? 3 * rowBytes : rowBytes, rowBytes];

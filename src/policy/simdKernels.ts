@@ -182,7 +182,8 @@ const ADAMW_SCALARS = [
   'weightDecay',
   'learningRate',
 ] as const;
-type AdamWScalars = Record<(typeof ADAMW_SCALARS)[number], number>;
+/** What adamwStep takes: the kernel's scalars but 1 - beta1 and 1 - beta2, which it derives. */
+type AdamWScalars = Omit<Record<(typeof ADAMW_SCALARS)[number], number>, 'oneMinusBeta1' | 'oneMinusBeta2'>;
 
 /**
  * WAT: AdamW's update (src/learner/adamw.ts) in one pass over n floats instead of about 15 tfjs
@@ -994,14 +995,17 @@ export function adamwStep(
 ): [tf.Tensor, tf.Tensor, tf.Tensor] {
   const expect = expectShape('adamwStep');
   for (const [name, t] of Object.entries({ p, g, m, v })) expect(name, t, p.shape);
-  return tf.engine().runKernel(KERNELS.adamw, { p, g, m, v }, { ...scalars }) as unknown as [
-    tf.Tensor,
-    tf.Tensor,
-    tf.Tensor,
-  ];
+  return tf.engine().runKernel(
+    KERNELS.adamw,
+    { p, g, m, v },
+    {
+      ...scalars,
+      oneMinusBeta1: 1 - scalars.beta1,
+      oneMinusBeta2: 1 - scalars.beta2,
+    },
+  ) as unknown as [tf.Tensor, tf.Tensor, tf.Tensor];
 }
 
-/** The kernels step through rows 4 floats at a time: a row of another width would run past its end. */
 /**
  * Causal self-attention over each row's T tokens: q, k, v [B*T, H*hd] (heads side by side, as the
  * projections give them) -> y [B*T, H*hd], with y_i = softmax_{j<=i}(scale q_i . k_j) v_j per head,
@@ -1058,6 +1062,7 @@ function attentionShape(
   return { B, T, H, hd };
 }
 
+/** The kernels step through rows 4 floats at a time: a row of another width would run past its end. */
 function expectLanes(op: string, what: string, width: number): void {
   if (width % 4 !== 0) throw new Error(`${op}: ${what} must be a multiple of 4, got ${width}`);
 }
