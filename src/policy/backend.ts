@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { installGemmKernel } from './gemmKernel.ts';
+import { installGemmKernel, setMatmulThreads } from './gemmKernel.ts';
 import { installSimdKernels } from './simdKernels.ts';
 import { installWasmKernels } from './wasmKernels.ts';
 
@@ -97,6 +97,19 @@ async function setUp(kind: BackendKind): Promise<BackendKind> {
     await activate('cpu', kind);
   }
   return kind;
+}
+
+/**
+ * Runs the selected backend's large matmuls on `count` threads and resolves to the count in effect.
+ * On wasm that is rxrl's matmul with count - 1 helper threads (gemmKernel.ts); the native backends
+ * use TensorFlow's own thread pool and the plain JS backend one thread, so there it is 1.
+ */
+export async function setBackendThreads(count: number): Promise<number> {
+  if (!Number.isInteger(count) || count < 1)
+    throw new Error(`threads must be a whole number >= 1, got ${count}`);
+  if (active === undefined || (await active.ready) !== 'wasm') return 1;
+  await setMatmulThreads(count);
+  return count;
 }
 
 async function activate(tfName: string, kind: BackendKind): Promise<void> {

@@ -32,7 +32,10 @@
  * slower.
  *
  * Each element of C sums its K products in order, whatever row or column it is, so a row's result
- * does not depend on the other rows of the batch (the sampler's padding invariance relies on that).
+ * does not depend on the other rows of the batch (the sampler's padding invariance relies on that),
+ * nor on the threads: with setMatmulThreads(n), products of THREADED_WORK multiply-adds and more
+ * are cut into n parts of rows or of columns, n - 1 of them computed on helper threads by the same
+ * kernels built for a shared memory (matmulThreads.ts).
  *
  * V8 ships relaxed SIMD enabled from 11.4 (Node 21 on); Node 20's V8 11.3 has it behind
  * `--experimental-wasm-relaxed-simd`, which installGemmKernel sets (V8 reads wasm feature flags
@@ -45,6 +48,7 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
+import { MatmulHelpers, type GemmCall } from './matmulThreads.ts';
 import {
   cachedAttentionKernel,
   expectShape,
@@ -800,9 +804,11 @@ function gemmFunction(mr: number): string {
       (br_if $kBlocks (i32.lt_u (local.get $k0) (local.get $K)))))`;
 }
 
+const MEMORY_IMPORT = '(import "env" "memory" (memory 1))';
+
 const GEMM_WAT = `
 (module
-  (import "env" "memory" (memory 1))
+  ${MEMORY_IMPORT}
   ${[MR.matmul, MR.causal, 1]
     .map(
       (mr) => `
@@ -939,33 +945,19 @@ const GEMM_WAT = `
       (br $blocks))))
   ${gemmFunction(MR.matmul)}
   ${gemmFunction(MR.causal)}
-  ;; $gemm for tf.matMul: C's rows N floats apart, no causal structure.
+  ;; $gemm for tf.matMul: no causal structure (C's rows cRow bytes apart: N floats, or more for a part
+  ;; of C's columns, matmulThreads.ts).
   (func (export "gemm") (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
-    (param $bias i32) (param $hasBias i32) (param $c i32) (param $M i32) (param $N i32) (param $K i32) (param $ap i32) (param $bp i32) (param $packB i32)
+    (param $bias i32) (param $hasBias i32) (param $c i32) (param $cRow i32) (param $M i32) (param $N i32) (param $K i32)
+    (param $ap i32) (param $bp i32) (param $packB i32)
     (call $gemm${MR.matmul} (local.get $a) (local.get $aRow) (local.get $aCol) (local.get $b) (local.get $bRow) (local.get $bCol)
-      (local.get $bias) (local.get $hasBias) (local.get $c) (i32.shl (local.get $N) (i32.const 2)) (local.get $M) (local.get $N)
+      (local.get $bias) (local.get $hasBias) (local.get $c) (local.get $cRow) (local.get $M) (local.get $N)
       (local.get $K) (local.get $ap) (local.get $bp) (local.get $packB) (i32.const ${CAUSAL.none})))
 ${ATTENTION_WAT}
 )`;
 
 interface Exports {
-  gemm(
-    a: number,
-    aRow: number,
-    aCol: number,
-    b: number,
-    bRow: number,
-    bCol: number,
-    bias: number,
-    hasBias: number,
-    c: number,
-    M: number,
-    N: number,
-    K: number,
-    ap: number,
-    bp: number,
-    packB: number,
-  ): void;
+  gemm: GemmCall;
   packB(b: number, bRow: number, bCol: number, N: number, K: number, dst: number): void;
   gelu(x: number, y: number, s: number, n: number): void;
   exp(x: number, y: number, n: number): number;
@@ -1013,11 +1005,21 @@ const SIMD_REPLACED = [
   SIMD_KERNELS.gelu,
 ] as const;
 
-/** While installed: the kernels this one replaced, and the packed weights. */
-let installed: { replaced: tf.KernelConfig[]; weights: PackedWeights } | undefined;
+/** While installed: the kernels this one replaced, the packed weights, and the matmul's helper threads. */
+let installed: { replaced: tf.KernelConfig[]; weights: PackedWeights; threads: Threads } | undefined;
 
-/** The assembled module, kept: wabt takes a while, and a test installs and uninstalls often. */
+/** The matmul's threads: how many were asked for (setMatmulThreads), and the helpers beyond the caller's. */
+interface Threads {
+  count: number;
+  helpers?: MatmulHelpers;
+}
+
+/** The thread count asked for before the kernels were installed. */
+let threadsWanted = 1;
+
+/** The assembled modules, kept: wabt takes a while, and a test installs and uninstalls often. */
 let binary: Uint8Array | undefined;
+let sharedModule: object | undefined;
 
 /**
  * Replaces the kernels of STOCK_REPLACED and SIMD_REPLACED and registers the fused-qkv attention (call
@@ -1041,6 +1043,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   if (!stock.every((kernel) => kernel !== undefined)) return false;
   const simd = SIMD_REPLACED.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
   const weights = new PackedWeights(tf.backend() as unknown as WasmBackend);
+  const threads: Threads = { count: 1 };
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
     switch (kernel.kernelName) {
       case SIMD_KERNELS.causalAttention:
@@ -1054,7 +1057,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
       case 'Exp':
         return expKernel(exports, kernel);
       default:
-        return gemmKernel(exports, kernel, weights);
+        return gemmKernel(exports, kernel, weights, threads);
     }
   };
   for (const kernel of [...stock, ...simd]) {
@@ -1065,7 +1068,8 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
       kernelFunc: replacement(kernel),
     });
   }
-  installed = { replaced: [...stock, ...simd], weights };
+  installed = { replaced: [...stock, ...simd], weights, threads };
+  await setMatmulThreads(threadsWanted);
   tf.registerKernel({
     kernelName: QKV_KERNELS.forward,
     backendName: 'wasm',
@@ -1088,7 +1092,37 @@ export function uninstallGemmKernel(): void {
     tf.registerKernel(kernel);
   }
   installed.weights.sweep(true);
+  void installed.threads.helpers?.close();
   installed = undefined;
+}
+
+/**
+ * Runs the wasm backend's large matmuls on `count` threads: this one and count - 1 helpers
+ * (matmulThreads.ts). 1 (the default) stops the helpers. Before the kernels are installed it is
+ * remembered for when they are. Results do not depend on the count.
+ */
+export async function setMatmulThreads(count: number): Promise<void> {
+  if (!Number.isInteger(count) || count < 1) {
+    throw new Error(`matmul threads must be a whole number >= 1, got ${count}`);
+  }
+  threadsWanted = count;
+  const threads = installed?.threads;
+  if (!threads || threads.count === count) return;
+  const old = threads.helpers;
+  threads.helpers = undefined;
+  threads.count = 1;
+  await old?.close();
+  if (count > 1) {
+    sharedModule ??= await WebAssembly.compile(await assemble(true));
+    threads.helpers = new MatmulHelpers(sharedModule, count - 1, GEMM_BLOCKS);
+    threads.count = count;
+  }
+}
+
+/** The matmul's threads, and how many products it has split between them (for tests and benches). */
+export function matmulThreads(): { count: number; productsShared: number } {
+  const threads = installed?.threads;
+  return { count: threads?.count ?? threadsWanted, productsShared: threads?.helpers?.shared ?? 0 };
 }
 
 /** How many weight matrices the matmul holds packed for decoding (see PackedWeights; for tests). */
@@ -1149,9 +1183,13 @@ export function gemmKernelInstalled(): boolean {
   return installed !== undefined && tf.getBackend() === 'wasm';
 }
 
-async function assemble(): Promise<Uint8Array> {
+/** The kernels' binary, for the wasm backend's memory or (shared) for the matmul's helper threads. */
+async function assemble(shared = false): Promise<Uint8Array> {
   const wabt = await wabtInit();
-  const wat = wabt.parseWat('gemmKernel.wat', GEMM_WAT, { simd: true, relaxed_simd: true });
+  const text = shared
+    ? GEMM_WAT.replace(MEMORY_IMPORT, '(import "env" "memory" (memory 1 65536 shared))')
+    : GEMM_WAT;
+  const wat = wabt.parseWat('gemmKernel.wat', text, { simd: true, relaxed_simd: true, threads: true });
   try {
     return wat.toBinary({}).buffer;
   } finally {
@@ -1231,11 +1269,19 @@ class PackedWeights {
 }
 
 /** The kernel in place of `previous` (BatchMatMul or _FusedMatMul), which keeps what it does not take. */
-function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: PackedWeights): tf.KernelFunc {
+/** A product is split between threads from this many multiply-adds (M N K) on: about 0.3 ms on one. */
+export const THREADED_WORK = 1 << 23;
+
+function gemmKernel(
+  exports: Exports,
+  previous: tf.KernelConfig,
+  weights: PackedWeights,
+  threads: Threads,
+): tf.KernelFunc {
   return wasmKernel((io) => {
     // Every matmul frees the packed copies of weights gone since the last (a walk of a few entries).
     weights.sweep();
-    const { inputs, attrs: numbers, output, free, at, fallBack } = io;
+    const { inputs, attrs: numbers, output, free, at, heap, fallBack } = io;
     const attrs = numbers as unknown as { transposeA?: boolean; transposeB?: boolean; activation?: string };
     const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
     const transposeA = attrs.transposeA === true;
@@ -1287,7 +1333,7 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
     const [aAt, bAt, outAt, apAt] = [at(a), at(b), at(out), at(aPacked)];
     const biasAt = bias ? at(bias) : 0;
     const bpAt = prepacked ?? at(bPacked!);
-    for (let e = 0; e < entries; e++) {
+    const own = (e: number, rows: number, cols: number): void =>
       exports.gemm(
         aAt + e * aRows * aCols * 4,
         aRow,
@@ -1298,14 +1344,25 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
         biasAt,
         bias ? 1 : 0,
         outAt + e * M * N * 4,
-        M,
-        N,
+        N * 4,
+        rows,
+        cols,
         K,
         apAt,
         bpAt,
         mode,
       );
-    }
+    const split =
+      threads.helpers !== undefined &&
+      entries === 1 &&
+      mode === PACK_B.whole &&
+      M * N * K >= THREADED_WORK &&
+      threads.helpers.multiply(
+        heap(),
+        { a: aAt, aRow, aCol, b: bAt, bRow, bCol, bias: bias ? biasAt : undefined, c: outAt, M, N, K },
+        (rows, cols) => own(0, rows, cols),
+      );
+    if (!split) for (let e = 0; e < entries; e++) own(e, M, N);
     free(aPacked);
     if (bPacked) free(bPacked);
     return out;

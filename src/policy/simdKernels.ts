@@ -1089,6 +1089,8 @@ export interface KernelIO {
   free(t: tf.TensorInfo): void;
   /** The memory offset of a tensor's data on the wasm heap. */
   at(t: tf.TensorInfo): number;
+  /** The wasm heap's memory as it is now (it is replaced when the heap grows). */
+  heap(): ArrayBuffer;
   /** Runs the kernel this one replaced on the same call (only for kernels made with `previous`). */
   fallBack(): tf.TensorInfo | tf.TensorInfo[];
 }
@@ -1107,6 +1109,7 @@ export function wasmKernel(
       output: (shape) => backend.makeOutput(shape, 'float32'),
       free: (t) => void backend.disposeData(t.dataId),
       at: (t) => backend.dataIdMap.get(t.dataId).memoryOffset,
+      heap: () => backend.wasm.asm!.memory!.buffer as ArrayBuffer,
       fallBack: () => {
         if (!previous) throw new Error('wasmKernel: no kernel to fall back to');
         return previous.kernelFunc(args) as tf.TensorInfo | tf.TensorInfo[];

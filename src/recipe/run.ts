@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Metrics } from '../metrics/metrics.ts';
-import { selectBackend, type BackendRequest } from '../policy/backend.ts';
+import { selectBackend, setBackendThreads, type BackendRequest } from '../policy/backend.ts';
 import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
 import { evaluateCheckpoint, openCheckpointGenerator, type EvalResult } from '../run/evaluate.ts';
@@ -35,6 +35,11 @@ export interface RecipeRunOptions {
   redo?: readonly string[] | 'all';
   /** Stop after this stage. */
   until?: string;
+  /**
+   * Threads for the learner's matmuls on the wasm backend: its worker and learnerThreads - 1 helpers
+   * (default 1). Results do not depend on it.
+   */
+  learnerThreads?: number;
   metrics?: Metrics;
   onEvent?: (event: RecipeEvent) => void;
 }
@@ -97,6 +102,8 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
   }
   mkdirSync(runDir, { recursive: true });
   await selectBackend(options.backend);
+  // The SFT and preference-model stages train on this thread; GRPO stages' learners get the same.
+  await setBackendThreads(options.learnerThreads ?? 1);
   const started = performance.now();
   const ran = new Set<string>();
   const reports: StageReport[] = [];
@@ -274,6 +281,7 @@ async function runStage(stage: Stage, ctx: StageContext): Promise<Record<string,
       const summary = await runR1Zero({
         topology: stageTopology,
         backend: ctx.backend,
+        ...(ctx.learnerThreads !== undefined ? { learnerThreads: ctx.learnerThreads } : {}),
         runDir: ctx.dir,
         cacheDir: ctx.cacheDir,
         init: path(stage.from),

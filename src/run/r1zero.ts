@@ -23,6 +23,7 @@ import {
   meanStaleness,
   recordStep,
   RolloutWindow,
+  withThreads,
   type RolloutStats,
 } from './stepStats.ts';
 import { taskRuntime } from './taskRuntime.ts';
@@ -45,6 +46,11 @@ export interface RunOptions {
    * model shape is used, and its tokenizer must be the task's.
    */
   init?: string;
+  /**
+   * Threads for the learner's matmuls on the wasm backend: its worker and learnerThreads - 1 helpers
+   * (default 1). Results do not depend on it.
+   */
+  learnerThreads?: number;
   /** Overrides topology.run.steps (e.g. short test runs). */
   steps?: number;
   /** Overrides topology.grpo.eta. */
@@ -190,9 +196,10 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       weights,
       ...(resuming ? { checkpoint: checkpointDir } : {}),
       config: learnerConfig(topology),
+      threads: options.learnerThreads ?? 1,
     }),
   ]);
-  const backend = { generator: genReady.backend, learner: learnReady.backend };
+  const backend = { generator: genReady.backend, learner: withThreads(learnReady) };
   emit({ kind: 'backend', ...backend });
   if (learnReady.version !== state.version) {
     throw new Error(`resume: checkpoint is at version ${learnReady.version}, run state at ${state.version}`);

@@ -189,3 +189,8 @@ export function learnerConfig(topology: Topology): LearnerConfig {
     referenceRefreshEvery: g.referenceRefreshEvery,
   };
 }
+
+/** The learner's backend as runs report it: with its matmul threads when there are more than one. */
+export function withThreads({ backend, threads }: { backend: string; threads: number }): string {
+  return threads > 1 ? `${backend}, ${threads} matmul threads` : backend;
+}

@@ -187,6 +187,7 @@ function printKafkaSummary(summary: KafkaRunSummary): void {
 
 interface RunFlags extends ConnectionFlags {
   backend: BackendRequest;
+  learnerThreads: number;
   runDir?: string;
   cacheDir: string;
   resume?: boolean;
@@ -253,6 +254,12 @@ export function registerRunCommand(program: Command): void {
       )
       .option('--backend <backend>', 'auto | tensorflow-gpu | tensorflow | wasm | cpu', 'auto')
       .option(
+        '--learner-threads <n>',
+        "threads for the learner's matmuls on the wasm backend (its worker + n-1 helpers; same results)",
+        positiveInt,
+        1,
+      )
+      .option(
         '--run-dir <dir>',
         'where metrics.jsonl, checkpoints and summary.json go (default runs/<pipeline>)',
       )
@@ -294,6 +301,7 @@ export function registerRunCommand(program: Command): void {
       const { runRecipeCommand } = await import('./recipe.ts');
       await runRecipeCommand(recipe, {
         backend: opts.backend,
+        learnerThreads: opts.learnerThreads,
         runDir: opts.runDir ?? defaultRunDir(recipe.name),
         cacheDir: opts.cacheDir,
         ...(opts.redo ? { redo: opts.redo.includes('all') ? 'all' : opts.redo } : {}),
@@ -316,6 +324,7 @@ export function registerRunCommand(program: Command): void {
       metrics,
       topology,
       backend: opts.backend,
+      learnerThreads: opts.learnerThreads,
       runDir,
       cacheDir: opts.cacheDir,
       ...(opts.steps !== undefined ? { steps: opts.steps } : {}),

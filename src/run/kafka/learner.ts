@@ -45,7 +45,14 @@ import {
   WEIGHTS_CHUNK_BYTES,
 } from '../../transport/kafka/weights.ts';
 import { ensureBaseModel, modelConfig } from '../pretrain.ts';
-import { DataOrder, learnerConfig, meanStaleness, recordStep, RolloutWindow } from '../stepStats.ts';
+import {
+  DataOrder,
+  learnerConfig,
+  meanStaleness,
+  recordStep,
+  RolloutWindow,
+  withThreads,
+} from '../stepStats.ts';
 import { taskRuntime } from '../taskRuntime.ts';
 import type { LearnerReply, LearnerRequest } from '../workers/protocol.ts';
 import { WorkerClient } from '../workers/rpc.ts';
@@ -232,8 +239,9 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       weights,
       ...(resuming ? { checkpoint: paths.checkpoint } : {}),
       config: learnerConfig(topology),
+      threads: options.learnerThreads ?? 1,
     });
-    emit({ kind: 'backend', role: 'learner', backend: ready.backend });
+    emit({ kind: 'backend', role: 'learner', backend: withThreads(ready) });
     if (ready.version !== state.version) {
       throw new Error(
         `resume: the checkpoint loaded at version ${ready.version}, its state says ${state.version}`,
@@ -663,7 +671,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
         pending: pending.size,
       },
       samples: { ...state.samples, dropped: { ...state.samples.dropped } },
-      backend: ready.backend,
+      backend: withThreads(ready),
     };
   } finally {
     metricsLog.unsubscribe();

@@ -17,6 +17,11 @@ export interface KafkaRunOptions {
   runDir: string;
   /** Where base models are cached between runs. */
   cacheDir: string;
+  /**
+   * Threads for the learner's matmuls on the wasm backend: its worker and learnerThreads - 1 helpers
+   * (default 1). Results do not depend on it.
+   */
+  learnerThreads?: number;
   /** Names the run's topics `<run>.<edge>` and consumer groups (default: the topology's name). */
   run?: string;
   /** Overrides topology.run.steps; workers stop once the learner publishes this version. */

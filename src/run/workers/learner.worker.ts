@@ -1,7 +1,7 @@
 // The learner: the policy being trained, on its own thread; returns new weights after each batch.
 import { parentPort } from 'node:worker_threads';
 import { Learner } from '../../learner/learner.ts';
-import { selectBackend } from '../../policy/backend.ts';
+import { selectBackend, setBackendThreads } from '../../policy/backend.ts';
 import { loadCheckpoint, saveCheckpoint } from '../../policy/checkpoint.ts';
 import { GPT } from '../../policy/gpt.ts';
 import { tokenizerFromSpec, type Tokenizer } from '../../policy/tokenizer.ts';
@@ -18,6 +18,7 @@ await serve<LearnerRequest>(
     switch (request.type) {
       case 'init': {
         const backend = await selectBackend(request.backend);
+        const threads = await setBackendThreads(request.threads ?? 1);
         tokenizer = tokenizerFromSpec(request.tokenizer);
         if (request.checkpoint) {
           const ckpt = await loadCheckpoint(request.checkpoint);
@@ -28,7 +29,7 @@ await serve<LearnerRequest>(
           importWeights(model, request.weights);
           learner = new Learner(model, request.config, { initialVersion: request.version });
         }
-        return { reply: { type: 'ready', backend, version: learner.version } };
+        return { reply: { type: 'ready', backend, version: learner.version, threads } };
       }
       case 'train': {
         const reports = learner!.train(request.batch);

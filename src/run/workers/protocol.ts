@@ -31,11 +31,11 @@ export type GeneratorReply =
   | { type: 'rollouts'; rollouts: Rollout[]; tokens: number; seconds: number; version: number };
 
 export type LearnerRequest =
-  | ({ type: 'init'; config: LearnerConfig; checkpoint?: string } & PolicyInit)
+  | ({ type: 'init'; config: LearnerConfig; checkpoint?: string; threads?: number } & PolicyInit)
   | { type: 'train'; batch: GradientBatch }
   | { type: 'save'; dir: string; metadata: Record<string, unknown> };
 
 export type LearnerReply =
-  | { type: 'ready'; backend: string; version: number }
+  | { type: 'ready'; backend: string; version: number; threads: number }
   | { type: 'trained'; reports: StepReport[]; version: number; weights: WeightArrays }
   | { type: 'saved' };
