@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { installGemmKernel, setMatmulThreads } from './gemmKernel.ts';
+import { installGemmKernel, matmulThreads, setMatmulThreads } from './gemmKernel.ts';
 import { installSimdKernels } from './simdKernels.ts';
 import { installWasmKernels } from './wasmKernels.ts';
 
@@ -110,6 +110,20 @@ export async function setBackendThreads(count: number): Promise<number> {
   if (active === undefined || (await active.ready) !== 'wasm') return 1;
   await setMatmulThreads(count);
   return count;
+}
+
+/**
+ * Runs `fn` with the backend's matmuls on `count` threads (setBackendThreads), then puts back the
+ * count before: for work that has the machine to itself (pretraining, SFT).
+ */
+export async function withBackendThreads<T>(count: number, fn: () => Promise<T>): Promise<T> {
+  const before = matmulThreads().count;
+  await setBackendThreads(count);
+  try {
+    return await fn();
+  } finally {
+    await setBackendThreads(before);
+  }
 }
 
 async function activate(tfName: string, kind: BackendKind): Promise<void> {

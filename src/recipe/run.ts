@@ -1,7 +1,8 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Metrics } from '../metrics/metrics.ts';
-import { selectBackend, setBackendThreads, type BackendRequest } from '../policy/backend.ts';
+import { selectBackend, withBackendThreads, type BackendRequest } from '../policy/backend.ts';
 import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
 import { evaluateCheckpoint, openCheckpointGenerator, type EvalResult } from '../run/evaluate.ts';
@@ -36,8 +37,8 @@ export interface RecipeRunOptions {
   /** Stop after this stage. */
   until?: string;
   /**
-   * Threads for the learner's matmuls on the wasm backend: its worker and learnerThreads - 1 helpers
-   * (default 1). Results do not depend on it.
+   * Threads for GRPO stages' learner matmuls on the wasm backend: its worker and learnerThreads - 1
+   * helpers (default 1). The stages that train on this thread use every core. Results do not depend on it.
    */
   learnerThreads?: number;
   metrics?: Metrics;
@@ -102,8 +103,6 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
   }
   mkdirSync(runDir, { recursive: true });
   await selectBackend(options.backend);
-  // The SFT and preference-model stages train on this thread; GRPO stages' learners get the same.
-  await setBackendThreads(options.learnerThreads ?? 1);
   const started = performance.now();
   const ran = new Set<string>();
   const reports: StageReport[] = [];
@@ -135,7 +134,12 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
       mkdirSync(dir, { recursive: true });
       emit({ kind: 'stage-start', stage: stage.name, type: stage.type, index, total });
       const stageStarted = performance.now();
-      const summary = await runStage(stage, { ...options, metrics, emit, dir, output, index, resume });
+      // The stages that train on this thread (pretraining, SFT, the preference model) have the machine
+      // to themselves: every core. A GRPO stage's learner worker gets learnerThreads (default 1: its
+      // generator has the other core).
+      const summary = await withBackendThreads(availableParallelism(), () =>
+        runStage(stage, { ...options, metrics, emit, dir, output, index, resume }),
+      );
       const report = stageReport(stage, output, (performance.now() - stageStarted) / 1000, summary);
       writeFileSync(`${reportPath}.tmp`, JSON.stringify(report, null, 2));
       renameSync(`${reportPath}.tmp`, reportPath);

@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { join } from 'node:path';
 import { SftTrainer, type SftExample } from '../learner/sft.ts';
 import type { Metrics } from '../metrics/metrics.ts';
+import { withBackendThreads } from '../policy/backend.ts';
 import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
 import { GPT, type GPTConfig } from '../policy/gpt.ts';
 import type { Tokenizer } from '../policy/tokenizer.ts';
@@ -60,6 +62,11 @@ export async function ensureBaseModel(options: {
   onStep?: (step: number, total: number, loss: number) => void;
   /** Save progress every this many steps, to resume an interrupted pretraining (default 100; 0: never). */
   checkpointEvery?: number;
+  /**
+   * Threads for its matmuls (setBackendThreads; default every core: pretraining runs before the
+   * workers start, with the machine to itself). The weights do not depend on it.
+   */
+  threads?: number;
 }): Promise<BaseModel> {
   const { topology, runtime, tokenizer } = options;
   const config = modelConfig(topology, tokenizer);
@@ -117,25 +124,27 @@ export async function ensureBaseModel(options: {
       return { tokens: [...prompt, ...completion, tokenizer.eosId], lossStart: prompt.length };
     });
   const every = options.checkpointEvery ?? 100;
-  for (let step = 1; step <= topology.pretrain.steps; step++) {
-    const batch = rows();
-    // A resumed run draws the rows of the steps it has trained again, to go on with the same ones.
-    if (step <= trainer.step) continue;
-    const loss = trainer.train(batch);
-    options.onStep?.(step, topology.pretrain.steps, loss);
-    if (every > 0 && step % every === 0 && step < topology.pretrain.steps) {
-      // The step it resumes from is the optimiser's own step count (adam.t).
-      await trainer.optimizer.withState((optimizer) =>
-        saveCheckpoint(partialDir, {
-          model,
-          tokenizer,
-          policyVersion: 0,
-          optimizer,
-          metadata: { stage: 'pretrain (partial)', topology: topology.name },
-        }),
-      );
+  await withBackendThreads(options.threads ?? availableParallelism(), async () => {
+    for (let step = 1; step <= topology.pretrain.steps; step++) {
+      const batch = rows();
+      // A resumed run draws the rows of the steps it has trained again, to go on with the same ones.
+      if (step <= trainer.step) continue;
+      const loss = trainer.train(batch);
+      options.onStep?.(step, topology.pretrain.steps, loss);
+      if (every > 0 && step % every === 0 && step < topology.pretrain.steps) {
+        // The step it resumes from is the optimiser's own step count (adam.t).
+        await trainer.optimizer.withState((optimizer) =>
+          saveCheckpoint(partialDir, {
+            model,
+            tokenizer,
+            policyVersion: 0,
+            optimizer,
+            metadata: { stage: 'pretrain (partial)', topology: topology.name },
+          }),
+        );
+      }
     }
-  }
+  });
   trainer.dispose();
   await saveCheckpoint(dir, {
     model,
