@@ -86,7 +86,7 @@ const { module, memory, ctl } = workerData;
 const STATE = ${JSON.stringify(STATE)};
 const bytes = new Uint8Array(ctl.buffer);
 function fail(error) {
-  const text = new TextEncoder().encode(String(error && error.stack || error)).subarray(0, ${CTL_BYTES - MESSAGE});
+  const text = new TextEncoder().encode(String(error)).subarray(0, ${CTL_BYTES - MESSAGE});
   bytes.set(text, ${MESSAGE});
   Atomics.store(ctl, ${MESSAGE_LENGTH}, text.length);
   Atomics.store(ctl, 0, STATE.failed);
@@ -180,6 +180,7 @@ export class MatmulHelpers {
       const end = cuts[i + 2]!;
       return byRows ? { r0: start, r1: end, c0: 0, c1: p.N } : { r0: 0, r1: p.M, c0: start, c1: end };
     });
+    this.helpers.forEach((_, h) => this.checkAlive(h));
     const plans = this.place(p, helperParts, byRows);
     const src = new Float32Array(heap);
     const dst = new Float32Array(this.memory.buffer);
@@ -220,10 +221,24 @@ export class MatmulHelpers {
       Atomics.store(ctl, 0, STATE.work);
       Atomics.notify(ctl, 0);
     });
-    own(byRows ? cuts[1]! : p.M, byRows ? p.N : cuts[1]!);
+    // Every helper is waited for, whatever fails: none may still be writing when the next product
+    // reuses the shared memory.
+    const errors: unknown[] = [];
+    try {
+      own(byRows ? cuts[1]! : p.M, byRows ? p.N : cuts[1]!);
+    } catch (error) {
+      errors.push(error);
+    }
+    plans.forEach((_, h) => {
+      try {
+        this.await(h);
+      } catch (error) {
+        errors.push(error);
+      }
+    });
+    if (errors.length > 0) throw errors[0];
     const out = new Float32Array(heap);
     plans.forEach((plan, h) => {
-      this.await(h);
       const part = helperParts[h]!;
       const cols = part.c1 - part.c0;
       const from = new Float32Array(this.memory.buffer);
@@ -278,8 +293,7 @@ export class MatmulHelpers {
   private await(h: number): void {
     const ctl = this.helpers[h]!.ctl;
     const deadline = performance.now() + HELPER_TIMEOUT_MS;
-    let state: number;
-    while ((state = Atomics.load(ctl, 0)) === STATE.work) {
+    while (Atomics.load(ctl, 0) === STATE.work) {
       if (performance.now() > deadline) {
         throw new Error(
           `matmul helper thread ${h + 1} did not finish its part within ${HELPER_TIMEOUT_MS / 1000} s`,
@@ -287,12 +301,17 @@ export class MatmulHelpers {
       }
       Atomics.wait(ctl, 0, STATE.work, 1000);
     }
-    if (state === STATE.failed) {
-      const length = Atomics.load(ctl, MESSAGE_LENGTH);
-      const message = new TextDecoder().decode(new Uint8Array(ctl.buffer).slice(MESSAGE, MESSAGE + length));
-      throw new Error(`matmul helper thread ${h + 1} failed: ${message}`);
-    }
+    this.checkAlive(h);
     Atomics.store(ctl, 0, STATE.idle);
+  }
+
+  /** Throws what helper h failed with, if it failed (at start, or on an earlier part: it stays failed). */
+  private checkAlive(h: number): void {
+    const ctl = this.helpers[h]!.ctl;
+    if (Atomics.load(ctl, 0) !== STATE.failed) return;
+    const length = Atomics.load(ctl, MESSAGE_LENGTH);
+    const message = new TextDecoder().decode(new Uint8Array(ctl.buffer).slice(MESSAGE, MESSAGE + length));
+    throw new Error(`matmul helper thread ${h + 1} failed: ${message}`);
   }
 }
 

@@ -1,10 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import wabtInit from 'wabt';
 import { DEFAULT_GRPO_LOSS } from '../../src/grpo/loss.ts';
 import { Learner } from '../../src/learner/learner.ts';
 import { setBackendThreads } from '../../src/policy/backend.ts';
-import { matmulThreads, setMatmulThreads, THREADED_WORK } from '../../src/policy/gemmKernel.ts';
+import { GEMM_BLOCKS, matmulThreads, setMatmulThreads, THREADED_WORK } from '../../src/policy/gemmKernel.ts';
+import { MatmulHelpers } from '../../src/policy/matmulThreads.ts';
 import { GPT } from '../../src/policy/gpt.ts';
 import { learnerBatch } from '../../bench/common.ts';
 import { useWasm } from './helpers.ts';
@@ -110,6 +112,46 @@ describe('the matmul on helper threads', () => {
     expect(two.shared).toBeGreaterThan(10);
     expect(two.reports).toEqual(one.reports);
     expect(two.weights).toEqual(one.weights);
+  });
+
+  it('reports a helper that fails, naming the thread and its error, after the caller has done its part', async () => {
+    // A module whose gemm traps stands in for a kernel bug.
+    const wabt = await wabtInit();
+    const params = Array.from({ length: 16 }, () => '(param i32)').join(' ');
+    const wat = wabt.parseWat(
+      'trap.wat',
+      `(module (import "env" "memory" (memory 1 65536 shared)) (func (export "gemm") ${params} unreachable))`,
+      { threads: true },
+    );
+    const { Module } = (
+      globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8Array) => object } }
+    ).WebAssembly;
+    const helpers = new MatmulHelpers(new Module(wat.toBinary({}).buffer), 1, GEMM_BLOCKS);
+    wat.destroy();
+    const heap = new ArrayBuffer(1 << 20);
+    const product = {
+      a: 0,
+      aRow: 256,
+      aCol: 4,
+      b: 1 << 16,
+      bRow: 256,
+      bCol: 4,
+      bias: undefined,
+      c: 1 << 17,
+      M: 64,
+      N: 64,
+      K: 64,
+    };
+    let ownParts = 0;
+    const own = (): void => void ownParts++;
+    expect(() => helpers.multiply(heap, product, own)).toThrow(
+      'matmul helper thread 1 failed: RuntimeError: unreachable',
+    );
+    expect(ownParts).toBe(1);
+    // It stays failed: the next product says so before it starts.
+    expect(() => helpers.multiply(heap, product, own)).toThrow('matmul helper thread 1 failed');
+    expect(ownParts).toBe(1);
+    await helpers.close();
   });
 
   it('rejects a thread count that is not a whole number >= 1, naming it', async () => {
