@@ -1268,10 +1268,10 @@ class PackedWeights {
   }
 }
 
-/** The kernel in place of `previous` (BatchMatMul or _FusedMatMul), which keeps what it does not take. */
 /** A product is split between threads from this many multiply-adds (M N K) on: about 0.3 ms on one. */
 export const THREADED_WORK = 1 << 23;
 
+/** The kernel in place of `previous` (BatchMatMul or _FusedMatMul), which keeps what it does not take. */
 function gemmKernel(
   exports: Exports,
   previous: tf.KernelConfig,
