@@ -108,6 +108,20 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     expect(whole.steps).toBe(4);
   });
 
+  it("runs the learner's matmuls on helper threads when asked, says so, and trains the same weights", async () => {
+    // The plumbing, from the run to the learner worker: this tiny model's products are too small to
+    // split (matmulThreads.test.ts trains a learner step on split products).
+    const one = await run('one-thread', { eta: 0 });
+    const two = await run('two-threads', { eta: 0, learnerThreads: 2 });
+    expect(one.backend).toEqual({ generator: 'wasm', learner: 'wasm' });
+    expect(two.backend).toEqual({ generator: 'wasm', learner: 'wasm, 2 matmul threads' });
+    const a = await loadCheckpoint(join(root, 'one-thread', 'checkpoint'));
+    const b = await loadCheckpoint(join(root, 'two-threads', 'checkpoint'));
+    for (const [name, v] of a.model.params) {
+      expect(Array.from(b.model.params.get(name)!.dataSync()), name).toEqual(Array.from(v.dataSync()));
+    }
+  });
+
   it('says so when there is nothing to resume', async () => {
     await expect(run('nothing', { resume: true })).rejects.toThrow(
       /no checkpoint in .*nothing to resume from/,
