@@ -129,6 +129,8 @@ export class MatmulHelpers {
   private readonly memory = new WebAssembly.Memory({ initial: 16, maximum: 65536, shared: true });
   private readonly helpers: Helper[];
   private productsShared = 0;
+  /** Set when a helper did not finish in time: the helpers are not used again. */
+  private stuck: string | undefined;
 
   /**
    * Starts `count` helper threads running `module` (gemmKernel.ts's kernels built for a shared
@@ -180,6 +182,7 @@ export class MatmulHelpers {
       const end = cuts[i + 2]!;
       return byRows ? { r0: start, r1: end, c0: 0, c1: p.N } : { r0: 0, r1: p.M, c0: start, c1: end };
     });
+    if (this.stuck) throw new Error(`${this.stuck}, so these helper threads are no longer used`);
     this.helpers.forEach((_, h) => this.checkAlive(h));
     const plans = this.place(p, helperParts, byRows);
     const src = new Float32Array(heap);
@@ -242,6 +245,10 @@ export class MatmulHelpers {
       const part = helperParts[h]!;
       const cols = part.c1 - part.c0;
       const from = new Float32Array(this.memory.buffer);
+      if (cols === p.N) {
+        out.set(from.subarray(plan.c / 4, plan.c / 4 + (part.r1 - part.r0) * cols), p.c / 4 + part.r0 * p.N);
+        return;
+      }
       for (let r = part.r0; r < part.r1; r++) {
         const at = plan.c / 4 + (r - part.r0) * cols;
         out.set(from.subarray(at, at + cols), p.c / 4 + r * p.N + part.c0);
@@ -279,7 +286,7 @@ export class MatmulHelpers {
         bias: take(cols),
         c: take(rows * cols),
         // The kernel's scratch: packed A (at most a block of rows by a block of K) and packed B (a
-        // block of K by all of the part's columns, + 16 floats of bias and zero panels).
+        // block of K by all of the part's columns, + 8 floats: the current panel's bias).
         ap: take(Math.min(rows, this.blocks.rows) * Math.min(p.K, this.blocks.k)),
         bp: take(Math.min(p.K, this.blocks.k) * Math.ceil(cols / 4) * 4 + 8),
       };
@@ -295,6 +302,8 @@ export class MatmulHelpers {
     const deadline = performance.now() + HELPER_TIMEOUT_MS;
     while (Atomics.load(ctl, 0) === STATE.work) {
       if (performance.now() > deadline) {
+        // It may still write into the shared memory: no later product may use it.
+        this.stuck = `matmul helper thread ${h + 1} did not finish a part within ${HELPER_TIMEOUT_MS / 1000} s`;
         throw new Error(
           `matmul helper thread ${h + 1} did not finish its part within ${HELPER_TIMEOUT_MS / 1000} s`,
         );
