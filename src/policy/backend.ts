@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { installGemmKernel, matmulThreads, setMatmulThreads } from './gemmKernel.ts';
+import { gemmKernelInstalled, installGemmKernel, matmulThreads, setMatmulThreads } from './gemmKernel.ts';
 import { installSimdKernels } from './simdKernels.ts';
 import { installWasmKernels } from './wasmKernels.ts';
 
@@ -102,19 +102,20 @@ async function setUp(kind: BackendKind): Promise<BackendKind> {
 /**
  * Runs the selected backend's large matmuls on `count` threads and resolves to the count in effect.
  * On wasm that is rxrl's matmul with count - 1 helper threads (gemmKernel.ts); the native backends
- * use TensorFlow's own thread pool and the plain JS backend one thread, so there it is 1.
+ * use TensorFlow's own thread pool, and the plain JS backend one thread, so there it is 1.
  */
 export async function setBackendThreads(count: number): Promise<number> {
   if (!Number.isInteger(count) || count < 1)
     throw new Error(`threads must be a whole number >= 1, got ${count}`);
   if (active === undefined || (await active.ready) !== 'wasm') return 1;
   await setMatmulThreads(count);
-  return count;
+  // Where rxrl's matmul is not installed (no relaxed SIMD), XNNPACK's runs on this thread.
+  return gemmKernelInstalled() ? count : 1;
 }
 
 /**
  * Runs `fn` with the backend's matmuls on `count` threads (setBackendThreads), then puts back the
- * count before: for work that has the machine to itself (pretraining, SFT).
+ * count before: for work that runs while this process's other workers wait (pretraining, SFT).
  */
 export async function withBackendThreads<T>(count: number, fn: () => Promise<T>): Promise<T> {
   const before = matmulThreads().count;

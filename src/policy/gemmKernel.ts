@@ -1014,8 +1014,10 @@ interface Threads {
   helpers?: MatmulHelpers;
 }
 
-/** The thread count asked for before the kernels were installed. */
+/** The thread count asked for last (setMatmulThreads), installed or not. */
 let threadsWanted = 1;
+/** The last change of helpers under way (setMatmulThreads). */
+let threadChange: Promise<void> = Promise.resolve();
 
 /** The assembled modules, kept: wabt takes a while, and a test installs and uninstalls often. */
 let binary: Uint8Array | undefined;
@@ -1101,22 +1103,32 @@ export function uninstallGemmKernel(): void {
  * (matmulThreads.ts). 1 (the default) stops the helpers. Before the kernels are installed it is
  * remembered for when they are. Results do not depend on the count.
  */
-export async function setMatmulThreads(count: number): Promise<void> {
+export function setMatmulThreads(count: number): Promise<void> {
   if (!Number.isInteger(count) || count < 1) {
-    throw new Error(`matmul threads must be a whole number >= 1, got ${count}`);
+    return Promise.reject(new Error(`matmul threads must be a whole number >= 1, got ${count}`));
   }
   threadsWanted = count;
+  // One change at a time, each to the count wanted when it runs.
+  const change = threadChange.then(applyThreads);
+  threadChange = change.catch(() => undefined);
+  return change;
+}
+
+/** Makes the installed helpers match threadsWanted; replaces broken ones (MatmulHelpers.broken). */
+async function applyThreads(): Promise<void> {
   const threads = installed?.threads;
-  if (!threads || threads.count === count) return;
+  const count = threadsWanted;
+  if (!threads || (threads.count === count && !threads.helpers?.broken)) return;
   const old = threads.helpers;
   threads.helpers = undefined;
   threads.count = 1;
   await old?.close();
-  if (count > 1) {
-    sharedModule ??= await WebAssembly.compile(await assemble(true));
-    threads.helpers = new MatmulHelpers(sharedModule, count - 1, GEMM_BLOCKS);
-    threads.count = count;
-  }
+  if (count === 1) return;
+  sharedModule ??= await WebAssembly.compile(await assemble(true));
+  // Uninstalled meanwhile: nothing to give helpers to.
+  if (installed?.threads !== threads) return;
+  threads.helpers = new MatmulHelpers(sharedModule, count - 1, GEMM_BLOCKS);
+  threads.count = count;
 }
 
 /** The matmul's threads, and how many products it has split between them (for tests and benches). */
@@ -1352,19 +1364,25 @@ function gemmKernel(
         bpAt,
         mode,
       );
-    const split =
-      threads.helpers !== undefined &&
-      entries === 1 &&
-      mode === PACK_B.whole &&
-      M * N * K >= THREADED_WORK &&
-      threads.helpers.multiply(
-        heap(),
-        { a: aAt, aRow, aCol, b: bAt, bRow, bCol, bias: bias ? biasAt : undefined, c: outAt, M, N, K },
-        (rows, cols) => own(0, rows, cols),
-      );
-    if (!split) for (let e = 0; e < entries; e++) own(e, M, N);
-    free(aPacked);
-    if (bPacked) free(bPacked);
+    try {
+      const split =
+        threads.helpers !== undefined &&
+        entries === 1 &&
+        mode === PACK_B.whole &&
+        M * N * K >= THREADED_WORK &&
+        threads.helpers.multiply(
+          heap(),
+          { a: aAt, aRow, aCol, b: bAt, bRow, bCol, bias: bias ? biasAt : undefined, c: outAt, M, N, K },
+          (rows, cols) => own(0, rows, cols),
+        );
+      if (!split) for (let e = 0; e < entries; e++) own(e, M, N);
+    } catch (error) {
+      free(out);
+      throw error;
+    } finally {
+      free(aPacked);
+      if (bPacked) free(bPacked);
+    }
     return out;
   }, previous);
 }

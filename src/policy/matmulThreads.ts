@@ -93,15 +93,22 @@ function fail(error) {
   Atomics.notify(ctl, 0);
 }
 let gemm;
+let startError;
 try {
   gemm = new WebAssembly.Instance(module, { env: { memory } }).exports.gemm;
 } catch (error) {
+  startError = error;
   fail(error);
 }
 for (;;) {
   let state;
   while ((state = Atomics.load(ctl, 0)) !== STATE.work && state !== STATE.stop) Atomics.wait(ctl, 0, state);
-  if (state === STATE.stop || gemm === undefined) break;
+  if (state === STATE.stop) break;
+  // A helper that could not start answers every part with why.
+  if (gemm === undefined) {
+    fail(startError);
+    continue;
+  }
   try {
     gemm(...ctl.subarray(${ARGS}, ${ARGS + 16}));
     Atomics.store(ctl, 0, STATE.done);
@@ -115,6 +122,8 @@ for (;;) {
 interface Helper {
   worker: Worker;
   ctl: Int32Array;
+  /** Why its worker ended (a crash, say), if it did. */
+  ended?: string;
 }
 
 /** One part of a split product, for a helper: its rows [r0, r1) and columns [c0, c1) of C. */
@@ -126,7 +135,8 @@ interface Part {
 }
 
 export class MatmulHelpers {
-  private readonly memory = new WebAssembly.Memory({ initial: 16, maximum: 65536, shared: true });
+  // At most 1 GiB: a product whose copies would not fit is computed by the caller alone.
+  private readonly memory = new WebAssembly.Memory({ initial: 16, maximum: 16384, shared: true });
   private readonly helpers: Helper[];
   private productsShared = 0;
   /** Set when a helper did not finish in time: the helpers are not used again. */
@@ -152,8 +162,20 @@ export class MatmulHelpers {
         workerData: { module, memory: this.memory, ctl },
       });
       worker.unref();
-      return { worker, ctl };
+      const helper: Helper = { worker, ctl };
+      // The caller, blocked in Atomics.wait, sees these only after its product: the next one says so.
+      worker.on('error', (error) => (helper.ended ??= `its worker failed: ${String(error)}`));
+      worker.on('exit', (code) => (helper.ended ??= `its worker exited (code ${code})`));
+      return helper;
     });
+  }
+
+  /** Whether a helper failed, ended, or did not finish in time: then every product throws, and setMatmulThreads starts new helpers. */
+  get broken(): boolean {
+    return (
+      this.stuck !== undefined ||
+      this.helpers.some(({ ctl, ended }) => ended !== undefined || Atomics.load(ctl, 0) === STATE.failed)
+    );
   }
 
   /** Helper threads (the caller's thread is one more). */
@@ -168,7 +190,8 @@ export class MatmulHelpers {
 
   /**
    * C = A B on the caller's thread (`own`, for its part, in its memory `heap`) and the helpers.
-   * Returns false, having done nothing, when the product is too small to cut in parts.
+   * Returns false, having done nothing, when the product is too small to cut in parts or its copies
+   * would not fit in the shared memory. Throws when a helper is broken (see `broken`).
    */
   multiply(heap: ArrayBuffer, p: Product, own: OwnPart): boolean {
     const byRows = p.M >= p.N;
@@ -182,14 +205,19 @@ export class MatmulHelpers {
       const end = cuts[i + 2]!;
       return byRows ? { r0: start, r1: end, c0: 0, c1: p.N } : { r0: 0, r1: p.M, c0: start, c1: end };
     });
-    if (this.stuck) throw new Error(`${this.stuck}, so these helper threads are no longer used`);
+    if (this.stuck) throw new Error(`${this.stuck}; set the threads again to start new helpers`);
     this.helpers.forEach((_, h) => this.checkAlive(h));
     const plans = this.place(p, helperParts, byRows);
+    if (plans === undefined) return false;
     const src = new Float32Array(heap);
     const dst = new Float32Array(this.memory.buffer);
     if (byRows) copyMatrix(src, p.b, p.bRow, p.bCol, p.K, p.N, dst, plans[0]!.b);
     else copyMatrix(src, p.a, p.aRow, p.aCol, p.M, p.K, dst, plans[0]!.a);
-    plans.forEach((plan, h) => {
+    // Every helper woken is waited for, whatever fails: none may still be writing when the next
+    // product reuses the shared memory.
+    const errors: unknown[] = [];
+    const woken: number[] = [];
+    for (const [h, plan] of plans.entries()) {
       const part = helperParts[h]!;
       const rows = part.r1 - part.r0;
       const cols = part.c1 - part.c0;
@@ -221,24 +249,33 @@ export class MatmulHelpers {
         ],
         ARGS,
       );
-      Atomics.store(ctl, 0, STATE.work);
+      // From idle only: a helper that failed since checkAlive keeps its answer.
+      if (Atomics.compareExchange(ctl, 0, STATE.idle, STATE.work) !== STATE.idle) {
+        try {
+          this.checkAlive(h);
+          errors.push(new Error(`matmul helper thread ${h + 1} was not idle when a product began`));
+        } catch (error) {
+          errors.push(error);
+        }
+        break;
+      }
       Atomics.notify(ctl, 0);
-    });
-    // Every helper is waited for, whatever fails: none may still be writing when the next product
-    // reuses the shared memory.
-    const errors: unknown[] = [];
-    try {
-      own(byRows ? cuts[1]! : p.M, byRows ? p.N : cuts[1]!);
-    } catch (error) {
-      errors.push(error);
+      woken.push(h);
     }
-    plans.forEach((_, h) => {
+    if (errors.length === 0) {
+      try {
+        own(byRows ? cuts[1]! : p.M, byRows ? p.N : cuts[1]!);
+      } catch (error) {
+        errors.push(error);
+      }
+    }
+    for (const h of woken) {
       try {
         this.await(h);
       } catch (error) {
         errors.push(error);
       }
-    });
+    }
     if (errors.length > 0) throw errors[0];
     const out = new Float32Array(heap);
     plans.forEach((plan, h) => {
@@ -267,8 +304,8 @@ export class MatmulHelpers {
     await Promise.all(this.helpers.map(({ worker }) => worker.terminate()));
   }
 
-  /** Where each helper's operands, C and scratch lie in the shared memory; grows it to fit. */
-  private place(p: Product, parts: Part[], byRows: boolean): Plan[] {
+  /** Where each helper's operands, C and scratch lie in the shared memory; grows it to fit (undefined if it cannot). */
+  private place(p: Product, parts: Part[], byRows: boolean): Plan[] | undefined {
     let end = 0;
     const take = (floats: number): number => {
       const at = end;
@@ -292,7 +329,13 @@ export class MatmulHelpers {
       };
     });
     const missing = end - this.memory.buffer.byteLength;
-    if (missing > 0) this.memory.grow(Math.ceil(missing / PAGE));
+    if (missing > 0) {
+      try {
+        this.memory.grow(Math.ceil(missing / PAGE));
+      } catch {
+        return undefined;
+      }
+    }
     return plans;
   }
 
@@ -303,7 +346,7 @@ export class MatmulHelpers {
     while (Atomics.load(ctl, 0) === STATE.work) {
       if (performance.now() > deadline) {
         // It may still write into the shared memory: no later product may use it.
-        this.stuck = `matmul helper thread ${h + 1} did not finish a part within ${HELPER_TIMEOUT_MS / 1000} s`;
+        this.stuck = `matmul helper thread ${h + 1} did not finish its part within ${HELPER_TIMEOUT_MS / 1000} s`;
         throw new Error(
           `matmul helper thread ${h + 1} did not finish its part within ${HELPER_TIMEOUT_MS / 1000} s`,
         );
@@ -314,9 +357,10 @@ export class MatmulHelpers {
     Atomics.store(ctl, 0, STATE.idle);
   }
 
-  /** Throws what helper h failed with, if it failed (at start, or on an earlier part: it stays failed). */
+  /** Throws what helper h failed with, if it failed (at start, or on an earlier part: it stays failed) or its worker ended. */
   private checkAlive(h: number): void {
-    const ctl = this.helpers[h]!.ctl;
+    const { ctl, ended } = this.helpers[h]!;
+    if (ended !== undefined) throw new Error(`matmul helper thread ${h + 1} ended: ${ended}`);
     if (Atomics.load(ctl, 0) !== STATE.failed) return;
     const length = Atomics.load(ctl, MESSAGE_LENGTH);
     const message = new TextDecoder().decode(new Uint8Array(ctl.buffer).slice(MESSAGE, MESSAGE + length));

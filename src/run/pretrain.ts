@@ -63,8 +63,8 @@ export async function ensureBaseModel(options: {
   /** Save progress every this many steps, to resume an interrupted pretraining (default 100; 0: never). */
   checkpointEvery?: number;
   /**
-   * Threads for its matmuls (setBackendThreads; default every core: pretraining runs before the
-   * workers start, with the machine to itself). The weights do not depend on it.
+   * Threads for its matmuls (setBackendThreads; default every core: pretraining runs before this
+   * process's workers start). The weights do not depend on it.
    */
   threads?: number;
 }): Promise<BaseModel> {

@@ -55,6 +55,34 @@ const arbitraryCase: fc.Arbitrary<Case> = fc
   })
   .map(({ extraK, ...c }) => ({ ...c, K: Math.ceil(THREADED_WORK / (c.M * c.N)) + extraK }));
 
+/** One helper thread running the module `wat` in place of the kernels. */
+async function helpersRunning(wat: string): Promise<MatmulHelpers> {
+  const wabt = await wabtInit();
+  const parsed = wabt.parseWat('helper.wat', wat, { threads: true });
+  const { Module } = (globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8Array) => object } })
+    .WebAssembly;
+  try {
+    return new MatmulHelpers(new Module(parsed.toBinary({}).buffer), 1, GEMM_BLOCKS);
+  } finally {
+    parsed.destroy();
+  }
+}
+
+/** A 64 x 64 x 64 product on a 1 MiB heap: A at 0, B at 64 KiB, C at 128 KiB. */
+const SMALL = {
+  a: 0,
+  aRow: 256,
+  aCol: 4,
+  b: 1 << 16,
+  bRow: 256,
+  bCol: 4,
+  bias: undefined,
+  c: 1 << 17,
+  M: 64,
+  N: 64,
+  K: 64,
+};
+
 describe('the matmul on helper threads', () => {
   it('gives the same floats as one thread, bit for bit, split by rows or columns, transposed or not, with a bias or not', async () => {
     await fc.assert(
@@ -116,41 +144,31 @@ describe('the matmul on helper threads', () => {
 
   it('reports a helper that fails, naming the thread and its error, after the caller has done its part', async () => {
     // A module whose gemm traps stands in for a kernel bug.
-    const wabt = await wabtInit();
     const params = Array.from({ length: 16 }, () => '(param i32)').join(' ');
-    const wat = wabt.parseWat(
-      'trap.wat',
+    const helpers = await helpersRunning(
       `(module (import "env" "memory" (memory 1 65536 shared)) (func (export "gemm") ${params} unreachable))`,
-      { threads: true },
     );
-    const { Module } = (
-      globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8Array) => object } }
-    ).WebAssembly;
-    const helpers = new MatmulHelpers(new Module(wat.toBinary({}).buffer), 1, GEMM_BLOCKS);
-    wat.destroy();
     const heap = new ArrayBuffer(1 << 20);
-    const product = {
-      a: 0,
-      aRow: 256,
-      aCol: 4,
-      b: 1 << 16,
-      bRow: 256,
-      bCol: 4,
-      bias: undefined,
-      c: 1 << 17,
-      M: 64,
-      N: 64,
-      K: 64,
-    };
     let ownParts = 0;
     const own = (): void => void ownParts++;
-    expect(() => helpers.multiply(heap, product, own)).toThrow(
+    expect(() => helpers.multiply(heap, SMALL, own)).toThrow(
       'matmul helper thread 1 failed: RuntimeError: unreachable',
     );
     expect(ownParts).toBe(1);
     // It stays failed: the next product says so before it starts.
-    expect(() => helpers.multiply(heap, product, own)).toThrow('matmul helper thread 1 failed');
+    expect(() => helpers.multiply(heap, SMALL, own)).toThrow('matmul helper thread 1 failed');
     expect(ownParts).toBe(1);
+    expect(helpers.broken).toBe(true);
+    await helpers.close();
+  });
+
+  it('reports a helper that could not start (not as a helper that never answered)', async () => {
+    // A module that imports what the helper does not give: instantiating it throws a LinkError.
+    const helpers = await helpersRunning('(module (import "env" "missing" (func)))');
+    expect(() => helpers.multiply(new ArrayBuffer(1 << 20), SMALL, () => undefined)).toThrow(
+      /matmul helper thread 1 failed: LinkError/,
+    );
+    expect(helpers.broken).toBe(true);
     await helpers.close();
   });
 
