@@ -15,7 +15,9 @@
  * the thread count (tested bit for bit).
  *
  * The helpers sleep in Atomics.wait between products: idle, they take no CPU from other workers.
- * They are unref'd, so they never keep a process alive.
+ * They are unref'd, so they never keep a process alive. A helper that fails (a trap, a module that
+ * does not link, a worker that ends) makes the product throw with its thread and error, once the
+ * other parts are done, and every later product too, until setMatmulThreads starts new helpers.
  */
 import { Worker } from 'node:worker_threads';
 
