@@ -154,9 +154,8 @@ interface TfjsResult {
 
 interface PairedTorch {
   version: string;
-  oneThread: Rate;
-  /** PyTorch tok/s / tfjs tok/s of each round, ascending. */
-  ratios: number[];
+  /** Both on one thread. */
+  oneThread: Paired;
   /** Both on every core, taking turns the same way (undefined on a 1-core machine). */
   allThreads?: Paired & { threads: number; tfjsThreads: number };
 }
@@ -275,7 +274,7 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
     await setBackendThreads(1);
     const one = await paired();
     step = one.tfjs;
-    torch = { version: server.version, oneThread: one.torch, ratios: one.ratios };
+    torch = { version: server.version, oneThread: one };
     const cores = availableParallelism();
     if (cores > 1) {
       // Both on every core: PyTorch's intra-op threads, rxrl's matmul on its helper threads (wasm).
@@ -295,8 +294,8 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
     `  PyTorch / tfjs per round: median ${median(ratios).toFixed(1)}x ` +
     `(rounds ${ratios.map((r) => r.toFixed(1)).join(', ')})`;
   if (torch) {
-    report(`PyTorch ${torch.version} CPU, 1 thread, same step`, torch.oneThread);
-    console.log(rounds(torch.ratios));
+    report(`PyTorch ${torch.version} CPU, 1 thread, same step`, torch.oneThread.torch);
+    console.log(rounds(torch.oneThread.ratios));
     const all = torch.allThreads;
     if (all) {
       report(`learner step, ${all.tfjsThreads} matmul thread(s)`, all.tfjs);
@@ -542,7 +541,8 @@ const rows = results.map((r) => {
     both(r.learner),
   ];
   if (r.torch) {
-    row.push(both(r.torch.oneThread), `${median(r.torch.ratios).toFixed(1)}x`);
+    const one = r.torch.oneThread;
+    row.push(both(one.torch), `${median(one.ratios).toFixed(1)}x`);
     const all = r.torch.allThreads;
     if (all) row.push(both(all.tfjs), both(all.torch), `${median(all.ratios).toFixed(1)}x`);
   } else if (measuredTorch) {
@@ -561,7 +561,7 @@ const wasm = results.filter((r) => r.backend === 'wasm');
 if (wasm.length === 0) console.log('  not judged: the wasm backend was not measured');
 for (const r of wasm) {
   if (r.torch) {
-    const ratio = median(r.torch.ratios);
+    const ratio = median(r.torch.oneThread.ratios);
     goal(
       `${r.size.name}: learner within ${GOALS.torchRatio}x of PyTorch CPU, 1 thread each`,
       `${ratio.toFixed(1)}x`,

@@ -1008,11 +1008,13 @@ const SIMD_REPLACED = [
 /** While installed: the kernels this one replaced, the packed weights, and the matmul's helper threads. */
 let installed: { replaced: tf.KernelConfig[]; weights: PackedWeights; threads: Threads } | undefined;
 
-/** The matmul's threads: how many were asked for (setMatmulThreads), and the helpers beyond the caller's. */
+/** The matmul's helper threads, beyond the caller's (none: one thread). The kernel reads them at each call. */
 interface Threads {
-  count: number;
   helpers?: MatmulHelpers;
 }
+
+/** The threads a product runs on: the caller's and the helpers'. */
+const threadCount = ({ helpers }: Threads): number => (helpers ? helpers.count + 1 : 1);
 
 /** The thread count asked for last (setMatmulThreads), installed or not. */
 let threadsWanted = 1;
@@ -1045,7 +1047,7 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   if (!stock.every((kernel) => kernel !== undefined)) return false;
   const simd = SIMD_REPLACED.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
   const weights = new PackedWeights(tf.backend() as unknown as WasmBackend);
-  const threads: Threads = { count: 1 };
+  const threads: Threads = {};
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
     switch (kernel.kernelName) {
       case SIMD_KERNELS.causalAttention:
@@ -1070,8 +1072,6 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
       kernelFunc: replacement(kernel),
     });
   }
-  installed = { replaced: [...stock, ...simd], weights, threads };
-  await setMatmulThreads(threadsWanted);
   tf.registerKernel({
     kernelName: QKV_KERNELS.forward,
     backendName: 'wasm',
@@ -1082,6 +1082,8 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
     backendName: 'wasm',
     kernelFunc: causalAttentionGradKernel(exports, true),
   });
+  installed = { replaced: [...stock, ...simd], weights, threads };
+  await setMatmulThreads(threadsWanted);
   return true;
 }
 
@@ -1118,23 +1120,24 @@ export function setMatmulThreads(count: number): Promise<void> {
 async function applyThreads(): Promise<void> {
   const threads = installed?.threads;
   const count = threadsWanted;
-  if (!threads || (threads.count === count && !threads.helpers?.broken)) return;
+  if (!threads || (threadCount(threads) === count && !threads.helpers?.broken)) return;
   const old = threads.helpers;
   threads.helpers = undefined;
-  threads.count = 1;
   await old?.close();
   if (count === 1) return;
   sharedModule ??= await WebAssembly.compile(await assemble(true));
   // Uninstalled meanwhile: nothing to give helpers to.
   if (installed?.threads !== threads) return;
   threads.helpers = new MatmulHelpers(sharedModule, count - 1, GEMM_BLOCKS);
-  threads.count = count;
 }
 
 /** The matmul's threads, and how many products it has split between them (for tests and benches). */
 export function matmulThreads(): { count: number; productsShared: number } {
   const threads = installed?.threads;
-  return { count: threads?.count ?? threadsWanted, productsShared: threads?.helpers?.shared ?? 0 };
+  return {
+    count: threads ? threadCount(threads) : threadsWanted,
+    productsShared: threads?.helpers?.shared ?? 0,
+  };
 }
 
 /** How many weight matrices the matmul holds packed for decoding (see PackedWeights; for tests). */
@@ -1417,11 +1420,13 @@ function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelF
   return wasmKernel(({ inputs, attrs, output, free, at }) => {
     const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
-    const rowBytes = H * hd * 4;
     const grads = fused ? [output([B * T, 3 * H * hd])] : [0, 1, 2].map(() => output([B * T, H * hd]));
-    const [dq, dk, dv] = fused
-      ? [0, 1, 2].map((i) => at(grads[0]!) + i * rowBytes)
-      : (grads.map(at) as [number, number, number]);
+    const [dq, dk, dv] = headInputs(
+      fused ? { qkv: grads[0] } : { q: grads[0], k: grads[1], v: grads[2] },
+      fused,
+      H * hd,
+      at,
+    );
     const scratch = [T * T, T * T, ...headScratch(T, hd)].map((n) => output([n]));
     const [m, pm, ap, bp] = scratch.map(at) as [number, number, number, number];
     exports.causalAttentionGrad(
@@ -1432,9 +1437,9 @@ function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelF
       at(inputs.p!),
       m,
       pm,
-      dq!,
-      dk!,
-      dv!,
+      dq,
+      dk,
+      dv,
       ap,
       bp,
       ...headArgs(attrs, fused),

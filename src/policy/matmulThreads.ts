@@ -145,7 +145,7 @@ export class MatmulHelpers {
   private stuck: string | undefined;
 
   /**
-   * Starts `count` helper threads running `module` (gemmKernel.ts's kernels built for a shared
+   * Starts `count` (at least 1) helper threads running `module` (gemmKernel.ts's kernels built for a shared
    * memory: its export `gemm` has the GemmCall signature); `blocks`: the kernel's blocks of rows and
    * of K (GEMM_BLOCKS), which size its scratch.
    */
@@ -154,9 +154,6 @@ export class MatmulHelpers {
     count: number,
     private readonly blocks: { rows: number; k: number },
   ) {
-    if (!Number.isInteger(count) || count < 1) {
-      throw new Error(`MatmulHelpers: count must be a whole number >= 1, got ${count}`);
-    }
     this.helpers = Array.from({ length: count }, () => {
       const ctl = new Int32Array(new SharedArrayBuffer(CTL_BYTES));
       const worker = new Worker(HELPER_SOURCE, {
