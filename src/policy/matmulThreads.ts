@@ -47,6 +47,7 @@ export type GemmCall = (
   ap: number,
   bp: number,
   packB: number,
+  cp: number,
 ) => void;
 
 /** C [M, N] = A B (+ bias), with A's element (i, k) at a + i*aRow + k*aCol and B's (k, n) at b + k*bRow + n*bCol (bytes). */
@@ -70,11 +71,11 @@ export interface Product {
 export type OwnPart = (rows: number, cols: number) => void;
 
 const STATE = { idle: 0, work: 1, done: 2, failed: 3, stop: 4 } as const;
-/** ctl layout (Int32): [state, the 16 arguments of gemm, message length, message bytes...]. */
+/** ctl layout (Int32): [state, the 17 arguments of gemm, message length, message bytes...]. */
 const ARGS = 1;
-const MESSAGE_LENGTH = 17;
-const MESSAGE = 18 * 4;
-const CTL_BYTES = 18 * 4 + 1024;
+const MESSAGE_LENGTH = 18;
+const MESSAGE = 19 * 4;
+const CTL_BYTES = 19 * 4 + 1024;
 /** How long the caller waits for a helper before it reports it stuck. */
 const HELPER_TIMEOUT_MS = 120_000;
 /** The blocks of the split: rows in multiples of the micro-kernel's 6, columns in panels of 8. */
@@ -112,7 +113,7 @@ for (;;) {
     continue;
   }
   try {
-    gemm(...ctl.subarray(${ARGS}, ${ARGS + 16}));
+    gemm(...ctl.subarray(${ARGS}, ${ARGS + 17}));
     Atomics.store(ctl, 0, STATE.done);
     Atomics.notify(ctl, 0);
   } catch (error) {
@@ -245,6 +246,7 @@ export class MatmulHelpers {
           plan.ap,
           plan.bp,
           1,
+          plan.cp,
         ],
         ARGS,
       );
@@ -325,6 +327,7 @@ export class MatmulHelpers {
         // block of K by all of the part's columns, + 8 floats: the current panel's bias).
         ap: take(Math.min(rows, this.blocks.rows) * Math.min(p.K, this.blocks.k)),
         bp: take(Math.min(p.K, this.blocks.k) * Math.ceil(cols / 4) * 4 + 8),
+        cp: p.K > this.blocks.k ? take(sumsScratch(rows, cols)) : 0,
       };
     });
     const missing = end - this.memory.buffer.byteLength;
@@ -374,6 +377,15 @@ interface Plan {
   c: number;
   ap: number;
   bp: number;
+  cp: number;
+}
+
+/**
+ * Floats of scratch for the sums of an M x N product between blocks of K (gemmKernel.ts's `cp`):
+ * C in panels of its columns, each panel's rows side by side.
+ */
+export function sumsScratch(M: number, N: number): number {
+  return M * Math.ceil(N / 4) * 4;
 }
 
 /**
