@@ -2,7 +2,13 @@ import * as tf from '@tensorflow/tfjs';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GPT } from '../../src/policy/gpt.ts';
-import { sample, sampleFullForward, truncatedSupport, type SampleOptions } from '../../src/policy/sampler.ts';
+import {
+  drawToken,
+  sample,
+  sampleFullForward,
+  truncatedSupport,
+  type SampleOptions,
+} from '../../src/policy/sampler.ts';
 import { PROMPTS, TINY, distributions, tinyModel, useWasm } from './helpers.ts';
 
 const NO_EOS = -1;
@@ -215,6 +221,33 @@ describe('truncatedSupport', () => {
           }
           const expected = ids.slice(0, keep).sort((a, b) => a - b);
           expect(truncatedSupport(logProbs, { topK, topP })).toEqual(expected);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("drawToken draws from truncatedSupport's ids, renormalised, the same token for the same uniform", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 1, maxLength: 30 }),
+        fc.option(fc.integer({ min: 1, max: 30 }), { nil: undefined }),
+        fc.option(fc.double({ min: 0.05, max: 1, noNaN: true }), { nil: undefined }),
+        (levels, topK, topP) => {
+          const weights = levels.map((l) => 2 ** l);
+          const total = weights.reduce((a, b) => a + b, 0);
+          const logProbs = Float32Array.from(weights, (w) => Math.log(w / total));
+          const ids = truncatedSupport(logProbs, { topK, topP });
+          const mass = ids.reduce((m, i) => m + Math.exp(logProbs[i]!), 0);
+          // Uniform draws across [0, 1): each must pick the first id of the support whose
+          // cumulative mass passes draw * its mass.
+          for (let step = 0; step < 64; step++) {
+            const draw = step / 64;
+            let cumulative = 0;
+            const expected =
+              ids.find((i) => draw * mass < (cumulative += Math.exp(logProbs[i]!))) ?? ids.at(-1);
+            expect(drawToken(logProbs, { topK, topP }, () => draw)).toBe(expected);
+          }
         },
       ),
       { numRuns: 300 },
