@@ -249,6 +249,11 @@ function causalSelfAttentionQkv(heads: { B: number; T: number; H: number }, scal
 // The model.
 
 export class GPT {
+  /**
+   * Decoding steps over an in-place KV cache run each block as one RxrlDecodeLayer call (the same
+   * floats as op by op). False runs them op by op (for tests and benches that compare the two).
+   */
+  static fuseDecoding = true;
   readonly config: Readonly<Required<GPTConfig>>;
   /** Every weight by name, in a fixed order: what optimisers and checkpoints see. */
   readonly params: ReadonlyMap<string, tf.Variable>;
@@ -310,6 +315,27 @@ export class GPT {
       }
       tf.tidy(() => variable.assign(value instanceof tf.Tensor ? value : tf.tensor(value, variable.shape)));
     }
+  }
+
+  /** Block l's weights, by their names within the block. */
+  private block(l: number): simd.BlockWeights {
+    const names = [
+      'ln1.g',
+      'ln1.b',
+      'attn.wqkv',
+      'attn.bqkv',
+      'attn.wo',
+      'attn.bo',
+      'ln2.g',
+      'ln2.b',
+      'mlp.w1',
+      'mlp.b1',
+      'mlp.w2',
+      'mlp.b2',
+    ] as const;
+    return Object.fromEntries(
+      names.map((name) => [name, this.p(`h${l}.${name}`)]),
+    ) as unknown as simd.BlockWeights;
   }
 
   private p(name: string): tf.Variable {
@@ -388,6 +414,21 @@ export class GPT {
     const fusedCausal = causal && !past && simd.simdKernelsAvailable(this.headDim);
     const present: LayerKV[] = [];
     for (let l = 0; l < nLayers; l++) {
+      if (inPlace && !rotation && GPT.fuseDecoding) {
+        // A decoding step: the whole block in one engine call, the same kernels in the same order.
+        const cache = inPlace.layers[l]!;
+        x = simd.decodeLayer(
+          x,
+          this.block(l),
+          cache,
+          bias,
+          inPlace.length + 1,
+          1 / Math.sqrt(this.headDim),
+          LN_EPS,
+        );
+        present.push(cache);
+        continue;
+      }
       const normed = this.norm(`h${l}.ln1`, x);
       const attn = inPlace
         ? this.attentionInPlace(l, normed, B, bias, inPlace.layers[l]!, inPlace.length, rotation)

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { GPT } from '../../src/policy/gpt.ts';
+import { GPT } from '../../src/policy/gpt.ts';
 import {
   drawToken,
   sample,
@@ -180,6 +180,35 @@ describe('sample', () => {
     await expect(sample(model, [[1], []], base)).rejects.toThrow(/prompt 1 is empty/);
     await expect(sample(model, PROMPTS, { ...base, topP: 0 })).rejects.toThrow(/topP must be in \(0, 1\]/);
     await expect(sample(model, PROMPTS, { ...base, temperature: -1 })).rejects.toThrow(/temperature/);
+  });
+
+  it("runs a decoding step's blocks as one RxrlDecodeLayer call each, the same floats as op by op, freeing what it allocates", async () => {
+    const options = { ...base, temperature: 1.2, topP: 0.9, maxNewTokens: 6, seed: 5 };
+    // A first call packs the weights that later calls read (the head's first product goes elsewhere).
+    await sample(sharp, PROMPTS, options);
+    const decodeLayers = async (fuse: boolean) => {
+      GPT.fuseDecoding = fuse;
+      try {
+        let rows: Awaited<ReturnType<typeof sample>> = [];
+        const profile = await tf.profile(async () => {
+          rows = await sample(sharp, PROMPTS, options);
+          return [];
+        });
+        return { rows, calls: profile.kernels.filter((k) => k.name === 'RxrlDecodeLayer').length };
+      } finally {
+        GPT.fuseDecoding = true;
+      }
+    };
+    const byOp = await decodeLayers(false);
+    const fused = await decodeLayers(true);
+    expect(byOp.calls).toBe(0);
+    // Every step after the prefill, every layer.
+    expect(fused.calls).toBe((options.maxNewTokens - 1) * TINY.nLayers);
+    expect(fused.rows).toEqual(byOp.rows);
+    const backend = tf.backend() as unknown as { numDataIds(): number };
+    const before = backend.numDataIds();
+    await sample(sharp, PROMPTS, options);
+    expect(backend.numDataIds()).toBe(before);
   });
 
   it('leaves no tensors behind', async () => {

@@ -7,6 +7,7 @@ import {
   causalAttention,
   causalAttentionGrad,
   columnSum,
+  decodeLayer,
   gelu,
   geluGrad,
   installSimdKernels,
@@ -188,6 +189,40 @@ describe('cachedAttention (wasm kernel over an in-place KV cache)', () => {
       ),
     ).toThrow(/the value cache must be float32 \[2, 2, 5, 4\]/);
     tf.dispose(Object.values(x));
+  });
+
+  it('decodeLayer rejects a length beyond the cache and a weight of the wrong shape, naming them', () => {
+    tf.tidy(() => {
+      const [B, H, capacity, hd] = [2, 2, 5, 4];
+      const d = H * hd;
+      const cache = {
+        k: tf.zeros([B, H, capacity, hd]) as tf.Tensor4D,
+        v: tf.zeros([B, H, capacity, hd]) as tf.Tensor4D,
+      };
+      const weights = {
+        'ln1.g': tf.ones([d]),
+        'ln1.b': tf.zeros([d]),
+        'attn.wqkv': tf.zeros([d, 3 * d]),
+        'attn.bqkv': tf.zeros([3 * d]),
+        'attn.wo': tf.zeros([d, d]),
+        'attn.bo': tf.zeros([d]),
+        'ln2.g': tf.ones([d]),
+        'ln2.b': tf.zeros([d]),
+        'mlp.w1': tf.zeros([d, 4 * d]),
+        'mlp.b1': tf.zeros([4 * d]),
+        'mlp.w2': tf.zeros([4 * d, d]),
+        'mlp.b2': tf.zeros([d]),
+      };
+      const x = tf.zeros([B, d]) as tf.Tensor2D;
+      const bias = tf.zeros([B, 1, 1, 3]) as tf.Tensor4D;
+      expect(decodeLayer(x, weights, cache, bias, 3, 1, 1e-5).shape).toEqual([B, d]);
+      expect(() => decodeLayer(x, weights, cache, bias, 6, 1, 1e-5)).toThrow(
+        /decodeLayer: length must be an integer in \[1, 5\] \(the cache's capacity\), got 6/,
+      );
+      expect(() =>
+        decodeLayer(x, { ...weights, 'mlp.w2': tf.zeros([d, 4 * d]) }, cache, bias, 3, 1, 1e-5),
+      ).toThrow(/decodeLayer: mlp.w2 must be float32 \[32, 8\], got float32 \[8, 32\]/);
+    });
   });
 
   it('lets the sampler decode what the concat cache decodes, without leaking tensors', async () => {
