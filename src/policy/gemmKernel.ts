@@ -1255,8 +1255,8 @@ class PackedWeights {
   constructor(private readonly backend: WasmBackend) {}
 
   /**
-   * The address of b [K, N] (element (k, n) at bRow k + bCol n bytes) packed, or undefined: not packed
-   * (yet).
+   * The address of b [K, N] (element (k, n) at bRow k + bCol n bytes) packed; 'next': not packed yet,
+   * but from its next use on; undefined: not packed, nor ever for this layout.
    */
   packed(
     b: tf.TensorInfo,
@@ -1266,16 +1266,17 @@ class PackedWeights {
     bCol: number,
     exports: Exports,
     io: KernelIO,
-  ): number | undefined {
+  ): number | 'next' | undefined {
     const copy = this.copies.get(b.dataId);
     // A reshape shares its input's dataId, and a product may read B transposed: a copy serves only
     // the layout it was packed from.
     const layout = `${K}x${N}:${bRow}:${bCol}`;
     if (copy) return copy.layout === layout ? copy.at : undefined;
     const floats = K * Math.ceil(N / 4) * 4 + 8;
-    if (!this.seen.has(b.dataId) || this.floats + floats > PackedWeights.MAX_FLOATS) {
+    if (this.floats + floats > PackedWeights.MAX_FLOATS) return undefined;
+    if (!this.seen.has(b.dataId)) {
       this.seen.add(b.dataId);
-      return undefined;
+      return 'next';
     }
     const buffer = io.output([floats]);
     const at = io.at(buffer);
@@ -1353,12 +1354,16 @@ function gemmKernel(
     // read in place is K rows a power of 2 bytes apart for many shapes (N = 512: 2 KiB), which maps
     // them to few cache sets (measured: half the speed). Few rows (decoding) read B from a copy packed
     // once (PackedWeights) from its second use on; the first time, where it lies if its rows are whole
-    // vectors of 4 columns, else (transposed, or N not a multiple of 4) on the kernel this one
-    // replaced, as packing B for one product of few rows costs about as much as the product.
+    // vectors of 4 columns, else (transposed, or N not a multiple of 4: the output head) packed for
+    // this product alone, so that the first product's floats are the later ones' (on the kernel this
+    // one replaced, a first sampling call's log-probs differed from later calls' in the last bits).
+    // A B that will not be packed (a batch, or past the copies' cap) goes to that kernel every time,
+    // as packing B for one product of few rows costs about as much as the product.
     const few = M < GEMM_MIN_ROWS;
-    const prepacked = few && entries === 1 ? weights.packed(b, K, N, bRow, bCol, exports, io) : undefined;
+    const packing = few && entries === 1 ? weights.packed(b, K, N, bRow, bCol, exports, io) : undefined;
+    const prepacked = typeof packing === 'number' ? packing : undefined;
     const inPlace = few && prepacked === undefined && !transposeB && N % 4 === 0;
-    if (few && prepacked === undefined && !inPlace && !stockIsWrong) return fallBack();
+    if (few && prepacked === undefined && !inPlace && packing !== 'next' && !stockIsWrong) return fallBack();
     const mode = prepacked !== undefined ? PACK_B.prepacked : inPlace ? PACK_B.inPlace : PACK_B.whole;
     const out = output([...batch, M, N]);
     const aPacked = output([Math.min(M, GEMM_BLOCKS.rows) * Math.min(K, KC)]);

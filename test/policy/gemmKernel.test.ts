@@ -134,18 +134,21 @@ describe('the relaxed-SIMD matmul kernel', () => {
     tf.dispose([rows, b, others]);
   });
 
-  it(`leaves matmuls that pack B and have fewer than ${GEMM_MIN_ROWS} rows, and fused activations, to the kernels it replaced`, async () => {
+  it(`leaves batched matmuls that pack B and have fewer than ${GEMM_MIN_ROWS} rows, and fused activations, to the kernels it replaced`, async () => {
     const run = (): tf.TypedArray[] =>
       tf.tidy(() => {
         const b = tf.randomNormal([20, 12], 0, 1, 'float32', 2) as tf.Tensor2D;
         const bTransposed = tf.randomNormal([12, 20], 0, 1, 'float32', 4) as tf.Tensor2D;
         const small = tf.randomNormal([GEMM_MIN_ROWS - 1, 20], 0, 1, 'float32', 1) as tf.Tensor2D;
         const big = tf.randomNormal([GEMM_MIN_ROWS + 5, 20], 0, 1, 'float32', 3) as tf.Tensor2D;
+        const smalls = tf.randomNormal([2, GEMM_MIN_ROWS - 1, 20], 0, 1, 'float32', 5) as tf.Tensor3D;
+        const bsTransposed = tf.randomNormal([2, 12, 20], 0, 1, 'float32', 6) as tf.Tensor3D;
         return [
-          tf.matMul(small, bTransposed, false, true).dataSync(),
+          tf.matMul(smalls, bsTransposed, false, true).dataSync(),
           tf.fused.matMul({ a: big, b, activation: 'relu' }).dataSync(),
           tf.matMul(big, b).dataSync(),
           tf.matMul(small, b).dataSync(),
+          tf.matMul(small, bTransposed, false, true).dataSync(),
         ];
       });
     const withKernel = run();
@@ -155,10 +158,11 @@ describe('the relaxed-SIMD matmul kernel', () => {
     await installGemmKernel(version_wasm);
     expect(withKernel[0]).toEqual(without[0]);
     expect(withKernel[1]).toEqual(without[1]);
-    // These do run on the kernel (B read in place, any number of rows): FMAs round differently
-    // from XNNPACK's sums.
+    // These do run on the kernel (B read in place, or packed for a first product of few rows): FMAs
+    // round differently from XNNPACK's sums.
     expect(withKernel[2]).not.toEqual(without[2]);
     expect(withKernel[3]).not.toEqual(without[3]);
+    expect(withKernel[4]).not.toEqual(without[4]);
   });
 });
 
@@ -212,7 +216,7 @@ describe('weights packed for decoding', () => {
     tf.dispose([x, w, bias, view, y, noBias]);
   });
 
-  it('packs a transposed B, or one of N not a multiple of 4, from its second use; a copy serves only its layout', () => {
+  it('packs a transposed B, or one of N not a multiple of 4, from its second use (its first product has the same floats); a copy serves only its layout', () => {
     const K = 36;
     const x = tf.randomNormal([16, K], 0, 1, 'float32', 31) as tf.Tensor2D;
     // Square, so that w and w^T have the same shape.
@@ -245,21 +249,18 @@ describe('weights packed for decoding', () => {
     };
     tf.tidy(() => tf.matMul(x, tf.ones([K, 4])).dataSync()); // frees what earlier tests left behind
     const held = packedWeightsHeld();
+    const uses: tf.TypedArray[][] = [];
     for (let use = 0; use < 3; use++) {
-      check(
-        tf.tidy(() => tf.matMul(x, w, false, true).dataSync()),
-        ws,
-        K,
-        true,
-      );
-      check(
-        tf.tidy(() => tf.matMul(x, head).dataSync()),
-        hs,
-        102,
-        false,
-      );
+      const transposed = tf.tidy(() => tf.matMul(x, w, false, true).dataSync());
+      const wide = tf.tidy(() => tf.matMul(x, head).dataSync());
+      check(transposed, ws, K, true);
+      check(wide, hs, 102, false);
+      uses.push([transposed, wide]);
     }
     expect(packedWeightsHeld()).toBe(held + 2);
+    // The first use (packed for that product alone) gives the floats of the later ones (a kept copy).
+    expect(uses[0]).toEqual(uses[1]);
+    expect(uses[1]).toEqual(uses[2]);
     // w untransposed: w's copy holds w^T's layout, so this one is read in place.
     for (let use = 0; use < 2; use++)
       check(

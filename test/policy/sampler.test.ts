@@ -184,8 +184,6 @@ describe('sample', () => {
 
   it("runs a decoding step's blocks as one RxrlDecodeLayer call each, the same floats as op by op, freeing what it allocates", async () => {
     const options = { ...base, temperature: 1.2, topP: 0.9, maxNewTokens: 6, seed: 5 };
-    // A first call packs the weights that later calls read (the head's first product goes elsewhere).
-    await sample(sharp, PROMPTS, options);
     const decodeLayers = async (fuse: boolean) => {
       GPT.fuseDecoding = fuse;
       try {
