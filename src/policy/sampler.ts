@@ -195,18 +195,19 @@ export function drawToken(
   uniform: Uniform,
 ): number {
   const V = logProbs.length;
-  const { cutoff, ties } = cutOff(logProbs, options);
+  const { all, cutoff, ties } = cutOff(logProbs, options);
   let mass = 0;
   for (let id = 0, left = ties; id < V; id++) {
     const lp = logProbs[id]!;
-    if (lp > cutoff || (lp === cutoff && left-- > 0)) mass += Math.exp(lp);
+    if (all || lp > cutoff || (lp === cutoff && left-- > 0)) mass += Math.exp(lp);
   }
+  if (Number.isNaN(mass)) throw notFinite();
   const u = uniform() * mass;
   let cumulative = 0;
   let last = 0;
   for (let id = 0, left = ties; id < V; id++) {
     const lp = logProbs[id]!;
-    if (lp > cutoff || (lp === cutoff && left-- > 0)) {
+    if (all || lp > cutoff || (lp === cutoff && left-- > 0)) {
       cumulative += Math.exp(lp);
       if (u < cumulative) return id;
       last = id;
@@ -223,36 +224,45 @@ export function truncatedSupport(
   logProbs: Float32Array,
   options: Pick<SampleOptions, 'topK' | 'topP'>,
 ): number[] {
-  const { cutoff, ties } = cutOff(logProbs, options);
+  const { all, cutoff, ties } = cutOff(logProbs, options);
   const ids: number[] = [];
   for (let id = 0, left = ties; id < logProbs.length; id++) {
     const lp = logProbs[id]!;
-    if (lp > cutoff || (lp === cutoff && left-- > 0)) ids.push(id);
+    if (all || lp > cutoff || (lp === cutoff && left-- > 0)) ids.push(id);
   }
   return ids;
+}
+
+function notFinite(): Error {
+  return new Error(
+    "sample: a next-token distribution has NaN log-probs: the policy's logits are not finite " +
+      '(diverged or corrupted weights?)',
+  );
 }
 
 /** A sorted copy of a row's log-probs, reused from row to row (grown to the vocabulary). */
 let sortScratch = new Float32Array(0);
 
 /**
- * What top-k and top-p keep: every id above `cutoff`, and the first `ties` (lowest ids) equal to it
- * (everything, -Infinity, when neither truncates). The cut-off comes from a native numeric sort of
- * the values: sorting the ids with a comparator, once per row and step, cost 10-25% of a top-p
- * sampling call on the ~1M bench model.
+ * What top-k and top-p keep: every id (`all`, when neither truncates), or every id above `cutoff` and
+ * the first `ties` (lowest ids) equal to it. The cut-off comes from a native numeric sort of the
+ * values: sorting the ids with a comparator, once per row and step, cost 10-25% of a top-p sampling
+ * call on the ~1M bench model. Throws on NaN log-probs, which no cut-off orders.
  */
 function cutOff(
   logProbs: Float32Array,
   { topK, topP }: Pick<SampleOptions, 'topK' | 'topP'>,
-): { cutoff: number; ties: number } {
+): { all: boolean; cutoff: number; ties: number } {
   const V = logProbs.length;
   const truncateK = topK !== undefined && topK > 0 && topK < V;
   const truncateP = topP !== undefined && topP < 1;
-  if (!truncateK && !truncateP) return { cutoff: -Infinity, ties: V };
+  if (!truncateK && !truncateP) return { all: true, cutoff: -Infinity, ties: 0 };
   if (sortScratch.length < V) sortScratch = new Float32Array(V);
   const ascending = sortScratch.subarray(0, V);
   ascending.set(logProbs);
   ascending.sort();
+  // A typed array sorts NaN last.
+  if (Number.isNaN(ascending[V - 1])) throw notFinite();
   // The n-th most likely is ascending[V - 1 - n].
   let keep = truncateK ? topK : V;
   if (truncateP) {
@@ -268,7 +278,7 @@ function cutOff(
   const cutoff = ascending[V - keep]!;
   // Values equal to the cut-off that the top `keep` include: those from its last position in
   // descending order (its first in ascending order, V - 1 - lastIndexOf) up to keep.
-  return { cutoff, ties: keep - (V - 1 - ascending.lastIndexOf(cutoff)) };
+  return { all: false, cutoff, ties: keep - (V - 1 - ascending.lastIndexOf(cutoff)) };
 }
 
 /**

@@ -1028,7 +1028,9 @@ export function decodeLayer(
 
 /**
  * RxrlDecodeLayer: calls the kernels registered for each op of the block (rxrl's, or tfjs's where
- * rxrl's are not installed) directly, with their intermediate results freed as it goes.
+ * rxrl's matmul is not installed) directly, with what each op gets from its tfjs op (the matmul's
+ * operands as tf.fused.matMul passes them: 3-D, a batch of one). Every intermediate it makes is freed,
+ * also when a kernel throws: the engine does not know them.
  */
 function decodeLayerKernel(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
   const { inputs, attrs } = args as KernelArgs;
@@ -1038,60 +1040,57 @@ function decodeLayerKernel(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
   const x = inputs.x!;
   const [B, H, , hd] = inputs.kCache!.shape as [number, number, number, number];
   const d = H * hd;
-  const run = (name: string, ins: Record<string, tf.TensorInfo>, at: Record<string, unknown> = {}) =>
-    tf
-      .getKernel(name, 'wasm')!
-      .kernelFunc({ inputs: ins, attrs: at as tf.NamedAttrMap, backend: args.backend });
-  const free = (...ts: tf.TensorInfo[]): void => ts.forEach((t) => void backend.disposeData(t.dataId));
+  const made: tf.TensorInfo[] = [];
+  const run = (name: string, ins: Record<string, tf.TensorInfo>, at: Record<string, unknown> = {}) => {
+    const kernel = tf.getKernel(name, 'wasm');
+    if (!kernel) throw new Error(`RxrlDecodeLayer: no ${name} kernel is registered on the wasm backend`);
+    const out = kernel.kernelFunc({ inputs: ins, attrs: at as tf.NamedAttrMap, backend: args.backend });
+    const outs = Array.isArray(out) ? out : [out];
+    made.push(...outs);
+    return outs;
+  };
   const view = (t: tf.TensorInfo, shape: number[]): tf.TensorInfo => ({
     dataId: t.dataId,
     shape,
     dtype: t.dtype,
   });
-  const norm = (at: tf.TensorInfo, prefix: 'ln1' | 'ln2'): tf.TensorInfo => {
-    const [y, xhat, rstd] = run(
-      KERNELS.layerNorm,
-      { x: at, gain: w(`${prefix}.g`), bias: w(`${prefix}.b`) },
-      { eps },
-    ) as tf.TensorInfo[];
-    free(xhat!, rstd!);
-    return y!;
-  };
-  // tf.fused.matMul's attributes, as GPT's `linear` passes them.
-  const linear = (a: tf.TensorInfo, weight: keyof BlockWeights, b: keyof BlockWeights): tf.TensorInfo =>
-    run(
+  const norm = (at: tf.TensorInfo, prefix: 'ln1' | 'ln2'): tf.TensorInfo =>
+    run(KERNELS.layerNorm, { x: at, gain: w(`${prefix}.g`), bias: w(`${prefix}.b`) }, { eps })[0]!;
+  const linear = (a: tf.TensorInfo, weight: keyof BlockWeights, b: keyof BlockWeights): tf.TensorInfo => {
+    const [rows, K] = a.shape as [number, number];
+    const N = w(weight).shape[1]!;
+    const [y] = run(
       '_FusedMatMul',
-      { a, b: w(weight), bias: w(b) },
-      { transposeA: false, transposeB: false, activation: 'linear' },
-    ) as tf.TensorInfo;
-  const add = (a: tf.TensorInfo, b: tf.TensorInfo): tf.TensorInfo => run('Add', { a, b }) as tf.TensorInfo;
-
-  const h = norm(x, 'ln1');
-  const qkv = linear(h, 'attn.wqkv', 'attn.bqkv');
-  const [q, k, v] = run('SplitV', { x: qkv }, { numOrSizeSplits: [d, d, d], axis: 1 }) as tf.TensorInfo[];
-  const heads = [B, H, 1, hd];
-  const y = run(
-    KERNELS.attention,
-    {
-      q: view(q!, heads),
-      kNew: view(k!, heads),
-      vNew: view(v!, heads),
-      kCache: inputs.kCache!,
-      vCache: inputs.vCache!,
-      bias: inputs.bias!,
-    },
-    { length, scale },
-  ) as tf.TensorInfo;
-  const o = linear(view(y, [B, d]), 'attn.wo', 'attn.bo');
-  const x1 = add(x, o);
-  free(h, qkv, q!, k!, v!, y, o);
-  const h2 = norm(x1, 'ln2');
-  const f = linear(h2, 'mlp.w1', 'mlp.b1');
-  const [g, s] = run(KERNELS.gelu, { x: f }) as tf.TensorInfo[];
-  const m = linear(g!, 'mlp.w2', 'mlp.b2');
-  const out = add(x1, m);
-  free(h2, f, g!, s!, m, x1);
-  return out;
+      { a: view(a, [1, rows, K]), b: view(w(weight), [1, K, N]), bias: w(b) },
+      { transposeA: false, transposeB: false, activation: 'linear', leakyreluAlpha: 0.2 },
+    );
+    return view(y!, [rows, N]);
+  };
+  const add = (a: tf.TensorInfo, b: tf.TensorInfo): tf.TensorInfo => run('Add', { a, b })[0]!;
+  let out: tf.TensorInfo | undefined;
+  try {
+    const qkv = linear(norm(x, 'ln1'), 'attn.wqkv', 'attn.bqkv');
+    const [q, k, v] = run('SplitV', { x: qkv }, { numOrSizeSplits: [d, d, d], axis: 1 });
+    const heads = [B, H, 1, hd];
+    const [y] = run(
+      KERNELS.attention,
+      {
+        q: view(q!, heads),
+        kNew: view(k!, heads),
+        vNew: view(v!, heads),
+        kCache: inputs.kCache!,
+        vCache: inputs.vCache!,
+        bias: inputs.bias!,
+      },
+      { length, scale },
+    );
+    const x1 = add(x, linear(view(y!, [B, d]), 'attn.wo', 'attn.bo'));
+    const [g] = run(KERNELS.gelu, { x: linear(norm(x1, 'ln2'), 'mlp.w1', 'mlp.b1') });
+    out = add(x1, linear(g!, 'mlp.w2', 'mlp.b2'));
+    return out;
+  } finally {
+    for (const t of made) if (t !== out) backend.disposeData(t.dataId);
+  }
 }
 
 /** The sum of the rows of x [R, C]: [C]. */
@@ -1260,8 +1259,9 @@ function fallBackTo(
 
 /**
  * A tfjs kernel function on the wasm backend around `body`, in place of `previous` if given. A call
- * makes no new closures: decoding runs ~130 kernels a step, and a closure made per call cost ~2% of
- * a ~1M model's sampling call, mostly in naming it (the TypeScript loader keeps function names).
+ * makes no new arrow functions (only a bound fallBack): decoding runs ~130 kernels a step, and five
+ * closures made per call cost ~2% of a ~1M model's sampling call, mostly in naming them (the
+ * TypeScript loader keeps function names).
  */
 export function wasmKernel(
   body: (io: KernelIO) => tf.TensorInfo | tf.TensorInfo[],

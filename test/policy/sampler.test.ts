@@ -222,15 +222,24 @@ describe('sample', () => {
 });
 
 describe('truncatedSupport', () => {
+  it('refuses NaN log-probs, with or without truncation, saying the logits are not finite', () => {
+    const logProbs = Float32Array.from([-1, NaN, -2, -0.5]);
+    for (const options of [{}, { topP: 0.9 }, { topK: 2 }])
+      expect(() => drawToken(logProbs, options, () => 0.3)).toThrow(
+        /sample: a next-token distribution has NaN log-probs: the policy's logits are not finite/,
+      );
+  });
+
   it('keeps the top k, then the fewest most likely tokens reaching mass p, ties by lowest id', () => {
     fc.assert(
       fc.property(
-        // Log-probs from a few distinct levels, so ties at the cut-off happen.
-        fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 1, maxLength: 30 }),
+        // Log-probs from a few distinct levels, so ties at the cut-off happen; level -1 is
+        // probability 0 (-Infinity), which masked tokens get.
+        fc.array(fc.integer({ min: -1, max: 5 }), { minLength: 1, maxLength: 30 }).map((l) => [...l, 0]),
         fc.option(fc.integer({ min: 1, max: 30 }), { nil: undefined }),
         fc.option(fc.double({ min: 0.05, max: 1, noNaN: true }), { nil: undefined }),
         (levels, topK, topP) => {
-          const weights = levels.map((l) => 2 ** l);
+          const weights = levels.map((l) => (l < 0 ? 0 : 2 ** l));
           const total = weights.reduce((a, b) => a + b, 0);
           const logProbs = Float32Array.from(weights, (w) => Math.log(w / total));
           // The definition, by sorting the ids with a comparator.
@@ -257,11 +266,11 @@ describe('truncatedSupport', () => {
   it("drawToken draws from truncatedSupport's ids, renormalised, the same token for the same uniform", () => {
     fc.assert(
       fc.property(
-        fc.array(fc.integer({ min: 0, max: 5 }), { minLength: 1, maxLength: 30 }),
+        fc.array(fc.integer({ min: -1, max: 5 }), { minLength: 1, maxLength: 30 }).map((l) => [...l, 0]),
         fc.option(fc.integer({ min: 1, max: 30 }), { nil: undefined }),
         fc.option(fc.double({ min: 0.05, max: 1, noNaN: true }), { nil: undefined }),
         (levels, topK, topP) => {
-          const weights = levels.map((l) => 2 ** l);
+          const weights = levels.map((l) => (l < 0 ? 0 : 2 ** l));
           const total = weights.reduce((a, b) => a + b, 0);
           const logProbs = Float32Array.from(weights, (w) => Math.log(w / total));
           const ids = truncatedSupport(logProbs, { topK, topP });

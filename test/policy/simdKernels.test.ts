@@ -17,7 +17,7 @@ import {
   uninstallSimdKernels,
 } from '../../src/policy/simdKernels.ts';
 import { installGemmKernel, uninstallGemmKernel } from '../../src/policy/gemmKernel.ts';
-import { MASKED, causalBias } from '../../src/policy/gpt.ts';
+import { GPT, MASKED, causalBias } from '../../src/policy/gpt.ts';
 import { sample } from '../../src/policy/sampler.ts';
 import { PROMPTS, TINY, tinyModel, useWasm } from './helpers.ts';
 
@@ -224,6 +224,32 @@ describe('cachedAttention (wasm kernel over an in-place KV cache)', () => {
       ).toThrow(/decodeLayer: mlp.w2 must be float32 \[32, 8\], got float32 \[8, 32\]/);
     });
   });
+
+  // With simdKernels.ts's kernels alone, the block's matmuls are tfjs-backend-wasm's own (XNNPACK),
+  // which read their operands as tf.fused.matMul gives them (3-D).
+  for (const kernels of ['simd', 'gemm'] as const) {
+    it(`runs each decoding block as one RxrlDecodeLayer call, the floats of op by op (${kernels})`, async () => {
+      await useKernels(kernels);
+      const model = tinyModel(11, 40);
+      const options = { maxNewTokens: 6, temperature: 1, topP: 0.9, eosId: -1, seed: 7 };
+      try {
+        GPT.fuseDecoding = false;
+        const byOp = await sample(model, PROMPTS, options);
+        GPT.fuseDecoding = true;
+        let fused: Awaited<ReturnType<typeof sample>> = [];
+        const profile = await tf.profile(async () => {
+          fused = await sample(model, PROMPTS, options);
+          return [];
+        });
+        expect(profile.kernels.filter((k) => k.name === 'RxrlDecodeLayer')).toHaveLength(5 * TINY.nLayers);
+        expect(fused).toEqual(byOp);
+      } finally {
+        GPT.fuseDecoding = true;
+        model.dispose();
+        await useKernels('gemm');
+      }
+    });
+  }
 
   it('lets the sampler decode what the concat cache decodes, without leaking tensors', async () => {
     const model = tinyModel(11);
