@@ -112,7 +112,23 @@ describe('the relaxed-SIMD matmul kernel', () => {
           expect(Math.abs(have[i]! - want[i]!)).toBeLessThan(1e-5 * (1 + c.K));
         tf.dispose([x.a, x.b, ...(x.bias ? [x.bias] : []), got]);
       }),
-      { numRuns: 60 },
+      {
+        numRuns: 60,
+        // Always: several blocks of rows and of K at once (the sums between blocks of K wait in
+        // panel order), ending in two 4-column panels and a partial one, with each transpose.
+        examples: [false, true].map((t): [Case] => [
+          {
+            batch: [],
+            M: 2 * GEMM_BLOCKS.rows + 10,
+            K: 2 * GEMM_BLOCKS.k + 5,
+            N: 23,
+            transposeA: t,
+            transposeB: !t,
+            bias: t,
+            seed: 11,
+          },
+        ]),
+      },
     );
   });
 
