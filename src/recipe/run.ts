@@ -38,7 +38,8 @@ export interface RecipeRunOptions {
   until?: string;
   /**
    * Threads for GRPO stages' learner matmuls on the wasm backend: its worker and learnerThreads - 1
-   * helpers (default 1). The stages that train on this thread use every core. Results do not depend on it.
+   * helpers (default: every core but the generator's). The stages that train on this thread use every
+   * core. Results do not depend on it.
    */
   learnerThreads?: number;
   metrics?: Metrics;
@@ -135,8 +136,8 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
       emit({ kind: 'stage-start', stage: stage.name, type: stage.type, index, total });
       const stageStarted = performance.now();
       // The stages that train on this thread (pretraining, SFT, the preference model) have the machine
-      // to themselves: every core. A GRPO stage's learner worker gets learnerThreads (default 1: its
-      // generator has the other core).
+      // to themselves: every core. A GRPO stage's learner worker gets learnerThreads (default: every
+      // core but its generator's).
       const summary = await withBackendThreads(availableParallelism(), () =>
         runStage(stage, { ...options, metrics, emit, dir, output, index, resume }),
       );

@@ -1,4 +1,5 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
 import type { GradientBatch, Rollout, ScoredRollout } from '../../schemas/index.ts';
@@ -48,7 +49,7 @@ export interface RunOptions {
   init?: string;
   /**
    * Threads for the learner's matmuls on the wasm backend: its worker and learnerThreads - 1 helpers
-   * (default 1). Results do not depend on it.
+   * (default: defaultLearnerThreads()). Results do not depend on it.
    */
   learnerThreads?: number;
   /** Overrides topology.run.steps (e.g. short test runs). */
@@ -106,6 +107,14 @@ interface RunState {
  * R1-Zero in miniature: pure GRPO from a pretrained base model, generation and learning on their own
  * worker threads, overlapped within the staleness bound eta (0: synchronous).
  */
+/**
+ * The learner's matmul threads when a run does not say: every core but the one the generator's
+ * worker keeps busy (1 on a 2-core machine). The main thread only routes messages.
+ */
+export function defaultLearnerThreads(): number {
+  return Math.max(1, availableParallelism() - 1);
+}
+
 export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const { topology } = options;
   const totalSteps = options.steps ?? topology.run.steps;
@@ -196,7 +205,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       weights,
       ...(resuming ? { checkpoint: checkpointDir } : {}),
       config: learnerConfig(topology),
-      threads: options.learnerThreads ?? 1,
+      threads: options.learnerThreads ?? defaultLearnerThreads(),
     }),
   ]);
   const backend = { generator: genReady.backend, learner: withThreads(learnReady) };

@@ -1,11 +1,11 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import base from '../../pipelines/r1-zero-arithmetic.ts';
 import { loadCheckpoint } from '../../src/policy/checkpoint.ts';
 import { evaluateCheckpoint } from '../../src/run/evaluate.ts';
-import { runR1Zero, type RunEvent } from '../../src/run/r1zero.ts';
+import { defaultLearnerThreads, runR1Zero, type RunEvent } from '../../src/run/r1zero.ts';
 import { defineTopology } from '../../src/topology/topology.ts';
 import { validateMessage } from '../../src/validation.ts';
 
@@ -111,10 +111,15 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
   it("runs the learner's matmuls on helper threads when asked, says so, and trains the same weights", async () => {
     // The plumbing, from the run to the learner worker: this tiny model's products are too small to
     // split (matmulThreads.test.ts trains a learner step on split products).
-    const one = await run('one-thread', { eta: 0 });
+    const one = await run('one-thread', { eta: 0, learnerThreads: 1 });
     const two = await run('two-threads', { eta: 0, learnerThreads: 2 });
     expect(one.backend).toEqual({ generator: 'wasm', learner: 'wasm' });
     expect(two.backend).toEqual({ generator: 'wasm', learner: 'wasm, 2 matmul threads' });
+    // Unsaid, the learner takes every core but the generator's.
+    const unsaid = await run('default-threads', { eta: 0, steps: 1 });
+    const n = Math.max(1, availableParallelism() - 1);
+    expect(defaultLearnerThreads()).toBe(n);
+    expect(unsaid.backend.learner).toBe(n === 1 ? 'wasm' : `wasm, ${n} matmul threads`);
     const a = await loadCheckpoint(join(root, 'one-thread', 'checkpoint'));
     const b = await loadCheckpoint(join(root, 'two-threads', 'checkpoint'));
     for (const [name, v] of a.model.params) {

@@ -64,7 +64,7 @@ export async function runRecipeCommand(
   recipe: Recipe,
   opts: {
     backend: BackendRequest;
-    learnerThreads: number;
+    learnerThreads?: number;
     runDir: string;
     cacheDir: string;
     redo?: string[] | 'all';

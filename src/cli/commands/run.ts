@@ -187,7 +187,7 @@ function printKafkaSummary(summary: KafkaRunSummary): void {
 
 interface RunFlags extends ConnectionFlags {
   backend: BackendRequest;
-  learnerThreads: number;
+  learnerThreads?: number;
   runDir?: string;
   cacheDir: string;
   resume?: boolean;
@@ -255,9 +255,8 @@ export function registerRunCommand(program: Command): void {
       .option('--backend <backend>', 'auto | tensorflow-gpu | tensorflow | wasm | cpu', 'auto')
       .option(
         '--learner-threads <n>',
-        "threads for the GRPO learner's matmuls on the wasm backend (its worker + n-1 helpers; same results); pretraining and SFT use every core",
+        "threads for the GRPO learner's matmuls on the wasm backend (its worker + n-1 helpers; same results; default: every core but the generator's, 1 with --transport kafka); pretraining and SFT use every core",
         positiveInt,
-        1,
       )
       .option(
         '--run-dir <dir>',
@@ -301,7 +300,7 @@ export function registerRunCommand(program: Command): void {
       const { runRecipeCommand } = await import('./recipe.ts');
       await runRecipeCommand(recipe, {
         backend: opts.backend,
-        learnerThreads: opts.learnerThreads,
+        ...(opts.learnerThreads !== undefined ? { learnerThreads: opts.learnerThreads } : {}),
         runDir: opts.runDir ?? defaultRunDir(recipe.name),
         cacheDir: opts.cacheDir,
         ...(opts.redo ? { redo: opts.redo.includes('all') ? 'all' : opts.redo } : {}),
@@ -324,7 +323,7 @@ export function registerRunCommand(program: Command): void {
       metrics,
       topology,
       backend: opts.backend,
-      learnerThreads: opts.learnerThreads,
+      ...(opts.learnerThreads !== undefined ? { learnerThreads: opts.learnerThreads } : {}),
       runDir,
       cacheDir: opts.cacheDir,
       ...(opts.steps !== undefined ? { steps: opts.steps } : {}),
