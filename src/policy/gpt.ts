@@ -317,8 +317,16 @@ export class GPT {
     }
   }
 
+  /** Each block's weights by their names within the block (made once: the Variables stay the same objects). */
+  private blocks: simd.BlockWeights[] | undefined;
+
   /** Block l's weights, by their names within the block. */
   private block(l: number): simd.BlockWeights {
+    this.blocks ??= Array.from({ length: this.config.nLayers }, (_, i) => this.blockWeights(i));
+    return this.blocks[l]!;
+  }
+
+  private blockWeights(l: number): simd.BlockWeights {
     const names = [
       'ln1.g',
       'ln1.b',
