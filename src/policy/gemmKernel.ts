@@ -1375,7 +1375,8 @@ function gemmKernel(
     // panel's rows side by side), not to C, where a block of rows is rows N floats apart: reading them
     // back there stalled on cache misses (the hardware prefetcher does not follow strides of kilobytes
     // across pages), 1.03-1.07x on the learner's products, measured side by side. The sums are the same.
-    const sums = K > KC ? output([sumsScratch(M, N)]) : undefined;
+    // Few rows (decoding) stay in cache in C, and would only pay for the scratch.
+    const sums = K > KC && !few ? output([sumsScratch(M, N)]) : undefined;
     const [aAt, bAt, outAt, apAt] = [at(a), at(b), at(out), at(aPacked)];
     const cpAt = sums ? at(sums) : 0;
     const biasAt = bias ? at(bias) : 0;

@@ -104,16 +104,17 @@ interface RunState {
 }
 
 /**
- * R1-Zero in miniature: pure GRPO from a pretrained base model, generation and learning on their own
- * worker threads, overlapped within the staleness bound eta (0: synchronous).
- */
-/**
  * The learner's matmul threads when a run does not say: every core but the one the generator's
  * worker keeps busy (1 on a 2-core machine). The main thread only routes messages.
  */
 export function defaultLearnerThreads(): number {
   return Math.max(1, availableParallelism() - 1);
 }
+
+/**
+ * R1-Zero in miniature: pure GRPO from a pretrained base model, generation and learning on their own
+ * worker threads, overlapped within the staleness bound eta (0: synchronous).
+ */
 
 export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const { topology } = options;

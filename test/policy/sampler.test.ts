@@ -221,6 +221,21 @@ describe('sample', () => {
   });
 });
 
+/**
+ * A row of log-probs from a few distinct levels, so ties at the cut-off happen (level -1 is
+ * probability 0, -Infinity, which masked tokens get; one token always has some), with or without
+ * top-k and top-p.
+ */
+const truncatedRow = fc.record({
+  logProbs: fc.array(fc.integer({ min: -1, max: 5 }), { minLength: 1, maxLength: 30 }).map((levels) => {
+    const weights = [...levels, 0].map((l) => (l < 0 ? 0 : 2 ** l));
+    const total = weights.reduce((a, b) => a + b, 0);
+    return Float32Array.from(weights, (w) => Math.log(w / total));
+  }),
+  topK: fc.option(fc.integer({ min: 1, max: 30 }), { nil: undefined }),
+  topP: fc.option(fc.double({ min: 0.05, max: 1, noNaN: true }), { nil: undefined }),
+});
+
 describe('truncatedSupport', () => {
   it('refuses NaN log-probs, with or without truncation, saying the logits are not finite', () => {
     const logProbs = Float32Array.from([-1, NaN, -2, -0.5]);
@@ -232,60 +247,42 @@ describe('truncatedSupport', () => {
 
   it('keeps the top k, then the fewest most likely tokens reaching mass p, ties by lowest id', () => {
     fc.assert(
-      fc.property(
-        // Log-probs from a few distinct levels, so ties at the cut-off happen; level -1 is
-        // probability 0 (-Infinity), which masked tokens get.
-        fc.array(fc.integer({ min: -1, max: 5 }), { minLength: 1, maxLength: 30 }).map((l) => [...l, 0]),
-        fc.option(fc.integer({ min: 1, max: 30 }), { nil: undefined }),
-        fc.option(fc.double({ min: 0.05, max: 1, noNaN: true }), { nil: undefined }),
-        (levels, topK, topP) => {
-          const weights = levels.map((l) => (l < 0 ? 0 : 2 ** l));
-          const total = weights.reduce((a, b) => a + b, 0);
-          const logProbs = Float32Array.from(weights, (w) => Math.log(w / total));
-          // The definition, by sorting the ids with a comparator.
-          const ids = Array.from(logProbs.keys()).sort((a, b) => logProbs[b]! - logProbs[a]! || a - b);
-          let keep = topK !== undefined && topK < ids.length ? topK : ids.length;
-          if (topP !== undefined && topP < 1) {
-            let mass = 0;
-            for (let n = 0; n < keep; n++) {
-              mass += Math.exp(logProbs[ids[n]!]!);
-              if (mass >= topP) {
-                keep = n + 1;
-                break;
-              }
+      fc.property(truncatedRow, ({ logProbs, topK, topP }) => {
+        // The definition, by sorting the ids with a comparator.
+        const ids = Array.from(logProbs.keys()).sort((a, b) => logProbs[b]! - logProbs[a]! || a - b);
+        let keep = topK !== undefined && topK < ids.length ? topK : ids.length;
+        if (topP !== undefined && topP < 1) {
+          let mass = 0;
+          for (let n = 0; n < keep; n++) {
+            mass += Math.exp(logProbs[ids[n]!]!);
+            if (mass >= topP) {
+              keep = n + 1;
+              break;
             }
           }
-          const expected = ids.slice(0, keep).sort((a, b) => a - b);
-          expect(truncatedSupport(logProbs, { topK, topP })).toEqual(expected);
-        },
-      ),
+        }
+        const expected = ids.slice(0, keep).sort((a, b) => a - b);
+        expect(truncatedSupport(logProbs, { topK, topP })).toEqual(expected);
+      }),
       { numRuns: 300 },
     );
   });
 
   it("drawToken draws from truncatedSupport's ids, renormalised, the same token for the same uniform", () => {
     fc.assert(
-      fc.property(
-        fc.array(fc.integer({ min: -1, max: 5 }), { minLength: 1, maxLength: 30 }).map((l) => [...l, 0]),
-        fc.option(fc.integer({ min: 1, max: 30 }), { nil: undefined }),
-        fc.option(fc.double({ min: 0.05, max: 1, noNaN: true }), { nil: undefined }),
-        (levels, topK, topP) => {
-          const weights = levels.map((l) => (l < 0 ? 0 : 2 ** l));
-          const total = weights.reduce((a, b) => a + b, 0);
-          const logProbs = Float32Array.from(weights, (w) => Math.log(w / total));
-          const ids = truncatedSupport(logProbs, { topK, topP });
-          const mass = ids.reduce((m, i) => m + Math.exp(logProbs[i]!), 0);
-          // Uniform draws across [0, 1): each must pick the first id of the support whose
-          // cumulative mass passes draw * its mass.
-          for (let step = 0; step < 64; step++) {
-            const draw = step / 64;
-            let cumulative = 0;
-            const expected =
-              ids.find((i) => draw * mass < (cumulative += Math.exp(logProbs[i]!))) ?? ids.at(-1);
-            expect(drawToken(logProbs, { topK, topP }, () => draw)).toBe(expected);
-          }
-        },
-      ),
+      fc.property(truncatedRow, ({ logProbs, topK, topP }) => {
+        const ids = truncatedSupport(logProbs, { topK, topP });
+        const mass = ids.reduce((m, i) => m + Math.exp(logProbs[i]!), 0);
+        // Uniform draws across [0, 1): each must pick the first id of the support whose
+        // cumulative mass passes draw * its mass.
+        for (let step = 0; step < 64; step++) {
+          const draw = step / 64;
+          let cumulative = 0;
+          const expected =
+            ids.find((i) => draw * mass < (cumulative += Math.exp(logProbs[i]!))) ?? ids.at(-1);
+          expect(drawToken(logProbs, { topK, topP }, () => draw)).toBe(expected);
+        }
+      }),
       { numRuns: 300 },
     );
   });
