@@ -12,6 +12,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { gemmKernelInstalled, installGemmKernel, matmulThreads, setMatmulThreads } from './gemmKernel.ts';
+import { withSharedHeap } from './sharedHeap.ts';
 import { installSimdKernels } from './simdKernels.ts';
 import { installWasmKernels } from './wasmKernels.ts';
 
@@ -88,7 +89,8 @@ async function setUp(kind: BackendKind): Promise<BackendKind> {
     // The .wasm binaries sit beside the package's main file (dist/); tfjs picks the SIMD one
     // itself (its threaded build is disabled under Node). The trailing separator makes it a prefix.
     wasm.setWasmPaths(path.dirname(require.resolve(pkg)) + path.sep);
-    await activate('wasm', kind);
+    // On a shared heap, so that rxrl's kernels can split their work with helper threads in place.
+    await withSharedHeap(() => activate('wasm', kind));
     installWasmKernels(wasm.version_wasm);
     await installSimdKernels(wasm.version_wasm);
     // After installWasmKernels: it keeps that BatchMatMul for what it does not take.
@@ -109,8 +111,9 @@ export async function setBackendThreads(count: number): Promise<number> {
     throw new Error(`threads must be a whole number >= 1, got ${count}`);
   if (active === undefined || (await active.ready) !== 'wasm') return 1;
   await setMatmulThreads(count);
-  // Where rxrl's matmul is not installed (no relaxed SIMD), XNNPACK's runs on this thread.
-  return gemmKernelInstalled() ? count : 1;
+  // Where rxrl's matmul is not installed (no relaxed SIMD), XNNPACK's runs on this thread; where the
+  // heap is not shared, rxrl's has no helpers.
+  return gemmKernelInstalled() ? matmulThreads().count : 1;
 }
 
 /**

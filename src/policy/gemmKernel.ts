@@ -36,7 +36,8 @@
  * does not depend on the other rows of the batch (the sampler's padding invariance relies on that),
  * nor on the threads: with setMatmulThreads(n), products of THREADED_WORK multiply-adds and more
  * are cut into n parts of rows or of columns, n - 1 of them computed on helper threads by the same
- * kernels built for a shared memory (matmulThreads.ts).
+ * kernels, in place in the backend's heap, which rxrl makes shared (sharedHeap.ts, kernelThreads.ts).
+ * Causal attention and GELU are cut likewise, along sequences and elements.
  *
  * V8 ships relaxed SIMD enabled from 11.4 (Node 21 on); Node 20's V8 11.3 has it behind
  * `--experimental-wasm-relaxed-simd`, which installGemmKernel sets (V8 reads wasm feature flags
@@ -49,7 +50,8 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import { MatmulHelpers, sumsScratch, type GemmCall } from './matmulThreads.ts';
+import { cuts, KernelHelpers, sumsScratch, type HelperCall } from './kernelThreads.ts';
+import { memoryImport, type SharedMemory } from './sharedHeap.ts';
 import {
   cachedAttentionKernel,
   expectShape,
@@ -824,11 +826,9 @@ function gemmFunction(mr: number): string {
       (br_if $kBlocks (i32.lt_u (local.get $k0) (local.get $K)))))`;
 }
 
-const MEMORY_IMPORT = '(import "env" "memory" (memory 1))';
-
 const GEMM_WAT = `
 (module
-  ${MEMORY_IMPORT}
+  ${memoryImport(false)}
   ${[MR.matmul, MR.causal, 1]
     .map(
       (mr) => `
@@ -977,6 +977,27 @@ const GEMM_WAT = `
 ${ATTENTION_WAT}
 )`;
 
+/** The kernel module's matmul export (byte addresses and strides; see $gemm). */
+type GemmCall = (
+  a: number,
+  aRow: number,
+  aCol: number,
+  b: number,
+  bRow: number,
+  bCol: number,
+  bias: number,
+  hasBias: number,
+  c: number,
+  cRow: number,
+  M: number,
+  N: number,
+  K: number,
+  ap: number,
+  bp: number,
+  packB: number,
+  cp: number,
+) => void;
+
 interface Exports {
   gemm: GemmCall;
   packB(b: number, bRow: number, bCol: number, N: number, K: number, dst: number): void;
@@ -1026,12 +1047,17 @@ const SIMD_REPLACED = [
   SIMD_KERNELS.gelu,
 ] as const;
 
-/** While installed: the kernels this one replaced, the packed weights, and the matmul's helper threads. */
+/** While installed: the kernels this one replaced, the packed weights, and the kernels' helper threads. */
 let installed: { replaced: tf.KernelConfig[]; weights: PackedWeights; threads: Threads } | undefined;
 
-/** The matmul's helper threads, beyond the caller's (none: one thread). The kernel reads them at each call. */
+/**
+ * The kernels' helper threads, beyond the caller's (none: one thread), which the kernels read at each
+ * call; and the compiled module and shared heap to start them on (none where the heap is not shared:
+ * then there are no helpers).
+ */
 interface Threads {
-  helpers?: MatmulHelpers;
+  helpers?: KernelHelpers;
+  shared?: { module: object; memory: SharedMemory };
 }
 
 /** The threads a product runs on: the caller's and the helpers'. */
@@ -1042,9 +1068,8 @@ let threadsWanted = 1;
 /** The last change of helpers under way (setMatmulThreads). */
 let threadChange: Promise<void> = Promise.resolve();
 
-/** The assembled modules, kept: wabt takes a while, and a test installs and uninstalls often. */
-let binary: Uint8Array | undefined;
-let sharedModule: object | undefined;
+/** The assembled binaries (for an unshared and a shared heap), kept: wabt takes a while, and a test installs and uninstalls often. */
+const binaries = new Map<boolean, Uint8Array>();
 
 /**
  * Replaces the kernels of STOCK_REPLACED and SIMD_REPLACED and registers the fused-qkv attention (call
@@ -1056,8 +1081,10 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   if (installed) return true;
   if (!wasmVersion.startsWith('4.') || tf.getBackend() !== 'wasm') return false;
   const memory = (tf.backend() as unknown as WasmBackend).wasm.asm?.memory;
-  if (!(memory instanceof WebAssembly.Memory) || !(memory.buffer instanceof ArrayBuffer)) return false;
-  binary ??= await assemble();
+  if (!(memory instanceof WebAssembly.Memory)) return false;
+  const shared = memory.buffer instanceof SharedArrayBuffer;
+  const binary = binaries.get(shared) ?? (await assemble(shared));
+  binaries.set(shared, binary);
   if (!WebAssembly.validate(binary)) {
     v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
     if (!WebAssembly.validate(binary)) return false;
@@ -1068,15 +1095,15 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   if (!stock.every((kernel) => kernel !== undefined)) return false;
   const simd = SIMD_REPLACED.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
   const weights = new PackedWeights(tf.backend() as unknown as WasmBackend);
-  const threads: Threads = {};
+  const threads: Threads = shared ? { shared: { module, memory: memory as unknown as SharedMemory } } : {};
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
     switch (kernel.kernelName) {
       case SIMD_KERNELS.causalAttention:
-        return causalAttentionKernel(exports, false);
+        return causalAttentionKernel(exports, threads, false);
       case SIMD_KERNELS.causalAttentionGrad:
-        return causalAttentionGradKernel(exports, false);
+        return causalAttentionGradKernel(exports, threads, false);
       case SIMD_KERNELS.gelu:
-        return geluKernel(exports, kernel);
+        return geluKernel(exports, threads, kernel);
       case SIMD_KERNELS.attention:
         return cachedAttentionKernel(exports);
       case 'Exp':
@@ -1096,12 +1123,12 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   tf.registerKernel({
     kernelName: QKV_KERNELS.forward,
     backendName: 'wasm',
-    kernelFunc: causalAttentionKernel(exports, true),
+    kernelFunc: causalAttentionKernel(exports, threads, true),
   });
   tf.registerKernel({
     kernelName: QKV_KERNELS.gradient,
     backendName: 'wasm',
-    kernelFunc: causalAttentionGradKernel(exports, true),
+    kernelFunc: causalAttentionGradKernel(exports, threads, true),
   });
   installed = { replaced: [...stock, ...simd], weights, threads };
   await setMatmulThreads(threadsWanted);
@@ -1145,11 +1172,10 @@ async function applyThreads(): Promise<void> {
   const old = threads.helpers;
   threads.helpers = undefined;
   await old?.close();
-  if (count === 1) return;
-  sharedModule ??= await WebAssembly.compile(await assemble(true));
+  if (count === 1 || threads.shared === undefined) return;
   // Uninstalled meanwhile: nothing to give helpers to.
   if (installed?.threads !== threads) return;
-  threads.helpers = new MatmulHelpers(sharedModule, count - 1, GEMM_BLOCKS);
+  threads.helpers = new KernelHelpers(threads.shared.module, threads.shared.memory, count - 1);
 }
 
 /** The matmul's threads, and how many products it has split between them (for tests and benches). */
@@ -1219,12 +1245,10 @@ export function gemmKernelInstalled(): boolean {
   return installed !== undefined && tf.getBackend() === 'wasm';
 }
 
-/** The kernels' binary, for the wasm backend's memory or (shared) for the matmul's helper threads. */
-async function assemble(shared = false): Promise<Uint8Array> {
+/** The kernels' binary, for the wasm backend's memory, unshared or shared (sharedHeap.ts). */
+async function assemble(shared: boolean): Promise<Uint8Array> {
   const wabt = await wabtInit();
-  const text = shared
-    ? GEMM_WAT.replace(MEMORY_IMPORT, '(import "env" "memory" (memory 1 65536 shared))')
-    : GEMM_WAT;
+  const text = GEMM_WAT.replace(memoryImport(false), memoryImport(shared));
   const wat = wabt.parseWat('gemmKernel.wat', text, { simd: true, relaxed_simd: true, threads: true });
   try {
     return wat.toBinary({}).buffer;
@@ -1318,7 +1342,7 @@ function gemmKernel(
   return wasmKernel((io) => {
     // Every matmul frees the packed copies of weights gone since the last (a walk of a few entries).
     weights.sweep();
-    const { inputs, attrs: numbers, output, free, at, heap, fallBack } = io;
+    const { inputs, attrs: numbers, output, free, at, fallBack } = io;
     const attrs = numbers as unknown as { transposeA?: boolean; transposeB?: boolean; activation?: string };
     const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
     const transposeA = attrs.transposeA === true;
@@ -1401,18 +1425,57 @@ function gemmKernel(
         mode,
         cpAt,
       );
+    // A large product is cut in parts of whole rows of C (or whole panels of its columns, where it has
+    // more columns than rows), one per thread, each computed in place by the same kernel with its own
+    // scratch; every sum is the one a single thread makes.
+    const helpers = threads.helpers;
+    const byRows = M >= N;
+    const bounds =
+      helpers !== undefined && entries === 1 && mode === PACK_B.whole && M * N * K >= THREADED_WORK
+        ? cuts(byRows ? M : N, helpers.count + 1, byRows ? MR.matmul : 8)
+        : undefined;
+    const scratch: tf.TensorInfo[] = [];
     try {
-      const split =
-        threads.helpers !== undefined &&
-        entries === 1 &&
-        mode === PACK_B.whole &&
-        M * N * K >= THREADED_WORK &&
-        threads.helpers.multiply(
-          heap(),
-          { a: aAt, aRow, aCol, b: bAt, bRow, bCol, bias: bias ? biasAt : undefined, c: outAt, M, N, K },
-          (rows, cols) => own(0, rows, cols),
-        );
-      if (!split) for (let e = 0; e < entries; e++) own(e, M, N);
+      if (bounds === undefined) {
+        for (let e = 0; e < entries; e++) own(e, M, N);
+        return out;
+      }
+      const calls = bounds.slice(1, -1).map((start, i): HelperCall => {
+        const end = bounds[i + 2]!;
+        const [rows, cols] = byRows ? [end - start, N] : [M, end - start];
+        const take = (floats: number): number => {
+          scratch.push(output([floats]));
+          return at(scratch[scratch.length - 1]!);
+        };
+        const ap = take(Math.min(rows, GEMM_BLOCKS.rows) * Math.min(K, KC));
+        const bp = take(Math.min(K, KC) * Math.ceil(cols / 4) * 4 + 8);
+        const cp = K > KC ? take(sumsScratch(rows, cols)) : 0;
+        const [rowAt, colAt] = byRows ? [start, 0] : [0, start];
+        return {
+          fn: 'gemm',
+          args: [
+            aAt + rowAt * aRow,
+            aRow,
+            aCol,
+            bAt + colAt * bCol,
+            bRow,
+            bCol,
+            biasAt + colAt * 4,
+            bias ? 1 : 0,
+            outAt + (rowAt * N + colAt) * 4,
+            N * 4,
+            rows,
+            cols,
+            K,
+            ap,
+            bp,
+            PACK_B.whole,
+            cp,
+          ],
+        };
+      });
+      helpers!.run(calls, () => own(0, byRows ? bounds[1]! : M, byRows ? N : bounds[1]!));
+      return out;
     } catch (error) {
       free(out);
       throw error;
@@ -1420,8 +1483,8 @@ function gemmKernel(
       free(aPacked);
       if (bPacked) free(bPacked);
       if (sums) free(sums);
+      scratch.forEach(free);
     }
-    return out;
   }, previous);
 }
 
@@ -1434,24 +1497,80 @@ function headScratch(T: number, hd: number): [number, number] {
  * Causal attention on $gemm: RxrlCausalAttention (simdKernels.ts's causalAttention: q, k, v [B*T, H*hd])
  * or, `fused`, RxrlCausalAttentionQkv (the projection's [B*T, 3 H*hd], q, k and v side by side).
  */
-function causalAttentionKernel(exports: Exports, fused: boolean): tf.KernelFunc {
+function causalAttentionKernel(exports: Exports, threads: Threads, fused: boolean): tf.KernelFunc {
   return wasmKernel(({ inputs, attrs, output, free, at }) => {
     const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
     const [y, p] = [output([B * T, H * hd]), output([B, H, T, T])];
-    const scratch = headScratch(T, hd).map((n) => output([n]));
-    const [ap, bp] = scratch.map(at) as [number, number];
-    exports.causalAttention(q, k, v, at(y), at(p), ap, bp, ...headArgs(attrs, fused));
-    scratch.forEach(free);
+    const args = headArgs(attrs, fused);
+    const [inRow, outRow] = [args[5], args[6]];
+    const scratch: tf.TensorInfo[] = [];
+    try {
+      // Sequences [b0, b1): every address moves to sequence b0, and the count is b1 - b0.
+      bySequences(
+        threads,
+        B,
+        T,
+        H,
+        hd,
+        (b0, b1) => {
+          const part = headScratch(T, hd).map((n) => output([n]));
+          scratch.push(...part);
+          const [ap, bp] = part.map(at) as [number, number];
+          const [rows, pAt] = [b0 * T, at(p) + b0 * H * T * T * 4];
+          return {
+            fn: 'causalAttention',
+            args: [
+              q + rows * inRow,
+              k + rows * inRow,
+              v + rows * inRow,
+              at(y) + rows * outRow,
+              pAt,
+              ap,
+              bp,
+              b1 - b0,
+              ...args.slice(1),
+            ],
+          };
+        },
+        (call) => exports.causalAttention(...(call.args as Parameters<Exports['causalAttention']>)),
+      );
+    } catch (error) {
+      [y, p].forEach(free);
+      throw error;
+    } finally {
+      scratch.forEach(free);
+    }
     return [y, p];
   });
+}
+
+/**
+ * Runs `part(b0, b1)`'s call for sequences [b0, b1) of B: on this thread (`here`) alone, or cut
+ * between it and the helpers when the attention is large enough (THREADED_WORK multiply-adds per
+ * product of scores, B H T^2 hd).
+ */
+function bySequences(
+  threads: Threads,
+  B: number,
+  T: number,
+  H: number,
+  hd: number,
+  part: (b0: number, b1: number) => HelperCall,
+  here: (call: HelperCall) => void,
+): void {
+  const { helpers } = threads;
+  const bounds = helpers && B * H * T * T * hd >= THREADED_WORK ? cuts(B, helpers.count + 1, 1) : undefined;
+  if (bounds === undefined) return here(part(0, B));
+  const calls = bounds.slice(0, -1).map((b0, i) => part(b0, bounds[i + 1]!));
+  helpers!.run(calls.slice(1), () => here(calls[0]!));
 }
 
 /**
  * Its gradient: RxrlCausalAttentionGrad ([dq, dk, dv], each [B*T, H*hd]) or, `fused`,
  * RxrlCausalAttentionQkvGrad (one [B*T, 3 H*hd], the gradient of the projection's output).
  */
-function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelFunc {
+function causalAttentionGradKernel(exports: Exports, threads: Threads, fused: boolean): tf.KernelFunc {
   return wasmKernel(({ inputs, attrs, output, free, at }) => {
     const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
@@ -1462,24 +1581,50 @@ function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelF
       H * hd,
       at,
     );
-    const scratch = [T * T, T * T, ...headScratch(T, hd)].map((n) => output([n]));
-    const [m, pm, ap, bp] = scratch.map(at) as [number, number, number, number];
-    exports.causalAttentionGrad(
-      at(inputs.dy!),
-      q,
-      k,
-      v,
-      at(inputs.p!),
-      m,
-      pm,
-      dq,
-      dk,
-      dv,
-      ap,
-      bp,
-      ...headArgs(attrs, fused),
-    );
-    scratch.forEach(free);
+    const args = headArgs(attrs, fused);
+    const [inRow, outRow] = [args[5], args[6]];
+    const scratch: tf.TensorInfo[] = [];
+    try {
+      bySequences(
+        threads,
+        B,
+        T,
+        H,
+        hd,
+        (b0, b1) => {
+          const part = [T * T, T * T, ...headScratch(T, hd)].map((n) => output([n]));
+          scratch.push(...part);
+          const [m, pm, ap, bp] = part.map(at) as [number, number, number, number];
+          const [rows, pAt] = [b0 * T, at(inputs.p!) + b0 * H * T * T * 4];
+          const [i, o] = [rows * inRow, rows * outRow];
+          return {
+            fn: 'causalAttentionGrad',
+            args: [
+              at(inputs.dy!) + o,
+              q + i,
+              k + i,
+              v + i,
+              pAt,
+              m,
+              pm,
+              dq + i,
+              dk + i,
+              dv + i,
+              ap,
+              bp,
+              b1 - b0,
+              ...args.slice(1),
+            ],
+          };
+        },
+        (call) => exports.causalAttentionGrad(...(call.args as Parameters<Exports['causalAttentionGrad']>)),
+      );
+    } catch (error) {
+      grads.forEach(free);
+      throw error;
+    } finally {
+      scratch.forEach(free);
+    }
     return fused ? grads[0]! : grads;
   });
 }
@@ -1507,15 +1652,37 @@ function headInputs(
 }
 
 /** RxrlGelu (simdKernels.ts's gelu) with FMAs, for sizes that are a multiple of 8 (others: `previous`). */
-function geluKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
-  return wasmKernel(({ inputs: { x }, output, at, fallBack }) => {
+function geluKernel(exports: Exports, threads: Threads, previous: tf.KernelConfig): tf.KernelFunc {
+  return wasmKernel(({ inputs: { x }, output, free, at, fallBack }) => {
     const n = tf.util.sizeFromShape(x!.shape);
     if (n % 8 !== 0) return fallBack();
     const [y, s] = [output(x!.shape), output(x!.shape)];
-    exports.gelu(at(x!), at(y), at(s), n);
+    const { helpers } = threads;
+    // Large ones cut in runs of elements, multiples of 8, one per thread.
+    const bounds = helpers && n >= THREADED_ELEMENTS ? cuts(n, helpers.count + 1, 8) : undefined;
+    if (bounds === undefined) {
+      exports.gelu(at(x!), at(y), at(s), n);
+      return [y, s];
+    }
+    const call = (i: number): number[] => {
+      const offset = bounds[i]! * 4;
+      return [at(x!) + offset, at(y) + offset, at(s) + offset, bounds[i + 1]! - bounds[i]!];
+    };
+    try {
+      helpers!.run(
+        bounds.slice(1, -1).map((_, i) => ({ fn: 'gelu', args: call(i + 1) })),
+        () => exports.gelu(...(call(0) as [number, number, number, number])),
+      );
+    } catch (error) {
+      [y, s].forEach(free);
+      throw error;
+    }
     return [y, s];
   }, previous);
 }
+
+/** An element-wise kernel is cut between threads from this many elements on (~0.3 ms of GELU on one). */
+const THREADED_ELEMENTS = 1 << 17;
 
 /**
  * tf.exp on float32 with expFma where every x lies in [-87, 88] (the log-softmax's and entropy's

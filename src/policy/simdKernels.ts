@@ -45,6 +45,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
+import { memoryImport } from './sharedHeap.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
 declare const WebAssembly: {
@@ -344,7 +345,7 @@ const EXP4_WAT = `
  */
 const KERNELS_WAT = `
 (module
-  (import "env" "memory" (memory 1))
+  ${memoryImport(false)}
   ${EXP4_WAT}
   (func (export "attend")
     (param $q i32) (param $kNew i32) (param $vNew i32) (param $kc i32) (param $vc i32) (param $bias i32)
@@ -844,9 +845,13 @@ export async function installSimdKernels(wasmVersion: string): Promise<boolean> 
   if (installed) return true;
   if (!wasmVersion.startsWith('4.') || tf.getBackend() !== 'wasm') return false;
   const memory = (tf.backend() as unknown as WasmBackend).wasm.asm?.memory;
-  if (!(memory instanceof WebAssembly.Memory) || !(memory.buffer instanceof ArrayBuffer)) return false;
+  if (!(memory instanceof WebAssembly.Memory)) return false;
   const wabt = await wabtInit();
-  const wat = wabt.parseWat('simdKernels.wat', KERNELS_WAT, { simd: true, bulk_memory: true });
+  const wat = wabt.parseWat(
+    'simdKernels.wat',
+    KERNELS_WAT.replace(memoryImport(false), memoryImport(memory.buffer instanceof SharedArrayBuffer)),
+    { simd: true, bulk_memory: true, threads: true },
+  );
   let binary: Uint8Array;
   try {
     binary = wat.toBinary({}).buffer;

@@ -110,7 +110,7 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
 
   it("runs the learner's matmuls on helper threads when asked, says so, and trains the same weights", async () => {
     // The plumbing, from the run to the learner worker: this tiny model's products are too small to
-    // split (matmulThreads.test.ts trains a learner step on split products).
+    // split (kernelThreads.test.ts trains a learner step on split products).
     const one = await run('one-thread', { eta: 0, learnerThreads: 1 });
     const two = await run('two-threads', { eta: 0, learnerThreads: 2 });
     expect(one.backend).toEqual({ generator: 'wasm', learner: 'wasm' });

@@ -5,9 +5,17 @@ import wabtInit from 'wabt';
 import { DEFAULT_GRPO_LOSS } from '../../src/grpo/loss.ts';
 import { Learner } from '../../src/learner/learner.ts';
 import { setBackendThreads } from '../../src/policy/backend.ts';
-import { GEMM_BLOCKS, matmulThreads, setMatmulThreads, THREADED_WORK } from '../../src/policy/gemmKernel.ts';
-import { MatmulHelpers } from '../../src/policy/matmulThreads.ts';
+import {
+  causalAttentionQkv,
+  causalAttentionQkvGrad,
+  matmulThreads,
+  setMatmulThreads,
+  THREADED_WORK,
+} from '../../src/policy/gemmKernel.ts';
+import { KernelHelpers, type HelperCall } from '../../src/policy/kernelThreads.ts';
+import { SHARED_HEAP_MAX_PAGES, type SharedMemory } from '../../src/policy/sharedHeap.ts';
 import { GPT } from '../../src/policy/gpt.ts';
+import { gelu } from '../../src/policy/simdKernels.ts';
 import { learnerBatch } from '../../bench/common.ts';
 import { useWasm } from './helpers.ts';
 
@@ -55,33 +63,28 @@ const arbitraryCase: fc.Arbitrary<Case> = fc
   })
   .map(({ extraK, ...c }) => ({ ...c, K: Math.ceil(THREADED_WORK / (c.M * c.N)) + extraK }));
 
-/** One helper thread running the module `wat` in place of the kernels. */
-async function helpersRunning(wat: string): Promise<MatmulHelpers> {
+/** One helper thread running the module `wat` in place of the kernels, on a shared memory of its own. */
+async function helpersRunning(wat: string): Promise<KernelHelpers> {
   const wabt = await wabtInit();
   const parsed = wabt.parseWat('helper.wat', wat, { threads: true });
-  const { Module } = (globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8Array) => object } })
-    .WebAssembly;
+  const { Module, Memory } = (
+    globalThis as unknown as {
+      WebAssembly: {
+        Module: new (bytes: Uint8Array) => object;
+        Memory: new (d: { initial: number; maximum: number; shared: boolean }) => SharedMemory;
+      };
+    }
+  ).WebAssembly;
   try {
-    return new MatmulHelpers(new Module(parsed.toBinary({}).buffer), 1, GEMM_BLOCKS);
+    const memory = new Memory({ initial: 1, maximum: SHARED_HEAP_MAX_PAGES, shared: true });
+    return new KernelHelpers(new Module(parsed.toBinary({}).buffer), memory, 1);
   } finally {
     parsed.destroy();
   }
 }
 
-/** A 64 x 64 x 64 product on a 1 MiB heap: A at 0, B at 64 KiB, C at 128 KiB. */
-const SMALL = {
-  a: 0,
-  aRow: 256,
-  aCol: 4,
-  b: 1 << 16,
-  bRow: 256,
-  bCol: 4,
-  bias: undefined,
-  c: 1 << 17,
-  M: 64,
-  N: 64,
-  K: 64,
-};
+/** A call of the gemm export (its 17 arguments; the stand-in modules below do not read them). */
+const GEMM_CALL: HelperCall = { fn: 'gemm', args: Array.from({ length: 17 }, () => 0) };
 
 describe('the matmul on helper threads', () => {
   it('gives the same floats as one thread, bit for bit, split by rows or columns, transposed or not, with a bias or not', async () => {
@@ -142,21 +145,62 @@ describe('the matmul on helper threads', () => {
     expect(two.weights).toEqual(one.weights);
   });
 
+  it('cuts causal attention along its sequences, forward and gradient, bit for bit', async () => {
+    // B H T^2 hd = 2^23 multiply-adds per product of scores: just enough to be cut.
+    const [B, T, H, hd] = [8, 64, 4, 64];
+    expect(B * H * T * T * hd).toBeGreaterThanOrEqual(THREADED_WORK);
+    const run = async (threads: number) => {
+      await setMatmulThreads(threads);
+      const before = matmulThreads().productsShared;
+      const values = tf.tidy(() => {
+        const qkv = tf.randomNormal([B * T, 3 * H * hd], 0, 1, 'float32', 21) as tf.Tensor2D;
+        const dy = tf.randomNormal([B * T, H * hd], 0, 1, 'float32', 22);
+        const [y, p] = causalAttentionQkv(qkv, { B, T, H }, 0.125);
+        const dqkv = causalAttentionQkvGrad(dy, qkv, p, { B, T, H }, 0.125);
+        return [y, p, dqkv].map((t) => t.dataSync() as Float32Array);
+      });
+      return { values, shared: matmulThreads().productsShared - before };
+    };
+    const one = await run(1);
+    const two = await run(2);
+    expect(one.shared).toBe(0);
+    expect(two.shared).toBe(2);
+    expect(two.values).toEqual(one.values);
+    // Every sequence's output is there: the helper's half is not left at zero.
+    expect(two.values[0]!.subarray((B / 2) * T * H * hd).some((v) => v !== 0)).toBe(true);
+  });
+
+  it('cuts GELU along its elements, bit for bit, and leaves small ones whole', async () => {
+    const run = async (threads: number, n: number) => {
+      await setMatmulThreads(threads);
+      const before = matmulThreads().productsShared;
+      const values = tf.tidy(() =>
+        gelu(tf.randomNormal([n / 512, 512], 0, 2, 'float32', 31)).map((t) => t.dataSync() as Float32Array),
+      );
+      return { values, shared: matmulThreads().productsShared - before };
+    };
+    const n = 300 * 512;
+    const one = await run(1, n);
+    const two = await run(2, n);
+    expect(two.shared).toBe(1);
+    expect(two.values).toEqual(one.values);
+    expect((await run(2, 64 * 512)).shared).toBe(0);
+  });
+
   it('reports a helper that fails, naming the thread and its error, after the caller has done its part', async () => {
     // A module whose gemm traps stands in for a kernel bug.
-    const params = Array.from({ length: 16 }, () => '(param i32)').join(' ');
+    const params = Array.from({ length: 17 }, () => '(param i32)').join(' ');
     const helpers = await helpersRunning(
       `(module (import "env" "memory" (memory 1 65536 shared)) (func (export "gemm") ${params} unreachable))`,
     );
-    const heap = new ArrayBuffer(1 << 20);
     let ownParts = 0;
     const own = (): void => void ownParts++;
-    expect(() => helpers.multiply(heap, SMALL, own)).toThrow(
-      'matmul helper thread 1 failed: RuntimeError: unreachable',
+    expect(() => helpers.run([GEMM_CALL], own)).toThrow(
+      'kernel helper thread 1 failed: RuntimeError: unreachable',
     );
     expect(ownParts).toBe(1);
-    // It stays failed: the next product says so before it starts.
-    expect(() => helpers.multiply(heap, SMALL, own)).toThrow('matmul helper thread 1 failed');
+    // It stays failed: the next call says so before it starts.
+    expect(() => helpers.run([GEMM_CALL], own)).toThrow('kernel helper thread 1 failed');
     expect(ownParts).toBe(1);
     expect(helpers.broken).toBe(true);
     await helpers.close();
@@ -165,8 +209,8 @@ describe('the matmul on helper threads', () => {
   it('reports a helper that could not start (not as a helper that never answered)', async () => {
     // A module that imports what the helper does not give: instantiating it throws a LinkError.
     const helpers = await helpersRunning('(module (import "env" "missing" (func)))');
-    expect(() => helpers.multiply(new ArrayBuffer(1 << 20), SMALL, () => undefined)).toThrow(
-      /matmul helper thread 1 failed: LinkError/,
+    expect(() => helpers.run([GEMM_CALL], () => undefined)).toThrow(
+      /kernel helper thread 1 failed: LinkError/,
     );
     expect(helpers.broken).toBe(true);
     await helpers.close();

@@ -1,0 +1,251 @@
+/**
+ * Helper threads for rxrl's wasm kernels (gemmKernel.ts): a kernel call big enough is cut in parts (a
+ * product along the rows of C or its columns, attention along its batch, GELU along its elements),
+ * the calling thread computes the first part and each helper one other, all in place in tfjs's heap.
+ *
+ * Why helpers, not tfjs's own threads: tfjs-backend-wasm disables its threaded build under Node. Its
+ * single-threaded build runs here on a shared heap instead (sharedHeap.ts), so the helpers run the same
+ * kernel module on that very memory: the caller writes a helper's call (an export and its arguments)
+ * into the helper's control block, wakes it through Atomics, computes its own part, and waits. Nothing
+ * is copied; each part writes only its own rows (or columns) of the output and its own scratch, which
+ * the caller allocates beforehand (so the heap never grows while a helper runs).
+ *
+ * Every element of an output is the same sum, in the same order, as on one thread: a product is cut
+ * along whole rows or whole panels of 8 columns, with the same blocks of K; attention along whole
+ * sequences; GELU along elements. So results do not depend on the thread count (tested bit for bit).
+ *
+ * The helpers sleep in Atomics.wait between calls: idle, they take no CPU from other workers. They
+ * are unref'd, so they never keep a process alive. A helper that fails (a trap, a module that does
+ * not link, a worker that ends) makes the call throw with its thread and error, once the other parts
+ * are done, and every later call too, until setMatmulThreads starts new helpers.
+ */
+import { Worker } from 'node:worker_threads';
+import type { SharedMemory } from './sharedHeap.ts';
+
+/** The kernel module's exports that a helper may run (their arguments are numbers: addresses, sizes, scales). */
+export const HELPER_EXPORTS = ['gemm', 'causalAttention', 'causalAttentionGrad', 'gelu'] as const;
+export type HelperExport = (typeof HELPER_EXPORTS)[number];
+
+/** One part of a kernel call, for a helper: the export and its arguments. */
+export interface HelperCall {
+  fn: HelperExport;
+  args: number[];
+}
+
+const STATE = { idle: 0, work: 1, done: 2, failed: 3, stop: 4 } as const;
+/** ctl layout: Int32 [state, export index, argument count, message length], then MAX_ARGS float64 arguments, then the message. */
+const FN = 1;
+const ARGC = 2;
+const MESSAGE_LENGTH = 3;
+const ARGS_BYTE = 16;
+const MAX_ARGS = 24;
+const MESSAGE_BYTE = ARGS_BYTE + MAX_ARGS * 8;
+const CTL_BYTES = MESSAGE_BYTE + 1024;
+/** How long the caller waits for a helper before it reports it stuck. */
+const HELPER_TIMEOUT_MS = 120_000;
+
+const HELPER_SOURCE = `
+const { workerData } = require('node:worker_threads');
+const { module, memory, ctl, names } = workerData;
+const STATE = ${JSON.stringify(STATE)};
+const state = new Int32Array(ctl, 0, 4);
+const args = new Float64Array(ctl, ${ARGS_BYTE}, ${MAX_ARGS});
+const bytes = new Uint8Array(ctl);
+function fail(error) {
+  const text = new TextEncoder().encode(String(error)).subarray(0, ${CTL_BYTES - MESSAGE_BYTE});
+  bytes.set(text, ${MESSAGE_BYTE});
+  Atomics.store(state, ${MESSAGE_LENGTH}, text.length);
+  Atomics.store(state, 0, STATE.failed);
+  Atomics.notify(state, 0);
+}
+let fns;
+let startError;
+try {
+  const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
+  fns = names.map((name) => exports[name] ?? (() => { throw new Error('the kernel module has no export ' + name); }));
+} catch (error) {
+  startError = error;
+  fail(error);
+}
+for (;;) {
+  let now;
+  while ((now = Atomics.load(state, 0)) !== STATE.work && now !== STATE.stop) Atomics.wait(state, 0, now);
+  if (now === STATE.stop) break;
+  // A helper that could not start answers every part with why.
+  if (fns === undefined) {
+    fail(startError);
+    continue;
+  }
+  try {
+    fns[state[${FN}]](...args.subarray(0, state[${ARGC}]));
+    Atomics.store(state, 0, STATE.done);
+    Atomics.notify(state, 0);
+  } catch (error) {
+    fail(error);
+  }
+}
+`;
+
+interface Helper {
+  worker: Worker;
+  state: Int32Array;
+  args: Float64Array;
+  /** Why its worker ended (a crash, say), if it did. */
+  ended?: string;
+}
+
+export class KernelHelpers {
+  private readonly helpers: Helper[];
+  private callsShared = 0;
+  /** Set when a helper did not finish in time: the helpers are not used again. */
+  private stuck: string | undefined;
+
+  /**
+   * Starts `count` (at least 1) helper threads running `module` (gemmKernel.ts's kernels built for a
+   * shared memory, or any module importing env.memory shared whose HELPER_EXPORTS it calls) on `memory`:
+   * the shared heap the calling thread's kernels run on.
+   */
+  constructor(module: object, memory: SharedMemory, count: number) {
+    this.helpers = Array.from({ length: count }, () => {
+      const ctl = new SharedArrayBuffer(CTL_BYTES);
+      const worker = new Worker(HELPER_SOURCE, {
+        eval: true,
+        workerData: { module, memory, ctl, names: HELPER_EXPORTS },
+      });
+      worker.unref();
+      const helper: Helper = {
+        worker,
+        state: new Int32Array(ctl, 0, 4),
+        args: new Float64Array(ctl, ARGS_BYTE, MAX_ARGS),
+      };
+      // The caller, blocked in Atomics.wait, sees these only after its call: the next one says so.
+      worker.on('error', (error) => (helper.ended ??= `its worker failed: ${String(error)}`));
+      worker.on('exit', (code) => (helper.ended ??= `its worker exited (code ${code})`));
+      return helper;
+    });
+  }
+
+  /** Whether a helper failed, ended, or did not finish in time: then every call throws, and setMatmulThreads starts new helpers. */
+  get broken(): boolean {
+    return (
+      this.stuck !== undefined ||
+      this.helpers.some(({ state, ended }) => ended !== undefined || Atomics.load(state, 0) === STATE.failed)
+    );
+  }
+
+  /** Helper threads (the caller's thread is one more). */
+  get count(): number {
+    return this.helpers.length;
+  }
+
+  /** Kernel calls split so far (for tests: that the threads did take part). */
+  get shared(): number {
+    return this.callsShared;
+  }
+
+  /**
+   * Runs calls[h] on helper h (at most one call per helper) while `own` runs on this thread, and
+   * returns when all are done. Throws the first error: a helper's (naming its thread), or own's; every
+   * helper woken is waited for first, so none is still writing when this returns or throws.
+   */
+  run(calls: HelperCall[], own: () => void): void {
+    if (calls.length > this.helpers.length)
+      throw new Error(`${calls.length} parts for ${this.helpers.length} kernel helper threads`);
+    if (this.stuck) throw new Error(`${this.stuck}; set the threads again to start new helpers`);
+    for (const { fn, args } of calls)
+      if (args.length > MAX_ARGS) throw new Error(`${fn}: ${args.length} arguments, at most ${MAX_ARGS}`);
+    this.helpers.forEach((_, h) => this.checkAlive(h));
+    const errors: unknown[] = [];
+    const woken: number[] = [];
+    for (const [h, { fn, args }] of calls.entries()) {
+      const { state, args: slots } = this.helpers[h]!;
+      state[FN] = HELPER_EXPORTS.indexOf(fn);
+      state[ARGC] = args.length;
+      slots.set(args);
+      // From idle only: a helper that failed since checkAlive keeps its answer.
+      if (Atomics.compareExchange(state, 0, STATE.idle, STATE.work) !== STATE.idle) {
+        try {
+          this.checkAlive(h);
+          errors.push(new Error(`kernel helper thread ${h + 1} was not idle when a call began`));
+        } catch (error) {
+          errors.push(error);
+        }
+        break;
+      }
+      Atomics.notify(state, 0);
+      woken.push(h);
+    }
+    if (errors.length === 0) {
+      try {
+        own();
+      } catch (error) {
+        errors.push(error);
+      }
+    }
+    for (const h of woken) {
+      try {
+        this.await(h);
+      } catch (error) {
+        errors.push(error);
+      }
+    }
+    if (errors.length > 0) throw errors[0];
+    this.callsShared++;
+  }
+
+  /** Stops the helper threads. */
+  async close(): Promise<void> {
+    for (const { state } of this.helpers) {
+      Atomics.store(state, 0, STATE.stop);
+      Atomics.notify(state, 0);
+    }
+    await Promise.all(this.helpers.map(({ worker }) => worker.terminate()));
+  }
+
+  /** Waits for helper h to finish its part; throws what it threw. */
+  private await(h: number): void {
+    const { state } = this.helpers[h]!;
+    const deadline = performance.now() + HELPER_TIMEOUT_MS;
+    while (Atomics.load(state, 0) === STATE.work) {
+      if (performance.now() > deadline) {
+        // It may still write into the heap: no later call may use it.
+        this.stuck = `kernel helper thread ${h + 1} did not finish its part within ${HELPER_TIMEOUT_MS / 1000} s`;
+        throw new Error(this.stuck);
+      }
+      Atomics.wait(state, 0, STATE.work, 1000);
+    }
+    this.checkAlive(h);
+    Atomics.store(state, 0, STATE.idle);
+  }
+
+  /** Throws what helper h failed with, if it failed (at start, or on an earlier part: it stays failed) or its worker ended. */
+  private checkAlive(h: number): void {
+    const { state, ended } = this.helpers[h]!;
+    if (ended !== undefined) throw new Error(`kernel helper thread ${h + 1} ended: ${ended}`);
+    if (Atomics.load(state, 0) !== STATE.failed) return;
+    const length = Atomics.load(state, MESSAGE_LENGTH);
+    const message = new TextDecoder().decode(
+      new Uint8Array(state.buffer).slice(MESSAGE_BYTE, MESSAGE_BYTE + length),
+    );
+    throw new Error(`kernel helper thread ${h + 1} failed: ${message}`);
+  }
+}
+
+/**
+ * Where [0, extent) is cut for `parts` threads: parts + 1 bounds, inner ones multiples of `unit`;
+ * undefined when some part would be empty (too little to cut).
+ */
+export function cuts(extent: number, parts: number, unit: number): number[] | undefined {
+  const bounds = Array.from({ length: parts + 1 }, (_, i) =>
+    i === parts ? extent : Math.round((extent * i) / parts / unit) * unit,
+  );
+  return bounds.some((bound, i) => i > 0 && bound <= bounds[i - 1]!) ? undefined : bounds;
+}
+
+/**
+ * Floats of scratch for the sums of an M x N product between blocks of K (gemmKernel.ts's `cp`):
+ * C in panels of its columns, each panel's rows side by side.
+ */
+export function sumsScratch(M: number, N: number): number {
+  return M * Math.ceil(N / 4) * 4;
+}
