@@ -50,7 +50,15 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import { cuts, KernelHelpers, sumsScratch, type HelperCall } from './kernelThreads.ts';
+import {
+  cuts,
+  helperPool,
+  KernelHelpers,
+  runCut,
+  sumsScratch,
+  THREADED_ELEMENTS,
+  type HelperCall,
+} from './kernelThreads.ts';
 import { memoryImport, type SharedMemory } from './sharedHeap.ts';
 import {
   cachedAttentionKernel,
@@ -1047,21 +1055,18 @@ const SIMD_REPLACED = [
   SIMD_KERNELS.gelu,
 ] as const;
 
-/** While installed: the kernels this one replaced, the packed weights, and the kernels' helper threads. */
-let installed: { replaced: tf.KernelConfig[]; weights: PackedWeights; threads: Threads } | undefined;
-
 /**
- * The kernels' helper threads, beyond the caller's (none: one thread), which the kernels read at each
- * call; and the compiled module and shared heap to start them on (none where the heap is not shared:
- * then there are no helpers).
+ * While installed: the kernels this one replaced, the packed weights, and the backend's heap where it
+ * is shared (sharedHeap.ts; elsewhere there are no helper threads).
  */
-interface Threads {
-  helpers?: KernelHelpers;
-  shared?: { module: object; memory: SharedMemory };
-}
+let installed:
+  { replaced: tf.KernelConfig[]; weights: PackedWeights; heap: SharedMemory | undefined } | undefined;
 
-/** The threads a product runs on: the caller's and the helpers'. */
-const threadCount = ({ helpers }: Threads): number => (helpers ? helpers.count + 1 : 1);
+/** This module's exports that its kernels hand to helper threads. */
+const HELPER_EXPORTS = ['gemm', 'causalAttention', 'causalAttentionGrad', 'gelu'] as const;
+
+/** The threads the kernels run on: the caller's and the helpers'. */
+const threadCount = (): number => (helperPool.helpers ? helperPool.helpers.count + 1 : 1);
 
 /** The thread count asked for last (setMatmulThreads), installed or not. */
 let threadsWanted = 1;
@@ -1095,21 +1100,20 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   if (!stock.every((kernel) => kernel !== undefined)) return false;
   const simd = SIMD_REPLACED.map((name) => tf.getKernel(name, 'wasm')).filter((k) => k !== undefined);
   const weights = new PackedWeights(tf.backend() as unknown as WasmBackend);
-  const threads: Threads = shared ? { shared: { module, memory: memory as unknown as SharedMemory } } : {};
   const replacement = (kernel: tf.KernelConfig): tf.KernelFunc => {
     switch (kernel.kernelName) {
       case SIMD_KERNELS.causalAttention:
-        return causalAttentionKernel(exports, threads, false);
+        return causalAttentionKernel(exports, false);
       case SIMD_KERNELS.causalAttentionGrad:
-        return causalAttentionGradKernel(exports, threads, false);
+        return causalAttentionGradKernel(exports, false);
       case SIMD_KERNELS.gelu:
-        return geluKernel(exports, threads, kernel);
+        return geluKernel(exports, kernel);
       case SIMD_KERNELS.attention:
         return cachedAttentionKernel(exports);
       case 'Exp':
         return expKernel(exports, kernel);
       default:
-        return gemmKernel(exports, kernel, weights, threads);
+        return gemmKernel(exports, kernel, weights);
     }
   };
   for (const kernel of [...stock, ...simd]) {
@@ -1123,14 +1127,16 @@ export async function installGemmKernel(wasmVersion: string): Promise<boolean> {
   tf.registerKernel({
     kernelName: QKV_KERNELS.forward,
     backendName: 'wasm',
-    kernelFunc: causalAttentionKernel(exports, threads, true),
+    kernelFunc: causalAttentionKernel(exports, true),
   });
   tf.registerKernel({
     kernelName: QKV_KERNELS.gradient,
     backendName: 'wasm',
-    kernelFunc: causalAttentionGradKernel(exports, threads, true),
+    kernelFunc: causalAttentionGradKernel(exports, true),
   });
-  installed = { replaced: [...stock, ...simd], weights, threads };
+  const heap = shared ? (memory as unknown as SharedMemory) : undefined;
+  if (heap) helperPool.modules.set('gemmKernel', { module, exports: HELPER_EXPORTS });
+  installed = { replaced: [...stock, ...simd], weights, heap };
   await setMatmulThreads(threadsWanted);
   return true;
 }
@@ -1144,14 +1150,17 @@ export function uninstallGemmKernel(): void {
     tf.registerKernel(kernel);
   }
   installed.weights.sweep(true);
-  void installed.threads.helpers?.close();
+  void helperPool.helpers?.close();
+  helperPool.helpers = undefined;
+  helperPool.modules.delete('gemmKernel');
   installed = undefined;
 }
 
 /**
- * Runs the wasm backend's large matmuls on `count` threads: this one and count - 1 helpers
- * (matmulThreads.ts). 1 (the default) stops the helpers. Before the kernels are installed it is
- * remembered for when they are. Results do not depend on the count.
+ * Runs the wasm backend's large matmuls (and rxrl's other kernels that cut their work) on `count`
+ * threads: this one and count - 1 helpers (kernelThreads.ts), where the backend's heap is shared. 1
+ * (the default) stops the helpers. Before the kernels are installed it is remembered for when they
+ * are. Results do not depend on the count.
  */
 export function setMatmulThreads(count: number): Promise<void> {
   if (!Number.isInteger(count) || count < 1) {
@@ -1164,26 +1173,24 @@ export function setMatmulThreads(count: number): Promise<void> {
   return change;
 }
 
-/** Makes the installed helpers match threadsWanted; replaces broken ones (MatmulHelpers.broken). */
+/** Makes the helpers match threadsWanted; replaces broken ones (KernelHelpers.broken). */
 async function applyThreads(): Promise<void> {
-  const threads = installed?.threads;
+  const current = installed;
   const count = threadsWanted;
-  if (!threads || (threadCount(threads) === count && !threads.helpers?.broken)) return;
-  const old = threads.helpers;
-  threads.helpers = undefined;
+  if (!current || (threadCount() === count && !helperPool.helpers?.broken)) return;
+  const old = helperPool.helpers;
+  helperPool.helpers = undefined;
   await old?.close();
-  if (count === 1 || threads.shared === undefined) return;
   // Uninstalled meanwhile: nothing to give helpers to.
-  if (installed?.threads !== threads) return;
-  threads.helpers = new KernelHelpers(threads.shared.module, threads.shared.memory, count - 1);
+  if (count === 1 || current.heap === undefined || installed !== current) return;
+  helperPool.helpers = new KernelHelpers([...helperPool.modules.values()], current.heap, count - 1);
 }
 
-/** The matmul's threads, and how many products it has split between them (for tests and benches). */
+/** The kernels' threads, and how many calls they have cut between them so far (for tests and benches). */
 export function matmulThreads(): { count: number; productsShared: number } {
-  const threads = installed?.threads;
   return {
-    count: threads ? threadCount(threads) : threadsWanted,
-    productsShared: threads?.helpers?.shared ?? 0,
+    count: installed ? threadCount() : threadsWanted,
+    productsShared: helperPool.helpers?.shared ?? 0,
   };
 }
 
@@ -1333,12 +1340,7 @@ class PackedWeights {
 export const THREADED_WORK = 1 << 23;
 
 /** The kernel in place of `previous` (BatchMatMul or _FusedMatMul), which keeps what it does not take. */
-function gemmKernel(
-  exports: Exports,
-  previous: tf.KernelConfig,
-  weights: PackedWeights,
-  threads: Threads,
-): tf.KernelFunc {
+function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: PackedWeights): tf.KernelFunc {
   return wasmKernel((io) => {
     // Every matmul frees the packed copies of weights gone since the last (a walk of a few entries).
     weights.sweep();
@@ -1428,7 +1430,7 @@ function gemmKernel(
     // A large product is cut in parts of whole rows of C (or whole panels of its columns, where it has
     // more columns than rows), one per thread, each computed in place by the same kernel with its own
     // scratch; every sum is the one a single thread makes.
-    const helpers = threads.helpers;
+    const { helpers } = helperPool;
     const byRows = M >= N;
     const bounds =
       helpers !== undefined && entries === 1 && mode === PACK_B.whole && M * N * K >= THREADED_WORK
@@ -1497,7 +1499,7 @@ function headScratch(T: number, hd: number): [number, number] {
  * Causal attention on $gemm: RxrlCausalAttention (simdKernels.ts's causalAttention: q, k, v [B*T, H*hd])
  * or, `fused`, RxrlCausalAttentionQkv (the projection's [B*T, 3 H*hd], q, k and v side by side).
  */
-function causalAttentionKernel(exports: Exports, threads: Threads, fused: boolean): tf.KernelFunc {
+function causalAttentionKernel(exports: Exports, fused: boolean): tf.KernelFunc {
   return wasmKernel(({ inputs, attrs, output, free, at }) => {
     const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
@@ -1508,7 +1510,6 @@ function causalAttentionKernel(exports: Exports, threads: Threads, fused: boolea
     try {
       // Sequences [b0, b1): every address moves to sequence b0, and the count is b1 - b0.
       bySequences(
-        threads,
         B,
         T,
         H,
@@ -1551,7 +1552,6 @@ function causalAttentionKernel(exports: Exports, threads: Threads, fused: boolea
  * product of scores, B H T^2 hd).
  */
 function bySequences(
-  threads: Threads,
   B: number,
   T: number,
   H: number,
@@ -1559,18 +1559,14 @@ function bySequences(
   part: (b0: number, b1: number) => HelperCall,
   here: (call: HelperCall) => void,
 ): void {
-  const { helpers } = threads;
-  const bounds = helpers && B * H * T * T * hd >= THREADED_WORK ? cuts(B, helpers.count + 1, 1) : undefined;
-  if (bounds === undefined) return here(part(0, B));
-  const calls = bounds.slice(0, -1).map((b0, i) => part(b0, bounds[i + 1]!));
-  helpers!.run(calls.slice(1), () => here(calls[0]!));
+  runCut(B * H * T * T * hd >= THREADED_WORK ? helperPool.helpers : undefined, B, 1, part, here);
 }
 
 /**
  * Its gradient: RxrlCausalAttentionGrad ([dq, dk, dv], each [B*T, H*hd]) or, `fused`,
  * RxrlCausalAttentionQkvGrad (one [B*T, 3 H*hd], the gradient of the projection's output).
  */
-function causalAttentionGradKernel(exports: Exports, threads: Threads, fused: boolean): tf.KernelFunc {
+function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelFunc {
   return wasmKernel(({ inputs, attrs, output, free, at }) => {
     const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
@@ -1586,7 +1582,6 @@ function causalAttentionGradKernel(exports: Exports, threads: Threads, fused: bo
     const scratch: tf.TensorInfo[] = [];
     try {
       bySequences(
-        threads,
         B,
         T,
         H,
@@ -1652,26 +1647,22 @@ function headInputs(
 }
 
 /** RxrlGelu (simdKernels.ts's gelu) with FMAs, for sizes that are a multiple of 8 (others: `previous`). */
-function geluKernel(exports: Exports, threads: Threads, previous: tf.KernelConfig): tf.KernelFunc {
+function geluKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
   return wasmKernel(({ inputs: { x }, output, free, at, fallBack }) => {
     const n = tf.util.sizeFromShape(x!.shape);
     if (n % 8 !== 0) return fallBack();
     const [y, s] = [output(x!.shape), output(x!.shape)];
-    const { helpers } = threads;
-    // Large ones cut in runs of elements, multiples of 8, one per thread.
-    const bounds = helpers && n >= THREADED_ELEMENTS ? cuts(n, helpers.count + 1, 8) : undefined;
-    if (bounds === undefined) {
-      exports.gelu(at(x!), at(y), at(s), n);
-      return [y, s];
-    }
-    const call = (i: number): number[] => {
-      const offset = bounds[i]! * 4;
-      return [at(x!) + offset, at(y) + offset, at(s) + offset, bounds[i + 1]! - bounds[i]!];
-    };
     try {
-      helpers!.run(
-        bounds.slice(1, -1).map((_, i) => ({ fn: 'gelu', args: call(i + 1) })),
-        () => exports.gelu(...(call(0) as [number, number, number, number])),
+      // Large ones cut in runs of elements, multiples of 8, one per thread.
+      runCut(
+        n >= THREADED_ELEMENTS ? helperPool.helpers : undefined,
+        n,
+        8,
+        (start, end) => ({
+          fn: 'gelu',
+          args: [at(x!) + start * 4, at(y) + start * 4, at(s) + start * 4, end - start],
+        }),
+        ({ args }) => exports.gelu(...(args as [number, number, number, number])),
       );
     } catch (error) {
       [y, s].forEach(free);
@@ -1680,9 +1671,6 @@ function geluKernel(exports: Exports, threads: Threads, previous: tf.KernelConfi
     return [y, s];
   }, previous);
 }
-
-/** An element-wise kernel is cut between threads from this many elements on (~0.3 ms of GELU on one). */
-const THREADED_ELEMENTS = 1 << 17;
 
 /**
  * tf.exp on float32 with expFma where every x lies in [-87, 88] (the log-softmax's and entropy's

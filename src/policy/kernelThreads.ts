@@ -22,15 +22,27 @@
 import { Worker } from 'node:worker_threads';
 import type { SharedMemory } from './sharedHeap.ts';
 
-/** The kernel module's exports that a helper may run (their arguments are numbers: addresses, sizes, scales). */
-export const HELPER_EXPORTS = ['gemm', 'causalAttention', 'causalAttentionGrad', 'gelu'] as const;
-export type HelperExport = (typeof HELPER_EXPORTS)[number];
+/** A kernel module for the helpers (compiled to import the shared heap), and the exports they may run. */
+export interface HelperModule {
+  module: object;
+  exports: readonly string[];
+}
 
-/** One part of a kernel call, for a helper: the export and its arguments. */
+/** One part of a kernel call, for a helper: the export (of any of its modules) and its arguments (numbers: addresses, sizes, scales). */
 export interface HelperCall {
-  fn: HelperExport;
+  fn: string;
   args: number[];
 }
+
+/**
+ * The helper threads the kernels split their work with now (none: one thread; gemmKernel.ts's
+ * setMatmulThreads starts them), read by every kernel at each call; and the kernel modules, by name,
+ * that new helpers are started with (each kernel module registers its own where the heap is shared).
+ */
+export const helperPool: { helpers: KernelHelpers | undefined; modules: Map<string, HelperModule> } = {
+  helpers: undefined,
+  modules: new Map(),
+};
 
 const STATE = { idle: 0, work: 1, done: 2, failed: 3, stop: 4 } as const;
 /** ctl layout: Int32 [state, export index, argument count, message length], then MAX_ARGS float64 arguments, then the message. */
@@ -46,7 +58,7 @@ const HELPER_TIMEOUT_MS = 120_000;
 
 const HELPER_SOURCE = `
 const { workerData } = require('node:worker_threads');
-const { module, memory, ctl, names } = workerData;
+const { modules, memory, ctl } = workerData;
 const STATE = ${JSON.stringify(STATE)};
 const state = new Int32Array(ctl, 0, 4);
 const args = new Float64Array(ctl, ${ARGS_BYTE}, ${MAX_ARGS});
@@ -61,8 +73,10 @@ function fail(error) {
 let fns;
 let startError;
 try {
-  const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
-  fns = names.map((name) => exports[name] ?? (() => { throw new Error('the kernel module has no export ' + name); }));
+  fns = modules.flatMap(({ module, exports: names }) => {
+    const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
+    return names.map((name) => exports[name] ?? (() => { throw new Error('the kernel module has no export ' + name); }));
+  });
 } catch (error) {
   startError = error;
   fail(error);
@@ -96,21 +110,27 @@ interface Helper {
 
 export class KernelHelpers {
   private readonly helpers: Helper[];
+  /** Each export's index among all the modules' exports (the helpers' table of functions). */
+  private readonly index = new Map<string, number>();
   private callsShared = 0;
   /** Set when a helper did not finish in time: the helpers are not used again. */
   private stuck: string | undefined;
 
   /**
-   * Starts `count` (at least 1) helper threads running `module` (gemmKernel.ts's kernels built for a
-   * shared memory, or any module importing env.memory shared whose HELPER_EXPORTS it calls) on `memory`:
-   * the shared heap the calling thread's kernels run on.
+   * Starts `count` (at least 1) helper threads, each with an instance of every module of `modules` (the
+   * kernel modules, built to import a shared memory) on `memory`: the shared heap the calling thread's
+   * kernels run on. An export name may appear in one module only.
    */
-  constructor(module: object, memory: SharedMemory, count: number) {
+  constructor(modules: readonly HelperModule[], memory: SharedMemory, count: number) {
+    for (const name of modules.flatMap((m) => m.exports)) {
+      if (this.index.has(name)) throw new Error(`kernel helpers: two modules export ${name}`);
+      this.index.set(name, this.index.size);
+    }
     this.helpers = Array.from({ length: count }, () => {
       const ctl = new SharedArrayBuffer(CTL_BYTES);
       const worker = new Worker(HELPER_SOURCE, {
         eval: true,
-        workerData: { module, memory, ctl, names: HELPER_EXPORTS },
+        workerData: { modules, memory, ctl },
       });
       worker.unref();
       const helper: Helper = {
@@ -152,14 +172,16 @@ export class KernelHelpers {
     if (calls.length > this.helpers.length)
       throw new Error(`${calls.length} parts for ${this.helpers.length} kernel helper threads`);
     if (this.stuck) throw new Error(`${this.stuck}; set the threads again to start new helpers`);
-    for (const { fn, args } of calls)
+    for (const { fn, args } of calls) {
+      if (!this.index.has(fn)) throw new Error(`kernel helpers: no module of theirs exports ${fn}`);
       if (args.length > MAX_ARGS) throw new Error(`${fn}: ${args.length} arguments, at most ${MAX_ARGS}`);
+    }
     this.helpers.forEach((_, h) => this.checkAlive(h));
     const errors: unknown[] = [];
     const woken: number[] = [];
     for (const [h, { fn, args }] of calls.entries()) {
       const { state, args: slots } = this.helpers[h]!;
-      state[FN] = HELPER_EXPORTS.indexOf(fn);
+      state[FN] = this.index.get(fn)!;
       state[ARGC] = args.length;
       slots.set(args);
       // From idle only: a helper that failed since checkAlive keeps its answer.
@@ -240,6 +262,27 @@ export function cuts(extent: number, parts: number, unit: number): number[] | un
     i === parts ? extent : Math.round((extent * i) / parts / unit) * unit,
   );
   return bounds.some((bound, i) => i > 0 && bound <= bounds[i - 1]!) ? undefined : bounds;
+}
+
+/** An element-wise kernel (or one of about as much work per element) is cut between threads from this many elements on (~0.3 ms of GELU on one). */
+export const THREADED_ELEMENTS = 1 << 17;
+
+/**
+ * Runs a kernel call cut along [0, extent) in parts of whole `unit`s: part(start, end) makes each
+ * part's call; the first runs here (`here`), the others on the helpers at once. With no `helpers` (or
+ * too little to cut) the one call for all of it runs here.
+ */
+export function runCut(
+  helpers: KernelHelpers | undefined,
+  extent: number,
+  unit: number,
+  part: (start: number, end: number) => HelperCall,
+  here: (call: HelperCall) => void,
+): void {
+  const bounds = helpers ? cuts(extent, helpers.count + 1, unit) : undefined;
+  if (bounds === undefined) return here(part(0, extent));
+  const calls = bounds.slice(0, -1).map((start, i) => part(start, bounds[i + 1]!));
+  helpers!.run(calls.slice(1), () => here(calls[0]!));
 }
 
 /**

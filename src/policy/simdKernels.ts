@@ -45,6 +45,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
+import { helperPool, runCut, THREADED_ELEMENTS, type HelperCall } from './kernelThreads.ts';
 import { memoryImport } from './sharedHeap.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
@@ -576,8 +577,8 @@ ${scratchSoftmax(`(v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load 
       (local.set $at (i32.add (local.get $at) (i32.const 16)))
       (br $loop))))
 
-  ;; out[c] = sum_r x[r, c] for x [R, C], accumulated row by row.
-  (func (export "columnSum") (param $x i32) (param $out i32) (param $R i32) (param $C i32)
+  ;; out[c] = sum_r x[r, c] for x [R, C] (rows xRow bytes apart), accumulated row by row.
+  (func (export "columnSum") (param $x i32) (param $out i32) (param $R i32) (param $C i32) (param $xRow i32)
     (local $r i32) (local $c i32) (local $rowBytes i32) (local $at i32)
     (local.set $rowBytes (i32.shl (local.get $C) (i32.const 2)))
     (memory.fill (local.get $out) (i32.const 0) (local.get $rowBytes))
@@ -591,7 +592,7 @@ ${scratchSoftmax(`(v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load 
           (f32x4.add (v128.load (i32.add (local.get $out) (local.get $c))) (v128.load (i32.add (local.get $at) (local.get $c)))))
         (local.set $c (i32.add (local.get $c) (i32.const 16)))
         (br $cLoop)))
-      (local.set $at (i32.add (local.get $at) (local.get $rowBytes)))
+      (local.set $at (i32.add (local.get $at) (local.get $xRow)))
       (local.set $r (i32.add (local.get $r) (i32.const 1)))
       (br $rLoop))))
 
@@ -775,7 +776,7 @@ interface Exports {
     R: number,
     d: number,
   ): void;
-  columnSum(x: number, out: number, R: number, C: number): void;
+  columnSum(x: number, out: number, R: number, C: number, xRow: number): void;
   adamw(
     p: number,
     g: number,
@@ -860,6 +861,9 @@ export async function installSimdKernels(wasmVersion: string): Promise<boolean> 
   }
   const module = await WebAssembly.compile(binary);
   const exports = (await WebAssembly.instantiate(module, { env: { memory } })).exports as unknown as Exports;
+  // On a shared heap, helper threads (kernelThreads.ts) run the kernels that cut their work.
+  if (memory.buffer instanceof SharedArrayBuffer)
+    helperPool.modules.set('simdKernels', { module, exports: HELPER_EXPORTS });
   const register = (kernelName: string, kernelFunc: (exports: Exports) => tf.KernelFunc): void =>
     void tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc(exports) });
   register(KERNELS.attention, cachedAttentionKernel);
@@ -880,6 +884,7 @@ export async function installSimdKernels(wasmVersion: string): Promise<boolean> 
 export function uninstallSimdKernels(): void {
   if (!installed) return;
   for (const name of Object.values(KERNELS)) tf.unregisterKernel(name, 'wasm');
+  helperPool.modules.delete('simdKernels');
   installed = false;
 }
 
@@ -1313,11 +1318,37 @@ export function cachedAttentionKernel({ attend }: { attend: Attend }): tf.Kernel
 }
 
 function layerNormKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { x, gain, bias }, attrs, output, at }) => {
+  return wasmKernel(({ inputs: { x, gain, bias }, attrs, output, free, at }) => {
     const [R, d] = x!.shape as [number, number];
-    const [y, xhat, rstd] = [output([R, d]), output([R, d]), output([R, 1])];
-    exports.layerNorm(at(x!), at(gain!), at(bias!), at(y), at(xhat), at(rstd), R, d, attrs.eps!);
-    return [y, xhat, rstd];
+    const outs = [output([R, d]), output([R, d]), output([R, 1])];
+    const [y, xhat, rstd] = outs.map(at) as [number, number, number];
+    // Large ones cut in rows, one run per thread.
+    cutOrFree(
+      outs,
+      free,
+      R * d,
+      R,
+      1,
+      (r0, r1) => {
+        const row = r0 * d * 4;
+        return {
+          fn: 'layerNorm',
+          args: [
+            at(x!) + row,
+            at(gain!),
+            at(bias!),
+            y + row,
+            xhat + row,
+            rstd + r0 * 4,
+            r1 - r0,
+            d,
+            attrs.eps!,
+          ],
+        };
+      },
+      ({ args }) => exports.layerNorm(...(args as Parameters<Exports['layerNorm']>)),
+    );
+    return outs;
   });
 }
 
@@ -1331,30 +1362,73 @@ function layerNormGradKernel(exports: Exports): tf.KernelFunc {
 }
 
 function columnSumKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { x }, output, at }) => {
+  return wasmKernel(({ inputs: { x }, output, free, at }) => {
     const [R, C] = x!.shape as [number, number];
     const out = output([C]);
-    exports.columnSum(at(x!), at(out), R, C);
+    // Large ones cut in columns (whole vectors of 4): each column still sums its rows in order.
+    cutOrFree(
+      [out],
+      free,
+      R * C,
+      C,
+      4,
+      (c0, c1) => ({ fn: 'columnSum', args: [at(x!) + c0 * 4, at(out) + c0 * 4, R, c1 - c0, C * 4] }),
+      ({ args }) => exports.columnSum(...(args as Parameters<Exports['columnSum']>)),
+    );
     return out;
   });
 }
 
 function adamwKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { p, g, m, v }, attrs, output, at }) => {
+  return wasmKernel(({ inputs: { p, g, m, v }, attrs, output, free, at }) => {
     const outs = [output(p!.shape), output(p!.shape), output(p!.shape)];
-    exports.adamw(
-      at(p!),
-      at(g!),
-      at(m!),
-      at(v!),
-      ...(outs.map(at) as [number, number, number]),
-      tf.util.sizeFromShape(p!.shape),
-      attrs.weightDecay === 0 ? 0 : 1,
-      ...ADAMW_SCALARS.map((name) => attrs[name]!),
+    const n = tf.util.sizeFromShape(p!.shape);
+    const scalars = ADAMW_SCALARS.map((name) => attrs[name]!);
+    // Large ones cut in runs of elements (whole vectors of 4, so each element takes the same path).
+    cutOrFree(
+      outs,
+      free,
+      n,
+      n,
+      4,
+      (start, end) => ({
+        fn: 'adamw',
+        args: [
+          ...[p!, g!, m!, v!, ...outs].map((t) => at(t) + start * 4),
+          end - start,
+          attrs.weightDecay === 0 ? 0 : 1,
+          ...scalars,
+        ],
+      }),
+      ({ args }) => exports.adamw(...(args as Parameters<Exports['adamw']>)),
     );
     return outs;
   });
 }
+
+/**
+ * runCut (kernelThreads.ts) with the helper threads where the kernel has `work` elements or more
+ * (THREADED_ELEMENTS), freeing `outputs` if it throws.
+ */
+function cutOrFree(
+  outputs: tf.TensorInfo[],
+  free: (t: tf.TensorInfo) => void,
+  work: number,
+  extent: number,
+  unit: number,
+  part: (start: number, end: number) => HelperCall,
+  here: (call: HelperCall) => void,
+): void {
+  try {
+    runCut(work >= THREADED_ELEMENTS ? helperPool.helpers : undefined, extent, unit, part, here);
+  } catch (error) {
+    outputs.forEach(free);
+    throw error;
+  }
+}
+
+/** This module's exports that its kernels hand to helper threads. */
+const HELPER_EXPORTS = ['layerNorm', 'columnSum', 'adamw', 'geluGrad'] as const;
 
 function causalAttentionKernel(exports: Exports): tf.KernelFunc {
   return wasmKernel(({ inputs: { q, k, v }, attrs, output, at }) => {
@@ -1406,14 +1480,20 @@ function geluKernel(exports: Exports): tf.KernelFunc {
 }
 
 function geluGradKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { dy, x, s }, output, at }) => {
+  return wasmKernel(({ inputs: { dy, x, s }, output, free, at }) => {
     const dx = output(x!.shape);
-    exports.geluGrad(
-      at(dy!),
-      at(x!),
-      at(s!),
-      at(dx),
-      x!.shape.reduce((n, d) => n * d, 1),
+    const n = tf.util.sizeFromShape(x!.shape);
+    cutOrFree(
+      [dx],
+      free,
+      n,
+      n,
+      4,
+      (start, end) => ({
+        fn: 'geluGrad',
+        args: [...[dy!, x!, s!, dx].map((t) => at(t) + start * 4), end - start],
+      }),
+      ({ args }) => exports.geluGrad(...(args as Parameters<Exports['geluGrad']>)),
     );
     return dx;
   });

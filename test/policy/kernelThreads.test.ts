@@ -15,7 +15,7 @@ import {
 import { KernelHelpers, type HelperCall } from '../../src/policy/kernelThreads.ts';
 import { SHARED_HEAP_MAX_PAGES, type SharedMemory } from '../../src/policy/sharedHeap.ts';
 import { GPT } from '../../src/policy/gpt.ts';
-import { gelu } from '../../src/policy/simdKernels.ts';
+import { adamwStep, columnSum, gelu, geluGrad, layerNormRows } from '../../src/policy/simdKernels.ts';
 import { learnerBatch } from '../../bench/common.ts';
 import { useWasm } from './helpers.ts';
 
@@ -77,7 +77,11 @@ async function helpersRunning(wat: string): Promise<KernelHelpers> {
   ).WebAssembly;
   try {
     const memory = new Memory({ initial: 1, maximum: SHARED_HEAP_MAX_PAGES, shared: true });
-    return new KernelHelpers(new Module(parsed.toBinary({}).buffer), memory, 1);
+    return new KernelHelpers(
+      [{ module: new Module(parsed.toBinary({}).buffer), exports: ['gemm'] }],
+      memory,
+      1,
+    );
   } finally {
     parsed.destroy();
   }
@@ -185,6 +189,44 @@ describe('the matmul on helper threads', () => {
     expect(two.shared).toBe(1);
     expect(two.values).toEqual(one.values);
     expect((await run(2, 64 * 512)).shared).toBe(0);
+  });
+
+  it('cuts LayerNorm (rows), column sums (columns), the GELU gradient and AdamW (elements), bit for bit', async () => {
+    // Each above THREADED_ELEMENTS, with sizes that do not fall evenly into the cuts' units.
+    const run = async (threads: number) => {
+      await setMatmulThreads(threads);
+      const before = matmulThreads().productsShared;
+      const values = tf.tidy(() => {
+        const x = tf.randomNormal([516, 388], 0, 3, 'float32', 41) as tf.Tensor2D;
+        const [p, g, m] = [42, 43, 44].map((seed) => tf.randomNormal([403, 389], 0, 1, 'float32', seed));
+        const v = tf.abs(tf.randomNormal([403, 389], 0, 1, 'float32', 45));
+        const [gain, bias] = [46, 47].map((seed) => tf.randomNormal([388], 0, 1, 'float32', seed));
+        const [, s] = gelu(x);
+        const outs = [
+          ...layerNormRows(x, gain!, bias!, 1e-5),
+          columnSum(x),
+          geluGrad(tf.onesLike(x), x, s!),
+          ...adamwStep(p!, g!, m!, v, {
+            gradScale: 0.5,
+            beta1: 0.9,
+            beta2: 0.95,
+            learningRate: 1e-3,
+            epsilon: 1e-8,
+            weightDecay: 0.1,
+            c1: 0.1,
+            c2: 0.05,
+          }),
+        ];
+        return outs.map((t) => t.dataSync() as Float32Array);
+      });
+      return { values, shared: matmulThreads().productsShared - before };
+    };
+    const one = await run(1);
+    const two = await run(2);
+    expect(one.shared).toBe(0);
+    // gelu, layerNorm, columnSum, geluGrad, adamw.
+    expect(two.shared).toBe(5);
+    expect(two.values).toEqual(one.values);
   });
 
   it('reports a helper that fails, naming the thread and its error, after the caller has done its part', async () => {
