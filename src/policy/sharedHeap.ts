@@ -107,8 +107,9 @@ export function importSharedMemory(binary: Uint8Array): { binary: Uint8Array; in
 /**
  * Runs `start` (which instantiates tfjs-backend-wasm: tf.setBackend('wasm')) with the Emscripten
  * module's instantiation given `binary` rewritten by importSharedMemory and a shared memory, and
- * resolves to what `start` does and that memory (undefined where the instantiation was not seen, or
- * the rewritten module did not compile: tfjs's own runs then, unchanged). Emscripten's instantiation
+ * resolves to what `start` does and that memory (undefined where the instantiation was not seen, the
+ * rewritten module did not validate, or the memory could not be made: tfjs's own runs then, unchanged,
+ * and rxrl's kernels run without helper threads). Emscripten's instantiation
  * is recognised by its import env.emscripten_resize_heap.
  */
 export async function withSharedHeap<T>(
@@ -130,17 +131,21 @@ export async function withSharedHeap<T>(
     if (memory !== undefined || bytes === undefined || env?.emscripten_resize_heap === undefined)
       return original.call(WebAssembly, source, imports);
     let rewritten: { binary: Uint8Array; initialPages: number };
+    let shared: SharedMemory;
     try {
       rewritten = importSharedMemory(bytes);
       if (!WebAssembly.validate(rewritten.binary)) throw new Error('the rewritten module does not validate');
+      // A shared memory reserves its whole maximum of address space up front, which a process
+      // limited in virtual memory may refuse.
+      shared = new WebAssembly.Memory({
+        initial: rewritten.initialPages,
+        maximum: SHARED_HEAP_MAX_PAGES,
+        shared: true,
+      });
     } catch {
       return original.call(WebAssembly, source, imports);
     }
-    memory = new WebAssembly.Memory({
-      initial: rewritten.initialPages,
-      maximum: SHARED_HEAP_MAX_PAGES,
-      shared: true,
-    });
+    memory = shared;
     return original.call(WebAssembly, rewritten.binary, { ...imports, env: Object.assign(env, { memory }) });
   };
   WebAssembly.instantiate = instantiate;

@@ -1,7 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import wabtInit from 'wabt';
-import { importSharedMemory, SHARED_HEAP_MAX_PAGES, type SharedMemory } from '../../src/policy/sharedHeap.ts';
+import {
+  importSharedMemory,
+  SHARED_HEAP_MAX_PAGES,
+  withSharedHeap,
+  type SharedMemory,
+} from '../../src/policy/sharedHeap.ts';
 import type { WasmBackend } from '../../src/policy/simdKernels.ts';
 import { useWasm } from './helpers.ts';
 
@@ -72,6 +77,45 @@ describe('importSharedMemory', () => {
     expect(() => importSharedMemory(shared)).toThrow(
       'its memory is already shared or 64-bit (limits flags 3)',
     );
+  });
+});
+
+describe('withSharedHeap', () => {
+  const instantiate = (binary: Uint8Array, imports: object) =>
+    (
+      globalThis as unknown as {
+        WebAssembly: {
+          instantiate(b: Uint8Array, i: object): Promise<{ instance: { exports: Record<string, unknown> } }>;
+        };
+      }
+    ).WebAssembly.instantiate(binary, imports);
+  const emscripten = { env: { emscripten_resize_heap: () => 0 } };
+
+  it("gives an Emscripten module's instantiation a shared memory, and puts WebAssembly.instantiate back", async () => {
+    const original = (globalThis as unknown as { WebAssembly: { instantiate: unknown } }).WebAssembly
+      .instantiate;
+    const binary =
+      await binaryOf(`(module (import "env" "emscripten_resize_heap" (func (param i32) (result i32)))
+      (memory (export "memory") 2))`);
+    const { result, memory } = await withSharedHeap(() => instantiate(binary, emscripten));
+    expect(memory?.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(result.instance.exports.memory).toBe(memory);
+    expect(memory!.buffer.byteLength).toBe(2 * 65536);
+    expect((globalThis as unknown as { WebAssembly: { instantiate: unknown } }).WebAssembly.instantiate).toBe(
+      original,
+    );
+    // Other instantiations pass through untouched: no Emscripten import, no shared memory.
+    const plain = await withSharedHeap(() => instantiate(binary.slice(), {}).catch((e: Error) => e.message));
+    expect(plain.memory).toBeUndefined();
+  });
+
+  it('leaves a module it cannot rewrite as it is', async () => {
+    const binary =
+      await binaryOf(`(module (import "env" "emscripten_resize_heap" (func (param i32) (result i32)))
+      (func (export "seven") (result i32) (i32.const 7)))`);
+    const { result, memory } = await withSharedHeap(() => instantiate(binary, emscripten));
+    expect(memory).toBeUndefined();
+    expect((result.instance.exports.seven as () => number)()).toBe(7);
   });
 });
 
