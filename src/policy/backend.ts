@@ -102,9 +102,11 @@ async function setUp(kind: BackendKind): Promise<BackendKind> {
 }
 
 /**
- * Runs the selected backend's large matmuls on `count` threads and resolves to the count in effect.
- * On wasm that is rxrl's matmul with count - 1 helper threads (gemmKernel.ts); the native backends
- * use TensorFlow's own thread pool, and the plain JS backend one thread, so there it is 1.
+ * Runs the selected backend's large kernels on `count` threads and resolves to the count in effect.
+ * On wasm that is rxrl's kernels (matmul, attention, LayerNorm, GELU, AdamW...) with count - 1 helper
+ * threads on the shared heap (gemmKernel.ts, kernelThreads.ts; 1 where the heap could not be shared);
+ * the native backends use TensorFlow's own thread pool, and the plain JS backend one thread, so there
+ * it is 1.
  */
 export async function setBackendThreads(count: number): Promise<number> {
   if (!Number.isInteger(count) || count < 1)

@@ -52,10 +52,11 @@ import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
 import {
   cuts,
+  freeUnlessStuck,
   helperPool,
+  HelperStuckError,
   KernelHelpers,
   runCut,
-  sumsScratch,
   THREADED_ELEMENTS,
   type HelperCall,
 } from './kernelThreads.ts';
@@ -974,7 +975,7 @@ const GEMM_WAT = `
   ${gemmFunction(MR.matmul)}
   ${gemmFunction(MR.causal)}
   ;; $gemm for tf.matMul: no causal structure (C's rows cRow bytes apart: N floats, or more for a part
-  ;; of C's columns, matmulThreads.ts).
+  ;; of C's columns, kernelThreads.ts).
   (func (export "gemm") (param $a i32) (param $aRow i32) (param $aCol i32) (param $b i32) (param $bRow i32) (param $bCol i32)
     (param $bias i32) (param $hasBias i32) (param $c i32) (param $cRow i32) (param $M i32) (param $N i32) (param $K i32)
     (param $ap i32) (param $bp i32) (param $packB i32) (param $cp i32)
@@ -1187,10 +1188,10 @@ async function applyThreads(): Promise<void> {
 }
 
 /** The kernels' threads, and how many calls they have cut between them so far (for tests and benches). */
-export function matmulThreads(): { count: number; productsShared: number } {
+export function matmulThreads(): { count: number; callsCut: number } {
   return {
     count: installed ? threadCount() : threadsWanted,
-    productsShared: helperPool.helpers?.shared ?? 0,
+    callsCut: helperPool.helpers?.shared ?? 0,
   };
 }
 
@@ -1433,7 +1434,7 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
     const { helpers } = helperPool;
     const byRows = M >= N;
     const bounds =
-      helpers !== undefined && entries === 1 && mode === PACK_B.whole && M * N * K >= THREADED_WORK
+      helpers?.has('gemm') && entries === 1 && mode === PACK_B.whole && M * N * K >= THREADED_WORK
         ? cuts(byRows ? M : N, helpers.count + 1, byRows ? MR.matmul : 8)
         : undefined;
     const scratch: tf.TensorInfo[] = [];
@@ -1477,9 +1478,10 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
         };
       });
       helpers!.run(calls, () => own(0, byRows ? bounds[1]! : M, byRows ? N : bounds[1]!));
-      return out;
     } catch (error) {
-      free(out);
+      // A helper that is stuck may still write into C and its scratch: those stay allocated.
+      freeUnlessStuck(error, [out, ...scratch], free);
+      if (error instanceof HelperStuckError) scratch.length = 0;
       throw error;
     } finally {
       free(aPacked);
@@ -1487,7 +1489,16 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
       if (sums) free(sums);
       scratch.forEach(free);
     }
+    return out;
   }, previous);
+}
+
+/**
+ * Floats of scratch for the sums of an M x N product between blocks of K (gemmKernel.ts's `cp`):
+ * C in panels of its columns, each panel's rows side by side.
+ */
+function sumsScratch(M: number, N: number): number {
+  return M * Math.ceil(N / 4) * 4;
 }
 
 /** The size of $gemm's scratch for one head's products: [ap, bp] floats (see causalAttention's WAT). */
@@ -1510,34 +1521,29 @@ function causalAttentionKernel(exports: Exports, fused: boolean): tf.KernelFunc 
     try {
       // Sequences [b0, b1): every address moves to sequence b0, and the count is b1 - b0.
       bySequences(
-        B,
-        T,
-        H,
-        hd,
+        'causalAttention',
+        [B, T, H, hd],
         (b0, b1) => {
           const part = headScratch(T, hd).map((n) => output([n]));
           scratch.push(...part);
           const [ap, bp] = part.map(at) as [number, number];
           const [rows, pAt] = [b0 * T, at(p) + b0 * H * T * T * 4];
-          return {
-            fn: 'causalAttention',
-            args: [
-              q + rows * inRow,
-              k + rows * inRow,
-              v + rows * inRow,
-              at(y) + rows * outRow,
-              pAt,
-              ap,
-              bp,
-              b1 - b0,
-              ...args.slice(1),
-            ],
-          };
+          return [
+            q + rows * inRow,
+            k + rows * inRow,
+            v + rows * inRow,
+            at(y) + rows * outRow,
+            pAt,
+            ap,
+            bp,
+            b1 - b0,
+            ...args.slice(1),
+          ];
         },
-        (call) => exports.causalAttention(...(call.args as Parameters<Exports['causalAttention']>)),
+        (call) => exports.causalAttention(...(call as Parameters<Exports['causalAttention']>)),
       );
     } catch (error) {
-      [y, p].forEach(free);
+      freeUnlessStuck(error, [y, p, ...scratch.splice(0)], free);
       throw error;
     } finally {
       scratch.forEach(free);
@@ -1547,19 +1553,17 @@ function causalAttentionKernel(exports: Exports, fused: boolean): tf.KernelFunc 
 }
 
 /**
- * Runs `part(b0, b1)`'s call for sequences [b0, b1) of B: on this thread (`here`) alone, or cut
- * between it and the helpers when the attention is large enough (THREADED_WORK multiply-adds per
- * product of scores, B H T^2 hd).
+ * Runs the attention export `fn` for sequences [b0, b1) of B (`args` gives its arguments): on this
+ * thread (`here`) alone, or cut between it and the helpers when the attention is large enough
+ * (THREADED_WORK multiply-adds per product of scores, B H T^2 hd).
  */
 function bySequences(
-  B: number,
-  T: number,
-  H: number,
-  hd: number,
-  part: (b0: number, b1: number) => HelperCall,
-  here: (call: HelperCall) => void,
+  fn: string,
+  [B, T, H, hd]: [number, number, number, number],
+  args: (b0: number, b1: number) => number[],
+  here: (args: number[]) => void,
 ): void {
-  runCut(B * H * T * T * hd >= THREADED_WORK ? helperPool.helpers : undefined, B, 1, part, here);
+  runCut(B * H * T * T * hd >= THREADED_WORK ? helperPool.helpers : undefined, fn, B, 1, args, here);
 }
 
 /**
@@ -1582,40 +1586,35 @@ function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelF
     const scratch: tf.TensorInfo[] = [];
     try {
       bySequences(
-        B,
-        T,
-        H,
-        hd,
+        'causalAttentionGrad',
+        [B, T, H, hd],
         (b0, b1) => {
           const part = [T * T, T * T, ...headScratch(T, hd)].map((n) => output([n]));
           scratch.push(...part);
           const [m, pm, ap, bp] = part.map(at) as [number, number, number, number];
           const [rows, pAt] = [b0 * T, at(inputs.p!) + b0 * H * T * T * 4];
           const [i, o] = [rows * inRow, rows * outRow];
-          return {
-            fn: 'causalAttentionGrad',
-            args: [
-              at(inputs.dy!) + o,
-              q + i,
-              k + i,
-              v + i,
-              pAt,
-              m,
-              pm,
-              dq + i,
-              dk + i,
-              dv + i,
-              ap,
-              bp,
-              b1 - b0,
-              ...args.slice(1),
-            ],
-          };
+          return [
+            at(inputs.dy!) + o,
+            q + i,
+            k + i,
+            v + i,
+            pAt,
+            m,
+            pm,
+            dq + i,
+            dk + i,
+            dv + i,
+            ap,
+            bp,
+            b1 - b0,
+            ...args.slice(1),
+          ];
         },
-        (call) => exports.causalAttentionGrad(...(call.args as Parameters<Exports['causalAttentionGrad']>)),
+        (call) => exports.causalAttentionGrad(...(call as Parameters<Exports['causalAttentionGrad']>)),
       );
     } catch (error) {
-      grads.forEach(free);
+      freeUnlessStuck(error, [...grads, ...scratch.splice(0)], free);
       throw error;
     } finally {
       scratch.forEach(free);
@@ -1656,16 +1655,14 @@ function geluKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
       // Large ones cut in runs of elements, multiples of 8, one per thread.
       runCut(
         n >= THREADED_ELEMENTS ? helperPool.helpers : undefined,
+        'gelu',
         n,
         8,
-        (start, end) => ({
-          fn: 'gelu',
-          args: [at(x!) + start * 4, at(y) + start * 4, at(s) + start * 4, end - start],
-        }),
-        ({ args }) => exports.gelu(...(args as [number, number, number, number])),
+        (start, end) => [at(x!) + start * 4, at(y) + start * 4, at(s) + start * 4, end - start],
+        (args) => exports.gelu(...(args as [number, number, number, number])),
       );
     } catch (error) {
-      [y, s].forEach(free);
+      freeUnlessStuck(error, [y, s], free);
       throw error;
     }
     return [y, s];

@@ -1,7 +1,8 @@
 /**
- * Helper threads for rxrl's wasm kernels (gemmKernel.ts): a kernel call big enough is cut in parts (a
- * product along the rows of C or its columns, attention along its batch, GELU along its elements),
- * the calling thread computes the first part and each helper one other, all in place in tfjs's heap.
+ * Helper threads for rxrl's wasm kernels (gemmKernel.ts, simdKernels.ts): a kernel call big enough is
+ * cut in parts (a product along the rows of C or its columns, causal attention along its sequences,
+ * LayerNorm along rows, column sums along columns, GELU, its gradient and AdamW along elements), the
+ * calling thread computes the first part and each helper one other, all in place in tfjs's heap.
  *
  * Why helpers, not tfjs's own threads: tfjs-backend-wasm disables its threaded build under Node. Its
  * single-threaded build runs here on a shared heap instead (sharedHeap.ts), so the helpers run the same
@@ -11,8 +12,9 @@
  * the caller allocates beforehand (so the heap never grows while a helper runs).
  *
  * Every element of an output is the same sum, in the same order, as on one thread: a product is cut
- * along whole rows or whole panels of 8 columns, with the same blocks of K; attention along whole
- * sequences; GELU along elements. So results do not depend on the thread count (tested bit for bit).
+ * along whole rows or whole panels of 8 columns, with the same blocks of K; the others along whole
+ * sequences, rows, columns or vectors of elements. So results do not depend on the thread count
+ * (tested bit for bit).
  *
  * The helpers sleep in Atomics.wait between calls: idle, they take no CPU from other workers. They
  * are unref'd, so they never keep a process alive. A helper that fails (a trap, a module that does
@@ -43,6 +45,12 @@ export const helperPool: { helpers: KernelHelpers | undefined; modules: Map<stri
   helpers: undefined,
   modules: new Map(),
 };
+
+/**
+ * A helper did not finish its part in time: it may still be writing into the heap, so the kernel that
+ * called it must not free its outputs or scratch (they stay allocated: the bytes are never reused).
+ */
+export class HelperStuckError extends Error {}
 
 const STATE = { idle: 0, work: 1, done: 2, failed: 3, stop: 4 } as const;
 /** ctl layout: Int32 [state, export index, argument count, message length], then MAX_ARGS float64 arguments, then the message. */
@@ -126,7 +134,17 @@ export class KernelHelpers {
       if (this.index.has(name)) throw new Error(`kernel helpers: two modules export ${name}`);
       this.index.set(name, this.index.size);
     }
-    this.helpers = Array.from({ length: count }, () => {
+    this.helpers = [];
+    try {
+      for (let h = 0; h < count; h++) this.helpers.push(this.start(modules, memory));
+    } catch (error) {
+      void this.close();
+      throw error;
+    }
+  }
+
+  private start(modules: readonly HelperModule[], memory: SharedMemory): Helper {
+    {
       const ctl = new SharedArrayBuffer(CTL_BYTES);
       const worker = new Worker(HELPER_SOURCE, {
         eval: true,
@@ -142,7 +160,7 @@ export class KernelHelpers {
       worker.on('error', (error) => (helper.ended ??= `its worker failed: ${String(error)}`));
       worker.on('exit', (code) => (helper.ended ??= `its worker exited (code ${code})`));
       return helper;
-    });
+    }
   }
 
   /** Whether a helper failed, ended, or did not finish in time: then every call throws, and setMatmulThreads starts new helpers. */
@@ -158,9 +176,14 @@ export class KernelHelpers {
     return this.helpers.length;
   }
 
-  /** Kernel calls split so far (for tests: that the threads did take part). */
+  /** Kernel calls cut between the threads so far (for tests: that the threads did take part). */
   get shared(): number {
     return this.callsShared;
+  }
+
+  /** Whether the helpers can run `fn` (a module registered after they started is not theirs). */
+  has(fn: string): boolean {
+    return this.index.has(fn);
   }
 
   /**
@@ -170,10 +193,16 @@ export class KernelHelpers {
    */
   run(calls: HelperCall[], own: () => void): void {
     if (calls.length > this.helpers.length)
-      throw new Error(`${calls.length} parts for ${this.helpers.length} kernel helper threads`);
-    if (this.stuck) throw new Error(`${this.stuck}; set the threads again to start new helpers`);
+      throw new Error(
+        `a kernel cut in ${calls.length + 1} parts, for ${this.helpers.length + 1} threads (a bug in the kernel's cut)`,
+      );
+    if (this.stuck)
+      throw new Error(`${this.stuck}; setMatmulThreads (or setBackendThreads) starts new helpers`);
     for (const { fn, args } of calls) {
-      if (!this.index.has(fn)) throw new Error(`kernel helpers: no module of theirs exports ${fn}`);
+      if (!this.index.has(fn))
+        throw new Error(
+          `the kernel helpers were started without a module exporting ${fn}; setMatmulThreads starts new ones`,
+        );
       if (args.length > MAX_ARGS) throw new Error(`${fn}: ${args.length} arguments, at most ${MAX_ARGS}`);
     }
     this.helpers.forEach((_, h) => this.checkAlive(h));
@@ -230,9 +259,9 @@ export class KernelHelpers {
     const deadline = performance.now() + HELPER_TIMEOUT_MS;
     while (Atomics.load(state, 0) === STATE.work) {
       if (performance.now() > deadline) {
-        // It may still write into the heap: no later call may use it.
-        this.stuck = `kernel helper thread ${h + 1} did not finish its part within ${HELPER_TIMEOUT_MS / 1000} s`;
-        throw new Error(this.stuck);
+        // It may still write into the heap: no later call may use it, nor may the caller free what it writes.
+        this.stuck = `kernel helper thread ${h + 1} did not finish its part within ${HELPER_TIMEOUT_MS / 1000} s (stuck, or its thread ended)`;
+        throw new HelperStuckError(this.stuck);
       }
       Atomics.wait(state, 0, STATE.work, 1000);
     }
@@ -268,27 +297,31 @@ export function cuts(extent: number, parts: number, unit: number): number[] | un
 export const THREADED_ELEMENTS = 1 << 17;
 
 /**
- * Runs a kernel call cut along [0, extent) in parts of whole `unit`s: part(start, end) makes each
- * part's call; the first runs here (`here`), the others on the helpers at once. With no `helpers` (or
- * too little to cut) the one call for all of it runs here.
+ * Runs the export `fn` cut along [0, extent) in parts of whole `unit`s: args(start, end) gives each
+ * part's arguments; the first part runs here (`here`), the others on the helpers at once. With no
+ * `helpers`, helpers without `fn`, or too little to cut, one call for all of it runs here.
  */
 export function runCut(
   helpers: KernelHelpers | undefined,
+  fn: string,
   extent: number,
   unit: number,
-  part: (start: number, end: number) => HelperCall,
-  here: (call: HelperCall) => void,
+  args: (start: number, end: number) => number[],
+  here: (args: number[]) => void,
 ): void {
-  const bounds = helpers ? cuts(extent, helpers.count + 1, unit) : undefined;
-  if (bounds === undefined) return here(part(0, extent));
-  const calls = bounds.slice(0, -1).map((start, i) => part(start, bounds[i + 1]!));
-  helpers!.run(calls.slice(1), () => here(calls[0]!));
+  const bounds = helpers?.has(fn) ? cuts(extent, helpers.count + 1, unit) : undefined;
+  if (bounds === undefined) return here(args(0, extent));
+  const calls = bounds.slice(0, -1).map((start, i) => args(start, bounds[i + 1]!));
+  helpers!.run(
+    calls.slice(1).map((a) => ({ fn, args: a })),
+    () => here(calls[0]!),
+  );
 }
 
 /**
- * Floats of scratch for the sums of an M x N product between blocks of K (gemmKernel.ts's `cp`):
- * C in panels of its columns, each panel's rows side by side.
+ * Frees `tensors` with `free` after a kernel call failed, unless a helper may still be writing into
+ * them (HelperStuckError): then they stay allocated, so that no later tensor gets those bytes.
  */
-export function sumsScratch(M: number, N: number): number {
-  return M * Math.ceil(N / 4) * 4;
+export function freeUnlessStuck<T>(error: unknown, tensors: readonly T[], free: (t: T) => void): void {
+  if (!(error instanceof HelperStuckError)) for (const t of tensors) free(t);
 }

@@ -1,6 +1,6 @@
 /**
  * tfjs-backend-wasm's heap as a shared WebAssembly.Memory, so that rxrl's kernels can run on helper
- * threads in place (matmulThreads.ts), with no copies in or out.
+ * threads in place (kernelThreads.ts), with no copies in or out.
  *
  * Why a rewrite: tfjs's single-threaded binaries (the ones it uses under Node: it disables its
  * threaded build there) define their memory themselves, unshared, and a memory cannot become shared
@@ -35,7 +35,7 @@ export function memoryImport(shared: boolean): string {
     : '(import "env" "memory" (memory 1))';
 }
 
-const SECTION = { import: 2, memory: 5 } as const;
+const SECTION = { import: 2, memory: 5, export: 7 } as const;
 const MEMORY_KIND = 0x02;
 /** Limits flags: 0x01 has a maximum, 0x02 shared. */
 const LIMITS_MAX_SHARED = 0x03;
@@ -54,6 +54,8 @@ export function importSharedMemory(binary: Uint8Array): { binary: Uint8Array; in
     binary[3] !== 0x6d
   )
     throw new Error('importSharedMemory: not a WebAssembly binary (no \\0asm header)');
+  if (binary[4] !== 1 || binary[5] !== 0 || binary[6] !== 0 || binary[7] !== 0)
+    throw new Error(`importSharedMemory: WebAssembly binary version ${binary[4]}, not 1`);
   const sections: { id: number; body: Uint8Array }[] = [];
   for (let at = 8; at < binary.length;) {
     const id = binary[at]!;
@@ -85,7 +87,6 @@ export function importSharedMemory(binary: Uint8Array): { binary: Uint8Array; in
   };
   let imported = false;
   for (const { id, body } of sections) {
-    if (id === SECTION.memory) continue;
     // The import goes last among the imports (memory imports take memory indices only: function,
     // table and global indices stay as they were), or in a new import section where the module has
     // none, which must come before the sections with ids above it (custom sections, id 0, aside).
@@ -93,6 +94,7 @@ export function importSharedMemory(binary: Uint8Array): { binary: Uint8Array; in
       push(SECTION.import, Uint8Array.from([...u32(1), ...entry]));
       imported = true;
     }
+    if (id === SECTION.memory) continue;
     if (id === SECTION.import) {
       const [n, rest] = readU32(body, 0);
       push(id, concat([Uint8Array.from(u32(n + 1)), body.subarray(rest), Uint8Array.from(entry)]));
@@ -109,8 +111,8 @@ export function importSharedMemory(binary: Uint8Array): { binary: Uint8Array; in
  * module's instantiation given `binary` rewritten by importSharedMemory and a shared memory, and
  * resolves to what `start` does and that memory (undefined where the instantiation was not seen, the
  * rewritten module did not validate, or the memory could not be made: tfjs's own runs then, unchanged,
- * and rxrl's kernels run without helper threads). Emscripten's instantiation
- * is recognised by its import env.emscripten_resize_heap.
+ * and rxrl's kernels run without helper threads). tfjs's instantiation is recognised by Emscripten's
+ * import env.emscripten_resize_heap and tfjs's export register_tensor.
  */
 export async function withSharedHeap<T>(
   start: () => Promise<T>,
@@ -128,7 +130,12 @@ export async function withSharedHeap<T>(
         : ArrayBuffer.isView(source)
           ? new Uint8Array(source.buffer, source.byteOffset, source.byteLength)
           : undefined;
-    if (memory !== undefined || bytes === undefined || env?.emscripten_resize_heap === undefined)
+    if (
+      memory !== undefined ||
+      bytes === undefined ||
+      env?.emscripten_resize_heap === undefined ||
+      !exportNames(bytes).includes('register_tensor')
+    )
       return original.call(WebAssembly, source, imports);
     let rewritten: { binary: Uint8Array; initialPages: number };
     let shared: SharedMemory;
@@ -146,14 +153,46 @@ export async function withSharedHeap<T>(
       return original.call(WebAssembly, source, imports);
     }
     memory = shared;
-    return original.call(WebAssembly, rewritten.binary, { ...imports, env: Object.assign(env, { memory }) });
+    // Should the rewritten module still fail to instantiate, tfjs's own is instantiated instead.
+    return original
+      .call(WebAssembly, rewritten.binary, { ...imports, env: Object.assign(env, { memory }) })
+      .catch(() => {
+        memory = undefined;
+        return original.call(WebAssembly, source, imports);
+      });
   };
   WebAssembly.instantiate = instantiate;
   try {
     return { result: await start(), memory };
   } finally {
-    WebAssembly.instantiate = original;
+    // Unless someone patched it again meanwhile (theirs would then put back this one's).
+    if (WebAssembly.instantiate === instantiate) WebAssembly.instantiate = original;
   }
+}
+
+/** The names a module exports (empty where it cannot be read). */
+function exportNames(binary: Uint8Array): string[] {
+  try {
+    for (let at = 8; at < binary.length;) {
+      const id = binary[at]!;
+      const [size, start] = readU32(binary, at + 1);
+      if (id === SECTION.export) {
+        const names: string[] = [];
+        let [count, p] = readU32(binary, start);
+        for (; count > 0; count--) {
+          const [length, from] = readU32(binary, p);
+          names.push(new TextDecoder().decode(binary.subarray(from, from + length)));
+          // The kind byte, then the index.
+          p = readU32(binary, from + length + 1)[1];
+        }
+        return names;
+      }
+      at = start + size;
+    }
+  } catch {
+    // Not a module this can read: no names.
+  }
+  return [];
 }
 
 function readU32(bytes: Uint8Array, at: number): [number, number] {
@@ -161,7 +200,9 @@ function readU32(bytes: Uint8Array, at: number): [number, number] {
   let shift = 0;
   for (;;) {
     const byte = bytes[at++];
-    if (byte === undefined || shift > 28) throw new Error('importSharedMemory: a malformed LEB128 number');
+    // The fifth byte holds bits 28-31 only.
+    if (byte === undefined || (shift === 28 && byte > 0x0f))
+      throw new Error('importSharedMemory: a malformed LEB128 number');
     value |= (byte & 0x7f) << shift;
     if ((byte & 0x80) === 0) return [value >>> 0, at];
     shift += 7;

@@ -45,7 +45,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import { helperPool, runCut, THREADED_ELEMENTS, type HelperCall } from './kernelThreads.ts';
+import { freeUnlessStuck, helperPool, runCut, THREADED_ELEMENTS } from './kernelThreads.ts';
 import { memoryImport } from './sharedHeap.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
@@ -1236,23 +1236,20 @@ export interface KernelIO {
   free(t: tf.TensorInfo): void;
   /** The memory offset of a tensor's data on the wasm heap. */
   at(t: tf.TensorInfo): number;
-  /** The wasm heap's memory as it is now (it is replaced when the heap grows). */
-  heap(): ArrayBuffer;
   /** Runs the kernel this one replaced on the same call (only for kernels made with `previous`). */
   fallBack(): tf.TensorInfo | tf.TensorInfo[];
 }
 
 /** KernelIO's functions that depend only on the backend, made once per backend. */
-const backendIO = new WeakMap<WasmBackend, Pick<KernelIO, 'output' | 'free' | 'at' | 'heap'>>();
+const backendIO = new WeakMap<WasmBackend, Pick<KernelIO, 'output' | 'free' | 'at'>>();
 
-function ioOf(backend: WasmBackend): Pick<KernelIO, 'output' | 'free' | 'at' | 'heap'> {
+function ioOf(backend: WasmBackend): Pick<KernelIO, 'output' | 'free' | 'at'> {
   let io = backendIO.get(backend);
   if (!io) {
     io = {
       output: (shape) => backend.makeOutput(shape, 'float32'),
       free: (t) => void backend.disposeData(t.dataId),
       at: (t) => backend.dataIdMap.get(t.dataId).memoryOffset,
-      heap: () => backend.wasm.asm!.memory!.buffer as ArrayBuffer,
     };
     backendIO.set(backend, io);
   }
@@ -1327,26 +1324,24 @@ function layerNormKernel(exports: Exports): tf.KernelFunc {
       outs,
       free,
       R * d,
+      'layerNorm',
       R,
       1,
       (r0, r1) => {
         const row = r0 * d * 4;
-        return {
-          fn: 'layerNorm',
-          args: [
-            at(x!) + row,
-            at(gain!),
-            at(bias!),
-            y + row,
-            xhat + row,
-            rstd + r0 * 4,
-            r1 - r0,
-            d,
-            attrs.eps!,
-          ],
-        };
+        return [
+          at(x!) + row,
+          at(gain!),
+          at(bias!),
+          y + row,
+          xhat + row,
+          rstd + r0 * 4,
+          r1 - r0,
+          d,
+          attrs.eps!,
+        ];
       },
-      ({ args }) => exports.layerNorm(...(args as Parameters<Exports['layerNorm']>)),
+      (args) => exports.layerNorm(...(args as Parameters<Exports['layerNorm']>)),
     );
     return outs;
   });
@@ -1370,10 +1365,11 @@ function columnSumKernel(exports: Exports): tf.KernelFunc {
       [out],
       free,
       R * C,
+      'columnSum',
       C,
       4,
-      (c0, c1) => ({ fn: 'columnSum', args: [at(x!) + c0 * 4, at(out) + c0 * 4, R, c1 - c0, C * 4] }),
-      ({ args }) => exports.columnSum(...(args as Parameters<Exports['columnSum']>)),
+      (c0, c1) => [at(x!) + c0 * 4, at(out) + c0 * 4, R, c1 - c0, C * 4],
+      (args) => exports.columnSum(...(args as Parameters<Exports['columnSum']>)),
     );
     return out;
   });
@@ -1389,40 +1385,39 @@ function adamwKernel(exports: Exports): tf.KernelFunc {
       outs,
       free,
       n,
+      'adamw',
       n,
       4,
-      (start, end) => ({
-        fn: 'adamw',
-        args: [
-          ...[p!, g!, m!, v!, ...outs].map((t) => at(t) + start * 4),
-          end - start,
-          attrs.weightDecay === 0 ? 0 : 1,
-          ...scalars,
-        ],
-      }),
-      ({ args }) => exports.adamw(...(args as Parameters<Exports['adamw']>)),
+      (start, end) => [
+        ...[p!, g!, m!, v!, ...outs].map((t) => at(t) + start * 4),
+        end - start,
+        attrs.weightDecay === 0 ? 0 : 1,
+        ...scalars,
+      ],
+      (args) => exports.adamw(...(args as Parameters<Exports['adamw']>)),
     );
     return outs;
   });
 }
 
 /**
- * runCut (kernelThreads.ts) with the helper threads where the kernel has `work` elements or more
- * (THREADED_ELEMENTS), freeing `outputs` if it throws.
+ * runCut (kernelThreads.ts) of the export `fn`, with the helper threads where the kernel has `work`
+ * elements or more (THREADED_ELEMENTS), freeing `outputs` if it throws (unless a helper is stuck).
  */
 function cutOrFree(
   outputs: tf.TensorInfo[],
   free: (t: tf.TensorInfo) => void,
   work: number,
+  fn: string,
   extent: number,
   unit: number,
-  part: (start: number, end: number) => HelperCall,
-  here: (call: HelperCall) => void,
+  args: (start: number, end: number) => number[],
+  here: (args: number[]) => void,
 ): void {
   try {
-    runCut(work >= THREADED_ELEMENTS ? helperPool.helpers : undefined, extent, unit, part, here);
+    runCut(work >= THREADED_ELEMENTS ? helperPool.helpers : undefined, fn, extent, unit, args, here);
   } catch (error) {
-    outputs.forEach(free);
+    freeUnlessStuck(error, outputs, free);
     throw error;
   }
 }
@@ -1487,13 +1482,11 @@ function geluGradKernel(exports: Exports): tf.KernelFunc {
       [dx],
       free,
       n,
+      'geluGrad',
       n,
       4,
-      (start, end) => ({
-        fn: 'geluGrad',
-        args: [...[dy!, x!, s!, dx].map((t) => at(t) + start * 4), end - start],
-      }),
-      ({ args }) => exports.geluGrad(...(args as Parameters<Exports['geluGrad']>)),
+      (start, end) => [...[dy!, x!, s!, dx].map((t) => at(t) + start * 4), end - start],
+      (args) => exports.geluGrad(...(args as Parameters<Exports['geluGrad']>)),
     );
     return dx;
   });

@@ -12,7 +12,7 @@ import {
   setMatmulThreads,
   THREADED_WORK,
 } from '../../src/policy/gemmKernel.ts';
-import { KernelHelpers, type HelperCall } from '../../src/policy/kernelThreads.ts';
+import { KernelHelpers, runCut, type HelperCall } from '../../src/policy/kernelThreads.ts';
 import { SHARED_HEAP_MAX_PAGES, type SharedMemory } from '../../src/policy/sharedHeap.ts';
 import { GPT } from '../../src/policy/gpt.ts';
 import { adamwStep, columnSum, gelu, geluGrad, layerNormRows } from '../../src/policy/simdKernels.ts';
@@ -36,7 +36,7 @@ interface Case {
 /** Runs the product on `threads` threads; returns C and how many products the helpers shared in. */
 async function product(c: Case, threads: number): Promise<{ values: Float32Array; shared: number }> {
   await setMatmulThreads(threads);
-  const before = matmulThreads().productsShared;
+  const before = matmulThreads().callsCut;
   const values = tf.tidy(() => {
     const a = tf.randomNormal(c.transposeA ? [c.K, c.M] : [c.M, c.K], 0, 1, 'float32', c.seed);
     const b = tf.randomNormal(c.transposeB ? [c.N, c.K] : [c.K, c.N], 0, 1, 'float32', c.seed + 1);
@@ -46,7 +46,7 @@ async function product(c: Case, threads: number): Promise<{ values: Float32Array
       : tf.matMul(a, b, c.transposeA, c.transposeB);
     return out.dataSync() as Float32Array;
   });
-  return { values, shared: matmulThreads().productsShared - before };
+  return { values, shared: matmulThreads().callsCut - before };
 }
 
 // Sizes on both sides of M = N (split by rows or by columns), not multiples of the split's 6 rows or
@@ -104,7 +104,7 @@ describe('the matmul on helper threads', () => {
     );
   });
 
-  it('with two helpers too (one copy of the operand they share)', async () => {
+  it('with two helpers too', async () => {
     for (const c of [
       { M: 700, N: 300, K: 90, transposeA: true, transposeB: false, bias: true, seed: 3 },
       { M: 150, N: 640, K: 200, transposeA: false, transposeB: true, bias: false, seed: 4 },
@@ -129,7 +129,7 @@ describe('the matmul on helper threads', () => {
     const batch = learnerBatch({ rows: 8, length: 64, promptLength: 8, vocab: 40 });
     const step = async (threads: number) => {
       await setMatmulThreads(threads);
-      const before = matmulThreads().productsShared;
+      const before = matmulThreads().callsCut;
       const model = new GPT(shape);
       const learner = new Learner(model, {
         loss: DEFAULT_GRPO_LOSS,
@@ -140,7 +140,7 @@ describe('the matmul on helper threads', () => {
       const weights = [...model.params.values()].map((p) => p.dataSync().slice());
       learner.dispose();
       model.dispose();
-      return { reports, weights, shared: matmulThreads().productsShared - before };
+      return { reports, weights, shared: matmulThreads().callsCut - before };
     };
     const one = await step(1);
     const two = await step(2);
@@ -155,7 +155,7 @@ describe('the matmul on helper threads', () => {
     expect(B * H * T * T * hd).toBeGreaterThanOrEqual(THREADED_WORK);
     const run = async (threads: number) => {
       await setMatmulThreads(threads);
-      const before = matmulThreads().productsShared;
+      const before = matmulThreads().callsCut;
       const values = tf.tidy(() => {
         const qkv = tf.randomNormal([B * T, 3 * H * hd], 0, 1, 'float32', 21) as tf.Tensor2D;
         const dy = tf.randomNormal([B * T, H * hd], 0, 1, 'float32', 22);
@@ -163,7 +163,7 @@ describe('the matmul on helper threads', () => {
         const dqkv = causalAttentionQkvGrad(dy, qkv, p, { B, T, H }, 0.125);
         return [y, p, dqkv].map((t) => t.dataSync() as Float32Array);
       });
-      return { values, shared: matmulThreads().productsShared - before };
+      return { values, shared: matmulThreads().callsCut - before };
     };
     const one = await run(1);
     const two = await run(2);
@@ -177,11 +177,11 @@ describe('the matmul on helper threads', () => {
   it('cuts GELU along its elements, bit for bit, and leaves small ones whole', async () => {
     const run = async (threads: number, n: number) => {
       await setMatmulThreads(threads);
-      const before = matmulThreads().productsShared;
+      const before = matmulThreads().callsCut;
       const values = tf.tidy(() =>
         gelu(tf.randomNormal([n / 512, 512], 0, 2, 'float32', 31)).map((t) => t.dataSync() as Float32Array),
       );
-      return { values, shared: matmulThreads().productsShared - before };
+      return { values, shared: matmulThreads().callsCut - before };
     };
     const n = 300 * 512;
     const one = await run(1, n);
@@ -195,7 +195,7 @@ describe('the matmul on helper threads', () => {
     // Each above THREADED_ELEMENTS, with sizes that do not fall evenly into the cuts' units.
     const run = async (threads: number) => {
       await setMatmulThreads(threads);
-      const before = matmulThreads().productsShared;
+      const before = matmulThreads().callsCut;
       const values = tf.tidy(() => {
         const x = tf.randomNormal([516, 388], 0, 3, 'float32', 41) as tf.Tensor2D;
         const [p, g, m] = [42, 43, 44].map((seed) => tf.randomNormal([403, 389], 0, 1, 'float32', seed));
@@ -219,7 +219,7 @@ describe('the matmul on helper threads', () => {
         ];
         return outs.map((t) => t.dataSync() as Float32Array);
       });
-      return { values, shared: matmulThreads().productsShared - before };
+      return { values, shared: matmulThreads().callsCut - before };
     };
     const one = await run(1);
     const two = await run(2);
@@ -245,6 +245,35 @@ describe('the matmul on helper threads', () => {
     expect(() => helpers.run([GEMM_CALL], own)).toThrow('kernel helper thread 1 failed');
     expect(ownParts).toBe(1);
     expect(helpers.broken).toBe(true);
+    await helpers.close();
+  });
+
+  it('runs on this thread alone a kernel whose module the helpers were not started with', async () => {
+    const params = Array.from({ length: 17 }, () => '(param i32)').join(' ');
+    const helpers = await helpersRunning(
+      `(module (import "env" "memory" (memory 1 65536 shared)) (func (export "gemm") ${params}))`,
+    );
+    const here: number[][] = [];
+    runCut(
+      helpers,
+      'layerNorm',
+      1000,
+      1,
+      (start, end) => [start, end],
+      (args) => void here.push(args),
+    );
+    expect(here).toEqual([[0, 1000]]);
+    // Its own export is cut: the first part here, the other on the helper.
+    runCut(
+      helpers,
+      'gemm',
+      1000,
+      1,
+      (start, end) => [start, end, ...Array.from({ length: 15 }, () => 0)],
+      (args) => here.push(args.slice(0, 2)),
+    );
+    expect(here[1]).toEqual([0, 500]);
+    expect(helpers.shared).toBe(1);
     await helpers.close();
   });
 

@@ -60,6 +60,9 @@ describe('importSharedMemory', () => {
     );
     const { exports } = new Instance(new Module(binary), { env: { f: () => 41, memory: sharedMemory(1) } });
     expect((exports.g as () => number)()).toBe(42);
+    // A module with no imports, its memory its last section, gets an import section before it.
+    const alone = importSharedMemory(await binaryOf('(module (memory 1))'));
+    expect(() => new Instance(new Module(alone.binary), { env: { memory: sharedMemory(1) } })).not.toThrow();
   });
 
   it('says why it cannot rewrite a module', async () => {
@@ -81,38 +84,36 @@ describe('importSharedMemory', () => {
 });
 
 describe('withSharedHeap', () => {
-  const instantiate = (binary: Uint8Array, imports: object) =>
-    (
-      globalThis as unknown as {
-        WebAssembly: {
-          instantiate(b: Uint8Array, i: object): Promise<{ instance: { exports: Record<string, unknown> } }>;
-        };
-      }
-    ).WebAssembly.instantiate(binary, imports);
+  const { WebAssembly: wasm } = globalThis as unknown as {
+    WebAssembly: {
+      instantiate(b: Uint8Array, i: object): Promise<{ instance: { exports: Record<string, unknown> } }>;
+    };
+  };
+  const instantiate = (binary: Uint8Array, imports: object) => wasm.instantiate(binary, imports);
   const emscripten = { env: { emscripten_resize_heap: () => 0 } };
+  const RESIZE = '(import "env" "emscripten_resize_heap" (func (param i32) (result i32)))';
 
-  it("gives an Emscripten module's instantiation a shared memory, and puts WebAssembly.instantiate back", async () => {
-    const original = (globalThis as unknown as { WebAssembly: { instantiate: unknown } }).WebAssembly
-      .instantiate;
-    const binary =
-      await binaryOf(`(module (import "env" "emscripten_resize_heap" (func (param i32) (result i32)))
-      (memory (export "memory") 2))`);
-    const { result, memory } = await withSharedHeap(() => instantiate(binary, emscripten));
+  it("gives tfjs's instantiation a shared memory, passes others through, and puts WebAssembly.instantiate back", async () => {
+    const original = wasm.instantiate;
+    const tfjsLike = await binaryOf(
+      `(module ${RESIZE} (memory (export "memory") 2) (func (export "register_tensor")))`,
+    );
+    const { result, memory } = await withSharedHeap(() => instantiate(tfjsLike, emscripten));
     expect(memory?.buffer).toBeInstanceOf(SharedArrayBuffer);
     expect(result.instance.exports.memory).toBe(memory);
     expect(memory!.buffer.byteLength).toBe(2 * 65536);
-    expect((globalThis as unknown as { WebAssembly: { instantiate: unknown } }).WebAssembly.instantiate).toBe(
-      original,
-    );
-    // Other instantiations pass through untouched: no Emscripten import, no shared memory.
-    const plain = await withSharedHeap(() => instantiate(binary.slice(), {}).catch((e: Error) => e.message));
+    expect(wasm.instantiate).toBe(original);
+    // Another Emscripten module (no register_tensor export) keeps its own memory.
+    const other = await binaryOf(`(module ${RESIZE} (memory (export "memory") 2))`);
+    const plain = await withSharedHeap(() => instantiate(other, emscripten));
     expect(plain.memory).toBeUndefined();
+    expect((plain.result.instance.exports.memory as SharedMemory).buffer).toBeInstanceOf(ArrayBuffer);
   });
 
   it('leaves a module it cannot rewrite as it is', async () => {
-    const binary =
-      await binaryOf(`(module (import "env" "emscripten_resize_heap" (func (param i32) (result i32)))
-      (func (export "seven") (result i32) (i32.const 7)))`);
+    const binary = await binaryOf(
+      `(module ${RESIZE} (func (export "register_tensor")) (func (export "seven") (result i32) (i32.const 7)))`,
+    );
     const { result, memory } = await withSharedHeap(() => instantiate(binary, emscripten));
     expect(memory).toBeUndefined();
     expect((result.instance.exports.seven as () => number)()).toBe(7);
