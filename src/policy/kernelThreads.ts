@@ -61,7 +61,7 @@ const ARGS_BYTE = 16;
 const MAX_ARGS = 24;
 const MESSAGE_BYTE = ARGS_BYTE + MAX_ARGS * 8;
 const CTL_BYTES = MESSAGE_BYTE + 1024;
-/** How long the caller waits for a helper before it reports it stuck. */
+/** How long the caller waits for a helper before it reports it stuck (by default). */
 const HELPER_TIMEOUT_MS = 120_000;
 
 const HELPER_SOURCE = `
@@ -129,7 +129,12 @@ export class KernelHelpers {
    * kernel modules, built to import a shared memory) on `memory`: the shared heap the calling thread's
    * kernels run on. An export name may appear in one module only.
    */
-  constructor(modules: readonly HelperModule[], memory: SharedMemory, count: number) {
+  constructor(
+    modules: readonly HelperModule[],
+    memory: SharedMemory,
+    count: number,
+    private readonly timeoutMs = HELPER_TIMEOUT_MS,
+  ) {
     for (const name of modules.flatMap((m) => m.exports)) {
       if (this.index.has(name)) throw new Error(`kernel helpers: two modules export ${name}`);
       this.index.set(name, this.index.size);
@@ -256,14 +261,14 @@ export class KernelHelpers {
   /** Waits for helper h to finish its part; throws what it threw. */
   private await(h: number): void {
     const { state } = this.helpers[h]!;
-    const deadline = performance.now() + HELPER_TIMEOUT_MS;
+    const deadline = performance.now() + this.timeoutMs;
     while (Atomics.load(state, 0) === STATE.work) {
       if (performance.now() > deadline) {
         // It may still write into the heap: no later call may use it, nor may the caller free what it writes.
-        this.stuck = `kernel helper thread ${h + 1} did not finish its part within ${HELPER_TIMEOUT_MS / 1000} s (stuck, or its thread ended)`;
+        this.stuck = `kernel helper thread ${h + 1} did not finish its part within ${this.timeoutMs / 1000} s (stuck, or its thread ended)`;
         throw new HelperStuckError(this.stuck);
       }
-      Atomics.wait(state, 0, STATE.work, 1000);
+      Atomics.wait(state, 0, STATE.work, Math.min(1000, this.timeoutMs));
     }
     this.checkAlive(h);
     Atomics.store(state, 0, STATE.idle);

@@ -12,7 +12,13 @@ import {
   setMatmulThreads,
   THREADED_WORK,
 } from '../../src/policy/gemmKernel.ts';
-import { KernelHelpers, runCut, type HelperCall } from '../../src/policy/kernelThreads.ts';
+import {
+  freeUnlessStuck,
+  HelperStuckError,
+  KernelHelpers,
+  runCut,
+  type HelperCall,
+} from '../../src/policy/kernelThreads.ts';
 import { SHARED_HEAP_MAX_PAGES, type SharedMemory } from '../../src/policy/sharedHeap.ts';
 import { GPT } from '../../src/policy/gpt.ts';
 import { adamwStep, columnSum, gelu, geluGrad, layerNormRows } from '../../src/policy/simdKernels.ts';
@@ -64,7 +70,7 @@ const arbitraryCase: fc.Arbitrary<Case> = fc
   .map(({ extraK, ...c }) => ({ ...c, K: Math.ceil(THREADED_WORK / (c.M * c.N)) + extraK }));
 
 /** One helper thread running the module `wat` in place of the kernels, on a shared memory of its own. */
-async function helpersRunning(wat: string): Promise<KernelHelpers> {
+async function helpersRunning(wat: string, timeoutMs?: number): Promise<KernelHelpers> {
   const wabt = await wabtInit();
   const parsed = wabt.parseWat('helper.wat', wat, { threads: true });
   const { Module, Memory } = (
@@ -81,6 +87,7 @@ async function helpersRunning(wat: string): Promise<KernelHelpers> {
       [{ module: new Module(parsed.toBinary({}).buffer), exports: ['gemm'] }],
       memory,
       1,
+      timeoutMs,
     );
   } finally {
     parsed.destroy();
@@ -245,6 +252,38 @@ describe('the matmul on helper threads', () => {
     expect(() => helpers.run([GEMM_CALL], own)).toThrow('kernel helper thread 1 failed');
     expect(ownParts).toBe(1);
     expect(helpers.broken).toBe(true);
+    await helpers.close();
+  });
+
+  it('reports a helper that does not finish in time as stuck, and is not used again', async () => {
+    // A gemm that never returns stands in for a hung kernel.
+    const params = Array.from({ length: 17 }, () => '(param i32)').join(' ');
+    const helpers = await helpersRunning(
+      `(module (import "env" "memory" (memory 1 65536 shared)) (func (export "gemm") ${params} (loop (br 0))))`,
+      300,
+    );
+    let ownParts = 0;
+    const own = (): void => void ownParts++;
+    let error: unknown;
+    try {
+      helpers.run([GEMM_CALL], own);
+    } catch (e) {
+      error = e;
+    }
+    // A HelperStuckError: the kernels then leave what it may still write allocated.
+    expect(error).toBeInstanceOf(HelperStuckError);
+    expect(String(error)).toContain('kernel helper thread 1 did not finish its part within 0.3 s');
+    expect(ownParts).toBe(1);
+    const freed: string[] = [];
+    freeUnlessStuck(error, ['out', 'scratch'], (t) => freed.push(t));
+    expect(freed).toEqual([]);
+    freeUnlessStuck(new Error('a trap'), ['out'], (t) => freed.push(t));
+    expect(freed).toEqual(['out']);
+    expect(helpers.broken).toBe(true);
+    expect(() => helpers.run([GEMM_CALL], own)).toThrow(
+      'setMatmulThreads (or setBackendThreads) starts new helpers',
+    );
+    expect(ownParts).toBe(1);
     await helpers.close();
   });
 
