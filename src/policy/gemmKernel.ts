@@ -51,13 +51,13 @@ import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
 import {
+  cutOrFree,
   cuts,
   freeUnlessStuck,
   helperPool,
   HelperStuckError,
   KernelHelpers,
   runCut,
-  THREADED_ELEMENTS,
   type HelperCall,
 } from './kernelThreads.ts';
 import { memoryImport, type SharedMemory } from './sharedHeap.ts';
@@ -1651,20 +1651,17 @@ function geluKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc 
     const n = tf.util.sizeFromShape(x!.shape);
     if (n % 8 !== 0) return fallBack();
     const [y, s] = [output(x!.shape), output(x!.shape)];
-    try {
-      // Large ones cut in runs of elements, multiples of 8, one per thread.
-      runCut(
-        n >= THREADED_ELEMENTS ? helperPool.helpers : undefined,
-        'gelu',
-        n,
-        8,
-        (start, end) => [at(x!) + start * 4, at(y) + start * 4, at(s) + start * 4, end - start],
-        (args) => exports.gelu(...(args as [number, number, number, number])),
-      );
-    } catch (error) {
-      freeUnlessStuck(error, [y, s], free);
-      throw error;
-    }
+    // Large ones cut in runs of elements, multiples of 8, one per thread.
+    cutOrFree(
+      [y, s],
+      free,
+      n,
+      'gelu',
+      n,
+      8,
+      (start, end) => [at(x!) + start * 4, at(y) + start * 4, at(s) + start * 4, end - start],
+      (args) => exports.gelu(...(args as [number, number, number, number])),
+    );
     return [y, s];
   }, previous);
 }

@@ -299,7 +299,7 @@ export function cuts(extent: number, parts: number, unit: number): number[] | un
 }
 
 /** An element-wise kernel (or one of about as much work per element) is cut between threads from this many elements on (~0.3 ms of GELU on one). */
-export const THREADED_ELEMENTS = 1 << 17;
+const THREADED_ELEMENTS = 1 << 17;
 
 /**
  * Runs the export `fn` cut along [0, extent) in parts of whole `unit`s: args(start, end) gives each
@@ -329,4 +329,26 @@ export function runCut(
  */
 export function freeUnlessStuck<T>(error: unknown, tensors: readonly T[], free: (t: T) => void): void {
   if (!(error instanceof HelperStuckError)) for (const t of tensors) free(t);
+}
+
+/**
+ * runCut of the export `fn`, with the helper threads where the kernel has `work` elements or more
+ * (THREADED_ELEMENTS), freeing `outputs` with `free` if it throws (unless a helper is stuck).
+ */
+export function cutOrFree<T>(
+  outputs: readonly T[],
+  free: (t: T) => void,
+  work: number,
+  fn: string,
+  extent: number,
+  unit: number,
+  args: (start: number, end: number) => number[],
+  here: (args: number[]) => void,
+): void {
+  try {
+    runCut(work >= THREADED_ELEMENTS ? helperPool.helpers : undefined, fn, extent, unit, args, here);
+  } catch (error) {
+    freeUnlessStuck(error, outputs, free);
+    throw error;
+  }
 }

@@ -45,7 +45,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import { freeUnlessStuck, helperPool, runCut, THREADED_ELEMENTS } from './kernelThreads.ts';
+import { cutOrFree, helperPool } from './kernelThreads.ts';
 import { memoryImport } from './sharedHeap.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
@@ -1398,28 +1398,6 @@ function adamwKernel(exports: Exports): tf.KernelFunc {
     );
     return outs;
   });
-}
-
-/**
- * runCut (kernelThreads.ts) of the export `fn`, with the helper threads where the kernel has `work`
- * elements or more (THREADED_ELEMENTS), freeing `outputs` if it throws (unless a helper is stuck).
- */
-function cutOrFree(
-  outputs: tf.TensorInfo[],
-  free: (t: tf.TensorInfo) => void,
-  work: number,
-  fn: string,
-  extent: number,
-  unit: number,
-  args: (start: number, end: number) => number[],
-  here: (args: number[]) => void,
-): void {
-  try {
-    runCut(work >= THREADED_ELEMENTS ? helperPool.helpers : undefined, fn, extent, unit, args, here);
-  } catch (error) {
-    freeUnlessStuck(error, outputs, free);
-    throw error;
-  }
 }
 
 /** This module's exports that its kernels hand to helper threads. */
