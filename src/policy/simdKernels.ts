@@ -495,14 +495,15 @@ ${scratchSoftmax(`(v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load 
   ;; db = sum_rows dy (accumulated row by row, in order).
   (func (export "layerNormGrad")
     (param $dy i32) (param $xhat i32) (param $rstd i32) (param $g i32) (param $dx i32) (param $dg i32)
-    (param $db i32) (param $R i32) (param $d i32)
+    (param $db i32) (param $R i32) (param $d i32) (param $sums i32)
     (local $r i32) (local $c i32) (local $row i32) (local $rowBytes i32) (local $a1 v128) (local $a2 v128)
     (local $t v128) (local $h v128) (local $dyv v128) (local $m1 v128) (local $m2 v128) (local $rs v128)
     (local $width f32)
     (local.set $rowBytes (i32.shl (local.get $d) (i32.const 2)))
     (local.set $width (f32.convert_i32_u (local.get $d)))
-    (memory.fill (local.get $dg) (i32.const 0) (local.get $rowBytes))
-    (memory.fill (local.get $db) (i32.const 0) (local.get $rowBytes))
+    (if (local.get $sums) (then
+      (memory.fill (local.get $dg) (i32.const 0) (local.get $rowBytes))
+      (memory.fill (local.get $db) (i32.const 0) (local.get $rowBytes))))
     (block $rDone (loop $rLoop
       (br_if $rDone (i32.ge_u (local.get $r) (local.get $R)))
       (local.set $row (i32.mul (local.get $r) (local.get $rowBytes)))
@@ -530,12 +531,38 @@ ${scratchSoftmax(`(v128.store (local.get $at) (call $exp4 (f32x4.sub (v128.load 
         (v128.store (i32.add (local.get $dx) (i32.add (local.get $row) (local.get $c)))
           (f32x4.mul (local.get $rs)
             (f32x4.sub (f32x4.sub (local.get $t) (local.get $m1)) (f32x4.mul (local.get $h) (local.get $m2)))))
+        (if (local.get $sums) (then
+          (v128.store (i32.add (local.get $dg) (local.get $c))
+            (f32x4.add (v128.load (i32.add (local.get $dg) (local.get $c))) (f32x4.mul (local.get $dyv) (local.get $h))))
+          (v128.store (i32.add (local.get $db) (local.get $c))
+            (f32x4.add (v128.load (i32.add (local.get $db) (local.get $c))) (local.get $dyv)))))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $oLoop)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rLoop))))
+
+  ;; What layerNormGrad sums into dg and db with $sums, alone, for C columns of dy and xhat (rows xRow
+  ;; bytes apart): dg = sum_r dy xhat, db = sum_r dy, the same operations in the same (row) order.
+  (func (export "layerNormGradSums")
+    (param $dy i32) (param $xhat i32) (param $dg i32) (param $db i32) (param $R i32) (param $C i32) (param $xRow i32)
+    (local $r i32) (local $c i32) (local $at i32) (local $width i32) (local $dyv v128)
+    (local.set $width (i32.shl (local.get $C) (i32.const 2)))
+    (memory.fill (local.get $dg) (i32.const 0) (local.get $width))
+    (memory.fill (local.get $db) (i32.const 0) (local.get $width))
+    (block $rDone (loop $rLoop
+      (br_if $rDone (i32.ge_u (local.get $r) (local.get $R)))
+      (local.set $c (i32.const 0))
+      (block $cDone (loop $cLoop
+        (br_if $cDone (i32.ge_u (local.get $c) (local.get $width)))
+        (local.set $dyv (v128.load (i32.add (local.get $dy) (i32.add (local.get $at) (local.get $c)))))
         (v128.store (i32.add (local.get $dg) (local.get $c))
-          (f32x4.add (v128.load (i32.add (local.get $dg) (local.get $c))) (f32x4.mul (local.get $dyv) (local.get $h))))
+          (f32x4.add (v128.load (i32.add (local.get $dg) (local.get $c)))
+            (f32x4.mul (local.get $dyv) (v128.load (i32.add (local.get $xhat) (i32.add (local.get $at) (local.get $c)))))))
         (v128.store (i32.add (local.get $db) (local.get $c))
           (f32x4.add (v128.load (i32.add (local.get $db) (local.get $c))) (local.get $dyv)))
         (local.set $c (i32.add (local.get $c) (i32.const 16)))
-        (br $oLoop)))
+        (br $cLoop)))
+      (local.set $at (i32.add (local.get $at) (local.get $xRow)))
       (local.set $r (i32.add (local.get $r) (i32.const 1)))
       (br $rLoop))))
 
@@ -775,6 +802,16 @@ interface Exports {
     db: number,
     R: number,
     d: number,
+    sums: number,
+  ): void;
+  layerNormGradSums(
+    dy: number,
+    xhat: number,
+    dg: number,
+    db: number,
+    R: number,
+    C: number,
+    xRow: number,
   ): void;
   columnSum(x: number, out: number, R: number, C: number, xRow: number): void;
   adamw(
@@ -1348,11 +1385,51 @@ function layerNormKernel(exports: Exports): tf.KernelFunc {
 }
 
 function layerNormGradKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { dy, xhat, rstd, gain }, output, at }) => {
+  return wasmKernel(({ inputs: { dy, xhat, rstd, gain }, output, free, at }) => {
     const [R, d] = xhat!.shape as [number, number];
-    const [dx, dGain, dBias] = [output([R, d]), output([d]), output([d])];
-    exports.layerNormGrad(at(dy!), at(xhat!), at(rstd!), at(gain!), at(dx), at(dGain), at(dBias), R, d);
-    return [dx, dGain, dBias];
+    const outs = [output([R, d]), output([d]), output([d])];
+    const [dx, dGain, dBias] = outs.map(at) as [number, number, number];
+    // Large ones cut in rows for dx; then, where they were cut, the sums for the gain and bias
+    // gradients (over all rows, in row order) cut in columns.
+    let cut = false;
+    cutOrFree(
+      outs,
+      free,
+      R * d,
+      'layerNormGrad',
+      R,
+      1,
+      (r0, r1) => {
+        const row = r0 * d * 4;
+        const whole = r0 === 0 && r1 === R;
+        cut ||= !whole;
+        return [
+          at(dy!) + row,
+          at(xhat!) + row,
+          at(rstd!) + r0 * 4,
+          at(gain!),
+          dx + row,
+          dGain,
+          dBias,
+          r1 - r0,
+          d,
+          whole ? 1 : 0,
+        ];
+      },
+      (args) => exports.layerNormGrad(...(args as Parameters<Exports['layerNormGrad']>)),
+    );
+    if (cut)
+      cutOrFree(
+        outs,
+        free,
+        R * d,
+        'layerNormGradSums',
+        d,
+        4,
+        (c0, c1) => [at(dy!) + c0 * 4, at(xhat!) + c0 * 4, dGain + c0 * 4, dBias + c0 * 4, R, c1 - c0, d * 4],
+        (args) => exports.layerNormGradSums(...(args as Parameters<Exports['layerNormGradSums']>)),
+      );
+    return outs;
   });
 }
 
@@ -1401,7 +1478,14 @@ function adamwKernel(exports: Exports): tf.KernelFunc {
 }
 
 /** This module's exports that its kernels hand to helper threads. */
-const HELPER_EXPORTS = ['layerNorm', 'columnSum', 'adamw', 'geluGrad'] as const;
+const HELPER_EXPORTS = [
+  'layerNorm',
+  'layerNormGrad',
+  'layerNormGradSums',
+  'columnSum',
+  'adamw',
+  'geluGrad',
+] as const;
 
 function causalAttentionKernel(exports: Exports): tf.KernelFunc {
   return wasmKernel(({ inputs: { q, k, v }, attrs, output, at }) => {
