@@ -66,7 +66,8 @@ export function importSharedMemory(binary: Uint8Array): { binary: Uint8Array; in
     at = start + size;
   }
   const memories = sections.filter((s) => s.id === SECTION.memory);
-  if (memories.length !== 1) throw new Error('importSharedMemory: the module defines no memory of its own');
+  if (memories.length === 0) throw new Error('importSharedMemory: the module defines no memory of its own');
+  if (memories.length > 1) throw new Error('importSharedMemory: the module has several memory sections');
   const [count, flagsAt] = readU32(memories[0]!.body, 0);
   if (count !== 1) throw new Error(`importSharedMemory: the module defines ${count} memories, not 1`);
   const flags = memories[0]!.body[flagsAt]!;
