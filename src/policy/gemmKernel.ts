@@ -50,16 +50,7 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import {
-  cutOrFree,
-  cuts,
-  freeUnlessStuck,
-  helperPool,
-  HelperStuckError,
-  KernelHelpers,
-  runCut,
-  type HelperCall,
-} from './kernelThreads.ts';
+import { cuts, helperPool, helpersFor, KernelHelpers, runCut, type HelperCall } from './kernelThreads.ts';
 import { memoryImport, type SharedMemory } from './sharedHeap.ts';
 import {
   cachedAttentionKernel,
@@ -1310,7 +1301,9 @@ class PackedWeights {
       this.seen.add(b.dataId);
       return 'next';
     }
-    const buffer = io.output([floats]);
+    // Made on the backend directly, not with io.output: the copy outlives this call, even one that
+    // throws (wasmKernel frees what a failed call made with io.output).
+    const buffer = this.backend.makeOutput([floats], 'float32');
     const at = io.at(buffer);
     exports.packB(io.at(b), bRow, bCol, N, K, at);
     this.copies.set(b.dataId, { buffer, at, floats, layout });
@@ -1438,11 +1431,9 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
         ? cuts(byRows ? M : N, helpers.count + 1, byRows ? MR.matmul : 8)
         : undefined;
     const scratch: tf.TensorInfo[] = [];
-    try {
-      if (bounds === undefined) {
-        for (let e = 0; e < entries; e++) own(e, M, N);
-        return out;
-      }
+    if (bounds === undefined) {
+      for (let e = 0; e < entries; e++) own(e, M, N);
+    } else {
       const calls = bounds.slice(1, -1).map((start, i): HelperCall => {
         const end = bounds[i + 2]!;
         const [rows, cols] = byRows ? [end - start, N] : [M, end - start];
@@ -1478,17 +1469,12 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
         };
       });
       helpers!.run(calls, () => own(0, byRows ? bounds[1]! : M, byRows ? N : bounds[1]!));
-    } catch (error) {
-      // A helper that is stuck may still write into C and its scratch: those stay allocated.
-      freeUnlessStuck(error, [out, ...scratch], free);
-      if (error instanceof HelperStuckError) scratch.length = 0;
-      throw error;
-    } finally {
-      free(aPacked);
-      if (bPacked) free(bPacked);
-      if (sums) free(sums);
-      scratch.forEach(free);
     }
+    // (Should a part throw, wasmKernel frees all of these, unless a helper is stuck.)
+    free(aPacked);
+    if (bPacked) free(bPacked);
+    if (sums) free(sums);
+    scratch.forEach(free);
     return out;
   }, previous);
 }
@@ -1511,59 +1497,53 @@ function headScratch(T: number, hd: number): [number, number] {
  * or, `fused`, RxrlCausalAttentionQkv (the projection's [B*T, 3 H*hd], q, k and v side by side).
  */
 function causalAttentionKernel(exports: Exports, fused: boolean): tf.KernelFunc {
-  return wasmKernel(({ inputs, attrs, output, free, at }) => {
+  return wasmKernel((io) => {
+    const { inputs, attrs, output, at } = io;
     const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
     const [y, p] = [output([B * T, H * hd]), output([B, H, T, T])];
     const args = headArgs(attrs, fused);
     const [inRow, outRow] = [args[5], args[6]];
-    const scratch: tf.TensorInfo[] = [];
-    try {
-      // Sequences [b0, b1): every address moves to sequence b0, and the count is b1 - b0.
-      bySequences(
-        'causalAttention',
-        [B, T, H, hd],
-        (b0, b1) => {
-          const part = headScratch(T, hd).map((n) => output([n]));
-          scratch.push(...part);
-          const [ap, bp] = part.map(at) as [number, number];
-          const [rows, pAt] = [b0 * T, at(p) + b0 * H * T * T * 4];
-          return [
-            q + rows * inRow,
-            k + rows * inRow,
-            v + rows * inRow,
-            at(y) + rows * outRow,
-            pAt,
-            ap,
-            bp,
-            b1 - b0,
-            ...args.slice(1),
-          ];
-        },
-        (call) => exports.causalAttention(...(call as Parameters<Exports['causalAttention']>)),
-      );
-    } catch (error) {
-      freeUnlessStuck(error, [y, p, ...scratch.splice(0)], free);
-      throw error;
-    } finally {
-      scratch.forEach(free);
-    }
+    bySequences(exports, 'causalAttention', attrs, headScratch(T, hd), io, (b0, b1, [ap, bp]) => {
+      const rows = b0 * T;
+      return [
+        q + rows * inRow,
+        k + rows * inRow,
+        v + rows * inRow,
+        at(y) + rows * outRow,
+        at(p) + b0 * H * T * T * 4,
+        ap!,
+        bp!,
+        b1 - b0,
+        ...args.slice(1),
+      ];
+    });
     return [y, p];
   });
 }
 
 /**
- * Runs the attention export `fn` for sequences [b0, b1) of B (`args` gives its arguments): on this
- * thread (`here`) alone, or cut between it and the helpers when the attention is large enough
- * (THREADED_WORK multiply-adds per product of scores, B H T^2 hd).
+ * Runs the attention export `fn` over the B sequences: on this thread alone, or cut between it and
+ * the helpers by whole sequences where the attention is large enough (THREADED_WORK multiply-adds per
+ * product of scores, B H T^2 hd). Each part gets scratch of `scratch` floats each, and its arguments
+ * from args(b0, b1, the scratch's addresses): the addresses moved to sequence b0, and b1 - b0 for B.
  */
 function bySequences(
+  exports: Exports,
   fn: string,
-  [B, T, H, hd]: [number, number, number, number],
-  args: (b0: number, b1: number) => number[],
-  here: (args: number[]) => void,
+  attrs: Record<string, number>,
+  scratch: number[],
+  { output, free, at }: Pick<KernelIO, 'output' | 'free' | 'at'>,
+  args: (b0: number, b1: number, scratch: number[]) => number[],
 ): void {
-  runCut(B * H * T * T * hd >= THREADED_WORK ? helperPool.helpers : undefined, fn, B, 1, args, here);
+  const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
+  const parts: tf.TensorInfo[] = [];
+  runCut(helpersFor(B * H * T * T * hd, THREADED_WORK), exports, fn, B, 1, (b0, b1) => {
+    const part = scratch.map((n) => output([n]));
+    parts.push(...part);
+    return args(b0, b1, part.map(at));
+  });
+  parts.forEach(free);
 }
 
 /**
@@ -1571,7 +1551,8 @@ function bySequences(
  * RxrlCausalAttentionQkvGrad (one [B*T, 3 H*hd], the gradient of the projection's output).
  */
 function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelFunc {
-  return wasmKernel(({ inputs, attrs, output, free, at }) => {
+  return wasmKernel((io) => {
+    const { inputs, attrs, output, at } = io;
     const { B, T, H, hd } = attrs as Record<'B' | 'T' | 'H' | 'hd', number>;
     const [q, k, v] = headInputs(inputs, fused, H * hd, at);
     const grads = fused ? [output([B * T, 3 * H * hd])] : [0, 1, 2].map(() => output([B * T, H * hd]));
@@ -1583,42 +1564,26 @@ function causalAttentionGradKernel(exports: Exports, fused: boolean): tf.KernelF
     );
     const args = headArgs(attrs, fused);
     const [inRow, outRow] = [args[5], args[6]];
-    const scratch: tf.TensorInfo[] = [];
-    try {
-      bySequences(
-        'causalAttentionGrad',
-        [B, T, H, hd],
-        (b0, b1) => {
-          const part = [T * T, T * T, ...headScratch(T, hd)].map((n) => output([n]));
-          scratch.push(...part);
-          const [m, pm, ap, bp] = part.map(at) as [number, number, number, number];
-          const [rows, pAt] = [b0 * T, at(inputs.p!) + b0 * H * T * T * 4];
-          const [i, o] = [rows * inRow, rows * outRow];
-          return [
-            at(inputs.dy!) + o,
-            q + i,
-            k + i,
-            v + i,
-            pAt,
-            m,
-            pm,
-            dq + i,
-            dk + i,
-            dv + i,
-            ap,
-            bp,
-            b1 - b0,
-            ...args.slice(1),
-          ];
-        },
-        (call) => exports.causalAttentionGrad(...(call as Parameters<Exports['causalAttentionGrad']>)),
-      );
-    } catch (error) {
-      freeUnlessStuck(error, [...grads, ...scratch.splice(0)], free);
-      throw error;
-    } finally {
-      scratch.forEach(free);
-    }
+    const scratch = [T * T, T * T, ...headScratch(T, hd)];
+    bySequences(exports, 'causalAttentionGrad', attrs, scratch, io, (b0, b1, [m, pm, ap, bp]) => {
+      const [i, o] = [b0 * T * inRow, b0 * T * outRow];
+      return [
+        at(inputs.dy!) + o,
+        q + i,
+        k + i,
+        v + i,
+        at(inputs.p!) + b0 * H * T * T * 4,
+        m!,
+        pm!,
+        dq + i,
+        dk + i,
+        dv + i,
+        ap!,
+        bp!,
+        b1 - b0,
+        ...args.slice(1),
+      ];
+    });
     return fused ? grads[0]! : grads;
   });
 }
@@ -1647,21 +1612,17 @@ function headInputs(
 
 /** RxrlGelu (simdKernels.ts's gelu) with FMAs, for sizes that are a multiple of 8 (others: `previous`). */
 function geluKernel(exports: Exports, previous: tf.KernelConfig): tf.KernelFunc {
-  return wasmKernel(({ inputs: { x }, output, free, at, fallBack }) => {
+  return wasmKernel(({ inputs: { x }, output, at, fallBack }) => {
     const n = tf.util.sizeFromShape(x!.shape);
     if (n % 8 !== 0) return fallBack();
     const [y, s] = [output(x!.shape), output(x!.shape)];
     // Large ones cut in runs of elements, multiples of 8, one per thread.
-    cutOrFree(
-      [y, s],
-      free,
-      n,
-      'gelu',
-      n,
-      8,
-      (start, end) => [at(x!) + start * 4, at(y) + start * 4, at(s) + start * 4, end - start],
-      (args) => exports.gelu(...(args as [number, number, number, number])),
-    );
+    runCut(helpersFor(n), exports, 'gelu', n, 8, (start, end) => [
+      at(x!) + start * 4,
+      at(y) + start * 4,
+      at(s) + start * 4,
+      end - start,
+    ]);
     return [y, s];
   }, previous);
 }

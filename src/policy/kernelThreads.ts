@@ -301,54 +301,44 @@ export function cuts(extent: number, parts: number, unit: number): number[] | un
 /** An element-wise kernel (or one of about as much work per element) is cut between threads from this many elements on (~0.3 ms of GELU on one). */
 const THREADED_ELEMENTS = 1 << 17;
 
+/** The helper threads to cut a kernel call of `work` (elements, or what `threshold` counts) with: none when it is smaller than `threshold`. */
+export function helpersFor(work: number, threshold = THREADED_ELEMENTS): KernelHelpers | undefined {
+  return work >= threshold ? helperPool.helpers : undefined;
+}
+
 /**
- * Runs the export `fn` cut along [0, extent) in parts of whole `unit`s: args(start, end) gives each
- * part's arguments; the first part runs here (`here`), the others on the helpers at once. With no
- * `helpers`, helpers without `fn`, or too little to cut, one call for all of it runs here.
+ * Runs the export `fn` of `exports` (a kernel module's instance on this thread) cut along [0, extent)
+ * in parts of whole `unit`s: args(start, end) gives each part's arguments; the first part runs here,
+ * the others on the helpers at once. With no `helpers`, helpers without `fn`, or too little to cut,
+ * one call for all of it runs here. Returns whether it was cut.
  */
 export function runCut(
   helpers: KernelHelpers | undefined,
+  exports: object,
   fn: string,
   extent: number,
   unit: number,
   args: (start: number, end: number) => number[],
-  here: (args: number[]) => void,
-): void {
+): boolean {
+  const here = (exports as Record<string, (...args: number[]) => unknown>)[fn]!;
   const bounds = helpers?.has(fn) ? cuts(extent, helpers.count + 1, unit) : undefined;
-  if (bounds === undefined) return here(args(0, extent));
+  if (bounds === undefined) {
+    here(...args(0, extent));
+    return false;
+  }
   const calls = bounds.slice(0, -1).map((start, i) => args(start, bounds[i + 1]!));
   helpers!.run(
     calls.slice(1).map((a) => ({ fn, args: a })),
-    () => here(calls[0]!),
+    () => here(...calls[0]!),
   );
+  return true;
 }
 
 /**
- * Frees `tensors` with `free` after a kernel call failed, unless a helper may still be writing into
- * them (HelperStuckError): then they stay allocated, so that no later tensor gets those bytes.
+ * Frees `tensors` with `free` after a kernel call failed (simdKernels.ts's wasmKernel frees what the
+ * call made), unless a helper may still be writing into them (HelperStuckError): then they stay
+ * allocated, so that no later tensor gets those bytes.
  */
 export function freeUnlessStuck<T>(error: unknown, tensors: readonly T[], free: (t: T) => void): void {
   if (!(error instanceof HelperStuckError)) for (const t of tensors) free(t);
-}
-
-/**
- * runCut of the export `fn`, with the helper threads where the kernel has `work` elements or more
- * (THREADED_ELEMENTS), freeing `outputs` with `free` if it throws (unless a helper is stuck).
- */
-export function cutOrFree<T>(
-  outputs: readonly T[],
-  free: (t: T) => void,
-  work: number,
-  fn: string,
-  extent: number,
-  unit: number,
-  args: (start: number, end: number) => number[],
-  here: (args: number[]) => void,
-): void {
-  try {
-    runCut(work >= THREADED_ELEMENTS ? helperPool.helpers : undefined, fn, extent, unit, args, here);
-  } catch (error) {
-    freeUnlessStuck(error, outputs, free);
-    throw error;
-  }
 }

@@ -45,7 +45,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import { cutOrFree, helperPool } from './kernelThreads.ts';
+import { freeUnlessStuck, helperPool, helpersFor, runCut } from './kernelThreads.ts';
 import { memoryImport } from './sharedHeap.ts';
 
 /** The WebAssembly JS API, a Node global that the ES library this project compiles against does not type. */
@@ -1140,7 +1140,6 @@ function decodeLayerKernel(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
   }
 }
 
-/** The sum of the rows of x [R, C]: [C]. */
 /**
  * GELU in its sigmoid form, x * sigmoid(1.702 x), elementwise over x (float32, size a multiple of
  * 4): [y, s] with s = sigmoid(1.702 x), which geluGrad takes.
@@ -1284,7 +1283,11 @@ function ioOf(backend: WasmBackend): Pick<KernelIO, 'output' | 'free' | 'at'> {
   let io = backendIO.get(backend);
   if (!io) {
     io = {
-      output: (shape) => backend.makeOutput(shape, 'float32'),
+      output: (shape) => {
+        const t = backend.makeOutput(shape, 'float32');
+        made.push(t);
+        return t;
+      },
       free: (t) => void backend.disposeData(t.dataId),
       at: (t) => backend.dataIdMap.get(t.dataId).memoryOffset,
     };
@@ -1306,6 +1309,10 @@ function fallBackTo(
  * makes no new arrow functions (only a bound fallBack): decoding runs ~130 kernels a step, and five
  * closures made per call cost ~2% of a ~1M model's sampling call, mostly in naming them (the
  * TypeScript loader keeps function names).
+ *
+ * Should `body` throw, what it made with `output` is freed (its outputs and its scratch), unless a
+ * helper thread is stuck and may still write there (kernelThreads.ts's HelperStuckError): so the
+ * kernels free only what they are done with, and only on success.
  */
 export function wasmKernel(
   body: (io: KernelIO) => tf.TensorInfo | tf.TensorInfo[],
@@ -1313,14 +1320,26 @@ export function wasmKernel(
 ): tf.KernelFunc {
   return (args) => {
     const { inputs, attrs = {} } = args as KernelArgs;
-    return body({
-      inputs,
-      attrs: attrs as KernelIO['attrs'],
-      ...ioOf(args.backend as unknown as WasmBackend),
-      fallBack: fallBackTo.bind(undefined, previous, args),
-    });
+    const io = ioOf(args.backend as unknown as WasmBackend);
+    const start = made.length;
+    try {
+      const out = body({
+        inputs,
+        attrs: attrs as KernelIO['attrs'],
+        ...io,
+        fallBack: fallBackTo.bind(undefined, previous, args),
+      });
+      made.length = start;
+      return out;
+    } catch (error) {
+      freeUnlessStuck(error, made.splice(start), io.free);
+      throw error;
+    }
   };
 }
+
+/** The tensors made with KernelIO's `output` by the kernel calls under way (wasmKernel frees a failed call's). */
+const made: tf.TensorInfo[] = [];
 
 /** RxrlCachedAttention around an `attend` export (this module's, or gemmKernel.ts's with FMAs). */
 export function cachedAttentionKernel({ attend }: { attend: Attend }): tf.KernelFunc {
@@ -1352,127 +1371,84 @@ export function cachedAttentionKernel({ attend }: { attend: Attend }): tf.Kernel
 }
 
 function layerNormKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { x, gain, bias }, attrs, output, free, at }) => {
+  return wasmKernel(({ inputs: { x, gain, bias }, attrs, output, at }) => {
     const [R, d] = x!.shape as [number, number];
     const outs = [output([R, d]), output([R, d]), output([R, 1])];
     const [y, xhat, rstd] = outs.map(at) as [number, number, number];
     // Large ones cut in rows, one run per thread.
-    cutOrFree(
-      outs,
-      free,
-      R * d,
-      'layerNorm',
-      R,
-      1,
-      (r0, r1) => {
-        const row = r0 * d * 4;
-        return [
-          at(x!) + row,
-          at(gain!),
-          at(bias!),
-          y + row,
-          xhat + row,
-          rstd + r0 * 4,
-          r1 - r0,
-          d,
-          attrs.eps!,
-        ];
-      },
-      (args) => exports.layerNorm(...(args as Parameters<Exports['layerNorm']>)),
-    );
+    runCut(helpersFor(R * d), exports, 'layerNorm', R, 1, (r0, r1) => {
+      const row = r0 * d * 4;
+      return [at(x!) + row, at(gain!), at(bias!), y + row, xhat + row, rstd + r0 * 4, r1 - r0, d, attrs.eps!];
+    });
     return outs;
   });
 }
 
 function layerNormGradKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { dy, xhat, rstd, gain }, output, free, at }) => {
+  return wasmKernel(({ inputs: { dy, xhat, rstd, gain }, output, at }) => {
     const [R, d] = xhat!.shape as [number, number];
     const outs = [output([R, d]), output([d]), output([d])];
     const [dx, dGain, dBias] = outs.map(at) as [number, number, number];
-    // Large ones cut in rows for dx; then, where they were cut, the sums for the gain and bias
-    // gradients (over all rows, in row order) cut in columns.
-    let cut = false;
-    cutOrFree(
-      outs,
-      free,
-      R * d,
-      'layerNormGrad',
-      R,
-      1,
-      (r0, r1) => {
-        const row = r0 * d * 4;
-        const whole = r0 === 0 && r1 === R;
-        cut ||= !whole;
-        return [
-          at(dy!) + row,
-          at(xhat!) + row,
-          at(rstd!) + r0 * 4,
-          at(gain!),
-          dx + row,
-          dGain,
-          dBias,
-          r1 - r0,
-          d,
-          whole ? 1 : 0,
-        ];
-      },
-      (args) => exports.layerNormGrad(...(args as Parameters<Exports['layerNormGrad']>)),
-    );
-    if (cut)
-      cutOrFree(
-        outs,
-        free,
-        R * d,
-        'layerNormGradSums',
+    // Large ones cut in rows for dx (a call for all rows sums the gain and bias gradients on the
+    // way); where they were cut, those sums (over all rows, in row order) are cut in columns after.
+    const cut = runCut(helpersFor(R * d), exports, 'layerNormGrad', R, 1, (r0, r1) => {
+      const row = r0 * d * 4;
+      const whole = r0 === 0 && r1 === R ? 1 : 0;
+      return [
+        at(dy!) + row,
+        at(xhat!) + row,
+        at(rstd!) + r0 * 4,
+        at(gain!),
+        dx + row,
+        dGain,
+        dBias,
+        r1 - r0,
         d,
-        4,
-        (c0, c1) => [at(dy!) + c0 * 4, at(xhat!) + c0 * 4, dGain + c0 * 4, dBias + c0 * 4, R, c1 - c0, d * 4],
-        (args) => exports.layerNormGradSums(...(args as Parameters<Exports['layerNormGradSums']>)),
-      );
+        whole,
+      ];
+    });
+    if (cut)
+      runCut(helpersFor(R * d), exports, 'layerNormGradSums', d, 4, (c0, c1) => [
+        at(dy!) + c0 * 4,
+        at(xhat!) + c0 * 4,
+        dGain + c0 * 4,
+        dBias + c0 * 4,
+        R,
+        c1 - c0,
+        d * 4,
+      ]);
     return outs;
   });
 }
 
 function columnSumKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { x }, output, free, at }) => {
+  return wasmKernel(({ inputs: { x }, output, at }) => {
     const [R, C] = x!.shape as [number, number];
     const out = output([C]);
     // Large ones cut in columns (whole vectors of 4): each column still sums its rows in order.
-    cutOrFree(
-      [out],
-      free,
-      R * C,
-      'columnSum',
-      C,
-      4,
-      (c0, c1) => [at(x!) + c0 * 4, at(out) + c0 * 4, R, c1 - c0, C * 4],
-      (args) => exports.columnSum(...(args as Parameters<Exports['columnSum']>)),
-    );
+    runCut(helpersFor(R * C), exports, 'columnSum', C, 4, (c0, c1) => [
+      at(x!) + c0 * 4,
+      at(out) + c0 * 4,
+      R,
+      c1 - c0,
+      C * 4,
+    ]);
     return out;
   });
 }
 
 function adamwKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { p, g, m, v }, attrs, output, free, at }) => {
+  return wasmKernel(({ inputs: { p, g, m, v }, attrs, output, at }) => {
     const outs = [output(p!.shape), output(p!.shape), output(p!.shape)];
     const n = tf.util.sizeFromShape(p!.shape);
     const scalars = ADAMW_SCALARS.map((name) => attrs[name]!);
     // Large ones cut in runs of elements (whole vectors of 4, so each element takes the same path).
-    cutOrFree(
-      outs,
-      free,
-      n,
-      'adamw',
-      n,
-      4,
-      (start, end) => [
-        ...[p!, g!, m!, v!, ...outs].map((t) => at(t) + start * 4),
-        end - start,
-        attrs.weightDecay === 0 ? 0 : 1,
-        ...scalars,
-      ],
-      (args) => exports.adamw(...(args as Parameters<Exports['adamw']>)),
-    );
+    runCut(helpersFor(n), exports, 'adamw', n, 4, (start, end) => [
+      ...[p!, g!, m!, v!, ...outs].map((t) => at(t) + start * 4),
+      end - start,
+      attrs.weightDecay === 0 ? 0 : 1,
+      ...scalars,
+    ]);
     return outs;
   });
 }
@@ -1537,19 +1513,13 @@ function geluKernel(exports: Exports): tf.KernelFunc {
 }
 
 function geluGradKernel(exports: Exports): tf.KernelFunc {
-  return wasmKernel(({ inputs: { dy, x, s }, output, free, at }) => {
+  return wasmKernel(({ inputs: { dy, x, s }, output, at }) => {
     const dx = output(x!.shape);
     const n = tf.util.sizeFromShape(x!.shape);
-    cutOrFree(
-      [dx],
-      free,
-      n,
-      'geluGrad',
-      n,
-      4,
-      (start, end) => [...[dy!, x!, s!, dx].map((t) => at(t) + start * 4), end - start],
-      (args) => exports.geluGrad(...(args as Parameters<Exports['geluGrad']>)),
-    );
+    runCut(helpersFor(n), exports, 'geluGrad', n, 4, (start, end) => [
+      ...[dy!, x!, s!, dx].map((t) => at(t) + start * 4),
+      end - start,
+    ]);
     return dx;
   });
 }

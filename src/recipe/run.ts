@@ -37,7 +37,7 @@ export interface RecipeRunOptions {
   /** Stop after this stage. */
   until?: string;
   /**
-   * Threads for GRPO stages' learner matmuls on the wasm backend: its worker and learnerThreads - 1
+   * Threads for GRPO stages' learner kernels on the wasm backend: its worker and learnerThreads - 1
    * helpers (default: every core but the generator's). The stages that train on this thread use every
    * core. Results do not depend on it.
    */

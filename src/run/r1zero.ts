@@ -48,7 +48,7 @@ export interface RunOptions {
    */
   init?: string;
   /**
-   * Threads for the learner's matmuls on the wasm backend: its worker and learnerThreads - 1 helpers
+   * Threads for the learner's kernels on the wasm backend: its worker and learnerThreads - 1 helpers
    * (default: defaultLearnerThreads()). Results do not depend on it.
    */
   learnerThreads?: number;

@@ -15,7 +15,9 @@ import {
   layerNormRows,
   simdKernelsAvailable,
   uninstallSimdKernels,
+  wasmKernel,
 } from '../../src/policy/simdKernels.ts';
+import { HelperStuckError } from '../../src/policy/kernelThreads.ts';
 import { installGemmKernel, uninstallGemmKernel } from '../../src/policy/gemmKernel.ts';
 import { GPT, MASKED, causalBias } from '../../src/policy/gpt.ts';
 import { sample } from '../../src/policy/sampler.ts';
@@ -303,6 +305,33 @@ const rowsAndWidth = fc.record({
   R: fc.integer({ min: 1, max: 40 }),
   d: fc.integer({ min: 1, max: 12 }).map((n) => n * 4),
   seed: fc.integer({ min: 1, max: 1_000_000 }),
+});
+
+describe('wasmKernel', () => {
+  it('frees what a failed call made, but not where a helper is stuck and may still write there', () => {
+    const backend = tf.backend() as unknown as {
+      numDataIds(): number;
+      disposeData(dataId: object): void;
+    };
+    const made: tf.TensorInfo[] = [];
+    const failing = (error: Error) =>
+      wasmKernel(({ output }) => {
+        made.push(output([8]), output([16]));
+        throw error;
+      });
+    const call = (kernel: tf.KernelFunc) =>
+      kernel({ inputs: {}, attrs: {}, backend: tf.backend() } as unknown as Parameters<tf.KernelFunc>[0]);
+    const before = backend.numDataIds();
+    expect(() => call(failing(new Error('a trap')))).toThrow('a trap');
+    expect(backend.numDataIds()).toBe(before);
+    expect(() => call(failing(new HelperStuckError('stuck')))).toThrow('stuck');
+    expect(backend.numDataIds()).toBe(before + 2);
+    for (const t of made.slice(2)) backend.disposeData(t.dataId);
+    // A call that succeeds keeps what it returns.
+    const out = call(wasmKernel(({ output }) => output([4]))) as tf.TensorInfo;
+    expect(backend.numDataIds()).toBe(before + 1);
+    backend.disposeData(out.dataId);
+  });
 });
 
 describe('LayerNorm and column-sum kernels', () => {

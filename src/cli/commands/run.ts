@@ -255,7 +255,7 @@ export function registerRunCommand(program: Command): void {
       .option('--backend <backend>', 'auto | tensorflow-gpu | tensorflow | wasm | cpu', 'auto')
       .option(
         '--learner-threads <n>',
-        "threads for the GRPO learner's matmuls on the wasm backend (its worker + n-1 helpers; same results; default: every core but the generator's, 1 with --transport kafka); pretraining and SFT use every core",
+        "threads for the GRPO learner's kernels (matmul, attention, LayerNorm...) on the wasm backend (its worker + n-1 helpers; same results; default: every core but the generator's, 1 with --transport kafka); pretraining and SFT use every core",
         positiveInt,
       )
       .option(

@@ -18,7 +18,7 @@ export interface KafkaRunOptions {
   /** Where base models are cached between runs. */
   cacheDir: string;
   /**
-   * Threads for the learner's matmuls on the wasm backend: its worker and learnerThreads - 1 helpers
+   * Threads for the learner's kernels on the wasm backend: its worker and learnerThreads - 1 helpers
    * (default 1). Results do not depend on it.
    */
   learnerThreads?: number;
