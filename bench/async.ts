@@ -1,5 +1,5 @@
 // Synchronous (eta = 0) vs asynchronous (eta = 2) GRPO on the same pipeline and sample budget, side by
-// side in one run: wall-clock to reach the same held-out pass@1, and the speedup (DESIGN.md, GRPO.md §5).
+// side in one run: wall-clock to reach the same held-out pass@1, and the speedup.
 // Usage: npm run bench:async -- [--pipeline r1-zero-arithmetic] [--steps 40] [--eval-every 10]
 //        [--target <pass@1>] [--backend auto]
 // The target defaults to the lower of the two runs' best held-out pass@1, so both reach it.

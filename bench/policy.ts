@@ -10,7 +10,7 @@
  *   PyTorch    the same learner step in PyTorch on CPU (bench/torch/policy_bench.py: same model
  *              shape, batch, loss, clipping and optimiser), taking turns with the tfjs step: first
  *              both on one thread, then both on every core (PyTorch's intra-op threads; rxrl's
- *              matmul on helper threads, setBackendThreads, on the wasm backend). Installed the
+ *              kernels on helper threads, setBackendThreads, on the wasm backend). Installed the
  *              first time into the cached virtual environment .cache/bench-venv
  *              (bench/torch/requirements.txt); if python3 or the install fails, that is said and the
  *              tfjs side still runs
@@ -277,7 +277,7 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
     torch = { version: server.version, oneThread: one };
     const cores = availableParallelism();
     if (cores > 1) {
-      // Both on every core: PyTorch's intra-op threads, rxrl's matmul on its helper threads (wasm).
+      // Both on every core: PyTorch's intra-op threads, rxrl's kernels on its helper threads (wasm).
       await server.threads(cores);
       const tfjsThreads = await setBackendThreads(cores);
       torch.allThreads = { ...(await paired()), threads: cores, tfjsThreads };
@@ -298,7 +298,7 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
     console.log(rounds(torch.oneThread.ratios));
     const all = torch.allThreads;
     if (all) {
-      report(`learner step, ${all.tfjsThreads} matmul thread(s)`, all.tfjs);
+      report(`learner step, ${all.tfjsThreads} kernel thread(s)`, all.tfjs);
       report(`PyTorch, ${all.threads} threads, same step`, all.torch);
       console.log(rounds(all.ratios));
     }

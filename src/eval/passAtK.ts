@@ -1,5 +1,5 @@
 /**
- * The R1 evaluation protocol (GRPO.md §4): k samples per question at temperature 0.6 / top-p 0.95;
+ * The R1 evaluation protocol (the DeepSeek-R1 paper's evaluation setup): k samples per question at temperature 0.6 / top-p 0.95;
  * pass@1 is the mean correctness over the samples, pass@k the unbiased estimator of Chen et al. (2021),
  * cons@k the correctness of the majority answer.
  */

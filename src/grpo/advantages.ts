@@ -1,5 +1,5 @@
 /**
- * Group-relative advantages (GRPO.md §1-2): the pure math, independent of streams.
+ * Group-relative advantages (GRPO and the variants TRL and verl offer): the pure math, independent of streams.
  *
  *   grpo                   A_i = (r_i - mean(r)) / (std(r) + eps)
  *   dr_grpo                A_i =  r_i - mean(r)                      (Dr. GRPO: no std division)

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 
 /**
- * The GRPO family's policy loss (GRPO.md §1-2), on tfjs ops so it runs and differentiates on any
+ * The GRPO family's policy loss (DeepSeekMath's GRPO and the variants TRL and verl offer), on tfjs ops so it runs and differentiates on any
  * backend. Per token t of completion i, with A_i the sample's advantage:
  *
  *   rho_it = exp(logp_theta - logp_old)                          (token level)

@@ -25,7 +25,7 @@ export interface LearnerConfig {
   maskTruncated?: boolean;
 }
 
-/** What one optimiser step did: the names users of TRL / verl look for (GRPO.md §7). */
+/** What one optimiser step did: the names users of TRL / verl look for. */
 export interface StepReport {
   version: number;
   loss: number;

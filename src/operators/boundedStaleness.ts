@@ -16,7 +16,7 @@ export interface BoundedStalenessOptions {
 }
 
 /**
- * Admission control before the learner (GRPO.md §5): never lets a sample older than `eta` versions
+ * Admission control before the learner (asynchronous RL as AReaL does it): never lets a sample older than `eta` versions
  * through. Stale samples are removed from their batch (counted); a batch left empty is not emitted.
  *
  * ```

@@ -1,9 +1,9 @@
 /**
- * Picks the TensorFlow.js compute backend once per process (DESIGN.md "Policy and learner").
+ * Picks the TensorFlow.js compute backend once per process.
  *
  * auto: tfjs-node-gpu (CUDA) if installed, else tfjs-node (native CPU), else WebAssembly with
  * SIMD, else the plain JS `cpu` backend. Forcing a backend that is not installed throws and says
- * how to install it: there is no silent fallback (DESIGN.md "Non-negotiables").
+ * how to install it: there is no silent fallback.
  *
  * The native packages are optional: their install script downloads libtensorflow, which some
  * machines cannot do, so they are never imported statically, only probed and loaded here.
@@ -15,9 +15,9 @@ import { gemmKernelInstalled, installGemmKernel, matmulThreads, setMatmulThreads
 import { withSharedHeap } from './sharedHeap.ts';
 import { installSimdKernels } from './simdKernels.ts';
 import { installWasmKernels } from './wasmKernels.ts';
+import { BACKEND_REQUESTS, type BackendKind, type BackendRequest } from './backendRequest.ts';
 
-export type BackendRequest = 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
-export type BackendKind = Exclude<BackendRequest, 'auto'>;
+export { BACKEND_REQUESTS, type BackendKind, type BackendRequest };
 
 const require = createRequire(import.meta.url);
 
@@ -33,6 +33,10 @@ let active: { kind: BackendKind; ready: Promise<BackendKind> } | undefined;
  * with the same request (or 'auto') returns the backend already set up.
  */
 export function selectBackend(requested: BackendRequest = 'auto'): Promise<BackendKind> {
+  if (!(BACKEND_REQUESTS as readonly string[]).includes(requested))
+    return Promise.reject(
+      new Error(`unknown backend '${String(requested)}': choose one of ${BACKEND_REQUESTS.join(', ')}`),
+    );
   if (active && (requested === 'auto' || requested === active.kind)) return active.ready;
   const kind = requested === 'auto' ? autoKind() : requested;
   const ready = setUp(kind);

@@ -15,7 +15,7 @@
  * head is about 1% of the weights, and separate matrices keep both the one-hot embedding and the
  * head plain no-transpose matmuls (the fast path on wasm, below).
  *
- * Backend traps this file works around (TFJS.md): `gather` has no usable gradient on wasm, so
+ * Backend traps this file works around (tfjs-backend-wasm 4.22, measured): `gather` has no usable gradient on wasm, so
  * lookups are `oneHot(ids) @ W`. The stock wasm matmul runs a matmul with transpose flags on a slow
  * loop, so the matmul gradients pass flags only where the backend takes them well (matMulT). On
  * wasm, attention, LayerNorm, GELU and column sums run on rxrl's own SIMD kernels (simdKernels.ts)
@@ -114,7 +114,7 @@ function differentiable(
 /**
  * a @ b with a and/or b transposed, for the gradients. On wasm the transposes are explicit unless
  * rxrl's matmul (gemmKernel.ts) is installed, which reads through the flags without a copy: the
- * stock matmul runs flags on a loop 3-4x slower than XNNPACK (TFJS.md), and wasmKernels.ts's
+ * stock matmul runs flags on a loop 3-4x slower than XNNPACK (measured), and wasmKernels.ts's
  * transposes them for XNNPACK at no gain (measured slower on a gradient's shape). The other
  * backends take the flags.
  */
@@ -679,7 +679,7 @@ export function pickTokenLogProbs(logProbs: tf.Tensor3D, ids: tf.Tensor2D, mask:
   return tf.tidy(() => {
     const [B, T] = ids.shape;
     const V = logProbs.shape[2];
-    // sum(logp * oneHot) instead of gather: gather has no gradient on wasm (TFJS.md).
+    // sum(logp * oneHot) instead of gather: gather has no gradient on wasm.
     const targets = oneHotFloat(tf.slice(ids, [0, 1], [B, T - 1]), V);
     return tf.mul(tf.sum(tf.mul(logProbs, targets), 2), nextMask(mask));
   });

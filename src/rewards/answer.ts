@@ -1,5 +1,5 @@
 /**
- * Reading answers out of completions and comparing them as numbers (GRPO.md §3: compared as numbers
+ * Reading answers out of completions and comparing them as numbers (R1's rule-based accuracy reward: compared as numbers
  * and fractions, not as strings).
  */
 

@@ -78,7 +78,7 @@ export type RunEvent =
     }
   | { kind: 'checkpoint'; step: number; dir: string };
 
-/** Where every generated sample ended: the counts add up to `generated` (DESIGN.md "Nothing lost"). */
+/** Where every generated sample ended: the counts add up to `generated` (nothing is lost). */
 export interface Accounting {
   generated: number;
   trained: number;

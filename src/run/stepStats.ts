@@ -37,7 +37,7 @@ export class DataOrder {
   }
 }
 
-/** What the samples trained on in one step looked like (names as TRL logs them, GRPO.md §7). */
+/** What the samples trained on in one step looked like (names as TRL logs them). */
 export interface RolloutStats {
   rewardMean: number;
   rewardStd: number;

@@ -13,7 +13,7 @@ export interface StalenessAdmissionOptions {
 
 /**
  * How many more samples generation may start now so that none will be older than eta versions when
- * the learner reaches it (AReaL's admission control, GRPO.md §5):
+ * the learner reaches it (AReaL's admission control for bounded staleness):
  *
  *   capacity = min(maxConcurrent - running, (eta + v + 1) * B - (accepted + running))
  *

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_GRPO_LOSS, grpoLoss, grpoLossValues, type GrpoLossConfig } from '../../src/grpo/loss.ts';
 
-// An independent float64 reference, written plainly from GRPO.md's formulas (not the tfjs code path).
+// An independent float64 reference, written plainly from the published formulas (not the tfjs code path).
 interface Case {
   logp: number[][];
   old: number[][];
@@ -181,7 +181,7 @@ describe('grpoLoss gradients against finite differences', () => {
   }
 });
 
-describe('each switch changes the result the way GRPO.md says', () => {
+describe('each switch changes the result the way the published formulas say', () => {
   const base = DEFAULT_GRPO_LOSS;
   const c = makeCase(3);
 

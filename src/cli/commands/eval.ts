@@ -1,7 +1,7 @@
 import { join } from 'node:path';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { pairedBootstrap } from '../../eval/paired.ts';
-import type { BackendRequest } from '../../policy/backend.ts';
+import { BACKEND_REQUESTS, type BackendRequest } from '../../policy/backendRequest.ts';
 import { anyInt, positiveInt, positiveNumber, probability } from '../options.ts';
 import { defaultRunDir, loadPipeline } from '../pipelines.ts';
 
@@ -14,7 +14,11 @@ export function registerEvalCommand(program: Command): void {
     )
     .argument('<pipeline>', 'pipeline name (pipelines/<name>.ts) or path to a topology module')
     .option('--checkpoint <dir>', 'checkpoint directory (default: runs/<pipeline>/checkpoint)')
-    .option('--backend <backend>', 'auto | tensorflow-gpu | tensorflow | wasm | cpu', 'auto')
+    .addOption(
+      new Option('--backend <backend>', 'the tfjs backend (auto: the best one installed)')
+        .choices(BACKEND_REQUESTS)
+        .default('auto'),
+    )
     .option('--prompts <n>', 'held-out prompts to use (default: the topology eval.prompts)', positiveInt)
     .option('-k, --samples <k>', 'samples per prompt (default: the topology eval.k)', positiveInt)
     .option(

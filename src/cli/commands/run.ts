@@ -4,7 +4,7 @@ import { Subject } from 'rxjs';
 import type { ScoredRollout } from '../../../schemas/index.ts';
 import { Metrics } from '../../metrics/metrics.ts';
 import { createMetricsServer, type MetricsServer } from '../../metrics/server.ts';
-import type { BackendRequest } from '../../policy/backend.ts';
+import { BACKEND_REQUESTS, type BackendRequest } from '../../policy/backendRequest.ts';
 import type { KafkaRole, KafkaRunEvent, KafkaRunSummary } from '../../run/kafka/types.ts';
 import { KAFKA_ROLES } from '../../run/kafka/types.ts';
 import type { RunEvent, RunSummary } from '../../run/r1zero.ts';
@@ -252,7 +252,11 @@ export function registerRunCommand(program: Command): void {
         'with --transport kafka: partitions of the work topics the learner creates (default 3)',
         positiveInt,
       )
-      .option('--backend <backend>', 'auto | tensorflow-gpu | tensorflow | wasm | cpu', 'auto')
+      .addOption(
+        new Option('--backend <backend>', 'the tfjs backend (auto: the best one installed)')
+          .choices(BACKEND_REQUESTS)
+          .default('auto'),
+      )
       .option(
         '--learner-threads <n>',
         "threads for the GRPO learner's kernels (matmul, attention, LayerNorm...) on the wasm backend (its worker + n-1 helpers; same results; default: every core but the generator's, 1 with --transport kafka); pretraining and SFT use every core",

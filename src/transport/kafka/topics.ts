@@ -1,5 +1,5 @@
 /**
- * The topics of a run: one per edge of the flow (DESIGN.md), named `<run>.<edge>`, each carrying one message
+ * The topics of a run: one per edge of the flow, named `<run>.<edge>`, each carrying one message
  * schema; how records are keyed on them; and admin helpers to create, describe and delete them.
  */
 import kafkajs, { type Admin } from 'kafkajs';
