@@ -1,4 +1,4 @@
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
@@ -76,7 +76,9 @@ export type RunEvent =
       rollout: RolloutStats;
       staleness: number;
     }
-  | { kind: 'checkpoint'; step: number; dir: string };
+  | { kind: 'checkpoint'; step: number; dir: string }
+  /** The run directory held an earlier run (at `step`), which this new one replaces. */
+  | { kind: 'replacing'; dir: string; step: number };
 
 /** Where every generated sample ended: the counts add up to `generated` (nothing is lost). */
 export interface Accounting {
@@ -104,7 +106,7 @@ interface RunState {
 }
 
 /**
- * The learner's matmul threads when a run does not say: every core but the one the generator's
+ * The learner's kernel threads when a run does not say: every core but the one the generator's
  * worker keeps busy (1 on a 2-core machine). The main thread only routes messages.
  */
 export function defaultLearnerThreads(): number {
@@ -126,20 +128,31 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const metrics = options.metrics ?? new Metrics({ run: topology.name });
   // A shared Metrics (a recipe's stages) has counted earlier runs: this run's accounting is what it adds.
   const countedBefore = metrics.snapshot();
-  mkdirSync(options.runDir, { recursive: true });
   const metricsLog = join(options.runDir, 'metrics.jsonl');
   const statePath = join(options.runDir, 'state.json');
   const checkpointDir = join(options.runDir, 'checkpoint');
   const resuming = options.resume === true && existsSync(statePath);
   if (options.resume && !resuming)
     throw new Error(`--resume: no checkpoint in ${options.runDir} to resume from`);
-  if (!resuming) writeFileSync(metricsLog, '');
+  // The main thread pretrains the base model; the workers pick their own backends the same way. First:
+  // a backend that cannot start leaves the run directory as it was.
+  await selectBackend(options.backend);
+  mkdirSync(options.runDir, { recursive: true });
+  if (!resuming) {
+    // A new run replaces an earlier one here: its state goes at once, so that --resume can never
+    // continue the earlier run's checkpoint with this run's metrics (the checkpoint is overwritten
+    // at this run's first).
+    if (existsSync(statePath)) {
+      const earlier = JSON.parse(readFileSync(statePath, 'utf8')) as RunState;
+      emit({ kind: 'replacing', dir: options.runDir, step: earlier.version });
+      rmSync(statePath);
+      rmSync(join(options.runDir, 'summary.json'), { force: true });
+    }
+    writeFileSync(metricsLog, '');
+  }
   const logSubscription = metrics.stream.subscribe((m) =>
     appendFileSync(metricsLog, `${JSON.stringify(m)}\n`),
   );
-
-  // The main thread pretrains the base model; the workers pick their own backends the same way.
-  await selectBackend(options.backend);
   const runtime = taskRuntime(topology);
   const tokenizer = new CharTokenizer(runtime.alphabet);
   const started = performance.now();

@@ -190,7 +190,7 @@ export function learnerConfig(topology: Topology): LearnerConfig {
   };
 }
 
-/** The learner's backend as runs report it: with its matmul threads when there are more than one. */
+/** The learner's backend as runs report it: with its kernel threads when there are more than one. */
 export function withThreads({ backend, threads }: { backend: string; threads: number }): string {
-  return threads > 1 ? `${backend}, ${threads} matmul threads` : backend;
+  return threads > 1 ? `${backend}, ${threads} kernel threads` : backend;
 }

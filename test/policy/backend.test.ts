@@ -37,4 +37,11 @@ describe('selectBackend', () => {
       expect(tf.getBackend()).toBe('wasm');
     },
   );
+
+  it('refuses a backend it does not know, naming the choices, instead of running on another', async () => {
+    await expect(selectBackend('tensorflow2' as never)).rejects.toThrow(
+      "unknown backend 'tensorflow2': choose one of auto, tensorflow-gpu, tensorflow, wasm, cpu",
+    );
+    expect(tf.getBackend()).toBe('wasm');
+  });
 });

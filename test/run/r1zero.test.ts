@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -108,23 +108,39 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     expect(whole.steps).toBe(4);
   });
 
-  it("runs the learner's matmuls on helper threads when asked, says so, and trains the same weights", async () => {
+  it("runs the learner's kernels on helper threads when asked, says so, and trains the same weights", async () => {
     // The plumbing, from the run to the learner worker: this tiny model's products are too small to
     // split (kernelThreads.test.ts trains a learner step on split products).
     const one = await run('one-thread', { eta: 0, learnerThreads: 1 });
     const two = await run('two-threads', { eta: 0, learnerThreads: 2 });
     expect(one.backend).toEqual({ generator: 'wasm', learner: 'wasm' });
-    expect(two.backend).toEqual({ generator: 'wasm', learner: 'wasm, 2 matmul threads' });
+    expect(two.backend).toEqual({ generator: 'wasm', learner: 'wasm, 2 kernel threads' });
     // Unsaid, the learner takes every core but the generator's.
     const unsaid = await run('default-threads', { eta: 0, steps: 1 });
     const n = Math.max(1, availableParallelism() - 1);
     expect(defaultLearnerThreads()).toBe(n);
-    expect(unsaid.backend.learner).toBe(n === 1 ? 'wasm' : `wasm, ${n} matmul threads`);
+    expect(unsaid.backend.learner).toBe(n === 1 ? 'wasm' : `wasm, ${n} kernel threads`);
     const a = await loadCheckpoint(join(root, 'one-thread', 'checkpoint'));
     const b = await loadCheckpoint(join(root, 'two-threads', 'checkpoint'));
     for (const [name, v] of a.model.params) {
       expect(Array.from(b.model.params.get(name)!.dataSync()), name).toEqual(Array.from(v.dataSync()));
     }
+  });
+
+  it('a new run replaces an earlier one in its directory, and leaves it as it was when the backend cannot start', async () => {
+    await run('again', { eta: 0, steps: 1 });
+    const dir = join(root, 'again');
+    const metrics = readFileSync(join(dir, 'metrics.jsonl'), 'utf8');
+    expect(metrics.length).toBeGreaterThan(0);
+    await expect(run('again', { backend: 'tensorflow2' as never })).rejects.toThrow(
+      /unknown backend 'tensorflow2'/,
+    );
+    expect(readFileSync(join(dir, 'metrics.jsonl'), 'utf8')).toBe(metrics);
+    expect(existsSync(join(dir, 'state.json'))).toBe(true);
+    const events: RunEvent[] = [];
+    await run('again', { eta: 0, steps: 2, onEvent: (e) => events.push(e) });
+    expect(events.filter((e) => e.kind === 'replacing')).toEqual([{ kind: 'replacing', dir, step: 1 }]);
+    expect(JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')).version).toBe(2);
   });
 
   it('says so when there is nothing to resume', async () => {

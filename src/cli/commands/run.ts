@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import { Subject } from 'rxjs';
@@ -47,6 +48,11 @@ export function progressDisplay(options: { showKl: boolean } = { showKl: true })
           break;
         case 'base-model':
           console.log(`base model: ${event.cached ? 'reused from' : 'saved to'} ${event.dir}`);
+          break;
+        case 'replacing':
+          console.log(
+            `${event.dir} held an earlier run (at step ${event.step}): this run starts anew and replaces it (--resume continues a run; --run-dir keeps runs apart)`,
+          );
           break;
         case 'backend':
           if ('role' in event) say(`backend (${event.role}): ${event.backend}`);
@@ -205,15 +211,19 @@ interface RunFlags extends ConnectionFlags {
   until?: string;
 }
 
+/** The command-line names of option keys: workerId is --worker-id. */
+const optionNames = (keys: readonly string[]): string[] =>
+  keys.map((key) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+
 /** The options that only mean something on one transport, named when given on the other. */
 function checkTransportFlags(flags: RunFlags, command: Command): void {
   const kafkaOnly = (['role', 'run', 'workerId', 'partitions', 'brokers'] as const).filter(
     (key) => flags[key] !== undefined,
   );
-  if (flags.transport === 'memory' && kafkaOnly.length > 0) {
-    const names = kafkaOnly.map((key) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
-    command.error(`${names.join(', ')} only apply with --transport kafka`);
-  }
+  if (flags.transport === 'memory' && kafkaOnly.length > 0)
+    command.error(
+      `${optionNames(kafkaOnly).join(', ')} only ${kafkaOnly.length === 1 ? 'applies' : 'apply'} with --transport kafka`,
+    );
   if (flags.transport === 'kafka') {
     if (!flags.role) command.error(`--transport kafka needs --role (${KAFKA_ROLES.join(' | ')})`);
     if (flags.resume)
@@ -289,6 +299,10 @@ export function registerRunCommand(program: Command): void {
       .option('--until <stage>', 'recipes: stop after this stage'),
   ).action(async (name: string, opts: RunFlags, command: Command) => {
     checkTransportFlags(opts, command);
+    if (opts.learnerThreads !== undefined && opts.learnerThreads > availableParallelism())
+      command.error(
+        `--learner-threads ${opts.learnerThreads}: this machine has ${availableParallelism()} cores (more threads than cores only contend)`,
+      );
     const pipeline = await loadAnyPipeline(name);
     if (pipeline.kind === 'recipe') {
       const { recipe } = pipeline;
@@ -299,6 +313,13 @@ export function registerRunCommand(program: Command): void {
       if (opts.resume)
         command.error(
           `--resume does not apply to a recipe: finished stages are reused, an interrupted GRPO stage resumes`,
+        );
+      const single = (['steps', 'eta', 'dashboard', 'metricsPort'] as const).filter(
+        (key) => opts[key] !== undefined,
+      );
+      if (single.length > 0)
+        command.error(
+          `${optionNames(single).join(', ')} ${single.length === 1 ? 'applies' : 'apply'} to a single run; ${recipe.name} is a recipe, whose stages set their own steps and staleness (see \`rxrl describe ${recipe.name}\`)`,
         );
       console.log(`${recipe.name}: ${recipe.description}`);
       const { runRecipeCommand } = await import('./recipe.ts');

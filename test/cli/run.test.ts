@@ -1,0 +1,52 @@
+/** `rxrl run`'s usage errors, as the command line prints them: each names the option and what to do, before anything runs. */
+import { availableParallelism } from 'node:os';
+import { CommanderError } from 'commander';
+import { expect, it } from 'vitest';
+import { createProgram } from '../../src/cli/program.ts';
+
+/** Parses `rxrl run <args>` in this process; returns the usage error it stopped with. */
+async function usageError(...args: string[]): Promise<string> {
+  const err: string[] = [];
+  const program = createProgram({
+    exitOverride: true,
+    output: { writeOut: () => undefined, writeErr: (text) => err.push(text.trim()) },
+  });
+  try {
+    await program.parseAsync(['run', ...args], { from: 'user' });
+  } catch (error) {
+    if (error instanceof CommanderError) return err.join('\n');
+    throw error;
+  }
+  throw new Error(`rxrl run ${args.join(' ')} ran`);
+}
+
+it('refuses a backend it does not know and lists the ones there are', async () => {
+  expect(await usageError('r1-zero-arithmetic', '--backend', 'tensorflow2')).toBe(
+    "error: option '--backend <backend>' argument 'tensorflow2' is invalid. Allowed choices are auto, tensorflow-gpu, tensorflow, wasm, cpu.",
+  );
+});
+
+it("refuses a single run's options for a recipe instead of ignoring them", async () => {
+  expect(await usageError('r1-arithmetic', '--steps', '5', '--eta', '0')).toBe(
+    'error: --steps, --eta apply to a single run; r1-arithmetic is a recipe, whose stages set their own steps and staleness (see `rxrl describe r1-arithmetic`)',
+  );
+  expect(await usageError('r1-arithmetic', '--dashboard')).toMatch(
+    /^error: --dashboard applies to a single run;/,
+  );
+});
+
+it('refuses more learner threads than cores', async () => {
+  const n = availableParallelism() + 1;
+  expect(await usageError('r1-zero-arithmetic', '--learner-threads', String(n))).toBe(
+    `error: --learner-threads ${n}: this machine has ${availableParallelism()} cores (more threads than cores only contend)`,
+  );
+});
+
+it('names Kafka-only options given without --transport kafka, in the singular or the plural', async () => {
+  expect(await usageError('r1-zero-arithmetic', '--role', 'learner')).toBe(
+    'error: --role only applies with --transport kafka',
+  );
+  expect(await usageError('r1-zero-arithmetic', '--role', 'learner', '--worker-id', 'w')).toBe(
+    'error: --role, --worker-id only apply with --transport kafka',
+  );
+});
