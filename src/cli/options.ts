@@ -4,6 +4,7 @@
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import {
+  brokerProblem,
   parseBrokers,
   SASL_MECHANISMS,
   type KafkaConnectionOptions,
@@ -69,6 +70,10 @@ export function withConnection(command: Command): Command {
 export function connectionOf(flags: ConnectionFlags, command: Command): KafkaConnectionOptions {
   const brokers = parseBrokers(flags.brokers ?? process.env.KAFKA_BROKERS);
   if (brokers.length === 0) command.error('No Kafka brokers: pass --brokers host:port or set KAFKA_BROKERS');
+  for (const broker of brokers) {
+    const problem = brokerProblem(broker);
+    if (problem) command.error(`${flags.brokers === undefined ? 'KAFKA_BROKERS' : '--brokers'}: ${problem}`);
+  }
   const connection: KafkaConnectionOptions = { brokers, clientId: flags.clientId ?? 'rxrl' };
   if (flags.ssl) connection.ssl = true;
   if (flags.saslMechanism) {

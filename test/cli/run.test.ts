@@ -50,3 +50,19 @@ it('names Kafka-only options given without --transport kafka, in the singular or
     'error: --role, --worker-id only apply with --transport kafka',
   );
 });
+
+it('refuses a broker address that is not host:port before connecting', async () => {
+  expect(
+    await usageError(
+      'r1-zero-arithmetic',
+      '--transport',
+      'kafka',
+      '--role',
+      'learner',
+      '--brokers',
+      'localhost',
+    ),
+  ).toBe(
+    "error: --brokers: Kafka broker 'localhost' is not host:port with a port from 1 to 65535 (e.g. localhost:9092)",
+  );
+});

@@ -3,7 +3,7 @@
  * admin, producer and consumer of the transport shares.
  */
 import type { ConnectionOptions } from 'node:tls';
-import { Kafka, logLevel, type RetryOptions } from 'kafkajs';
+import { Kafka, logLevel, type LogEntry, type logCreator, type RetryOptions } from 'kafkajs';
 
 /** SASL mechanisms the Kafka broker offers without extra client plugins. */
 export const SASL_MECHANISMS = ['plain', 'scram-sha-256', 'scram-sha-512'] as const;
@@ -40,7 +40,12 @@ export function createKafka(options: KafkaConnectionOptions): Kafka {
   if (options.brokers.length === 0) {
     throw new Error('No Kafka brokers given: pass --brokers host:port or set KAFKA_BROKERS');
   }
+  for (const broker of options.brokers) {
+    const problem = brokerProblem(broker);
+    if (problem) throw new Error(problem);
+  }
   return new Kafka({
+    logCreator: lineLog,
     clientId: options.clientId ?? 'rxrl',
     brokers: options.brokers,
     ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
@@ -49,6 +54,42 @@ export function createKafka(options: KafkaConnectionOptions): Kafka {
     retry: options.retry ?? DEFAULT_RETRY,
     logLevel: options.logLevel ?? logLevel.WARN,
   });
+}
+
+/** What is wrong with a broker address, if anything: it must be host:port (an IPv6 host in brackets). */
+export function brokerProblem(broker: string): string | undefined {
+  const match = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]/]+):(\d+)$/.exec(broker);
+  const port = match ? Number(match[2]) : NaN;
+  if (match && port >= 1 && port <= 65535) return undefined;
+  return `Kafka broker '${broker}' is not host:port with a port from 1 to 65535 (e.g. localhost:9092)`;
+}
+
+/**
+ * kafkajs's log entries as one line each on stderr: level, its component, the message, the error and
+ * the broker, then retry counts where there are ones (its default logger prints JSON with stack traces).
+ */
+export const lineLog: logCreator =
+  () =>
+  ({ namespace, level, log }: LogEntry): void => {
+    console.error(formatLogEntry(namespace, level, log));
+  };
+
+/** kafkajs's levels by number (its runtime logLevel object has no reverse mapping). */
+const LEVEL_NAMES: Record<number, string> = { 1: 'ERROR', 2: 'WARN', 4: 'INFO', 5: 'DEBUG' };
+
+/** One log entry of kafkajs as the line lineLog prints. */
+export function formatLogEntry(namespace: string, level: logLevel, log: LogEntry['log']): string {
+  const { message, error, broker, retryCount, retryTime } = log as Record<string, unknown>;
+  const parts = [
+    `kafka ${LEVEL_NAMES[level] ?? level}${namespace ? ` [${namespace}]` : ''}: ${String(message)}`,
+  ];
+  if (error !== undefined && error !== message) parts.push(`: ${String(error)}`);
+  if (broker !== undefined) parts.push(` (broker ${String(broker)})`);
+  if (retryCount !== undefined)
+    parts.push(
+      `, retry ${String(retryCount)}${typeof retryTime === 'number' ? ` in ${(retryTime / 1000).toFixed(1)} s` : ''}`,
+    );
+  return parts.join('');
 }
 
 /** `host:port,host:port` (as in KAFKA_BROKERS or --brokers) to a broker list. */
