@@ -1,6 +1,9 @@
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdirSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { loadAnyPipeline, loadPipeline, PIPELINES_DIR } from '../src/cli/pipelines.ts';
 import { CharTokenizer } from '../src/policy/tokenizer.ts';
 import { seededUniform } from '../src/random.ts';
@@ -106,5 +109,38 @@ describe('base-model cache keys', () => {
     const { alphabet } = tokenizer.spec();
     for (const ch of ['进', '不', 'c', 'a', 'r', 'y', 'n', 'o']) expect(alphabet).toContain(ch);
     expect(tokenizer.encode('进1,不进')).toHaveLength(5); // one token per character
+  });
+});
+
+describe('loading a pipeline from a path', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rxrl-pipeline-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const write = (name: string, text: string): string => {
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+
+  it('loads an ES module outside the project (.mts) and lists what its topology lacks, a field a line', async () => {
+    const file = write('partial.mts', "export default { name: 'partial', description: 'x' };\n");
+    const error = await loadAnyPipeline(file).catch((e: Error) => e);
+    expect(error).toBeInstanceOf(Error);
+    const lines = (error as Error).message.split('\n');
+    expect(lines[0]).toBe(`${file} does not export a valid topology as default:`);
+    expect(lines).toContain('  seed: Invalid input: expected number, received undefined');
+    expect(lines).toContain('  model: Invalid input: expected object, received undefined');
+  });
+
+  it('says how to make a .ts file outside any ES package load (rxrl describe), and what files a pipeline may be', async () => {
+    const file = write('cjs.ts', "export default { name: 'cjs' };\n");
+    // Under vitest every module is ESM; the command line loads through Node, where this one is CommonJS.
+    const cli = spawnSync(process.execPath, ['bin/rxrl.js', 'describe', file], { encoding: 'utf8' });
+    expect(cli.status).toBe(1);
+    expect(cli.stderr).toContain(
+      `error: ${file} loads as CommonJS, and a pipeline must be an ES module: name it .mts, or put a package.json with "type": "module" beside it`,
+    );
+    const json = write('topology.json', '{}');
+    await expect(loadAnyPipeline(json)).rejects.toThrow(
+      `${json} is not a TypeScript or JavaScript module (.ts, .mts, .js or .mjs)`,
+    );
   });
 });

@@ -3,6 +3,8 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { isRecipe, Recipe } from '../recipe/recipe.ts';
 import { Topology } from '../topology/topology.ts';
+import { describeIssues } from '../validation.ts';
+import type { z } from 'zod';
 
 export const PIPELINES_DIR = fileURLToPath(new URL('../../pipelines/', import.meta.url));
 
@@ -13,27 +15,49 @@ export type Pipeline = { kind: 'topology'; topology: Topology } | { kind: 'recip
  * (one GRPO run) or a recipe (stages, made with defineRecipe).
  */
 export async function loadAnyPipeline(nameOrPath: string): Promise<Pipeline> {
-  const candidates = [
-    isAbsolute(nameOrPath) ? nameOrPath : resolve(nameOrPath),
-    join(PIPELINES_DIR, `${nameOrPath}.ts`),
-  ];
-  const file = candidates.find((f) => existsSync(f) && f.endsWith('.ts'));
+  const path = isAbsolute(nameOrPath) ? nameOrPath : resolve(nameOrPath);
+  const candidates = [path, join(PIPELINES_DIR, `${nameOrPath}.ts`)];
+  const file = candidates.find((f) => existsSync(f) && MODULE.test(f));
   if (!file) {
     throw new Error(
-      `No pipeline "${nameOrPath}": expected pipelines/${nameOrPath}.ts or a path to a .ts module`,
+      existsSync(path)
+        ? `${nameOrPath} is not a TypeScript or JavaScript module (.ts, .mts, .js or .mjs)`
+        : `No pipeline "${nameOrPath}": expected pipelines/${nameOrPath}.ts or a path to a .ts module`,
     );
   }
-  const mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
+  let mod: { default?: unknown };
+  try {
+    mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
+  } catch (error) {
+    const message = (error as Error).message;
+    throw new Error(
+      /require\(\) ES Module|Cannot use import statement outside a module/.test(message)
+        ? `${file} loads as CommonJS, and a pipeline must be an ES module: name it .mts, or put a package.json with "type": "module" beside it (${message})`
+        : `${file} failed to load: ${message}`,
+      { cause: error },
+    );
+  }
   if (isRecipe(mod.default)) {
     const parsed = Recipe.safeParse(mod.default);
     if (!parsed.success)
-      throw new Error(`${file} does not export a valid recipe as default: ${parsed.error.message}`);
+      throw new Error(`${file} does not export a valid recipe as default:\n${listIssues(parsed.error)}`);
     return { kind: 'recipe', recipe: parsed.data };
   }
   const parsed = Topology.safeParse(mod.default);
   if (!parsed.success)
-    throw new Error(`${file} does not export a valid topology as default: ${parsed.error.message}`);
+    throw new Error(`${file} does not export a valid topology as default:\n${listIssues(parsed.error)}`);
   return { kind: 'topology', topology: parsed.data };
+}
+
+/** The files a pipeline may be. */
+const MODULE = /\.(ts|mts|js|mjs)$/;
+
+/** A schema's complaints, a line each (`  model.dModel: Invalid input: expected number, received undefined`). */
+function listIssues(error: z.ZodError): string {
+  const issues = describeIssues(error);
+  const shown = issues.slice(0, 20).map(({ path, message }) => `  ${path}: ${message}`);
+  if (issues.length > shown.length) shown.push(`  ... and ${issues.length - shown.length} more`);
+  return shown.join('\n');
 }
 
 /** The topology of a pipeline; for a recipe, the one its stages start from (its task, model and eval). */
