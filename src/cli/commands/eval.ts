@@ -1,9 +1,10 @@
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Option, type Command } from 'commander';
 import { pairedBootstrap } from '../../eval/paired.ts';
 import { BACKEND_REQUESTS, type BackendRequest } from '../../policy/backendRequest.ts';
 import { anyInt, positiveInt, positiveNumber, probability } from '../options.ts';
-import { defaultRunDir, loadPipeline } from '../pipelines.ts';
+import { defaultRunDir, loadAnyPipeline, type Pipeline } from '../pipelines.ts';
 
 export function registerEvalCommand(program: Command): void {
   program
@@ -12,8 +13,11 @@ export function registerEvalCommand(program: Command): void {
       "Evaluate a checkpoint on a pipeline's held-out prompts the R1 way: k samples per question, " +
         'pass@1 averaged over them, unbiased pass@k, cons@k majority voting',
     )
-    .argument('<pipeline>', 'pipeline name (pipelines/<name>.ts) or path to a topology module')
-    .option('--checkpoint <dir>', 'checkpoint directory (default: runs/<pipeline>/checkpoint)')
+    .argument('<pipeline>', 'pipeline name (pipelines/<name>.ts) or path to a topology or recipe module')
+    .option(
+      '--checkpoint <dir>',
+      "checkpoint directory (default: runs/<pipeline>/checkpoint; for a recipe, its last stage's with one: runs/<recipe>/<stage>/checkpoint)",
+    )
     .addOption(
       new Option('--backend <backend>', 'the tfjs backend (auto: the best one installed)')
         .choices(BACKEND_REQUESTS)
@@ -48,9 +52,19 @@ export function registerEvalCommand(program: Command): void {
           against?: string;
           json?: boolean;
         },
+        command: Command,
       ) => {
-        const topology = await loadPipeline(name);
-        const checkpoint = opts.checkpoint ?? join(defaultRunDir(topology.name), 'checkpoint');
+        const pipeline = await loadAnyPipeline(name);
+        const topology = pipeline.kind === 'topology' ? pipeline.topology : pipeline.recipe.topology;
+        const checkpoint = opts.checkpoint ?? defaultCheckpoint(pipeline, command);
+        for (const [flag, dir] of [
+          ['--checkpoint', checkpoint],
+          ['--against', opts.against],
+        ] as const)
+          if (dir !== undefined && !existsSync(join(dir, 'manifest.json')))
+            command.error(
+              `${flag} ${dir}: ${existsSync(dir) ? 'not a checkpoint directory (no manifest.json in it)' : 'no such directory'}`,
+            );
         const settings = {
           prompts: opts.prompts ?? topology.eval.prompts,
           k: opts.samples ?? topology.eval.k,
@@ -103,4 +117,17 @@ export function registerEvalCommand(program: Command): void {
         }
       },
     );
+}
+
+/** Where a pipeline's run leaves its checkpoint: for a recipe, the last of its stages that left one. */
+function defaultCheckpoint(pipeline: Pipeline, command: Command): string {
+  if (pipeline.kind === 'topology') return join(defaultRunDir(pipeline.topology.name), 'checkpoint');
+  const { recipe } = pipeline;
+  const dirs = recipe.stages.map((stage) => join(defaultRunDir(recipe.name), stage.name, 'checkpoint'));
+  const last = dirs.reverse().find((dir) => existsSync(join(dir, 'manifest.json')));
+  if (last === undefined)
+    command.error(
+      `${recipe.name} is a recipe and none of its stages has left a checkpoint under ${defaultRunDir(recipe.name)} yet: run it (rxrl run ${recipe.name}) or pass --checkpoint`,
+    );
+  return last;
 }

@@ -1,24 +1,28 @@
-/** `rxrl run`'s usage errors, as the command line prints them: each names the option and what to do, before anything runs. */
-import { availableParallelism } from 'node:os';
+/** Usage errors of `rxrl run` and `rxrl eval`, as the command line prints them: each names the option and what to do, before anything runs. */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { CommanderError } from 'commander';
 import { expect, it } from 'vitest';
 import { createProgram } from '../../src/cli/program.ts';
 
-/** Parses `rxrl run <args>` in this process; returns the usage error it stopped with. */
-async function usageError(...args: string[]): Promise<string> {
+/** Parses `rxrl <command> <args>` in this process; returns the usage error it stopped with. */
+async function usageOf(command: string, ...args: string[]): Promise<string> {
   const err: string[] = [];
   const program = createProgram({
     exitOverride: true,
     output: { writeOut: () => undefined, writeErr: (text) => err.push(text.trim()) },
   });
   try {
-    await program.parseAsync(['run', ...args], { from: 'user' });
+    await program.parseAsync([command, ...args], { from: 'user' });
   } catch (error) {
     if (error instanceof CommanderError) return err.join('\n');
     throw error;
   }
-  throw new Error(`rxrl run ${args.join(' ')} ran`);
+  throw new Error(`rxrl ${command} ${args.join(' ')} ran`);
 }
+
+const usageError = (...args: string[]): Promise<string> => usageOf('run', ...args);
 
 it('refuses a backend it does not know and lists the ones there are', async () => {
   expect(await usageError('r1-zero-arithmetic', '--backend', 'tensorflow2')).toBe(
@@ -64,5 +68,22 @@ it('refuses a broker address that is not host:port before connecting', async () 
     ),
   ).toBe(
     "error: --brokers: Kafka broker 'localhost' is not host:port with a port from 1 to 65535 (e.g. localhost:9092)",
+  );
+});
+
+it('rxrl eval checks both checkpoint directories before evaluating either', async () => {
+  const missing = join(tmpdir(), 'rxrl-no-such-checkpoint');
+  expect(await usageOf('eval', 'r1-zero-arithmetic', '--checkpoint', tmpdir())).toBe(
+    `error: --checkpoint ${tmpdir()}: not a checkpoint directory (no manifest.json in it)`,
+  );
+  // Checked by its manifest only, before anything loads: the first evaluation may take minutes.
+  const present = mkdtempSync(join(tmpdir(), 'rxrl-checkpoint-'));
+  writeFileSync(join(present, 'manifest.json'), '{}');
+  expect(await usageOf('eval', 'r1-zero-arithmetic', '--checkpoint', present, '--against', missing)).toBe(
+    `error: --against ${missing}: no such directory`,
+  );
+  rmSync(present, { recursive: true });
+  expect(await usageOf('eval', 'r1-zero-arithmetic', '--backend', 'gpu')).toBe(
+    "error: option '--backend <backend>' argument 'gpu' is invalid. Allowed choices are auto, tensorflow-gpu, tensorflow, wasm, cpu.",
   );
 });
