@@ -48,6 +48,7 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
     const run = newRun('run-all');
     const runDir = join(root, run);
     const events: KafkaRunEvent[] = [];
+    const completions: string[] = [];
     const summary = await runOverKafka({
       topology: tiny,
       backend: 'wasm',
@@ -61,6 +62,7 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
       metricsIntervalMs: 1_000,
       workerId: 'w',
       onEvent: (e) => events.push(e),
+      onCompletion: (sample) => completions.push(sample.groupId),
     });
     expect(summary.learner?.steps).toBe(3);
     expect(events.filter((e) => e.kind === 'step').map((e) => (e as { step: number }).step)).toEqual([
@@ -83,6 +85,9 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
     expect(outcomes.distinct).toBe(ids.length); // no prompt published twice
     expect(outcomes.distinct).toBe(prompts.published);
     expect(state.pending).toEqual([]);
+    // The learner hands each scored sample it takes in to onCompletion (a dashboard's completions panel).
+    expect(completions.length).toBeGreaterThanOrEqual(samples.trained);
+    expect(completions.every((groupId) => ids.includes(groupId))).toBe(true);
 
     // The rollout worker reports the version it runs on <run>.metrics.
     const metrics = (await readTopicSince(connection, topicName(run, 'metrics'), {})).flatMap((record) => {

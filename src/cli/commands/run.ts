@@ -375,6 +375,7 @@ export function registerRunCommand(program: Command): void {
           signal: controller.signal,
           ...(opts.workerId ? { workerId: opts.workerId } : {}),
           ...(opts.partitions ? { partitions: opts.partitions } : {}),
+          ...(server ? { onCompletion: (s: ScoredRollout) => completions.next(s) } : {}),
         });
         display.stop();
         printKafkaSummary(summary);

@@ -477,6 +477,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       if (p.indices.has(s.index)) return; // groupSamples counts it as a duplicate
       p.indices.add(s.index);
       window.add(s);
+      options.onCompletion?.(s);
       scored.next(s);
     };
 

@@ -1,3 +1,4 @@
+import type { ScoredRollout } from '../../../schemas/index.ts';
 import type { Metrics } from '../../metrics/metrics.ts';
 import type { BackendRequest } from '../../policy/backend.ts';
 import type { KafkaConnectionOptions } from '../../transport/kafka/client.ts';
@@ -30,6 +31,8 @@ export interface KafkaRunOptions {
   eta?: number;
   metrics?: Metrics;
   onEvent?: (event: KafkaRunEvent) => void;
+  /** The learner calls this with each scored sample it takes in (a dashboard's completions panel). */
+  onCompletion?: (sample: ScoredRollout) => void;
   /** Stops the role: a worker leaves its group, the learner checkpoints and leaves. */
   signal?: AbortSignal;
   /** Names this worker in metrics labels and events (default: host name and process id). */
