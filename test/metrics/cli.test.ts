@@ -34,7 +34,7 @@ const svgPath = join(dir, 'plot.svg');
 let server: MetricsServer;
 let served: Metric[];
 // The CLI loads the whole engine (seconds): its runs go in parallel, once, and the tests read their results.
-let results: { table: Result; steps: Result; url: Result; plot: Result };
+let results: { table: Result; steps: Result; url: Result; plot: Result; misspelt: Result };
 
 beforeAll(async () => {
   mkdirSync(join(dir, 'run-a'));
@@ -57,13 +57,14 @@ beforeAll(async () => {
   const { url } = await server.listen(0);
   for (let step = 0; step < 3; step++) publishStep(live, step);
 
-  const [table, steps, fromUrl, plot] = await Promise.all([
+  const [table, steps, fromUrl, plot, misspelt] = await Promise.all([
     rxrl('metrics', runA),
     rxrl('metrics', runA, '--format', 'steps', '--name', 'reward/'),
     rxrl('metrics', url, '--name', 'train/', '--format', 'jsonl'),
     rxrl('plot', runA, runB, '--out', svgPath),
+    rxrl('plot', runA, '--metric', 'eval/pass@1', '--metric', 'reward/meen', '--out', join(dir, 'one.svg')),
   ]);
-  results = { table, steps, url: fromUrl, plot };
+  results = { table, steps, url: fromUrl, plot, misspelt };
 }, 300_000);
 
 afterAll(async () => {
@@ -111,6 +112,13 @@ describe('rxrl metrics', () => {
 });
 
 describe('rxrl plot', () => {
+  it('says which metrics asked for it left out, as no run has them', () => {
+    const { code, stdout, stderr } = results.misspelt;
+    expect(code, stderr).toBe(0);
+    expect(stdout).toContain('eval/pass@1 for run-a');
+    expect(stderr).toContain('left out, as no run has per-step values of them: reward/meen');
+  });
+
   it('draws one panel per standard metric with a line per run, and a legend of the runs', () => {
     const { code, stdout, stderr } = results.plot;
     expect(code, stderr).toBe(0);

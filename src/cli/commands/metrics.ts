@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { extname } from 'node:path';
+import { dirname, extname, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import type { Observable } from 'rxjs';
 import type { Metric } from '../../../schemas/index.ts';
@@ -78,6 +78,7 @@ export function registerMetricsCommands(program: Command): void {
         metrics = metricsFromServer(source, { follow, filter });
       } else {
         if (!follow && !existsSync(source)) command.error(`No such file: ${source}`);
+        if (!existsSync(source)) process.stderr.write(`waiting for ${source} to appear (Ctrl-C to stop)\n`);
         metrics = metricsOf(follow ? followMetricsJsonl(source) : readMetricsJsonl(source), filter);
       }
 
@@ -128,6 +129,8 @@ export function registerMetricsCommands(program: Command): void {
     .option('--port <port>', 'port to listen on (0: a free one)', portNumber, 0)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .action(async (file: string, flags: { port: number; host: string }) => {
+      if (!existsSync(file))
+        process.stderr.write(`${file} does not exist yet: the dashboard fills in once it does\n`);
       const server = createMetricsServer(followMetricsJsonl(file));
       const { url } = await server.listen(flags.port, flags.host);
       process.stdout.write(`dashboard of ${file}: ${url}/  (Ctrl-C to stop)\n`);
@@ -159,6 +162,8 @@ export function registerMetricsCommands(program: Command): void {
         if (format !== '.svg' && format !== '.png') {
           command.error(`--out must end in .svg or .png, got ${flags.out}`);
         }
+        if (!existsSync(dirname(resolve(flags.out))))
+          command.error(`--out ${flags.out}: no such directory ${dirname(flags.out)}`);
         for (const file of files) if (!existsSync(file)) command.error(`No such file: ${file}`);
         const runs = await loadRuns(files);
         const spec = plotSpec(runs, {
@@ -174,6 +179,9 @@ export function registerMetricsCommands(program: Command): void {
         const svg = await renderSvg(spec);
         await writeFile(flags.out, format === '.svg' ? svg : await svgToPng(svg));
         const panels = (spec.facet as { sort: string[] }).sort;
+        const absent = (flags.metric ?? []).filter((name) => !panels.includes(name));
+        if (absent.length > 0)
+          process.stderr.write(`left out, as no run has per-step values of them: ${absent.join(', ')}\n`);
         process.stdout.write(
           `wrote ${flags.out}: ${panels.join(', ')} for ${runs.map((r) => r.label).join(', ')}\n`,
         );
