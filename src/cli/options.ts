@@ -28,9 +28,9 @@ export function portNumber(value: string): number {
   return n;
 }
 
-export function positiveNumber(value: string): number {
+export function nonNegativeNumber(value: string): number {
   const n = Number(value);
-  if (!(n > 0)) throw new InvalidArgumentError('expected a positive number.');
+  if (!(n >= 0) || value.trim() === '') throw new InvalidArgumentError('expected a number >= 0.');
   return n;
 }
 

@@ -87,3 +87,14 @@ it('rxrl eval checks both checkpoint directories before evaluating either', asyn
     "error: option '--backend <backend>' argument 'gpu' is invalid. Allowed choices are auto, tensorflow-gpu, tensorflow, wasm, cpu.",
   );
 });
+
+it('rxrl eval takes temperature 0 (greedy) and refuses a negative one', async () => {
+  const missing = join(tmpdir(), 'rxrl-no-such-checkpoint');
+  // 0 parses: the command goes on to the next check.
+  expect(await usageOf('eval', 'r1-zero-arithmetic', '--temperature', '0', '--checkpoint', missing)).toBe(
+    `error: --checkpoint ${missing}: no such directory`,
+  );
+  expect(await usageOf('eval', 'r1-zero-arithmetic', '--temperature', '-1')).toBe(
+    "error: option '--temperature <t>' argument '-1' is invalid. expected a number >= 0.",
+  );
+});

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Option, type Command } from 'commander';
 import { pairedBootstrap } from '../../eval/paired.ts';
 import { BACKEND_REQUESTS, type BackendRequest } from '../../policy/backendRequest.ts';
-import { anyInt, positiveInt, positiveNumber, probability } from '../options.ts';
+import { anyInt, nonNegativeNumber, positiveInt, probability } from '../options.ts';
 import { defaultRunDir, loadAnyPipeline, type Pipeline } from '../pipelines.ts';
 
 export function registerEvalCommand(program: Command): void {
@@ -23,12 +23,16 @@ export function registerEvalCommand(program: Command): void {
         .choices(BACKEND_REQUESTS)
         .default('auto'),
     )
-    .option('--prompts <n>', 'held-out prompts to use (default: the topology eval.prompts)', positiveInt)
+    .option(
+      '--prompts <n>',
+      'held-out prompts to use, at most the held-out set (default: the topology eval.prompts)',
+      positiveInt,
+    )
     .option('-k, --samples <k>', 'samples per prompt (default: the topology eval.k)', positiveInt)
     .option(
       '--temperature <t>',
-      'sampling temperature (default: the topology eval.temperature)',
-      positiveNumber,
+      'sampling temperature, 0 for greedy decoding (then the k samples agree) (default: the topology eval.temperature)',
+      nonNegativeNumber,
     )
     .option('--top-p <p>', 'nucleus sampling (default: the topology eval.topP)', probability)
     .option('--seed <n>', 'sampling seed', anyInt, 0)

@@ -144,7 +144,10 @@ export function registerMetricsCommands(program: Command): void {
       'Draw the standard curves (reward, accuracy, pass@1, response length, KL, staleness) of one or more runs against the step, one panel each, runs overlaid',
     )
     .argument('<files...>', "runs' metrics.jsonl files (each run is named after its directory)")
-    .requiredOption('-o, --out <file>', 'where to write the plot: .svg, or .png (rendered with resvg)')
+    .requiredOption(
+      '-o, --out <file>',
+      'where to write the plot (required): .svg, or .png (rendered with resvg)',
+    )
     .option(
       '--metric <name>',
       `a metric to draw (repeatable; default: ${STANDARD_PANELS.join(', ')})`,

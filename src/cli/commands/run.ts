@@ -238,9 +238,9 @@ export function registerRunCommand(program: Command): void {
     program
       .command('run')
       .description(
-        'Run a pipeline (a topology in pipelines/) on the embedded in-memory transport, or one role of it over Kafka',
+        'Run a pipeline (a topology or a recipe in pipelines/, or a module by path): a topology on the embedded in-memory transport or one role of it over Kafka, a recipe stage by stage',
       )
-      .argument('<pipeline>', 'pipeline name (pipelines/<name>.ts) or path to a topology module')
+      .argument('<pipeline>', 'pipeline name (pipelines/<name>.ts) or path to a topology or recipe module')
       .addOption(
         new Option('--transport <transport>', 'where the stages talk: in this process, or over Kafka topics')
           .choices(['memory', 'kafka'])
@@ -274,12 +274,16 @@ export function registerRunCommand(program: Command): void {
       )
       .option(
         '--run-dir <dir>',
-        'where metrics.jsonl, checkpoints and summary.json go (default runs/<pipeline>)',
+        "where metrics.jsonl, state.json, the checkpoint and summary.json go (default runs/<name>: the topology's or recipe's name, or --run's over Kafka)",
       )
       .option('--cache-dir <dir>', 'where base models are cached', '.cache/base-models')
       .option('--resume', 'continue from the last checkpoint in the run directory')
-      .option('--steps <n>', 'override the number of optimiser steps', positiveInt)
-      .option('--eta <n>', 'override the staleness bound (0: synchronous)', nonNegativeInt)
+      .option('--steps <n>', "optimiser steps (default: the topology's run.steps)", positiveInt)
+      .option(
+        '--eta <n>',
+        "the staleness bound in policy versions, 0 for synchronous (default: the topology's grpo.eta)",
+        nonNegativeInt,
+      )
       .option(
         '--dashboard [port]',
         'serve a live dashboard of the run, with /metrics (Prometheus) and /metrics/stream (SSE), on this port (default: a free one); its address is printed',
@@ -404,7 +408,10 @@ export function registerRunCommand(program: Command): void {
       "Print a pipeline without running it: a topology's declaration, or a recipe's stages with what each reads and writes",
     )
     .argument('<pipeline>', 'pipeline name or path')
-    .option('--run-dir <dir>', 'where the run would write (default runs/<pipeline>)')
+    .option(
+      '--run-dir <dir>',
+      "recipes: where the run would write, for the stages' paths (default runs/<recipe>)",
+    )
     .option('--json', "print the declaration as JSON (a recipe's too)")
     .action(async (name: string, opts: { runDir?: string; json?: boolean }) => {
       const pipeline = await loadAnyPipeline(name);
