@@ -113,8 +113,20 @@ export async function saveCheckpoint(
   }
 }
 
-/** Reads a checkpoint written by `saveCheckpoint` into a new model on the current backend. */
-export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
+/** A checkpoint's contents as plain arrays, read without tfjs (see readCheckpoint). */
+export interface CheckpointArrays {
+  manifest: z.infer<typeof CheckpointManifest>;
+  /** The model's parameters by name. */
+  model: Map<string, Float32Array>;
+  /** The optimiser's state by name, with shapes. */
+  optimizer: Map<string, { values: Float32Array; shape: number[] }>;
+}
+
+/**
+ * Reads a checkpoint written by `saveCheckpoint` as arrays, touching no tfjs backend: for a process that
+ * only hands the weights on (to a worker), where building a model would start a backend for nothing.
+ */
+export async function readCheckpoint(dir: string): Promise<CheckpointArrays> {
   const manifestPath = path.join(dir, MANIFEST);
   let json: unknown;
   try {
@@ -133,18 +145,26 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   // Float32Array needs a 4-byte aligned offset, which a pooled Buffer may not have.
   const aligned = bytes.byteOffset % 4 === 0 ? bytes : new Uint8Array(bytes);
   const floats = new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4);
-  const arrays = new Map<string, Float32Array>();
-  const optimizer = new Map<string, tf.Tensor>();
+  const model = new Map<string, Float32Array>();
+  const optimizer = new Map<string, { values: Float32Array; shape: number[] }>();
   for (const { name, group, shape, offset } of manifest.tensors) {
     const size = shape.reduce((a, b) => a * b, 1);
     if (offset + size > floats.length) {
       throw new Error(`loadCheckpoint: ${TENSORS} in ${dir} is truncated (${name} ends past its end)`);
     }
-    // slice copies: the tensors must not alias the file buffer.
+    // slice copies: the arrays must not alias the file buffer (and may be transferred).
     const values = floats.slice(offset, offset + size);
-    if (group === 'model') arrays.set(name, values);
-    else optimizer.set(name, tf.tensor(values, shape, 'float32'));
+    if (group === 'model') model.set(name, values);
+    else optimizer.set(name, { values, shape });
   }
+  return { manifest, model, optimizer };
+}
+
+/** Reads a checkpoint written by `saveCheckpoint` into a new model on the current backend. */
+export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
+  const { manifest, model: arrays, optimizer: state } = await readCheckpoint(dir);
+  const optimizer = new Map<string, tf.Tensor>();
+  for (const [name, { values, shape }] of state) optimizer.set(name, tf.tensor(values, shape, 'float32'));
   const model = new GPT(manifest.model);
   try {
     model.assignWeights(arrays);

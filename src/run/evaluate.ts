@@ -5,13 +5,13 @@ import { checkSteps } from '../eval/steps.ts';
 import { summarizeEval, type EvalSummary, type QuestionSamples } from '../eval/passAtK.ts';
 import { formatReward, languageConsistencyReward, type Language } from '../rewards/rewards.ts';
 import type { BackendRequest } from '../policy/backend.ts';
-import { loadCheckpoint } from '../policy/checkpoint.ts';
-import { CharTokenizer } from '../policy/tokenizer.ts';
+import { readCheckpoint } from '../policy/checkpoint.ts';
+import { CharTokenizer, tokenizerFromSpec } from '../policy/tokenizer.ts';
 import type { Topology } from '../topology/topology.ts';
 import { taskRuntime, type TaskRuntime } from './taskRuntime.ts';
 import type { GeneratorReply, GeneratorRequest } from './workers/protocol.ts';
 import { WorkerClient } from './workers/rpc.ts';
-import { exportWeights } from './workers/weights.ts';
+import type { WeightArrays } from './workers/weights.ts';
 
 export interface EvalSettings {
   prompts: number;
@@ -139,17 +139,17 @@ export async function openCheckpointGenerator(
   if (!existsSync(join(checkpoint, 'manifest.json'))) {
     throw new Error(`${what}: ${checkpoint} is not a checkpoint directory (no manifest.json in it)`);
   }
-  const ckpt = await loadCheckpoint(checkpoint);
+  // Read as arrays: the generator worker builds the model on its backend; this thread starts none.
+  const { manifest, model: params } = await readCheckpoint(checkpoint);
   const tokenizer = new CharTokenizer(runtime.alphabet);
-  if (JSON.stringify(ckpt.tokenizer.spec()) !== JSON.stringify(tokenizer.spec())) {
-    ckpt.model.dispose();
+  if (JSON.stringify(tokenizerFromSpec(manifest.tokenizer).spec()) !== JSON.stringify(tokenizer.spec())) {
     throw new Error(
       `${what}: the tokenizer of ${checkpoint} differs from the one the ${runtime.name} task uses`,
     );
   }
-  const weights = exportWeights(ckpt.model);
-  const model = ckpt.model.config;
-  ckpt.model.dispose();
+  const weights: WeightArrays = Object.fromEntries(params);
+  const model = manifest.model;
+  const { policyVersion } = manifest;
   const generator = new WorkerClient<GeneratorRequest, GeneratorReply>(
     'generator',
     new URL('./workers/generator.worker.ts', import.meta.url),
@@ -160,13 +160,13 @@ export async function openCheckpointGenerator(
       backend,
       model,
       tokenizer: tokenizer.spec(),
-      version: ckpt.policyVersion,
+      version: policyVersion,
       weights,
     });
     return {
       generator,
       backend: ready.backend,
-      policyVersion: ckpt.policyVersion,
+      policyVersion,
       close: () => generator.close(),
     };
   } catch (error) {
