@@ -137,7 +137,11 @@ export async function openCheckpointGenerator(
   what = 'eval',
 ): Promise<CheckpointGenerator> {
   if (!existsSync(join(checkpoint, 'manifest.json'))) {
-    throw new Error(`${what}: ${checkpoint} is not a checkpoint directory (no manifest.json in it)`);
+    throw new Error(
+      existsSync(checkpoint)
+        ? `${what}: ${checkpoint} is not a checkpoint directory (no manifest.json in it)`
+        : `${what}: no checkpoint at ${checkpoint} (no such directory)`,
+    );
   }
   // Read as arrays: the generator worker builds the model on its backend; this thread starts none.
   const { manifest, model: params } = await readCheckpoint(checkpoint);

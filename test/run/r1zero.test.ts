@@ -82,7 +82,16 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
         settings: { ...tiny.eval, maxNewTokens: 24 },
         seed: 0,
       }),
-    ).rejects.toThrow(/is not a checkpoint directory/);
+    ).rejects.toThrow(`eval: no checkpoint at ${join(root, 'no-such-run')} (no such directory)`);
+    await expect(
+      evaluateCheckpoint({
+        topology: tiny,
+        backend: 'wasm',
+        checkpoint: root,
+        settings: { ...tiny.eval, maxNewTokens: 24 },
+        seed: 0,
+      }),
+    ).rejects.toThrow(`eval: ${root} is not a checkpoint directory (no manifest.json in it)`);
   });
 
   it('reuses the cached base model on the next run', async () => {
