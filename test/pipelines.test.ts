@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadAnyPipeline, loadPipeline, PIPELINES_DIR } from '../src/cli/pipelines.ts';
 import { CharTokenizer } from '../src/policy/tokenizer.ts';
@@ -133,7 +134,8 @@ describe('loading a pipeline from a path', () => {
   it('says how to make a .ts file outside any ES package load (rxrl describe), and what files a pipeline may be', async () => {
     const file = write('cjs.ts', "export default { name: 'cjs' };\n");
     // Under vitest every module is ESM; the command line loads through Node, where this one is CommonJS.
-    const cli = spawnSync(process.execPath, ['bin/rxrl.js', 'describe', file], { encoding: 'utf8' });
+    const bin = fileURLToPath(new URL('../bin/rxrl.js', import.meta.url));
+    const cli = spawnSync(process.execPath, [bin, 'describe', file], { encoding: 'utf8' });
     expect(cli.status).toBe(1);
     expect(cli.stderr).toContain(
       `error: ${file} loads as CommonJS, and a pipeline must be an ES module: name it .mts, or put a package.json with "type": "module" beside it`,

@@ -31,7 +31,7 @@ export async function loadAnyPipeline(nameOrPath: string): Promise<Pipeline> {
   } catch (error) {
     const message = (error as Error).message;
     throw new Error(
-      /require\(\) ES Module|Cannot use import statement outside a module/.test(message)
+      /require\(\) (of )?ES Module|Cannot use import statement outside a module/.test(message)
         ? `${file} loads as CommonJS, and a pipeline must be an ES module: name it .mts, or put a package.json with "type": "module" beside it (${message})`
         : `${file} failed to load: ${message}`,
       { cause: error },

@@ -175,7 +175,8 @@ export async function openCheckpointGenerator(
     };
   } catch (error) {
     await generator.close();
-    throw error;
+    // The worker's error (a model config that does not fit the weights, say) names no directory.
+    throw new Error(`${what}: ${checkpoint}: ${(error as Error).message}`, { cause: error });
   }
 }
 

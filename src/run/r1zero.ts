@@ -1,4 +1,12 @@
-import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
@@ -77,8 +85,17 @@ export type RunEvent =
       staleness: number;
     }
   | { kind: 'checkpoint'; step: number; dir: string }
-  /** The run directory held an earlier run (at `step`), which this new one replaces. */
-  | { kind: 'replacing'; dir: string; step: number };
+  /** The run directory held an earlier run (at `step`, if its state is readable), moved to `movedTo`. */
+  | { kind: 'replacing'; dir: string; step: number | undefined; movedTo: string };
+
+/** The policy version a run's state.json records, if it can be read. */
+function stepOf(statePath: string): number | undefined {
+  try {
+    return (JSON.parse(readFileSync(statePath, 'utf8')) as RunState).version;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Where every generated sample ended: the counts add up to `generated` (nothing is lost). */
 export interface Accounting {
@@ -137,19 +154,29 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   // The main thread pretrains the base model; the workers pick their own backends the same way. First:
   // a backend that cannot start leaves the run directory as it was.
   await selectBackend(options.backend);
-  mkdirSync(options.runDir, { recursive: true });
-  if (!resuming) {
-    // A new run replaces an earlier one here: its state goes at once, so that --resume can never
-    // continue the earlier run's checkpoint with this run's metrics (the checkpoint is overwritten
-    // at this run's first).
-    if (existsSync(statePath)) {
-      const earlier = JSON.parse(readFileSync(statePath, 'utf8')) as RunState;
-      emit({ kind: 'replacing', dir: options.runDir, step: earlier.version });
-      rmSync(statePath);
-      rmSync(join(options.runDir, 'summary.json'), { force: true });
+  if (!resuming && existsSync(statePath)) {
+    // A new run where an earlier one left its state: the earlier run moves aside whole (checkpoint,
+    // state, metrics, summary), so that nothing of the two mixes (--resume would continue one's
+    // checkpoint with the other's metrics) and the earlier one can still be resumed from there.
+    const previous = `${options.runDir.replace(/[\\/]+$/, '')}.previous`;
+    try {
+      rmSync(previous, { recursive: true, force: true });
+      renameSync(options.runDir, previous);
+    } catch (error) {
+      throw new Error(
+        `${options.runDir} holds an earlier run, which could not be moved to ${previous} (${(error as Error).message}): pass --resume to continue it, or another --run-dir`,
+        { cause: error },
+      );
     }
-    writeFileSync(metricsLog, '');
+    emit({
+      kind: 'replacing',
+      dir: options.runDir,
+      step: stepOf(join(previous, 'state.json')),
+      movedTo: previous,
+    });
   }
+  mkdirSync(options.runDir, { recursive: true });
+  if (!resuming) writeFileSync(metricsLog, '');
   const logSubscription = metrics.stream.subscribe((m) =>
     appendFileSync(metricsLog, `${JSON.stringify(m)}\n`),
   );

@@ -2,6 +2,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { CommanderError } from 'commander';
 import { expect, it } from 'vitest';
 import { createProgram } from '../../src/cli/program.ts';
@@ -34,8 +35,8 @@ it("refuses a single run's options for a recipe instead of ignoring them", async
   expect(await usageError('r1-arithmetic', '--steps', '5', '--eta', '0')).toBe(
     'error: --steps, --eta apply to a single run; r1-arithmetic is a recipe, whose stages set their own steps and staleness (see `rxrl describe r1-arithmetic`)',
   );
-  expect(await usageError('r1-arithmetic', '--dashboard')).toMatch(
-    /^error: --dashboard applies to a single run;/,
+  expect(await usageError('r1-arithmetic', '--dashboard', '--metrics-host', '0.0.0.0')).toBe(
+    "error: --dashboard, --metrics-host apply to a single run; a recipe serves no live metrics: watch a stage's with rxrl dashboard runs/r1-arithmetic/<stage>/metrics.jsonl",
   );
 });
 
@@ -97,4 +98,19 @@ it('rxrl eval takes temperature 0 (greedy) and refuses a negative one', async ()
   expect(await usageOf('eval', 'r1-zero-arithmetic', '--temperature', '-1')).toBe(
     "error: option '--temperature <t>' argument '-1' is invalid. expected a number >= 0.",
   );
+});
+
+it('rxrl eval without --checkpoint says the run has left none yet, and how to make or name one', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rxrl-eval-'));
+  const name = `no-run-${Date.now()}`;
+  const file = join(dir, 'topology.mts');
+  const base = fileURLToPath(new URL('../../pipelines/r1-zero-arithmetic.ts', import.meta.url));
+  writeFileSync(
+    file,
+    `import base from ${JSON.stringify(base)};\nexport default { ...base, name: '${name}' };\n`,
+  );
+  expect(await usageOf('eval', file)).toBe(
+    `error: no checkpoint at ${join('runs', name, 'checkpoint')} yet: run the pipeline (rxrl run ${file}) or pass --checkpoint <dir>`,
+  );
+  rmSync(dir, { recursive: true });
 });

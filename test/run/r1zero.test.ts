@@ -136,20 +136,27 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     }
   });
 
-  it('a new run replaces an earlier one in its directory, and leaves it as it was when the backend cannot start', async () => {
+  it('a new run moves an earlier one in its directory aside, and leaves it as it was when the backend cannot start', async () => {
     await run('again', { eta: 0, steps: 1 });
     const dir = join(root, 'again');
-    const metrics = readFileSync(join(dir, 'metrics.jsonl'), 'utf8');
-    expect(metrics.length).toBeGreaterThan(0);
+    const files = ['metrics.jsonl', 'state.json', 'summary.json'];
+    const earlier = Object.fromEntries(files.map((f) => [f, readFileSync(join(dir, f), 'utf8')]));
+    expect(earlier['metrics.jsonl']!.length).toBeGreaterThan(0);
     await expect(run('again', { backend: 'tensorflow2' as never })).rejects.toThrow(
       /unknown backend 'tensorflow2'/,
     );
-    expect(readFileSync(join(dir, 'metrics.jsonl'), 'utf8')).toBe(metrics);
-    expect(existsSync(join(dir, 'state.json'))).toBe(true);
+    for (const f of files) expect(readFileSync(join(dir, f), 'utf8'), f).toBe(earlier[f]);
     const events: RunEvent[] = [];
     await run('again', { eta: 0, steps: 2, onEvent: (e) => events.push(e) });
-    expect(events.filter((e) => e.kind === 'replacing')).toEqual([{ kind: 'replacing', dir, step: 1 }]);
+    expect(events.filter((e) => e.kind === 'replacing')).toEqual([
+      { kind: 'replacing', dir, step: 1, movedTo: `${dir}.previous` },
+    ]);
+    // The earlier run, whole, where it moved (so it can still be resumed there); this one in its place.
+    for (const f of files) expect(readFileSync(join(`${dir}.previous`, f), 'utf8'), f).toBe(earlier[f]);
+    expect(existsSync(join(`${dir}.previous`, 'checkpoint', 'manifest.json'))).toBe(true);
     expect(JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')).version).toBe(2);
+    const resumed = await run('again.previous', { eta: 0, steps: 2, resume: true });
+    expect(resumed.steps).toBe(2);
   });
 
   it('says so when there is nothing to resume', async () => {

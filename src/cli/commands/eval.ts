@@ -61,8 +61,12 @@ export function registerEvalCommand(program: Command): void {
         const pipeline = await loadAnyPipeline(name);
         const topology = pipeline.kind === 'topology' ? pipeline.topology : pipeline.recipe.topology;
         const checkpoint = opts.checkpoint ?? defaultCheckpoint(pipeline, command);
+        if (opts.checkpoint === undefined && !existsSync(join(checkpoint, 'manifest.json')))
+          command.error(
+            `no checkpoint at ${checkpoint} yet: run the pipeline (rxrl run ${name}) or pass --checkpoint <dir>`,
+          );
         for (const [flag, dir] of [
-          ['--checkpoint', checkpoint],
+          ['--checkpoint', opts.checkpoint],
           ['--against', opts.against],
         ] as const)
           if (dir !== undefined && !existsSync(join(dir, 'manifest.json')))

@@ -51,7 +51,7 @@ export function progressDisplay(options: { showKl: boolean } = { showKl: true })
           break;
         case 'replacing':
           console.log(
-            `${event.dir} held an earlier run (at step ${event.step}): this run starts anew and replaces it (--resume continues a run; --run-dir keeps runs apart)`,
+            `${event.dir} held an earlier run${event.step !== undefined ? ` (at step ${event.step})` : ''}: moved to ${event.movedTo}, and this run starts anew (--resume continues a run; --run-dir keeps runs apart)`,
           );
           break;
         case 'backend':
@@ -318,12 +318,17 @@ export function registerRunCommand(program: Command): void {
         command.error(
           `--resume does not apply to a recipe: finished stages are reused, an interrupted GRPO stage resumes`,
         );
-      const single = (['steps', 'eta', 'dashboard', 'metricsPort'] as const).filter(
-        (key) => opts[key] !== undefined,
-      );
+      const given = (keys: readonly (keyof RunFlags)[]) =>
+        keys.filter((key) => command.getOptionValueSource(key) === 'cli');
+      const single = given(['steps', 'eta']);
       if (single.length > 0)
         command.error(
           `${optionNames(single).join(', ')} ${single.length === 1 ? 'applies' : 'apply'} to a single run; ${recipe.name} is a recipe, whose stages set their own steps and staleness (see \`rxrl describe ${recipe.name}\`)`,
+        );
+      const served = given(['dashboard', 'metricsPort', 'metricsHost']);
+      if (served.length > 0)
+        command.error(
+          `${optionNames(served).join(', ')} ${served.length === 1 ? 'applies' : 'apply'} to a single run; a recipe serves no live metrics: watch a stage's with rxrl dashboard runs/${recipe.name}/<stage>/metrics.jsonl`,
         );
       console.log(`${recipe.name}: ${recipe.description}`);
       const { runRecipeCommand } = await import('./recipe.ts');

@@ -56,9 +56,14 @@ export function createKafka(options: KafkaConnectionOptions): Kafka {
   });
 }
 
-/** What is wrong with a broker address, if anything: it must be host:port (an IPv6 host in brackets). */
+/**
+ * What is wrong with a broker address, if anything: it must be host:port. An IPv6 literal is refused:
+ * kafkajs (2.2) splits an address at its first ':' and cannot reach one; give the host a name.
+ */
 export function brokerProblem(broker: string): string | undefined {
-  const match = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]/]+):(\d+)$/.exec(broker);
+  if (broker.startsWith('[') || /^[0-9a-fA-F]*:[0-9a-fA-F:.]*:[0-9a-fA-F:.]*$/.test(broker))
+    return `Kafka broker '${broker}': kafkajs cannot connect to an IPv6 address; use a host name that resolves to it`;
+  const match = /^([^\s:/]+):(\d+)$/.exec(broker);
   const port = match ? Number(match[2]) : NaN;
   if (match && port >= 1 && port <= 65535) return undefined;
   return `Kafka broker '${broker}' is not host:port with a port from 1 to 65535 (e.g. localhost:9092)`;
@@ -79,16 +84,26 @@ const LEVEL_NAMES: Record<number, string> = { 1: 'ERROR', 2: 'WARN', 4: 'INFO', 
 
 /** One log entry of kafkajs as the line lineLog prints. */
 export function formatLogEntry(namespace: string, level: logLevel, log: LogEntry['log']): string {
-  const { message, error, broker, retryCount, retryTime } = log as Record<string, unknown>;
+  const { message, error, broker, groupId, topic, partition, retryCount, retryTime, stack } = log as Record<
+    string,
+    unknown
+  >;
   const parts = [
     `kafka ${LEVEL_NAMES[level] ?? level}${namespace ? ` [${namespace}]` : ''}: ${String(message)}`,
   ];
   if (error !== undefined && error !== message) parts.push(`: ${String(error)}`);
-  if (broker !== undefined) parts.push(` (broker ${String(broker)})`);
+  const where = Object.entries({ broker, group: groupId, topic, partition })
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${k} ${String(v)}`);
+  if (where.length > 0) parts.push(` (${where.join(', ')})`);
   if (retryCount !== undefined)
     parts.push(
       `, retry ${String(retryCount)}${typeof retryTime === 'number' ? ` in ${(retryTime / 1000).toFixed(1)} s` : ''}`,
     );
+  // kafkajs's own errors (KafkaJS...Error: connections, rebalances) say enough in their message; an
+  // error thrown by rxrl's code inside a consumer keeps its stack.
+  if (level === logLevel.ERROR && typeof stack === 'string' && !stack.startsWith('KafkaJS'))
+    parts.push(`\n${stack}`);
   return parts.join('');
 }
 
