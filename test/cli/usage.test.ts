@@ -114,3 +114,11 @@ it('rxrl eval without --checkpoint says the run has left none yet, and how to ma
   );
   rmSync(dir, { recursive: true });
 });
+
+it('rxrl feed names a missing file before it connects to a broker', async () => {
+  const missing = join(tmpdir(), 'rxrl-no-such-prompts.jsonl');
+  // Port 1 answers nothing: were the file checked after connecting, this would retry for minutes.
+  expect(await usageOf('feed', 'x.prompts', missing, '--brokers', '127.0.0.1:1')).toBe(
+    `error: No such file: ${missing}`,
+  );
+});

@@ -2,7 +2,7 @@
  * Kafka commands of the CLI: a run's topics (create, describe, delete), feeding prompts from a JSONL file
  * into a topic, and tailing a topic as JSON lines.
  */
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { InvalidArgumentError, type Command } from 'commander';
@@ -75,9 +75,13 @@ export function registerKafkaCommands(program: Command): void {
       .command('feed')
       .description('Publish the prompts of a JSONL file (one Prompt per line) to a topic, keyed by prompt id')
       .argument('<topic>', 'topic to publish to, e.g. <run>.prompts')
-      .argument('<file>', 'JSONL file of prompts'),
+      .argument(
+        '<file>',
+        'JSONL file of prompts: {"schemaVersion": 1, "id", "task", "text", "answer"?, "meta"?} per line',
+      ),
   ).action(async (topic: string, file: string, flags: ConnectionFlags, command: Command) => {
     const connection = connectionOf(flags, command);
+    if (!existsSync(file)) command.error(`No such file: ${file}`);
     await requireTopic(connection, topic, command);
     const publisher = new KafkaPublisher({ connection });
     const lines = createInterface({ input: createReadStream(file), crlfDelay: Infinity });
