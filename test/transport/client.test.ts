@@ -35,13 +35,25 @@ describe("kafkajs's log, one line an entry", () => {
       broker: '127.0.0.1:1',
       retryCount: 2,
       retryTime: 812,
-      stack: 'KafkaJSConnectionError: ...\n    at Socket.onError',
+      stack:
+        'KafkaJSConnectionError: Connection error\n    at Socket.onError (/app/node_modules/kafkajs/src/network/connection.js:210:23)\n    at Socket.emit (node:events:517:28)',
     };
     expect(formatLogEntry('BrokerPool', logLevel.ERROR, log)).toBe(
       'kafka ERROR [BrokerPool]: Failed to connect to seed broker: Connection error: connect ECONNREFUSED 127.0.0.1:1 (broker 127.0.0.1:1), retry 2 in 0.8 s',
     );
     expect(formatLogEntry('', logLevel.WARN, { timestamp: '', message: 'rebalancing' })).toBe(
       'kafka WARN: rebalancing',
+    );
+    // A network error's stack is Node's own: left out too.
+    const refused = {
+      timestamp: '',
+      message: 'Connection error: connect ECONNREFUSED 127.0.0.1:1',
+      broker: '127.0.0.1:1',
+      stack:
+        'Error: connect ECONNREFUSED 127.0.0.1:1\n    at TCPConnectWrap.afterConnect [as oncomplete] (node:net:1611:16)',
+    };
+    expect(formatLogEntry('Connection', logLevel.ERROR, refused)).toBe(
+      'kafka ERROR [Connection]: Connection error: connect ECONNREFUSED 127.0.0.1:1 (broker 127.0.0.1:1)',
     );
   });
 });

@@ -82,6 +82,14 @@ export const lineLog: logCreator =
 /** kafkajs's levels by number (its runtime logLevel object has no reverse mapping). */
 const LEVEL_NAMES: Record<number, string> = { 1: 'ERROR', 2: 'WARN', 4: 'INFO', 5: 'DEBUG' };
 
+/** Whether a stack passes through code other than Node's own and kafkajs's. */
+function ownFrames(stack: string): boolean {
+  return stack
+    .split('\n')
+    .filter((line) => line.trimStart().startsWith('at '))
+    .some((line) => !line.includes('node:') && !/[\\/]kafkajs[\\/]/.test(line));
+}
+
 /** One log entry of kafkajs as the line lineLog prints. */
 export function formatLogEntry(namespace: string, level: logLevel, log: LogEntry['log']): string {
   const { message, error, broker, groupId, topic, partition, retryCount, retryTime, stack } = log as Record<
@@ -100,10 +108,9 @@ export function formatLogEntry(namespace: string, level: logLevel, log: LogEntry
     parts.push(
       `, retry ${String(retryCount)}${typeof retryTime === 'number' ? ` in ${(retryTime / 1000).toFixed(1)} s` : ''}`,
     );
-  // kafkajs's own errors (KafkaJS...Error: connections, rebalances) say enough in their message; an
-  // error thrown by rxrl's code inside a consumer keeps its stack.
-  if (level === logLevel.ERROR && typeof stack === 'string' && !stack.startsWith('KafkaJS'))
-    parts.push(`\n${stack}`);
+  // kafkajs's own errors and network errors say enough in their message; an error thrown by rxrl's
+  // code inside a consumer (a frame outside Node and kafkajs) keeps its stack.
+  if (level === logLevel.ERROR && typeof stack === 'string' && ownFrames(stack)) parts.push(`\n${stack}`);
   return parts.join('');
 }
 
