@@ -29,7 +29,7 @@ export default defineRecipe({
       name: 'reasoning-rl',
       from: 'cold-start',
       steps: 40,
-      // After SFT the policy is already good: R1-Zero's step size (1e-3) undoes it (0.85 -> 0.66 pass@1).
+      // After SFT the policy is already good: a step size of 1e-3 (R1-Zero's when measured) undid it (0.85 -> 0.66 pass@1).
       grpo: { learningRate: 2e-4 },
       rewards: [
         { kind: 'accuracy', weight: 1 },
