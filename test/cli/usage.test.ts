@@ -126,6 +126,6 @@ it('rxrl feed names a missing file before it connects to a broker', async () => 
 // Without --retries 0, kafkajs retries for about two minutes and this test times out.
 it('--retries 0 gives up on an unreachable broker at the first failure', { timeout: 20_000 }, async () => {
   await expect(usageOf('tail', 'x.prompts', '--brokers', '127.0.0.1:1', '--retries', '0')).rejects.toThrow(
-    /Connection error: connect ECONNREFUSED 127\.0\.0\.1:1/,
+    /Connection (error|timeout)/,
   );
 });
