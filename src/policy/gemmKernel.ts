@@ -50,7 +50,7 @@
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import wabtInit from 'wabt';
-import { cuts, helperPool, helpersFor, KernelHelpers, runCut, type HelperCall } from './kernelThreads.ts';
+import { helperPool, helpersFor, KernelHelpers, runCut } from './kernelThreads.ts';
 import { memoryImport, type SharedMemory } from './sharedHeap.ts';
 import {
   cachedAttentionKernel,
@@ -1386,94 +1386,70 @@ function gemmKernel(exports: Exports, previous: tf.KernelConfig, weights: Packed
     if (few && prepacked === undefined && !inPlace && packing !== 'next' && !stockIsWrong) return fallBack();
     const mode = prepacked !== undefined ? PACK_B.prepacked : inPlace ? PACK_B.inPlace : PACK_B.whole;
     const out = output([...batch, M, N]);
-    const aPacked = output([Math.min(M, GEMM_BLOCKS.rows) * Math.min(K, KC)]);
-    const bPacked =
-      prepacked === undefined
-        ? output([(mode === PACK_B.whole ? Math.min(K, KC) * Math.ceil(N / 4) * 4 : 0) + 8])
-        : undefined;
-    // With more than one block of K, the sums between blocks go to a scratch copy of C in panels (each
-    // panel's rows side by side), not to C, where a block of rows is rows N floats apart: reading them
-    // back there stalled on cache misses (the hardware prefetcher does not follow strides of kilobytes
-    // across pages), 1.03-1.07x on the learner's products, measured side by side. The sums are the same.
-    // Few rows (decoding) stay in cache in C, and would only pay for the scratch.
-    const sums = K > KC && !few ? output([sumsScratch(M, N)]) : undefined;
-    const [aAt, bAt, outAt, apAt] = [at(a), at(b), at(out), at(aPacked)];
-    const cpAt = sums ? at(sums) : 0;
+    const [aAt, bAt, outAt] = [at(a), at(b), at(out)];
     const biasAt = bias ? at(bias) : 0;
-    const bpAt = prepacked ?? at(bPacked!);
-    const own = (e: number, rows: number, cols: number): void =>
-      exports.gemm(
-        aAt + e * aRows * aCols * 4,
-        aRow,
-        aCol,
-        bAt + e * bRows * bCols * 4,
-        bRow,
-        bCol,
-        biasAt,
-        bias ? 1 : 0,
-        outAt + e * M * N * 4,
-        N * 4,
-        rows,
-        cols,
-        K,
-        apAt,
-        bpAt,
-        mode,
-        cpAt,
-      );
+    // $gemm's arguments for rows [rowAt, rowAt + rows) and columns [colAt, colAt + cols) of batch entry e,
+    // with scratch [ap, bp, cp] (scratchFor).
+    const gemmArgs = (
+      e: number,
+      rowAt: number,
+      rows: number,
+      colAt: number,
+      cols: number,
+      [ap, bp, cp]: number[],
+    ): number[] => [
+      aAt + e * aRows * aCols * 4 + rowAt * aRow,
+      aRow,
+      aCol,
+      bAt + e * bRows * bCols * 4 + colAt * bCol,
+      bRow,
+      bCol,
+      biasAt + colAt * 4,
+      bias ? 1 : 0,
+      outAt + e * M * N * 4 + (rowAt * N + colAt) * 4,
+      N * 4,
+      rows,
+      cols,
+      K,
+      ap!,
+      bp!,
+      mode,
+      cp!,
+    ];
+    // Scratch for `rows` x `cols` of the product: A's packed block, B's packed panels (with their bias
+    // panel; none when B is read in place or prepacked), and, with more than one block of K, the sums
+    // between blocks. Those go to a scratch copy of C in panels (each panel's rows side by side), not to
+    // C, where a block of rows is rows N floats apart: reading them back there stalled on cache misses
+    // (the hardware prefetcher does not follow strides of kilobytes across pages), 1.03-1.07x on the
+    // learner's products, measured side by side. The sums are the same. Few rows (decoding) stay in
+    // cache in C, and would only pay for the scratch.
+    const scratch: tf.TensorInfo[] = [];
+    const take = (floats: number): number => {
+      scratch.push(output([floats]));
+      return at(scratch[scratch.length - 1]!);
+    };
+    const scratchFor = (rows: number, cols: number): number[] => [
+      take(Math.min(rows, GEMM_BLOCKS.rows) * Math.min(K, KC)),
+      prepacked ?? take((mode === PACK_B.whole ? Math.min(K, KC) * Math.ceil(cols / 4) * 4 : 0) + 8),
+      K > KC && !few ? take(sumsScratch(rows, cols)) : 0,
+    ];
     // A large product is cut in parts of whole rows of C (or whole panels of its columns, where it has
     // more columns than rows), one per thread, each computed in place by the same kernel with its own
     // scratch; every sum is the one a single thread makes.
     const { helpers } = helperPool;
-    const byRows = M >= N;
-    const bounds =
-      helpers?.has('gemm') && entries === 1 && mode === PACK_B.whole && M * N * K >= THREADED_WORK
-        ? cuts(byRows ? M : N, helpers.count + 1, byRows ? MR.matmul : 8)
-        : undefined;
-    const scratch: tf.TensorInfo[] = [];
-    if (bounds === undefined) {
-      for (let e = 0; e < entries; e++) own(e, M, N);
+    if (helpers && entries === 1 && mode === PACK_B.whole && M * N * K >= THREADED_WORK) {
+      const byRows = M >= N;
+      runCut(helpers, exports, 'gemm', byRows ? M : N, byRows ? MR.matmul : 8, (start, end) =>
+        byRows
+          ? gemmArgs(0, start, end - start, 0, N, scratchFor(end - start, N))
+          : gemmArgs(0, 0, M, start, end - start, scratchFor(M, end - start)),
+      );
     } else {
-      const calls = bounds.slice(1, -1).map((start, i): HelperCall => {
-        const end = bounds[i + 2]!;
-        const [rows, cols] = byRows ? [end - start, N] : [M, end - start];
-        const take = (floats: number): number => {
-          scratch.push(output([floats]));
-          return at(scratch[scratch.length - 1]!);
-        };
-        const ap = take(Math.min(rows, GEMM_BLOCKS.rows) * Math.min(K, KC));
-        const bp = take(Math.min(K, KC) * Math.ceil(cols / 4) * 4 + 8);
-        const cp = K > KC ? take(sumsScratch(rows, cols)) : 0;
-        const [rowAt, colAt] = byRows ? [start, 0] : [0, start];
-        return {
-          fn: 'gemm',
-          args: [
-            aAt + rowAt * aRow,
-            aRow,
-            aCol,
-            bAt + colAt * bCol,
-            bRow,
-            bCol,
-            biasAt + colAt * 4,
-            bias ? 1 : 0,
-            outAt + (rowAt * N + colAt) * 4,
-            N * 4,
-            rows,
-            cols,
-            K,
-            ap,
-            bp,
-            PACK_B.whole,
-            cp,
-          ],
-        };
-      });
-      helpers!.run(calls, () => own(0, byRows ? bounds[1]! : M, byRows ? N : bounds[1]!));
+      const whole = scratchFor(M, N);
+      for (let e = 0; e < entries; e++)
+        exports.gemm(...(gemmArgs(e, 0, M, 0, N, whole) as Parameters<GemmCall>));
     }
     // (Should a part throw, wasmKernel frees all of these, unless a helper is stuck.)
-    free(aPacked);
-    if (bPacked) free(bPacked);
-    if (sums) free(sums);
     scratch.forEach(free);
     return out;
   }, previous);

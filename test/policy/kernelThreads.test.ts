@@ -46,20 +46,27 @@ interface Case {
   seed: number;
 }
 
-/** Runs the product on `threads` threads; returns C and how many products the helpers shared in. */
-async function product(c: Case, threads: number): Promise<{ values: Float32Array; shared: number }> {
+/** Runs `compute` with the kernels on `threads` threads; returns what it returned and how many kernel calls were cut. */
+async function onThreads<T>(threads: number, compute: () => T): Promise<{ values: T; shared: number }> {
   await setMatmulThreads(threads);
   const before = matmulThreads().callsCut;
-  const values = tf.tidy(() => {
-    const a = tf.randomNormal(c.transposeA ? [c.K, c.M] : [c.M, c.K], 0, 1, 'float32', c.seed);
-    const b = tf.randomNormal(c.transposeB ? [c.N, c.K] : [c.K, c.N], 0, 1, 'float32', c.seed + 1);
-    const bias = c.bias ? tf.randomNormal([c.N], 0, 1, 'float32', c.seed + 2) : undefined;
-    const out = bias
-      ? tf.fused.matMul({ a, b, transposeA: c.transposeA, transposeB: c.transposeB, bias })
-      : tf.matMul(a, b, c.transposeA, c.transposeB);
-    return out.dataSync() as Float32Array;
-  });
+  const values = compute();
   return { values, shared: matmulThreads().callsCut - before };
+}
+
+/** Runs the product on `threads` threads; returns C and how many products the helpers shared in. */
+function product(c: Case, threads: number): Promise<{ values: Float32Array; shared: number }> {
+  return onThreads(threads, () =>
+    tf.tidy(() => {
+      const a = tf.randomNormal(c.transposeA ? [c.K, c.M] : [c.M, c.K], 0, 1, 'float32', c.seed);
+      const b = tf.randomNormal(c.transposeB ? [c.N, c.K] : [c.K, c.N], 0, 1, 'float32', c.seed + 1);
+      const bias = c.bias ? tf.randomNormal([c.N], 0, 1, 'float32', c.seed + 2) : undefined;
+      const out = bias
+        ? tf.fused.matMul({ a, b, transposeA: c.transposeA, transposeB: c.transposeB, bias })
+        : tf.matMul(a, b, c.transposeA, c.transposeB);
+      return out.dataSync() as Float32Array;
+    }),
+  );
 }
 
 // Sizes on both sides of M = N (split by rows or by columns), not multiples of the split's 6 rows or
@@ -142,19 +149,20 @@ describe('the matmul on helper threads', () => {
     const shape = { vocabSize: 40, contextLength: 80, dModel: 128, nLayers: 2, nHeads: 4, seed: 11 };
     const batch = learnerBatch({ rows: 8, length: 64, promptLength: 8, vocab: 40 });
     const step = async (threads: number) => {
-      await setMatmulThreads(threads);
-      const before = matmulThreads().callsCut;
-      const model = new GPT(shape);
-      const learner = new Learner(model, {
-        loss: DEFAULT_GRPO_LOSS,
-        learningRate: { peak: 1e-3 },
-        maxGradNorm: 1,
+      const { values, shared } = await onThreads(threads, () => {
+        const model = new GPT(shape);
+        const learner = new Learner(model, {
+          loss: DEFAULT_GRPO_LOSS,
+          learningRate: { peak: 1e-3 },
+          maxGradNorm: 1,
+        });
+        const reports = learner.train(batch).map(({ loss, gradNorm }) => ({ loss, gradNorm }));
+        const weights = [...model.params.values()].map((p) => p.dataSync().slice());
+        learner.dispose();
+        model.dispose();
+        return { reports, weights };
       });
-      const reports = learner.train(batch).map(({ loss, gradNorm }) => ({ loss, gradNorm }));
-      const weights = [...model.params.values()].map((p) => p.dataSync().slice());
-      learner.dispose();
-      model.dispose();
-      return { reports, weights, shared: matmulThreads().callsCut - before };
+      return { ...values, shared };
     };
     const one = await step(1);
     const two = await step(2);
@@ -167,20 +175,18 @@ describe('the matmul on helper threads', () => {
     // B H T^2 hd = 2^23 multiply-adds per product of scores: just enough to be cut.
     const [B, T, H, hd] = [8, 64, 4, 64];
     expect(B * H * T * T * hd).toBeGreaterThanOrEqual(THREADED_WORK);
-    const run = async (threads: number) => {
-      await setMatmulThreads(threads);
-      const before = matmulThreads().callsCut;
-      const values = tf.tidy(() => {
-        const qkv = tf.randomNormal([B * T, 3 * H * hd], 0, 1, 'float32', 21) as tf.Tensor2D;
-        const dy = tf.randomNormal([B * T, H * hd], 0, 1, 'float32', 22);
-        const [y, p] = causalAttentionQkv(qkv, { B, T, H }, 0.125);
-        const dqkv = causalAttentionQkvGrad(dy, qkv, p, { B, T, H }, 0.125);
-        // P is set for keys up to each query only (the rest is whatever the heap held): compare those.
-        const causal = (p.dataSync() as Float32Array).filter((_, at) => at % T <= Math.floor(at / T) % T);
-        return [y.dataSync() as Float32Array, causal, dqkv.dataSync() as Float32Array];
-      });
-      return { values, shared: matmulThreads().callsCut - before };
-    };
+    const run = (threads: number) =>
+      onThreads(threads, () =>
+        tf.tidy(() => {
+          const qkv = tf.randomNormal([B * T, 3 * H * hd], 0, 1, 'float32', 21) as tf.Tensor2D;
+          const dy = tf.randomNormal([B * T, H * hd], 0, 1, 'float32', 22);
+          const [y, p] = causalAttentionQkv(qkv, { B, T, H }, 0.125);
+          const dqkv = causalAttentionQkvGrad(dy, qkv, p, { B, T, H }, 0.125);
+          // P is set for keys up to each query only (the rest is whatever the heap held): compare those.
+          const causal = (p.dataSync() as Float32Array).filter((_, at) => at % T <= Math.floor(at / T) % T);
+          return [y.dataSync() as Float32Array, causal, dqkv.dataSync() as Float32Array];
+        }),
+      );
     const one = await run(1);
     const two = await run(2);
     expect(one.shared).toBe(0);
@@ -191,14 +197,12 @@ describe('the matmul on helper threads', () => {
   });
 
   it('cuts GELU along its elements, bit for bit, and leaves small ones whole', async () => {
-    const run = async (threads: number, n: number) => {
-      await setMatmulThreads(threads);
-      const before = matmulThreads().callsCut;
-      const values = tf.tidy(() =>
-        gelu(tf.randomNormal([n / 512, 512], 0, 2, 'float32', 31)).map((t) => t.dataSync() as Float32Array),
+    const run = (threads: number, n: number) =>
+      onThreads(threads, () =>
+        tf.tidy(() =>
+          gelu(tf.randomNormal([n / 512, 512], 0, 2, 'float32', 31)).map((t) => t.dataSync() as Float32Array),
+        ),
       );
-      return { values, shared: matmulThreads().callsCut - before };
-    };
     const n = 300 * 512;
     const one = await run(1, n);
     const two = await run(2, n);
@@ -209,38 +213,36 @@ describe('the matmul on helper threads', () => {
 
   it('cuts LayerNorm and its gradient (rows, then columns), column sums (columns), the GELU gradient and AdamW (elements), bit for bit', async () => {
     // Each above THREADED_ELEMENTS, with sizes that do not fall evenly into the cuts' units.
-    const run = async (threads: number) => {
-      await setMatmulThreads(threads);
-      const before = matmulThreads().callsCut;
-      const values = tf.tidy(() => {
-        const x = tf.randomNormal([516, 388], 0, 3, 'float32', 41) as tf.Tensor2D;
-        const [p, g, m] = [42, 43, 44].map((seed) => tf.randomNormal([403, 389], 0, 1, 'float32', seed));
-        const v = tf.abs(tf.randomNormal([403, 389], 0, 1, 'float32', 45));
-        const [gain, bias] = [46, 47].map((seed) => tf.randomNormal([388], 0, 1, 'float32', seed));
-        const [, s] = gelu(x);
-        const [y, xhat, rstd] = layerNormRows(x, gain!, bias!, 1e-5);
-        const outs = [
-          y,
-          xhat,
-          rstd,
-          ...layerNormGrad(tf.sin(x), xhat, rstd, gain!),
-          columnSum(x),
-          geluGrad(tf.onesLike(x), x, s!),
-          ...adamwStep(p!, g!, m!, v, {
-            gradScale: 0.5,
-            beta1: 0.9,
-            beta2: 0.95,
-            learningRate: 1e-3,
-            epsilon: 1e-8,
-            weightDecay: 0.1,
-            c1: 0.1,
-            c2: 0.05,
-          }),
-        ];
-        return outs.map((t) => t.dataSync() as Float32Array);
-      });
-      return { values, shared: matmulThreads().callsCut - before };
-    };
+    const run = (threads: number) =>
+      onThreads(threads, () =>
+        tf.tidy(() => {
+          const x = tf.randomNormal([516, 388], 0, 3, 'float32', 41) as tf.Tensor2D;
+          const [p, g, m] = [42, 43, 44].map((seed) => tf.randomNormal([403, 389], 0, 1, 'float32', seed));
+          const v = tf.abs(tf.randomNormal([403, 389], 0, 1, 'float32', 45));
+          const [gain, bias] = [46, 47].map((seed) => tf.randomNormal([388], 0, 1, 'float32', seed));
+          const [, s] = gelu(x);
+          const [y, xhat, rstd] = layerNormRows(x, gain!, bias!, 1e-5);
+          const outs = [
+            y,
+            xhat,
+            rstd,
+            ...layerNormGrad(tf.sin(x), xhat, rstd, gain!),
+            columnSum(x),
+            geluGrad(tf.onesLike(x), x, s!),
+            ...adamwStep(p!, g!, m!, v, {
+              gradScale: 0.5,
+              beta1: 0.9,
+              beta2: 0.95,
+              learningRate: 1e-3,
+              epsilon: 1e-8,
+              weightDecay: 0.1,
+              c1: 0.1,
+              c2: 0.05,
+            }),
+          ];
+          return outs.map((t) => t.dataSync() as Float32Array);
+        }),
+      );
     const one = await run(1);
     const two = await run(2);
     expect(one.shared).toBe(0);
