@@ -826,9 +826,9 @@ function gemmFunction(mr: number): string {
       (br_if $kBlocks (i32.lt_u (local.get $k0) (local.get $K)))))`;
 }
 
-const GEMM_WAT = `
+const gemmWat = (shared: boolean): string => `
 (module
-  ${memoryImport(false)}
+  ${memoryImport(shared)}
   ${[MR.matmul, MR.causal, 1]
     .map(
       (mr) => `
@@ -1247,8 +1247,11 @@ export function gemmKernelInstalled(): boolean {
 /** The kernels' binary, for the wasm backend's memory, unshared or shared (sharedHeap.ts). */
 async function assemble(shared: boolean): Promise<Uint8Array> {
   const wabt = await wabtInit();
-  const text = GEMM_WAT.replace(memoryImport(false), memoryImport(shared));
-  const wat = wabt.parseWat('gemmKernel.wat', text, { simd: true, relaxed_simd: true, threads: true });
+  const wat = wabt.parseWat('gemmKernel.wat', gemmWat(shared), {
+    simd: true,
+    relaxed_simd: true,
+    threads: true,
+  });
   try {
     return wat.toBinary({}).buffer;
   } finally {

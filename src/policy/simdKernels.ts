@@ -344,9 +344,9 @@ const EXP4_WAT = `
  * the batch. With tfjs's softmax on these scores it did not: probabilities moved in the last bit
  * with the padding.
  */
-const KERNELS_WAT = `
+const kernelsWat = (shared: boolean): string => `
 (module
-  ${memoryImport(false)}
+  ${memoryImport(shared)}
   ${EXP4_WAT}
   (func (export "attend")
     (param $q i32) (param $kNew i32) (param $vNew i32) (param $kc i32) (param $vc i32) (param $bias i32)
@@ -885,11 +885,11 @@ export async function installSimdKernels(wasmVersion: string): Promise<boolean> 
   const memory = (tf.backend() as unknown as WasmBackend).wasm.asm?.memory;
   if (!(memory instanceof WebAssembly.Memory)) return false;
   const wabt = await wabtInit();
-  const wat = wabt.parseWat(
-    'simdKernels.wat',
-    KERNELS_WAT.replace(memoryImport(false), memoryImport(memory.buffer instanceof SharedArrayBuffer)),
-    { simd: true, bulk_memory: true, threads: true },
-  );
+  const wat = wabt.parseWat('simdKernels.wat', kernelsWat(memory.buffer instanceof SharedArrayBuffer), {
+    simd: true,
+    bulk_memory: true,
+    threads: true,
+  });
   let binary: Uint8Array;
   try {
     binary = wat.toBinary({}).buffer;
@@ -1391,7 +1391,8 @@ function layerNormGradKernel(exports: Exports): tf.KernelFunc {
     const [dx, dGain, dBias] = outs.map(at) as [number, number, number];
     // Large ones cut in rows for dx (a call for all rows sums the gain and bias gradients on the
     // way); where they were cut, those sums (over all rows, in row order) are cut in columns after.
-    const cut = runCut(helpersFor(R * d), exports, 'layerNormGrad', R, 1, (r0, r1) => {
+    const helpers = helpersFor(R * d);
+    const cut = runCut(helpers, exports, 'layerNormGrad', R, 1, (r0, r1) => {
       const row = r0 * d * 4;
       const whole = r0 === 0 && r1 === R ? 1 : 0;
       return [
@@ -1408,7 +1409,7 @@ function layerNormGradKernel(exports: Exports): tf.KernelFunc {
       ];
     });
     if (cut)
-      runCut(helpersFor(R * d), exports, 'layerNormGradSums', d, 4, (c0, c1) => [
+      runCut(helpers, exports, 'layerNormGradSums', d, 4, (c0, c1) => [
         at(dy!) + c0 * 4,
         at(xhat!) + c0 * 4,
         dGain + c0 * 4,
