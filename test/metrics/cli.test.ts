@@ -34,7 +34,7 @@ const svgPath = join(dir, 'plot.svg');
 let server: MetricsServer;
 let served: Metric[];
 // The CLI loads the whole engine (seconds): its runs go in parallel, once, and the tests read their results.
-let results: { table: Result; steps: Result; url: Result; plot: Result; misspelt: Result };
+let results: { table: Result; steps: Result; url: Result; plot: Result; misspelt: Result; allBad: Result };
 
 beforeAll(async () => {
   mkdirSync(join(dir, 'run-a'));
@@ -56,15 +56,18 @@ beforeAll(async () => {
   server = createMetricsServer(live.stream);
   const { url } = await server.listen(0);
   for (let step = 0; step < 3; step++) publishStep(live, step);
+  const allBad = join(dir, 'all-bad.jsonl');
+  appendFileSync(allBad, 'not json\n\n{"name":"reward/mean"}\n');
 
-  const [table, steps, fromUrl, plot, misspelt] = await Promise.all([
+  const [table, steps, fromUrl, plot, misspelt, bad] = await Promise.all([
     rxrl('metrics', runA),
     rxrl('metrics', runA, '--format', 'steps', '--name', 'reward/'),
     rxrl('metrics', url, '--name', 'train/', '--format', 'jsonl'),
     rxrl('plot', runA, runB, '--out', svgPath),
     rxrl('plot', runA, '--metric', 'eval/pass@1', '--metric', 'reward/meen', '--out', join(dir, 'one.svg')),
+    rxrl('metrics', allBad),
   ]);
-  results = { table, steps, url: fromUrl, plot, misspelt };
+  results = { table, steps, url: fromUrl, plot, misspelt, allBad: bad };
 }, 300_000);
 
 afterAll(async () => {
@@ -84,6 +87,18 @@ describe('rxrl metrics', () => {
     expect(row('drops.samples{reason=stale}')).toEqual(['drops.samples{reason=stale}', 'counter', '5', '3']);
     expect(row('groups.open')).toEqual(['groups.open', 'gauge', '5', '8']);
     expect(stderr).toContain(`${runA}:56: not valid JSON`);
+  });
+
+  it('fails on a file none of whose lines is a metric, naming each bad line, instead of printing an empty table', () => {
+    const { code, stdout, stderr } = results.allBad;
+    expect(code).toBe(1);
+    expect(stdout).toBe('');
+    const file = join(dir, 'all-bad.jsonl');
+    expect(stderr).toContain(`${file}:1: not valid JSON`);
+    expect(stderr).toContain(`${file}:3: Invalid Metric`);
+    expect(stderr).toContain(
+      `error: None of the 2 non-blank lines of ${file} is a valid metric (reasons above)`,
+    );
   });
 
   it('prints one line per step, only the metrics named', () => {

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { dirname, extname, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import type { Observable } from 'rxjs';
+import { tap, type Observable } from 'rxjs';
 import type { Metric } from '../../../schemas/index.ts';
 import { loadRuns, plotSpec, renderSvg, STANDARD_PANELS, svgToPng } from '../../metrics/plot.ts';
 import { createMetricsServer } from '../../metrics/server.ts';
@@ -63,6 +63,8 @@ export function registerMetricsCommands(program: Command): void {
       const out = (text: string) => process.stdout.write(`${text}\n`);
       let metrics: Observable<Metric>;
       let closed: () => Promise<void> = async () => undefined;
+      // Lines of a file read once: a file none of whose lines is a metric is an error, not an empty table.
+      const lines = { valid: 0, invalid: 0 };
       if (flags.topic !== undefined) {
         if (source !== undefined) command.error('Give either a source or --topic, not both');
         const kafka = metricsFromKafka({
@@ -79,7 +81,15 @@ export function registerMetricsCommands(program: Command): void {
       } else {
         if (!follow && !existsSync(source)) command.error(`No such file: ${source}`);
         if (!existsSync(source)) process.stderr.write(`waiting for ${source} to appear (Ctrl-C to stop)\n`);
-        metrics = metricsOf(follow ? followMetricsJsonl(source) : readMetricsJsonl(source), filter);
+        const read = follow
+          ? followMetricsJsonl(source)
+          : readMetricsJsonl(source, {
+              onInvalid: ({ path, line, reason }) => {
+                lines.invalid++;
+                process.stderr.write(`${path}:${line}: ${reason}\n`);
+              },
+            }).pipe(tap(() => lines.valid++));
+        metrics = metricsOf(read, filter);
       }
 
       const tty = process.stdout.isTTY === true;
@@ -114,6 +124,10 @@ export function registerMetricsCommands(program: Command): void {
         subscription.add(() => process.off('SIGINT', stop));
       });
       clearTimeout(timer);
+      if (lines.invalid > 0 && lines.valid === 0)
+        command.error(
+          `None of the ${lines.invalid} non-blank ${lines.invalid === 1 ? 'line' : 'lines'} of ${source} is a valid metric (reasons above)`,
+        );
       if (format === 'steps') for (const line of steps.flush()) out(line);
       if (format === 'table') draw();
       await closed();
