@@ -41,8 +41,8 @@ export function groupRelativeAdvantages(
   const nullRewards = metrics.counter('advantage.null_rewards');
   const zeroStd = metrics.counter('advantage.zero_std_groups');
   const recompute = options.rewardWeights !== undefined || options.aggregation === 'normalize_then_sum';
-  const hold =
-    (options.scale ?? defaultScale(options.estimator)) === 'batch' ? (options.groupsPerBatch ?? 1) : 1;
+  const batchScale = (options.scale ?? defaultScale(options.estimator)) === 'batch';
+  const hold = batchScale ? (options.groupsPerBatch ?? 1) : 1;
 
   return (source) =>
     new Observable<AdvantagedSample>((subscriber) => {
@@ -59,7 +59,8 @@ export function groupRelativeAdvantages(
               options,
             )
           : undefined;
-        const batchStd = hold > 1 ? validStats(totals.flat()).std : 0;
+        // The std of every valid total held (with one group held, that group's own).
+        const batchStd = batchScale ? validStats(totals.flat()).std : 0;
         for (let g = 0; g < groups.length; g++) {
           const samples = groups[g]!.samples;
           const { advantages, stats } = oneGroupAdvantages(totals[g]!, options, batchStd);

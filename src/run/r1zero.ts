@@ -374,7 +374,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           },
         })
       : filter(() => true),
-    groupRelativeAdvantages({ estimator: g.estimator, metrics }),
+    groupRelativeAdvantages({ estimator: g.estimator, groupsPerBatch: g.promptsPerStep, metrics }),
     toGradientBatches({ limit: { samples: B }, metrics }),
     boundedStaleness({
       eta,

@@ -1,6 +1,7 @@
-import { map } from 'rxjs';
+import { map, of } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
+import { groupAdvantages } from '../../src/grpo/advantages.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
 import { groupRelativeAdvantages } from '../../src/operators/groupRelativeAdvantages.ts';
 import { groupOf } from '../fixtures.ts';
@@ -38,6 +39,30 @@ describe('groupRelativeAdvantages', () => {
       // batch std of 1, 0, 2, 2 is 0.9574; C is released alone at completion (std of [1] is 0: A = 0).
       expectObservable(out).toBe('----(abcd)----(ef|)', { a: 0.5222, b: -0.5222, c: 0, d: 0, e: 0, f: 0 });
     });
+  });
+
+  it('reinforce_pp_baseline agrees with the pure math, one group held or a step of them', () => {
+    // Two groups of one step; held one at a time the batch std is the group's own (it once was 0, and the
+    // advantages came out 10,000 times too large).
+    const step = { A: groupOf('A', [0, 1, 0, 1]), B: groupOf('B', [1, 1, 1, 0]) };
+    const rewards = [
+      [0, 1, 0, 1],
+      [1, 1, 1, 0],
+    ];
+    const run = (groupsPerBatch?: number) => {
+      const out: number[] = [];
+      of(step.A, step.B)
+        .pipe(groupRelativeAdvantages({ estimator: 'reinforce_pp_baseline', groupsPerBatch }))
+        .subscribe((s) => out.push(s.advantage));
+      return out;
+    };
+    const pure = groupAdvantages(rewards, { estimator: 'reinforce_pp_baseline' }).flat();
+    expect(run(2)).toEqual(pure);
+    expect(run()).toEqual(
+      rewards.flatMap((g) => groupAdvantages([g], { estimator: 'reinforce_pp_baseline' })[0]!),
+    );
+    // The step's std (8 rewards, five 1s: 0.5175) divides: the first group's 1s get (1 - 0.5) / (0.5175 + 1e-4).
+    expect(run(2)[1]).toBeCloseTo(0.5 / (Math.sqrt((5 * 0.375 ** 2 + 3 * 0.625 ** 2) / 7) + 1e-4), 12);
   });
 
   it('passes errors through and unsubscribes', () => {

@@ -557,7 +557,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
                 resolve(grp.groupId, 'zero_variance', 0, { zero_variance: grp.samples.length }),
             })
           : identity,
-        groupRelativeAdvantages({ estimator: g.estimator, metrics }),
+        groupRelativeAdvantages({ estimator: g.estimator, groupsPerBatch: g.promptsPerStep, metrics }),
         toGradientBatches({ limit: { samples: B }, metrics }),
         boundedStaleness({
           eta,
