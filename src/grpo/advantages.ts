@@ -7,8 +7,8 @@
  *   reinforce_pp_baseline  A_i = (r_i - mean(r)) / (std(batch) + eps) (REINFORCE++ with group baseline)
  *
  * std is the sample standard deviation (Bessel's correction) with eps = 1e-4, as TRL computes it.
- * A reward that is null or NaN (a failed or inapplicable reward function) is excluded from the group's
- * statistics and its sample gets advantage 0. A group with fewer than two valid rewards carries no
+ * A total reward that is null or NaN (no reward function applied, or one failed: scoreRollouts) is
+ * excluded from the group's statistics and its sample gets advantage 0. A group with fewer than two valid rewards carries no
  * relative signal: all its advantages are 0 (TRL yields NaN there, verl uses mean 0 / std 1).
  */
 

@@ -23,15 +23,18 @@ class RewardTimeout extends Error {}
 
 /**
  * The reward stage: scores each rollout with every reward function, keeps each value by name and the
- * weighted total (TRL reward_weights; null rewards are left out of the sum).
+ * weighted total (TRL reward_weights; null rewards, the ones that do not apply, are left out of the sum).
  *
  * ```
  * source:  -a--b--c-|
  * output:  -A--B--C-|     (sync rewards: at once; async ones: when all of a rollout's have answered)
  * ```
  *
- * A reward function that throws, rejects or times out gives null for that rollout, counted as
- * reward.failures{reward, kind=error|timeout}; the run goes on. Async scoring may reorder rollouts.
+ * A reward function that throws, rejects, times out or returns a non-finite number gives null for that
+ * rollout, counted as reward.failures{reward, kind=error|timeout}, and the rollout's total is null too:
+ * a score that failed (a crashed sandbox, an unreachable scorer) is not a wrong answer, so the sample
+ * gets advantage 0 instead of the other rewards' total. The run goes on. Async scoring may reorder
+ * rollouts.
  */
 export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<Rollout, ScoredRollout> {
   const metrics = options.metrics ?? detachedMetrics();
@@ -50,13 +53,16 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
   );
   const scored = metrics.counter('reward.scored');
 
-  const fail = (name: string, err: unknown): null => {
+  /** A failure's value: null, and a mark that the rollout's total is null too. */
+  const FAILED = Symbol('failed');
+  const fail = (name: string, err: unknown): typeof FAILED => {
     failures[`${name}/${err instanceof RewardTimeout ? 'timeout' : 'error'}`]!.inc();
-    return null;
+    return FAILED;
   };
+  type Score = number | null | typeof FAILED;
 
   const withTimeout = (name: string, promise: Promise<number | null>, controller: AbortController) =>
-    new Promise<number | null>((resolve) => {
+    new Promise<Score>((resolve) => {
       const timer = setTimeout(() => {
         controller.abort(new RewardTimeout(`${name} timed out after ${timeoutMs} ms`));
         resolve(fail(name, new RewardTimeout()));
@@ -68,19 +74,23 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
         },
         (err) => {
           clearTimeout(timer);
-          resolve(controller.signal.aborted ? null : fail(name, err));
+          resolve(controller.signal.aborted ? FAILED : fail(name, err));
         },
       );
     });
 
-  const finish = (rollout: Rollout, values: (number | null)[]): ScoredRollout => {
+  const finish = (rollout: Rollout, values: Score[]): ScoredRollout => {
     const rewards: Record<string, number | null> = {};
+    let failed = false;
     names.forEach((name, i) => {
       const v = values[i]!;
-      rewards[name] = v === null || Number.isFinite(v) ? v : fail(name, new Error('non-finite'));
+      const value =
+        v === null || v === FAILED || Number.isFinite(v) ? v : fail(name, new Error('non-finite'));
+      failed ||= value === FAILED;
+      rewards[name] = value === FAILED ? null : value;
     });
     scored.inc();
-    return withRewards(rollout, rewards, weightedReward(rewards, weights));
+    return withRewards(rollout, rewards, failed ? null : weightedReward(rewards, weights));
   };
 
   const score = (rollout: Rollout): ObservableInput<ScoredRollout> => {
@@ -106,7 +116,7 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
     });
     return pending
       ? from(Promise.all(values).then((vs) => finish(rollout, vs)))
-      : of(finish(rollout, values as (number | null)[]));
+      : of(finish(rollout, values as Score[]));
   };
 
   return mergeMap(score, options.concurrency ?? 64);

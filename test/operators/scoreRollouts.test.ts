@@ -39,7 +39,18 @@ describe('scoreRollouts', () => {
     expect(parseMessage('ScoredRollout', s).reward).toBe(1);
   });
 
-  it('a reward that throws, rejects or times out scores null, is counted, and the run goes on', async () => {
+  it('a reward that does not apply (null) is left out of the total', async () => {
+    const notApplicable: RewardFunction = { name: 'language', score: () => null };
+    const out = await firstValueFrom(
+      from([good, wrong]).pipe(
+        scoreRollouts({ rewards: [{ fn: accuracyReward() }, { fn: notApplicable }, { fn: formatReward() }] }),
+        toArray(),
+      ),
+    );
+    expect(out.map((s) => s.reward)).toEqual([2, 1]);
+  });
+
+  it('a reward that throws, rejects or times out scores null, is counted, makes the total null (not a wrong answer), and the run goes on', async () => {
     const metrics = new Metrics({ run: 't' });
     const throws: RewardFunction = {
       name: 'throws',
@@ -71,7 +82,7 @@ describe('scoreRollouts', () => {
       { accuracy: 1, throws: null, rejects: null, hangs: null, remote: 0.25 },
       { accuracy: 0, throws: null, rejects: null, hangs: null, remote: 0.25 },
     ]);
-    expect(out.map((s) => s.reward)).toEqual([1.25, 0.25]);
+    expect(out.map((s) => s.reward)).toEqual([null, null]);
     expect(aborted).toBe(2);
     expect(metrics.snapshot()).toMatchObject({
       'reward.failures{reward=throws,kind=error}': 2,
