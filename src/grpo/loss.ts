@@ -33,13 +33,20 @@ export interface GrpoLossConfig {
   /** KL coefficient; 0 disables the KL term (and the need for reference log-probs). */
   beta: number;
   klEstimator: KlEstimator;
-  /** dr_grpo's constant normaliser; defaults to the padded length T of this batch. */
+  /**
+   * dr_grpo's constant normaliser: the completion budget (runs set the topology's
+   * sampling.maxNewTokens). Without it, the width T of this batch's tensors, which changes from batch
+   * to batch (and the learner's include the prompt).
+   */
   maxCompletionLength?: number;
   /** dapo's normaliser: active tokens in the global batch (all minibatches); defaults to this batch's. */
   activeTokens?: number;
 }
 
-/** TRL's defaults, with R1-Zero's k3 estimator. */
+/**
+ * DeepSeekMath's GRPO loss (each sequence's token mean, averaged) with TRL's clip range and beta 0, and
+ * R1-Zero's k3 estimator for when beta is set. (TRL's default loss_type has since become 'dapo'.)
+ */
 export const DEFAULT_GRPO_LOSS: GrpoLossConfig = {
   lossAggregation: 'grpo',
   importanceSampling: 'token',

@@ -39,6 +39,7 @@ export class AdamW {
     }
   }
 
+  /** Steps taken (Adam's t): saved with the moments, so a resumed schedule goes on where it was. */
   get steps(): number {
     return this.t;
   }

@@ -19,7 +19,7 @@ export interface LearnerConfig {
   minibatches?: number;
   /** The temperature the samples were drawn at: log-probs are log softmax(logits / temperature). */
   temperature?: number;
-  /** Refresh the frozen reference policy from the current one every this many steps (R1: 400). */
+  /** Refresh the frozen reference policy from the current one every this many optimiser steps (R1: 400). */
   referenceRefreshEvery?: number;
   /** DAPO overlong filtering: truncated completions (finish reason "length") get no loss. */
   maskTruncated?: boolean;
@@ -27,7 +27,10 @@ export interface LearnerConfig {
 
 /** What one optimiser step did: the names users of TRL / verl look for. */
 export interface StepReport {
+  /** The policy version the step's batch produces (one per GradientBatch, however many steps it takes). */
   version: number;
+  /** Optimiser steps taken so far, this one included (what the learning-rate schedule counts). */
+  optimiserStep: number;
   loss: number;
   pgLoss: number;
   klLoss: number;
@@ -58,8 +61,13 @@ interface PreparedBatch {
 /**
  * The GRPO learner: for each GradientBatch, `epochs` passes of `minibatches` optimiser steps on the
  * GRPO loss (src/grpo/loss.ts) against the behaviour log-probs the samples carry, with AdamW,
- * global-norm clipping and a learning-rate schedule. The policy version is the count of optimiser
- * steps; each step is reported on the metrics stream.
+ * global-norm clipping and a learning-rate schedule. Each step is reported on the metrics stream.
+ *
+ * The policy version counts the batches trained: a batch's `epochs x minibatches` optimiser steps make
+ * one new version, the weights the generators are sent after it (as verl's global step, and AReaL's
+ * version). Bounded staleness, `--steps`, and checkpoint and eval schedules count versions; the
+ * learning-rate schedule and the reference refresh count optimiser steps (the optimiser's own count,
+ * saved with its state). With one pass of one minibatch (the default) the two are the same.
  */
 export class Learner {
   readonly model: GPT;
@@ -67,7 +75,7 @@ export class Learner {
   readonly optimizer: AdamW;
   private readonly config: Required<Omit<LearnerConfig, 'optimizer'>>;
   private readonly metrics: Metrics;
-  private stepCount: number;
+  private batches: number;
 
   constructor(
     model: GPT,
@@ -87,33 +95,62 @@ export class Learner {
     };
     this.optimizer = new AdamW(model.params, config.optimizer);
     this.metrics = options.metrics ?? detachedMetrics();
-    this.stepCount = options.initialVersion ?? 0;
+    this.batches = options.initialVersion ?? 0;
     if (this.config.loss.beta > 0) {
       this.reference = new GPT(model.config);
       this.reference.assignWeights(model.params);
     }
   }
 
-  /** Optimiser steps taken so far: the current policy version. */
+  /** Batches trained so far: the current policy version. */
   get version(): number {
-    return this.stepCount;
+    return this.batches;
   }
 
-  /** Train on one batch; returns a report per optimiser step. */
+  /** Train on one batch (one new policy version); returns a report per optimiser step. */
   train(batch: GradientBatch): StepReport[] {
     const reports: StepReport[] = [];
     const { epochs, minibatches } = this.config;
     const parts = split(batch.samples, Math.min(minibatches, batch.samples.length));
     const prepared = parts.map((samples) => this.prepare(samples));
     const activeTokens = prepared.reduce((n, p) => n + p.activeTokens, 0);
+    const version = this.batches + 1;
     try {
       for (let epoch = 0; epoch < epochs; epoch++) {
-        for (const part of prepared) reports.push(this.optimiserStep(part, activeTokens));
+        for (const part of prepared) reports.push(this.optimiserStep(part, activeTokens, version));
       }
     } finally {
       for (const p of prepared) tf.dispose([p.ids, p.mask, p.old, p.advantages]);
     }
+    this.batches = version;
     return reports;
+  }
+
+  /**
+   * Calls `use` with what a checkpoint keeps beside the weights to resume exactly: the optimiser's state
+   * (AdamW.state) and, with a KL term, the frozen reference's weights (`reference/<name>`).
+   */
+  withState<T>(use: (state: ReadonlyMap<string, tf.Tensor>) => Promise<T>): Promise<T> {
+    return this.optimizer.withState((optimizer) => {
+      const state = new Map(optimizer);
+      if (this.reference) for (const [name, p] of this.reference.params) state.set(`reference/${name}`, p);
+      return use(state);
+    });
+  }
+
+  /**
+   * Restores what `withState` gave. A checkpoint without reference weights (one saved without a KL
+   * term, or before they were kept) leaves the reference as the constructor made it: the weights loaded.
+   */
+  loadState(state: ReadonlyMap<string, tf.Tensor>): void {
+    const optimizer = new Map<string, tf.Tensor>();
+    const reference = new Map<string, tf.Tensor>();
+    for (const [name, t] of state) {
+      if (name.startsWith('reference/')) reference.set(name.slice('reference/'.length), t);
+      else optimizer.set(name, t);
+    }
+    this.optimizer.load(optimizer);
+    if (this.reference && reference.size > 0) this.reference.assignWeights(reference);
   }
 
   /** Per-token log-probs of the current policy on these samples, [B, T-1], for checks and evaluation. */
@@ -133,7 +170,7 @@ export class Learner {
     this.reference?.dispose();
   }
 
-  private optimiserStep(batch: PreparedBatch, globalActiveTokens: number): StepReport {
+  private optimiserStep(batch: PreparedBatch, globalActiveTokens: number, version: number): StepReport {
     const started = performance.now();
     const lossConfig: GrpoLossConfig =
       this.config.loss.lossAggregation === 'dapo' && this.config.loss.activeTokens === undefined
@@ -171,13 +208,13 @@ export class Learner {
 
     // Clipping's factor goes into the optimiser's pass over each gradient.
     const { norm: gradNorm, scale } = globalNormScale(grads, this.config.maxGradNorm);
-    const learningRate = learningRateAt(this.config.learningRate, this.stepCount);
+    const learningRate = learningRateAt(this.config.learningRate, this.optimizer.steps);
     this.optimizer.apply(grads, learningRate, scale);
-    this.stepCount++;
+    const optimiserStep = this.optimizer.steps;
     if (
       this.reference &&
       this.config.referenceRefreshEvery > 0 &&
-      this.stepCount % this.config.referenceRefreshEvery === 0
+      optimiserStep % this.config.referenceRefreshEvery === 0
     ) {
       this.reference.assignWeights(this.model.params);
     }
@@ -189,7 +226,8 @@ export class Learner {
     tf.dispose([value, ...Object.values(grads), ...diagnostics, nextMask, ...(ref ? [ref] : [])]);
     const seconds = (performance.now() - started) / 1000;
     const report: StepReport = {
-      version: this.stepCount,
+      version,
+      optimiserStep,
       loss,
       pgLoss: pgLoss!,
       klLoss: klLoss!,

@@ -8,6 +8,10 @@
  *   tensors.bin    the tensors back to back as little-endian float32, in manifest order; `offset`
  *                  counts floats from the start of the file, the length is the product of `shape`.
  *
+ * The 'optimizer' group is the learner's training state (Learner.withState): AdamW's moments
+ * (`adam.m/<param>`, `adam.v/<param>`) and step count (`adam.t`), and, when the loss has a KL term,
+ * the frozen reference policy's weights (`reference/<param>`).
+ *
  * Atomic: everything is written and fsynced in a temporary directory beside the target, then
  * renamed onto it, so a reader never sees a half-written checkpoint. An existing checkpoint at
  * the target is first renamed aside and deleted after the swap.

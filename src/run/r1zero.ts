@@ -28,6 +28,7 @@ import { evaluate, type EvalResult } from './evaluate.ts';
 import { ensureBaseModel, modelConfig } from './pretrain.ts';
 import {
   DataOrder,
+  advantageOptions,
   learnerConfig,
   meanStaleness,
   recordStep,
@@ -374,7 +375,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           },
         })
       : filter(() => true),
-    groupRelativeAdvantages({ estimator: g.estimator, groupsPerBatch: g.promptsPerStep, metrics }),
+    groupRelativeAdvantages({ ...advantageOptions(topology), metrics }),
     toGradientBatches({ limit: { samples: B }, metrics }),
     boundedStaleness({
       eta,

@@ -1,6 +1,7 @@
 import type { GradientBatch, ScoredRollout } from '../../schemas/index.ts';
 import { recordStepReport, type LearnerConfig, type StepReport } from '../learner/learner.ts';
 import type { Metrics } from '../metrics/metrics.ts';
+import type { GroupRelativeAdvantagesOptions } from '../operators/groupRelativeAdvantages.ts';
 import { seededUniform } from '../random.ts';
 import type { TaskExample } from '../tasks/task.ts';
 import type { Topology } from '../topology/topology.ts';
@@ -170,6 +171,17 @@ export function recordStep(
   metrics.flush(step);
 }
 
+/** The advantage settings a topology implies (the in-memory run and the Kafka learner alike). */
+export function advantageOptions(topology: Topology): GroupRelativeAdvantagesOptions {
+  const g = topology.grpo;
+  return {
+    estimator: g.estimator,
+    ...(g.scaleRewards ? { scale: g.scaleRewards } : {}),
+    // With batch scaling, the std of the groups of one optimiser step.
+    groupsPerBatch: g.promptsPerStep,
+  };
+}
+
 /** The learner worker's settings a topology implies (the in-memory run and the Kafka learner alike). */
 export function learnerConfig(topology: Topology): LearnerConfig {
   const g = topology.grpo;
@@ -181,10 +193,15 @@ export function learnerConfig(topology: Topology): LearnerConfig {
       epsHigh: g.epsHigh,
       beta: g.beta,
       klEstimator: g.klEstimator,
+      ...(g.dualClip !== undefined ? { dualClip: g.dualClip } : {}),
+      // dr_grpo's constant: the completion budget, not the width of a batch's prompt + completion.
+      maxCompletionLength: topology.sampling.maxNewTokens,
     },
     learningRate: { peak: g.learningRate, warmupSteps: g.warmupSteps },
     maxGradNorm: g.maxGradNorm,
     epochs: g.epochs,
+    minibatches: g.minibatches,
+    maskTruncated: g.maskTruncated,
     temperature: topology.sampling.temperature,
     referenceRefreshEvery: g.referenceRefreshEvery,
   };

@@ -153,6 +153,12 @@ export const Topology = z
         groupSize: z.int().min(2),
         promptsPerStep: z.int().positive(),
         estimator: z.enum(['grpo', 'dr_grpo', 'rloo', 'reinforce_pp_baseline']),
+        scaleRewards: z
+          .enum(['group', 'batch', 'none'])
+          .optional()
+          .describe(
+            "Which std divides the advantages (TRL's scale_rewards): by default group for grpo, batch (the step's groups) for reinforce_pp_baseline, none for dr_grpo and rloo.",
+          ),
         dynamicSampling: z.boolean(),
         maxGenerationRounds: z
           .int()
@@ -163,13 +169,39 @@ export const Topology = z
         importanceSampling: z.enum(['token', 'sequence']),
         epsLow: z.number().nonnegative(),
         epsHigh: z.number().nonnegative(),
+        dualClip: z
+          .number()
+          .gt(1)
+          .optional()
+          .describe(
+            "Dual-clip constant c (verl's clip_ratio_c, typically 3): bounds the loss of negative-advantage tokens.",
+          ),
         beta: z.number().nonnegative(),
         klEstimator: z.enum(['k1', 'k2', 'k3']),
         learningRate: z.number().positive(),
         warmupSteps: z.int().nonnegative(),
         maxGradNorm: z.number().nonnegative(),
-        epochs: z.int().positive(),
-        referenceRefreshEvery: z.int().nonnegative(),
+        epochs: z
+          .int()
+          .positive()
+          .describe("Passes over each batch (TRL's num_iterations, PPO's epochs, mu)."),
+        minibatches: z
+          .int()
+          .positive()
+          .default(1)
+          .describe(
+            'Optimiser steps per pass, each on a slice of the batch. A batch makes one policy version, however many steps it takes.',
+          ),
+        maskTruncated: z
+          .boolean()
+          .default(false)
+          .describe(
+            "DAPO's overlong filtering (TRL's mask_truncated_completions): completions cut off at maxNewTokens carry no loss.",
+          ),
+        referenceRefreshEvery: z
+          .int()
+          .nonnegative()
+          .describe('Copy the policy into the KL reference every this many optimiser steps (0: never).'),
         eta: z.int().nonnegative().describe('Bounded staleness: 0 is synchronous.'),
         groupTimeoutMs: z.int().positive(),
       })

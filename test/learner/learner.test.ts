@@ -71,11 +71,23 @@ describe('Learner', () => {
     model.dispose();
   });
 
-  it('takes epochs x minibatches optimiser steps per batch, one version each', () => {
+  it('takes epochs x minibatches optimiser steps per batch, which make one policy version', () => {
     const model = new GPT({ ...TINY, seed: 4 });
     const learner = new Learner(model, { ...config, epochs: 2, minibatches: 2 });
     const reports = learner.train(onPolicyBatch(model, rows));
-    expect(reports.map((r) => r.version)).toEqual([1, 2, 3, 4]);
+    expect(reports.map((r) => [r.version, r.optimiserStep])).toEqual([
+      [1, 1],
+      [1, 2],
+      [1, 3],
+      [1, 4],
+    ]);
+    expect(learner.version).toBe(1);
+    expect(learner.train(onPolicyBatch(model, rows)).map((r) => [r.version, r.optimiserStep])).toEqual([
+      [2, 5],
+      [2, 6],
+      [2, 7],
+      [2, 8],
+    ]);
     // the second pass is off-policy: ratios move away from 1
     expect(Math.abs(reports[3]!.ratioMean - 1)).toBeGreaterThan(1e-4);
     learner.dispose();
@@ -112,13 +124,28 @@ describe('Learner', () => {
     model.dispose();
   });
 
-  it('clips the global gradient norm', () => {
-    const model = new GPT({ ...TINY, seed: 3 });
-    const learner = new Learner(model, { ...config, maxGradNorm: 1e-3, learningRate: { peak: 0 } });
-    const [r] = learner.train(onPolicyBatch(model, rows));
-    expect(r!.gradNorm).toBeGreaterThan(1e-3); // reported before clipping
-    learner.dispose();
-    model.dispose();
+  it('clips the global gradient norm', async () => {
+    // After one step Adam's first moment is (1 - beta1) x the gradient it was given: its global norm is
+    // 0.1 x the clipped norm (maxGradNorm), or 0.1 x the reported norm with clipping off (0).
+    const firstMomentNorm = async (maxGradNorm: number) => {
+      const model = new GPT({ ...TINY, seed: 3 });
+      const learner = new Learner(model, { ...config, maxGradNorm, learningRate: { peak: 0 } });
+      const [r] = learner.train(onPolicyBatch(model, rows));
+      let sumSquares = 0;
+      await learner.optimizer.withState(async (state) => {
+        for (const [name, t] of state)
+          if (name.startsWith('adam.m/')) sumSquares += tf.tidy(() => t.square().sum()).dataSync()[0]!;
+      });
+      learner.dispose();
+      model.dispose();
+      return { gradNorm: r!.gradNorm, moment: Math.sqrt(sumSquares) };
+    };
+    const clipped = await firstMomentNorm(1e-3);
+    expect(clipped.gradNorm).toBeGreaterThan(1e-2); // reported before clipping
+    expect(clipped.moment).toBeCloseTo(0.1 * 1e-3, 7);
+    const unclipped = await firstMomentNorm(0);
+    expect(unclipped.gradNorm).toBeCloseTo(clipped.gradNorm, 5);
+    expect(unclipped.moment / (0.1 * unclipped.gradNorm)).toBeCloseTo(1, 4);
   });
 
   it('leaks no tensors across many steps', () => {
@@ -142,32 +169,43 @@ describe('Learner', () => {
     const dir = mkdtempSync(join(tmpdir(), 'rxrl-learner-'));
     afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-    it('restores weights and optimiser state: training on continues exactly as without the restart', async () => {
+    it('restores weights, optimiser state and the KL reference: training on continues exactly as without the restart', async () => {
+      // A KL term against a reference that is never refreshed: the resumed learner must measure it
+      // against the first weights still, not against the ones it resumed from.
+      const klConfig: LearnerConfig = { ...config, loss: { ...config.loss, beta: 0.1 } };
       const model = new GPT({ ...TINY, seed: 8 });
-      const learner = new Learner(model, config);
+      const learner = new Learner(model, klConfig);
       const batch = onPolicyBatch(model, rows);
       learner.train(batch);
-      const state = learner.optimizer.state();
-      await saveCheckpoint(join(dir, 'ckpt'), {
-        model,
-        tokenizer: new CharTokenizer('abcdefghij'),
-        policyVersion: learner.version,
-        optimizer: state,
-      });
-      state.get('adam.t')!.dispose();
+      learner.train(batch);
+      await learner.withState((state) =>
+        saveCheckpoint(join(dir, 'ckpt'), {
+          model,
+          tokenizer: new CharTokenizer('abcdefghij'),
+          policyVersion: learner.version,
+          optimizer: state,
+        }),
+      );
 
       const restored = await loadCheckpoint(join(dir, 'ckpt'));
-      expect(restored.policyVersion).toBe(1);
-      const resumed = new Learner(restored.model, config, { initialVersion: restored.policyVersion });
-      resumed.optimizer.load(restored.optimizer);
+      expect(restored.policyVersion).toBe(2);
+      expect([...restored.optimizer.keys()].filter((k) => k.startsWith('reference/'))).toHaveLength(
+        model.params.size,
+      );
+      const resumed = new Learner(restored.model, klConfig, { initialVersion: restored.policyVersion });
+      resumed.loadState(restored.optimizer);
+      tf.dispose([...restored.optimizer.values()]);
       expect(resumed.logProbs(batch.samples)).toEqual(learner.logProbs(batch.samples));
 
-      learner.train(batch);
-      resumed.train(batch);
+      const [next] = learner.train(batch);
+      const [resumedNext] = resumed.train(batch);
+      expect(next!.kl).toBeGreaterThan(1e-6);
+      expect(resumedNext!.kl).toBeCloseTo(next!.kl, 7);
+      expect(resumedNext!.learningRate).toBe(next!.learningRate);
       const a = learner.logProbs(batch.samples).flat();
       const b = resumed.logProbs(batch.samples).flat();
       a.forEach((x, i) => expect(b[i]).toBeCloseTo(x, 5));
-      expect(resumed.version).toBe(2);
+      expect(resumed.version).toBe(3);
       for (const l of [learner, resumed]) l.dispose();
       for (const m of [model, restored.model]) m.dispose();
     });

@@ -95,10 +95,38 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
   });
 
   it('reuses the cached base model on the next run', async () => {
+    await run('warm', { steps: 1 }); // makes the base model, if no test before this one has
     const events: RunEvent[] = [];
     await run('cached', { steps: 1, onEvent: (e) => events.push(e) });
     expect(events.find((e) => e.kind === 'base-model')).toMatchObject({ cached: true });
     expect(events.some((e) => e.kind === 'pretrain')).toBe(false);
+  });
+
+  it('takes epochs x minibatches optimiser steps per batch and makes one policy version of them: at eta 0 nothing goes stale', async () => {
+    const events: RunEvent[] = [];
+    const summary = await runR1Zero({
+      topology: defineTopology({
+        ...tiny,
+        grpo: { ...tiny.grpo, epochs: 2, minibatches: 2 },
+        eval: { ...tiny.eval, every: 2 },
+      }),
+      backend: 'wasm',
+      runDir: join(root, 'epochs'),
+      cacheDir: join(root, 'cache'),
+      eta: 0,
+      onEvent: (e) => events.push(e),
+    });
+    const steps = events.filter((e) => e.kind === 'step') as Extract<RunEvent, { kind: 'step' }>[];
+    expect(steps.map((e) => [e.step, e.report.optimiserStep])).toEqual([
+      [1, 4],
+      [2, 8],
+      [3, 12],
+      [4, 16],
+    ]);
+    expect(summary.accounting.trained).toBe(4 * 8);
+    expect(summary.accounting.drops.stale ?? 0).toBe(0);
+    expect(summary.evals.map((e) => e.step)).toEqual([0, 2, 4]);
+    expect((await loadCheckpoint(join(root, 'epochs', 'checkpoint'))).policyVersion).toBe(4);
   });
 
   it('a resumed run ends where an uninterrupted one does: same data order, no update twice', async () => {

@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import type { Metric } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
-import { RolloutWindow, recordStep } from '../../src/run/stepStats.ts';
+import arithmetic from '../../pipelines/r1-zero-arithmetic.ts';
+import { advantageOptions, learnerConfig, RolloutWindow, recordStep } from '../../src/run/stepStats.ts';
+import { defineTopology, type TopologyInput } from '../../src/topology/topology.ts';
 import { scored } from '../fixtures.ts';
 
 describe('RolloutWindow and recordStep', () => {
@@ -59,5 +61,35 @@ describe('RolloutWindow and recordStep', () => {
     expect(stats.rewardsByName).toEqual({ accuracy: 0 });
     expect([stats.lengthMin, stats.lengthMax]).toEqual([5, 5]);
     expect(stats.fracRewardZeroStd).toBe(1); // one group, one sample: nothing to compare
+  });
+});
+
+describe('what a topology asks of the learner and the advantages', () => {
+  const { name: _, ...input } = arithmetic;
+  const withGrpo = (grpo: Partial<TopologyInput['grpo']>) =>
+    defineTopology({ ...input, name: 'variant', grpo: { ...arithmetic.grpo, ...grpo } });
+
+  it("passes TRL's and verl's knobs through, with their defaults when left out", () => {
+    const plain = learnerConfig(arithmetic);
+    expect(plain.minibatches).toBe(1);
+    expect(plain.maskTruncated).toBe(false);
+    expect(plain.loss.dualClip).toBeUndefined();
+    const set = learnerConfig(withGrpo({ minibatches: 4, maskTruncated: true, dualClip: 3, epochs: 2 }));
+    expect([set.minibatches, set.maskTruncated, set.loss.dualClip, set.epochs]).toEqual([4, true, 3, 2]);
+    expect(() => withGrpo({ dualClip: 1 })).toThrow(/dualClip/);
+  });
+
+  it("gives dr_grpo's normaliser the completion budget, not the width of a batch", () => {
+    expect(learnerConfig(withGrpo({ lossAggregation: 'dr_grpo' })).loss.maxCompletionLength).toBe(
+      arithmetic.sampling.maxNewTokens,
+    );
+  });
+
+  it('scales advantages as asked, over the groups of one step', () => {
+    expect(advantageOptions(arithmetic)).toEqual({
+      estimator: 'grpo',
+      groupsPerBatch: arithmetic.grpo.promptsPerStep,
+    });
+    expect(advantageOptions(withGrpo({ scaleRewards: 'batch' })).scale).toBe('batch');
   });
 });

@@ -47,6 +47,7 @@ import {
 import { ensureBaseModel, modelConfig } from '../pretrain.ts';
 import {
   DataOrder,
+  advantageOptions,
   learnerConfig,
   meanStaleness,
   recordStep,
@@ -557,7 +558,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
                 resolve(grp.groupId, 'zero_variance', 0, { zero_variance: grp.samples.length }),
             })
           : identity,
-        groupRelativeAdvantages({ estimator: g.estimator, groupsPerBatch: g.promptsPerStep, metrics }),
+        groupRelativeAdvantages({ ...advantageOptions(topology), metrics }),
         toGradientBatches({ limit: { samples: B }, metrics }),
         boundedStaleness({
           eta,

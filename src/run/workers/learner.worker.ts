@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs';
 // The learner: the policy being trained, on its own thread; returns new weights after each batch.
 import { parentPort } from 'node:worker_threads';
 import { Learner } from '../../learner/learner.ts';
@@ -23,7 +24,8 @@ await serve<LearnerRequest>(
         if (request.checkpoint) {
           const ckpt = await loadCheckpoint(request.checkpoint);
           learner = new Learner(ckpt.model, request.config, { initialVersion: ckpt.policyVersion });
-          if (ckpt.optimizer.size > 0) learner.optimizer.load(ckpt.optimizer);
+          if (ckpt.optimizer.size > 0) learner.loadState(ckpt.optimizer);
+          tf.dispose([...ckpt.optimizer.values()]);
         } else {
           const model = new GPT(request.model);
           importWeights(model, request.weights);
@@ -40,7 +42,7 @@ await serve<LearnerRequest>(
         };
       }
       case 'save': {
-        await learner!.optimizer.withState((optimizer) =>
+        await learner!.withState((optimizer) =>
           saveCheckpoint(request.dir, {
             model: learner!.model,
             tokenizer: tokenizer!,
