@@ -88,11 +88,12 @@ describe('base-model cache keys', () => {
     const tokenizer = new CharTokenizer(taskRuntime(topology).alphabet);
     const before = baseModelKey(topology, tokenizer);
     const revisions = CORPUS_REVISION as Record<string, number>;
-    revisions.countdown = 1;
+    const revision = revisions.countdown!;
+    revisions.countdown = revision + 1;
     try {
       expect(baseModelKey(topology, tokenizer)).not.toBe(before);
     } finally {
-      revisions.countdown = 0;
+      revisions.countdown = revision;
     }
   });
 

@@ -1,5 +1,6 @@
 /** Usage errors of `rxrl run` and `rxrl eval`, as the command line prints them: each names the option and what to do, before anything runs. */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -123,9 +124,27 @@ it('rxrl feed names a missing file before it connects to a broker', async () => 
   );
 });
 
-// Without --retries 0, kafkajs retries for about two minutes and this test times out.
-it('--retries 0 gives up on an unreachable broker at the first failure', { timeout: 20_000 }, async () => {
-  await expect(usageOf('tail', 'x.prompts', '--brokers', '127.0.0.1:1', '--retries', '0')).rejects.toThrow(
-    /Connection (error|timeout)/,
-  );
+it('--retries <n> makes n + 1 attempts to reach a broker before giving up', { timeout: 60_000 }, async () => {
+  // A "broker" that hangs up on every connection, counting them.
+  let connections = 0;
+  const server = createServer((socket) => {
+    connections++;
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const broker = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  try {
+    for (const [retries, attempts] of [
+      [0, 1],
+      [2, 3],
+    ] as const) {
+      connections = 0;
+      await expect(
+        usageOf('tail', 'x.prompts', '--brokers', broker, '--retries', String(retries)),
+      ).rejects.toThrow(/Connection|closed/i);
+      expect(connections, `--retries ${retries}`).toBe(attempts);
+    }
+  } finally {
+    server.close();
+  }
 });

@@ -73,9 +73,10 @@ describe('boundedStaleness', () => {
   });
 
   it('rejects a negative or fractional eta', () => {
-    expect(() => boundedStaleness({ eta: -1, versions: newScheduler().createColdObservable('') })).toThrow(
-      /eta must be an integer >= 0/,
-    );
+    for (const eta of [-1, 0.5])
+      expect(() => boundedStaleness({ eta, versions: newScheduler().createColdObservable('') })).toThrow(
+        `eta must be an integer >= 0, got ${eta}`,
+      );
   });
 });
 

@@ -66,6 +66,15 @@ describe('toGradientBatches', () => {
       flush();
     });
     expect(again[0]!.id).toBe(batch.id);
+    // Another set of samples, another id.
+    const other: { id: string }[] = [];
+    newScheduler().run(({ cold, flush }) => {
+      cold('abc|', samples)
+        .pipe(toGradientBatches({ limit: { samples: 4 } }))
+        .subscribe((b) => other.push(b));
+      flush();
+    });
+    expect(other[0]!.id).not.toBe(batch.id);
   });
 
   it('can drop the partial batch instead (counted), passes errors, unsubscribes', () => {

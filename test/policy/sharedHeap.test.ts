@@ -14,7 +14,9 @@ const { Memory, Instance, Module } = (
   globalThis as unknown as {
     WebAssembly: {
       Memory: new (d: { initial: number; maximum: number; shared: boolean }) => SharedMemory;
-      Module: new (bytes: Uint8Array) => object;
+      Module: (new (bytes: Uint8Array) => object) & {
+        imports(module: object): { module: string; name: string; kind: string }[];
+      };
       Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
     };
   }
@@ -61,8 +63,9 @@ describe('importSharedMemory', () => {
     const { exports } = new Instance(new Module(binary), { env: { f: () => 41, memory: sharedMemory(1) } });
     expect((exports.g as () => number)()).toBe(42);
     // A module with no imports, its memory its last section, gets an import section before it.
-    const alone = importSharedMemory(await binaryOf('(module (memory 1))'));
-    expect(() => new Instance(new Module(alone.binary), { env: { memory: sharedMemory(1) } })).not.toThrow();
+    const alone = new Module(importSharedMemory(await binaryOf('(module (memory 1))')).binary);
+    expect(Module.imports(alone)).toEqual([{ module: 'env', name: 'memory', kind: 'memory' }]);
+    expect(() => new Instance(alone, {})).toThrow(/memory|env/);
   });
 
   it('says why it cannot rewrite a module', async () => {

@@ -135,16 +135,30 @@ it(
     expect(rejection.generated).toBe(16 * 4);
     expect(rejection.kept + rejected).toBe(rejection.generated);
     expect(readRecords(join(options.runDir, 'rejection', 'data.jsonl'))).toHaveLength(rejection.kept);
-    // The reward model learnt from the rejection stage's pairs, and the second RL stage scored with it.
-    expect(existsSync(join(options.runDir, 'rejection', 'pairs.jsonl'))).toBe(true);
-    if (rejection.pairs > 0) {
-      expect(report('rm').trainPairs).toBe(rejection.pairs);
-      expect(report('rl-2').rewards).toEqual(['accuracy', 'preference_model']);
+    // The reward model learnt from the rejection stage's pairs (written one per line) and the 12 imported
+    // ones, less the 4 held out (taken from the front), and the second RL stage scored with it.
+    const pairLines = readFileSync(join(options.runDir, 'rejection', 'pairs.jsonl'), 'utf8');
+    expect(pairLines.split('\n').filter(Boolean)).toHaveLength(rejection.pairs);
+    const rm = report('rm');
+    expect(rm.heldOutPairs).toBe(4);
+    expect(rm.trainPairs).toBe(rejection.pairs + 12 - 4);
+    for (const accuracy of [rm.heldOutAccuracyBefore, rm.heldOutAccuracyAfter]) {
+      expect(accuracy).toBeGreaterThanOrEqual(0);
+      expect(accuracy).toBeLessThanOrEqual(1);
     }
-    // The student is the smaller shape, evaluated beside its teacher.
+    expect(report('rl-2').rewards).toEqual(['accuracy', 'preference_model']);
+    // The student is the smaller shape, evaluated beside its teacher with the same protocol.
     expect(report('student-base').parameters).toBeLessThan(report('base').parameters);
-    expect(report('student').student.pass1).toBeGreaterThanOrEqual(0);
-    expect(report('student').teacher.k).toBe(2);
+    const { student, teacher } = report('student');
+    expect([student.k, teacher.k]).toEqual([2, 2]);
+    for (const brief of [student, teacher]) {
+      // 4 held-out prompts x 2 samples: pass@1 and the format rate count whole samples of 8.
+      for (const share of [brief.pass1, brief.formatRate]) {
+        expect(share * 8).toBeCloseTo(Math.round(share * 8), 9);
+        expect(share).toBeGreaterThanOrEqual(0);
+        expect(share).toBeLessThanOrEqual(1);
+      }
+    }
     const evalReport = JSON.parse(readFileSync(join(options.runDir, 'eval', 'report.json'), 'utf8'));
     expect(Object.keys(evalReport.results)).toEqual(['base', 'cold-start', 'sft-2']);
     for (const name of names.filter((n) => !['eval', 'my-pairs'].includes(n))) {

@@ -112,7 +112,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
     });
   });
 
-  it('scores arrive through scoreRollouts; a failure there is a counted null', async () => {
+  it("scores arrive through scoreRollouts; a failure there is a counted null, and so is the rollout's total", async () => {
     const scorer = await serve((res, n) =>
       n === 1 ? json(res, 200, { score: 0.25 }) : json(res, 422, { error: 'unsupported language' }),
     );
@@ -134,7 +134,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
     );
     expect(out.map((s) => [s.rewards.preference, s.reward])).toEqual([
       [0.25, 0.5],
-      [null, 0],
+      [null, null],
     ]);
     expect(metrics.snapshot()).toMatchObject({ 'reward.failures{reward=preference,kind=error}': 1 });
   });
@@ -188,8 +188,8 @@ describe('httpPreferenceReward against a real HTTP server', () => {
     );
     expect(error.message).toContain('attempt 1: timed out after 300 ms; attempt 2: timed out after 300 ms');
     expect(error.failures.map((f) => f.kind)).toEqual(['timeout', 'timeout', 'timeout']);
+    // Each attempt waited out its 300 ms (a lower bound: timers never fire early by more than rounding).
     expect(elapsed).toBeGreaterThanOrEqual(3 * 300 - 5);
-    expect(elapsed).toBeLessThan(5_000);
   });
 
   it('does not retry a 400, and says why', async () => {
@@ -238,9 +238,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
     const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 2 });
     const controller = new AbortController();
     controller.abort(new Error('preference timed out after 5000 ms'));
-    const started = performance.now();
     const error = await failure(reward.score(input('x'), controller.signal));
-    expect(performance.now() - started).toBeLessThan(50);
     expect(scorer.requests).toHaveLength(0);
     expect(error.kind).toBe('aborted');
     expect(error.attempts).toBe(0);
@@ -254,9 +252,7 @@ describe('httpPreferenceReward against a real HTTP server', () => {
     // The request has arrived and waits for its answer when the stage gives up on it.
     const scorer = await serve(() => controller.abort(new Error('preference timed out after 5000 ms')));
     const reward = httpPreferenceReward({ url: scorer.url, timeoutMs: ANSWERED, retries: 2, backoffMs: 5 });
-    const started = performance.now();
     const error = await failure(reward.score(input('x'), controller.signal));
-    expect(performance.now() - started).toBeLessThan(4_000);
     expect(error.kind).toBe('aborted');
     expect(error.attempts).toBe(1);
     expect(error.message).toBe(

