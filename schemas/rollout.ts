@@ -22,6 +22,14 @@ export const Rollout = z
     ),
     policyVersion: z.int().nonnegative().describe('Version of the weights that generated this sample.'),
     finishReason: FinishReason,
+    truncatedMass: z
+      .number()
+      .min(0)
+      .max(1)
+      .optional()
+      .describe(
+        'Mean over the completion of the probability mass top-k/top-p cut away before each draw: the tokens came from the truncated distribution, behaviourLogProbs describe the whole one (0 without truncation; absent: not measured).',
+      ),
   })
   .strict()
   .refine((r) => r.behaviourLogProbs.length === r.completionTokenIds.length, {

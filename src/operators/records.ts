@@ -24,6 +24,7 @@ export function withRewards(
     behaviourLogProbs: r.behaviourLogProbs,
     policyVersion: r.policyVersion,
     finishReason: r.finishReason,
+    truncatedMass: r.truncatedMass,
     rewards,
     reward,
   };
@@ -43,6 +44,7 @@ export function withAdvantage(s: ScoredRollout, advantage: number): AdvantagedSa
     behaviourLogProbs: s.behaviourLogProbs,
     policyVersion: s.policyVersion,
     finishReason: s.finishReason,
+    truncatedMass: s.truncatedMass,
     rewards: s.rewards,
     reward: s.reward,
     advantage,

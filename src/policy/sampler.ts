@@ -8,7 +8,9 @@
  * on the unpadded prompt + completion.
  *
  * Each sampled token comes with its behaviour log-prob log softmax(logits / temperature), taken
- * before top-k / top-p truncation: the quantity the learner recomputes for importance ratios.
+ * before top-k / top-p truncation: the quantity the learner recomputes for importance ratios. The
+ * mismatch that truncation makes (tokens drawn from the truncated distribution) is measured, not
+ * hidden: each completion reports the mean probability mass cut away before its draws.
  * Draws use a seeded JS generator, so a seed fixes the tokens on a given backend.
  */
 import * as tf from '@tensorflow/tfjs';
@@ -60,6 +62,11 @@ export interface SampledCompletion {
   /** Behaviour log-prob of each token in `tokens`. */
   logProbs: number[];
   finishReason: 'eos' | 'length';
+  /**
+   * Mean over `tokens` of the probability mass top-k/top-p cut away before each draw (0 when neither
+   * truncates, and when decoding greedily).
+   */
+  truncatedMass: number;
 }
 
 /** Samples one completion per prompt with a KV cache. */
@@ -119,7 +126,14 @@ async function decode(
   const B = prompts.length;
   const V = model.config.vocabSize;
   checkRequest(prompts, options, V);
-  const rows: SampledCompletion[] = prompts.map(() => ({ tokens: [], logProbs: [], finishReason: 'length' }));
+  const rows: SampledCompletion[] = prompts.map(() => ({
+    tokens: [],
+    logProbs: [],
+    finishReason: 'length',
+    truncatedMass: 0,
+  }));
+  const cut = new Float64Array(B); // mass cut away, summed over each row's draws
+  const kept = { mass: 1 };
   // A row may not grow past the position embedding.
   const limits = prompts.map((p) => Math.min(maxNewTokens, model.config.contextLength - p.length));
   const done = limits.map((limit) => limit <= 0);
@@ -127,6 +141,10 @@ async function decode(
   const logitTemperature = temperature === 0 ? 1 : temperature;
   const next = new Int32Array(B).fill(options.padId ?? 0);
   if (done.every(Boolean)) return rows;
+  const finish = (): SampledCompletion[] => {
+    rows.forEach((row, b) => (row.truncatedMass = row.tokens.length > 0 ? cut[b]! / row.tokens.length : 0));
+    return rows;
+  };
   const width = Math.max(...prompts.map((p) => p.length));
   const decoder = new Decoder(model, prompts, options.padId ?? 0, width + Math.max(...limits));
   try {
@@ -141,14 +159,19 @@ async function decode(
           continue;
         }
         const dist = data.subarray(b * V, (b + 1) * V);
-        const token = temperature === 0 ? argmax(dist) : drawToken(dist, options, uniform);
+        let token: number;
+        if (temperature === 0) token = argmax(dist);
+        else {
+          token = drawToken(dist, options, uniform, kept);
+          cut[b] = cut[b]! + Math.max(0, 1 - kept.mass);
+        }
         row.tokens.push(token);
         row.logProbs.push(dist[token]!);
         next[b] = token;
         if (token === eosId) row.finishReason = 'eos';
         if (token === eosId || row.tokens.length >= limits[b]!) done[b] = true;
       }
-      if (done.every(Boolean)) return rows;
+      if (done.every(Boolean)) return finish();
       logProbs = decoder.step(next, logitTemperature);
     }
   } finally {
@@ -187,12 +210,14 @@ function argmax(values: Float32Array): number {
  * mass of truncatedSupport's ids, then the first of them (in id order) whose cumulative mass passes
  * uniform() times it. Two passes over the ids instead of a list of them (this runs once per row and
  * decoding step: the list, a sorted copy and a reversal each allocated were 5% of a ~1M model's
- * sampling call).
+ * sampling call). `kept.mass`, when given, is set to the probability mass drawn from (1 when nothing
+ * truncates).
  */
 export function drawToken(
   logProbs: Float32Array,
   options: Pick<SampleOptions, 'topK' | 'topP'>,
   uniform: Uniform,
+  kept?: { mass: number },
 ): number {
   const V = logProbs.length;
   const { all, cutoff, ties } = cutOff(logProbs, options);
@@ -202,6 +227,7 @@ export function drawToken(
     if (all || lp > cutoff || (lp === cutoff && left-- > 0)) mass += Math.exp(lp);
   }
   if (Number.isNaN(mass)) throw notFinite();
+  if (kept) kept.mass = all ? 1 : mass; // all: nothing cut (the sum is 1 but for rounding)
   const u = uniform() * mass;
   let cumulative = 0;
   let last = 0;

@@ -53,6 +53,11 @@ export interface RolloutStats {
   lengthMax: number;
   /** Share of completions cut at the token limit (finish reason `length`). */
   clippedRatio: number;
+  /**
+   * Probability mass top-k/top-p cut away before each draw, mean per completion token (the size of the
+   * train/inference mismatch truncation makes); null when no sample measured it.
+   */
+  truncatedMass: number | null;
   tokensPerSecond: number;
   samplesPerSecond: number;
 }
@@ -75,6 +80,8 @@ export class RolloutWindow {
   private lengthMin = Infinity;
   private lengthMax = 0;
   private clipped = 0;
+  private truncated = 0;
+  private truncatedTokens = 0;
   private tokens = 0;
   private seconds = 0;
   private started = performance.now();
@@ -101,6 +108,10 @@ export class RolloutWindow {
     this.lengthMin = Math.min(this.lengthMin, length);
     this.lengthMax = Math.max(this.lengthMax, length);
     if (s.finishReason === 'length') this.clipped++;
+    if (s.truncatedMass !== undefined) {
+      this.truncated += s.truncatedMass * length;
+      this.truncatedTokens += length;
+    }
   }
 
   generated(tokens: number, seconds: number): void {
@@ -126,12 +137,13 @@ export class RolloutWindow {
       lengthMin: this.n > 0 ? this.lengthMin : 0,
       lengthMax: this.lengthMax,
       clippedRatio: this.clipped / n,
+      truncatedMass: this.truncatedTokens > 0 ? this.truncated / this.truncatedTokens : null,
       tokensPerSecond,
       samplesPerSecond: this.seconds > 0 ? this.n / this.seconds : this.n / wallSeconds,
     };
     this.n = this.reward = this.rewardSquares = this.accuracy = this.format = this.length = 0;
     this.lengthMin = Infinity;
-    this.lengthMax = this.clipped = this.tokens = this.seconds = 0;
+    this.lengthMax = this.clipped = this.tokens = this.seconds = this.truncated = this.truncatedTokens = 0;
     this.byName = new Map();
     this.groups = new Map();
     this.started = performance.now();
@@ -164,6 +176,7 @@ export function recordStep(
   metrics.record('completion_length/min', rollout.lengthMin, step);
   metrics.record('completion_length/max', rollout.lengthMax, step);
   metrics.record('completion_length/clipped_ratio', rollout.clippedRatio, step);
+  if (rollout.truncatedMass !== null) metrics.record('rollout/truncated_mass', rollout.truncatedMass, step);
   metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
   metrics.record('rollout/samples_per_second', rollout.samplesPerSecond, step);
   metrics.record('staleness/mean', staleness, step);

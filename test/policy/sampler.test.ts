@@ -97,6 +97,27 @@ describe('sample', () => {
     expect(truncated).toBeGreaterThan(0);
   });
 
+  it('reports the mass truncation cut away before each draw: the size of the behaviour log-probs mismatch', async () => {
+    const options = { ...base, temperature: 0.9, topK: 6, topP: 0.7, seed: 5, maxNewTokens: 10 };
+    const rows = await sample(model, PROMPTS, options);
+    let cutSomewhere = false;
+    rows.forEach((row, b) => {
+      // Recomputed: 1 - the probability of the ids truncatedSupport keeps, averaged over the draws.
+      const cut = stepDistributions(model, PROMPTS[b]!, row.tokens, options.temperature).map((dist) => {
+        const kept = truncatedSupport(Float32Array.from(dist), options);
+        return 1 - kept.reduce((sum, id) => sum + Math.exp(dist[id]!), 0);
+      });
+      expect(row.truncatedMass).toBeCloseTo(cut.reduce((a, c) => a + c, 0) / cut.length, 4);
+      cutSomewhere ||= row.truncatedMass > 0.01;
+    });
+    expect(cutSomewhere).toBe(true);
+    // Nothing truncated, nothing cut; greedy decoding reports 0 as well.
+    for (const row of await sample(model, PROMPTS, { ...base, temperature: 0.9 }))
+      expect(row.truncatedMass).toBe(0);
+    for (const row of await sample(model, PROMPTS, { ...base, temperature: 0 }))
+      expect(row.truncatedMass).toBe(0);
+  });
+
   it('is seeded: same seed, same tokens; another seed, other tokens', async () => {
     const a = await sample(model, PROMPTS, { ...base, seed: 42 });
     const b = await sample(model, PROMPTS, { ...base, seed: 42 });

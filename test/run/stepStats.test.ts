@@ -11,13 +11,18 @@ describe('RolloutWindow and recordStep', () => {
     const window = new RolloutWindow();
     // Group a: rewards 1 and 0 (signal); group b: 1 and 1 (zero std). One clipped completion.
     const samples = [
-      { ...scored('a', 0, 1, { completionLength: 2 }), rewards: { accuracy: 1, format: 1 } },
+      {
+        ...scored('a', 0, 1, { completionLength: 2 }),
+        rewards: { accuracy: 1, format: 1 },
+        truncatedMass: 0.1,
+      },
       { ...scored('a', 1, 0, { completionLength: 6 }), rewards: { accuracy: 0, format: null } },
       { ...scored('b', 0, 1, { completionLength: 4 }), rewards: { accuracy: 1, format: 0 } },
       {
         ...scored('b', 1, 1, { completionLength: 8 }),
         finishReason: 'length' as const,
         rewards: { accuracy: 1, format: 1 },
+        truncatedMass: 0.05,
       },
     ];
     for (const s of samples) window.add(s);
@@ -29,6 +34,8 @@ describe('RolloutWindow and recordStep', () => {
     expect(stats.fracRewardZeroStd).toBe(0.5);
     expect([stats.lengthMin, stats.lengthMean, stats.lengthMax]).toEqual([2, 5, 8]);
     expect(stats.clippedRatio).toBe(0.25);
+    // Per token, over the samples that measured it: (2 x 0.1 + 8 x 0.05) / 10.
+    expect(stats.truncatedMass).toBeCloseTo(0.06, 12);
     expect(stats.tokensPerSecond).toBe(10);
     expect(stats.samplesPerSecond).toBe(2);
 
@@ -47,6 +54,7 @@ describe('RolloutWindow and recordStep', () => {
       'completion_length/max': 8,
       'completion_length/clipped_ratio': 0.25,
       'rollout/samples_per_second': 2,
+      'rollout/truncated_mass': stats.truncatedMass,
       'staleness/mean': 0.5,
     });
   });
@@ -61,6 +69,7 @@ describe('RolloutWindow and recordStep', () => {
     expect(stats.rewardsByName).toEqual({ accuracy: 0 });
     expect([stats.lengthMin, stats.lengthMax]).toEqual([5, 5]);
     expect(stats.fracRewardZeroStd).toBe(1); // one group, one sample: nothing to compare
+    expect(stats.truncatedMass).toBeNull(); // no sample measured it
   });
 });
 

@@ -59,6 +59,7 @@ await serve<GeneratorRequest>(parentPort!, async (request): Promise<{ reply: Gen
           behaviourLogProbs: c.logProbs,
           policyVersion: version,
           finishReason: c.finishReason,
+          truncatedMass: c.truncatedMass,
         };
       });
       return {
