@@ -278,7 +278,11 @@ export function registerRunCommand(program: Command): void {
       )
       .option('--cache-dir <dir>', 'where base models are cached', '.cache/base-models')
       .option('--resume', 'continue from the last checkpoint in the run directory')
-      .option('--steps <n>', "optimiser steps (default: the topology's run.steps)", positiveInt)
+      .option(
+        '--steps <n>',
+        "policy versions to train, one per batch (default: the topology's run.steps)",
+        positiveInt,
+      )
       .option(
         '--eta <n>',
         "the staleness bound in policy versions, 0 for synchronous (default: the topology's grpo.eta)",
