@@ -12,6 +12,8 @@ import { pretrainTopology } from '../src/recipe/recipe.ts';
 import { baseModelKey } from '../src/run/pretrain.ts';
 import { taskRuntime } from '../src/run/taskRuntime.ts';
 import { CORPUS_REVISION } from '../src/tasks/corpus.ts';
+import arithmetic from '../pipelines/r1-zero-arithmetic.ts';
+import { defineTopology, type TopologyInput } from '../src/topology/topology.ts';
 
 const names = readdirSync(PIPELINES_DIR)
   .filter((f) => f.endsWith('.ts'))
@@ -144,6 +146,25 @@ describe('loading a pipeline from a path', () => {
     const json = write('topology.json', '{}');
     await expect(loadAnyPipeline(json)).rejects.toThrow(
       `${json} is not a TypeScript or JavaScript module (.ts, .mts, .js or .mjs)`,
+    );
+  });
+});
+
+describe("a topology written with TRL's names", () => {
+  it("names rxrl's field for each, beside zod's complaint", () => {
+    const { name: _, ...input } = arithmetic;
+    const attempt = () =>
+      defineTopology({
+        ...input,
+        name: 'trl-habits',
+        grpo: { ...arithmetic.grpo, num_generations: 8, epsilon_high: 0.28 } as TopologyInput['grpo'],
+        sampling: { ...arithmetic.sampling, max_completion_length: 64 } as TopologyInput['sampling'],
+      });
+    expect(attempt).toThrow(/Unrecognized keys: "num_generations", "epsilon_high"/);
+    expect(attempt).toThrow("grpo.num_generations: TRL's or verl's num_generations is grpo.groupSize here");
+    expect(attempt).toThrow("grpo.epsilon_high: TRL's or verl's epsilon_high is grpo.epsHigh here");
+    expect(attempt).toThrow(
+      "sampling.max_completion_length: TRL's or verl's max_completion_length is sampling.maxNewTokens here",
     );
   });
 });

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { isRecipe, Recipe } from '../recipe/recipe.ts';
-import { Topology } from '../topology/topology.ts';
+import { Topology, trlNameHints } from '../topology/topology.ts';
 import { describeIssues } from '../validation.ts';
 import type { z } from 'zod';
 
@@ -57,7 +57,7 @@ function listIssues(error: z.ZodError): string {
   const issues = describeIssues(error);
   const shown = issues.slice(0, 20).map(({ path, message }) => `  ${path}: ${message}`);
   if (issues.length > shown.length) shown.push(`  ... and ${issues.length - shown.length} more`);
-  return shown.join('\n');
+  return [...shown, ...trlNameHints(error).map((line) => `  ${line}`)].join('\n');
 }
 
 /** The topology of a pipeline; for a recipe, the one its stages start from (its task, model and eval). */

@@ -234,12 +234,66 @@ export const Topology = z
 export type Topology = z.infer<typeof Topology>;
 export type TopologyInput = z.input<typeof Topology>;
 
+/** TRL's (GRPOConfig) and verl's names for topology fields, for users who write those by habit. */
+export const TRL_NAMES: Readonly<Record<string, string>> = {
+  num_generations: 'grpo.groupSize',
+  epsilon: 'grpo.epsLow',
+  epsilon_high: 'grpo.epsHigh',
+  clip_ratio_low: 'grpo.epsLow',
+  clip_ratio_high: 'grpo.epsHigh',
+  clip_ratio_c: 'grpo.dualClip',
+  loss_type: 'grpo.lossAggregation',
+  loss_agg_mode: 'grpo.lossAggregation',
+  scale_rewards: 'grpo.scaleRewards',
+  norm_adv_by_std_in_grpo: 'grpo.scaleRewards',
+  adv_estimator: 'grpo.estimator',
+  kl_loss_coef: 'grpo.beta',
+  kl_loss_type: 'grpo.klEstimator',
+  num_iterations: 'grpo.epochs',
+  ppo_epochs: 'grpo.epochs',
+  importance_sampling_level: 'grpo.importanceSampling',
+  sync_ref_model: 'grpo.referenceRefreshEvery',
+  ref_model_sync_steps: 'grpo.referenceRefreshEvery',
+  mask_truncated_completions: 'grpo.maskTruncated',
+  learning_rate: 'grpo.learningRate',
+  warmup_steps: 'grpo.warmupSteps',
+  max_grad_norm: 'grpo.maxGradNorm',
+  filter_groups: 'grpo.dynamicSampling',
+  max_completion_length: 'sampling.maxNewTokens',
+  max_new_tokens: 'sampling.maxNewTokens',
+  top_p: 'sampling.topP',
+  top_k: 'sampling.topK',
+  reward_funcs: 'rewards',
+  reward_weights: 'rewards[].weight',
+  max_steps: 'run.steps',
+  save_steps: 'run.checkpointEvery',
+  eval_steps: 'eval.every',
+};
+
+/**
+ * For each unknown key of a failed validation that is TRL's or verl's name for a field, a line saying
+ * rxrl's (`grpo.num_generations: TRL's num_generations is grpo.groupSize here`).
+ */
+export function trlNameHints(error: z.ZodError): string[] {
+  return error.issues.flatMap((issue) =>
+    issue.code === 'unrecognized_keys'
+      ? issue.keys
+          .filter((key) => Object.hasOwn(TRL_NAMES, key))
+          .map((key) => {
+            const at = [...issue.path, key].join('.');
+            return `${at}: TRL's or verl's ${key} is ${TRL_NAMES[key]} here`;
+          })
+      : [],
+  );
+}
+
 /** Validate a topology declaration; the error names every field at fault. */
 export function defineTopology(t: TopologyInput): Topology {
   const parsed = Topology.safeParse(t);
   if (!parsed.success) {
+    const hints = trlNameHints(parsed.error).map((line) => `\n→ ${line}`);
     throw new Error(
-      `Topology "${(t as { name?: string }).name ?? '?'}" is invalid:\n${z.prettifyError(parsed.error)}`,
+      `Topology "${(t as { name?: string }).name ?? '?'}" is invalid:\n${z.prettifyError(parsed.error)}${hints.join('')}`,
     );
   }
   const topo = parsed.data;
