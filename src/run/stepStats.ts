@@ -5,6 +5,7 @@ import type { GroupRelativeAdvantagesOptions } from '../operators/groupRelativeA
 import { seededUniform } from '../random.ts';
 import type { TaskExample } from '../tasks/task.ts';
 import type { Topology } from '../topology/topology.ts';
+import { validStats } from '../grpo/advantages.ts';
 
 /**
  * Deterministic data order shared by the in-memory and the Kafka runs: epoch e is the train set shuffled by
@@ -41,6 +42,7 @@ export class DataOrder {
 /** What the samples trained on in one step looked like (names as TRL logs them). */
 export interface RolloutStats {
   rewardMean: number;
+  /** TRL's reward_std: the mean over groups of each group's sample std (groups of two or more). */
   rewardStd: number;
   /** Mean of each reward function by name, over the samples where it applied (not null). */
   rewardsByName: Record<string, number>;
@@ -70,10 +72,10 @@ export interface RolloutStats {
 export class RolloutWindow {
   private n = 0;
   private reward = 0;
-  private rewardSquares = 0;
+  private rewarded = 0;
   private byName = new Map<string, { sum: number; n: number }>();
-  // Per group: its first total reward, and whether every later one agreed.
-  private groups = new Map<string, { first: number; same: boolean }>();
+  // Per group: its samples' total rewards (null where a reward failed or none applied).
+  private groups = new Map<string, (number | null)[]>();
   private accuracy = 0;
   private format = 0;
   private length = 0;
@@ -88,9 +90,10 @@ export class RolloutWindow {
 
   add(s: ScoredRollout): void {
     this.n++;
-    const reward = s.reward ?? 0;
-    this.reward += reward;
-    this.rewardSquares += reward * reward;
+    if (s.reward !== null) {
+      this.reward += s.reward;
+      this.rewarded++;
+    }
     for (const [name, value] of Object.entries(s.rewards)) {
       if (value === null) continue;
       const sums = this.byName.get(name) ?? { sum: 0, n: 0 };
@@ -99,8 +102,8 @@ export class RolloutWindow {
       this.byName.set(name, sums);
     }
     const group = this.groups.get(s.groupId);
-    if (group) group.same &&= group.first === reward;
-    else this.groups.set(s.groupId, { first: reward, same: true });
+    if (group) group.push(s.reward);
+    else this.groups.set(s.groupId, [s.reward]);
     this.accuracy += s.rewards['accuracy'] ?? s.rewards['countdown'] ?? 0;
     this.format += s.rewards['format'] ?? 0;
     const length = s.completionTokenIds.length;
@@ -124,13 +127,14 @@ export class RolloutWindow {
     const n = Math.max(this.n, 1);
     const wallSeconds = Math.max((performance.now() - this.started) / 1000, 1e-9);
     const tokensPerSecond = this.seconds > 0 ? this.tokens / this.seconds : this.length / wallSeconds;
-    const rewardMean = this.reward / n;
-    const groups = [...this.groups.values()];
+    const rewardMean = this.rewarded > 0 ? this.reward / this.rewarded : 0;
+    const groups = [...this.groups.values()].map((totals) => validStats(totals));
+    const spread = groups.filter((g) => g.n >= 2);
     const stats: RolloutStats = {
       rewardMean,
-      rewardStd: Math.sqrt(Math.max(0, this.rewardSquares / n - rewardMean * rewardMean)),
+      rewardStd: spread.length > 0 ? spread.reduce((sum, g) => sum + g.std, 0) / spread.length : 0,
       rewardsByName: Object.fromEntries([...this.byName].map(([name, { sum, n }]) => [name, sum / n])),
-      fracRewardZeroStd: groups.length > 0 ? groups.filter((g) => g.same).length / groups.length : 0,
+      fracRewardZeroStd: groups.length > 0 ? groups.filter((g) => g.std === 0).length / groups.length : 0,
       accuracy: this.accuracy / n,
       formatRate: this.format / n,
       lengthMean: this.length / n,
@@ -141,7 +145,7 @@ export class RolloutWindow {
       tokensPerSecond,
       samplesPerSecond: this.seconds > 0 ? this.n / this.seconds : this.n / wallSeconds,
     };
-    this.n = this.reward = this.rewardSquares = this.accuracy = this.format = this.length = 0;
+    this.n = this.reward = this.rewarded = this.accuracy = this.format = this.length = 0;
     this.lengthMin = Infinity;
     this.lengthMax = this.clipped = this.tokens = this.seconds = this.truncated = this.truncatedTokens = 0;
     this.byName = new Map();

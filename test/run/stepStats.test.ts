@@ -29,7 +29,8 @@ describe('RolloutWindow and recordStep', () => {
     window.generated(20, 2);
     const stats = window.take();
     expect(stats.rewardMean).toBeCloseTo(0.75);
-    expect(stats.rewardStd).toBeCloseTo(Math.sqrt(0.75 * 0.25));
+    // TRL's reward_std: group a's sample std (1 and 0: 0.707) and group b's (0), averaged.
+    expect(stats.rewardStd).toBeCloseTo(Math.SQRT1_2 / 2, 12);
     expect(stats.rewardsByName).toEqual({ accuracy: 0.75, format: 2 / 3 }); // null format left out
     expect(stats.fracRewardZeroStd).toBe(0.5);
     expect([stats.lengthMin, stats.lengthMean, stats.lengthMax]).toEqual([2, 5, 8]);
@@ -57,6 +58,16 @@ describe('RolloutWindow and recordStep', () => {
       'rollout/truncated_mass': stats.truncatedMass,
       'staleness/mean': 0.5,
     });
+  });
+
+  it('leaves a failed total (null) out of the reward mean and its group std', () => {
+    const window = new RolloutWindow();
+    for (const s of [scored('a', 0, 1), scored('a', 1, 0), scored('a', 2, null), scored('b', 0, 1)])
+      window.add(s);
+    const stats = window.take();
+    expect(stats.rewardMean).toBeCloseTo(2 / 3, 12);
+    expect(stats.rewardStd).toBeCloseTo(Math.SQRT1_2, 12); // group a only: b has one sample
+    expect(stats.fracRewardZeroStd).toBe(0.5); // b: one valid total, no spread
   });
 
   it('starts a new window after take()', () => {
