@@ -115,12 +115,20 @@ export class Learner {
     const prepared = parts.map((samples) => this.prepare(samples));
     const activeTokens = prepared.reduce((n, p) => n + p.activeTokens, 0);
     const version = this.batches + 1;
+    // The reference's log-probs, once per batch (as TRL and verl take them), not once per pass.
+    const temperature = this.config.temperature;
+    const refs = prepared.map((p) =>
+      this.reference
+        ? tf.tidy(() => this.reference!.sequenceLogProbs(p.ids, p.mask, temperature))
+        : undefined,
+    );
     try {
       for (let epoch = 0; epoch < epochs; epoch++) {
-        for (const part of prepared) reports.push(this.optimiserStep(part, activeTokens, version));
+        prepared.forEach((part, i) => reports.push(this.optimiserStep(part, refs[i], activeTokens, version)));
       }
     } finally {
       for (const p of prepared) tf.dispose([p.ids, p.mask, p.old, p.advantages]);
+      tf.dispose(refs.filter((r) => r !== undefined));
     }
     this.batches = version;
     return reports;
@@ -170,7 +178,12 @@ export class Learner {
     this.reference?.dispose();
   }
 
-  private optimiserStep(batch: PreparedBatch, globalActiveTokens: number, version: number): StepReport {
+  private optimiserStep(
+    batch: PreparedBatch,
+    ref: tf.Tensor2D | undefined,
+    globalActiveTokens: number,
+    version: number,
+  ): StepReport {
     const started = performance.now();
     const lossConfig: GrpoLossConfig =
       this.config.loss.lossAggregation === 'dapo' && this.config.loss.activeTokens === undefined
@@ -180,9 +193,6 @@ export class Learner {
     const nextMask = tf.tidy(() =>
       tf.slice(batch.mask, [0, 1], [batch.mask.shape[0], batch.mask.shape[1] - 1]),
     );
-    const ref = this.reference
-      ? tf.tidy(() => this.reference!.sequenceLogProbs(batch.ids, batch.mask, temperature))
-      : undefined;
 
     let diagnostics: tf.Scalar[] = [];
     const { value, grads } = lossAndGradients(this.model, () => {
@@ -223,7 +233,7 @@ export class Learner {
       (d) => d.dataSync()[0]!,
     );
     const loss = value.dataSync()[0]!;
-    tf.dispose([value, ...Object.values(grads), ...diagnostics, nextMask, ...(ref ? [ref] : [])]);
+    tf.dispose([value, ...Object.values(grads), ...diagnostics, nextMask]);
     const seconds = (performance.now() - started) / 1000;
     const report: StepReport = {
       version,
