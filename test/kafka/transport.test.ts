@@ -106,7 +106,7 @@ describe('kafkaSink -> kafkaSource', () => {
     );
   });
 
-  it('dead-letters bad JSON and schema failures with the reason and original bytes, and goes on', async () => {
+  it("dead-letters bad JSON, schema failures and what the consumer's check refuses, with the reason and original bytes, and goes on", async () => {
     const run = await createRun('dlq', 2);
     const topic = topicName(run, 'rollouts');
     const valid = rollouts(20);
@@ -115,6 +115,8 @@ describe('kafkaSink -> kafkaSource', () => {
     const badBytes = Buffer.from([0xff, 0xfe, 0x00, 0x7b]);
     // Not UTF-8, so kept as base64: a third larger than the record, over the 1 MB a topic takes by default.
     const bigBadBytes = Buffer.alloc(900_000, 0xff);
+    // Valid, but refused by this consumer's own check.
+    const unusable = JSON.stringify(rollout('g-unusable', 0));
     const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
     await producer.connect();
     await producer.send({
@@ -125,6 +127,7 @@ describe('kafkaSink -> kafkaSource', () => {
         { key: 'bad-schema', value: badSchema },
         { key: 'bad-bytes', value: badBytes },
         { key: 'big-bad-bytes', value: bigBadBytes },
+        { key: 'unusable', value: unusable },
         ...valid.slice(10).map((r) => ({ key: r.groupId, value: JSON.stringify(r) })),
       ],
     });
@@ -132,7 +135,15 @@ describe('kafkaSink -> kafkaSource', () => {
 
     const metrics = new Metrics({ run });
     const groupId = unique('dlq');
-    const source = kafkaSource({ connection, run, edge: 'rollouts', groupId, metrics });
+    const source = kafkaSource({
+      connection,
+      run,
+      edge: 'rollouts',
+      groupId,
+      metrics,
+      check: (r) =>
+        r.groupId === 'g-unusable' ? `group ${r.groupId} is not one this consumer can use` : undefined,
+    });
     const received: Delivery<unknown>[] = [];
     const subscription = source.subscribe((delivery) => {
       received.push(delivery);
@@ -141,8 +152,8 @@ describe('kafkaSink -> kafkaSource', () => {
     const count = (name: string) => metrics.snapshot()[`${name}{topic=${topic}}`] ?? 0;
     // Dead letters count as acked once written: everything gets committed.
     await waitFor(() => received.length === 20 && count('kafka.commits') > 0, '20 valid records');
-    await waitFor(() => count('kafka.dead_letters') === 4, 'four dead letters');
-    const deadLetters = (await readTopic(topicName(run, 'dlq'), 4)).map((m) =>
+    await waitFor(() => count('kafka.dead_letters') === 5, 'five dead letters');
+    const deadLetters = (await readTopic(topicName(run, 'dlq'), 5)).map((m) =>
       DeadLetter.parse(JSON.parse(m.value!.toString())),
     );
     await waitFor(async () => {
@@ -153,7 +164,7 @@ describe('kafkaSink -> kafkaSource', () => {
     await source.closed();
 
     expect(received.map((delivery) => delivery.value)).toEqual(expect.arrayContaining(valid));
-    expect(count('kafka.consumed')).toBe(24);
+    expect(count('kafka.consumed')).toBe(25);
     expect(count('kafka.delivered') + count('kafka.dead_letters')).toBe(count('kafka.consumed'));
     const byKey = Object.fromEntries(deadLetters.map((letter) => [letter.key, letter]));
     expect(byKey['bad-json']).toMatchObject({ source: topic, payload: badJson, encoding: 'utf8' });
@@ -164,6 +175,11 @@ describe('kafkaSink -> kafkaSource', () => {
     expect(byKey['big-bad-bytes']).toMatchObject({
       encoding: 'base64',
       payload: bigBadBytes.toString('base64'),
+    });
+    expect(byKey['unusable']).toMatchObject({
+      source: topic,
+      payload: unusable,
+      reason: 'group g-unusable is not one this consumer can use',
     });
   });
 

@@ -7,7 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Prompt } from '../../../schemas/index.ts';
-import { CharTokenizer } from '../../policy/tokenizer.ts';
+import { CharTokenizer, type Tokenizer } from '../../policy/tokenizer.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
 import { recordKey, topicName } from '../../transport/kafka/topics.ts';
@@ -20,6 +20,29 @@ import { buffersOf, type WeightArrays } from '../workers/weights.ts';
 import { Changes, deleteGroups, hash31 } from './common.ts';
 import type { RoleContext, RolloutSummary } from './types.ts';
 import { decodeWeights } from './weights.ts';
+
+/**
+ * Why this worker cannot sample a prompt (its tokenizer cannot read the text, or the text leaves no room
+ * in the model's context), or undefined. Such a prompt is dead-lettered, not handed to the generator,
+ * whose failure would end this worker and then, the prompt unacked, every other worker it reached.
+ */
+export function promptProblem(
+  tokenizer: Tokenizer,
+  contextLength: number,
+): (prompt: Prompt) => string | undefined {
+  return (prompt) => {
+    let tokens: number;
+    try {
+      tokens = tokenizer.encode(prompt.text).length;
+    } catch (error) {
+      return `prompt ${prompt.id}: ${(error as Error).message}`;
+    }
+    if (tokens === 0) return `prompt ${prompt.id}: its text is empty`;
+    if (tokens >= contextLength)
+      return `prompt ${prompt.id}: ${tokens} tokens leave no room for a completion in the model's context of ${contextLength}`;
+    return undefined;
+  };
+}
 
 /** The oldest policy version a prompt may be sampled with (0 when it does not say). */
 export function minPolicyVersion(prompt: Prompt): number {
@@ -58,6 +81,7 @@ export async function runRollout(ctx: RoleContext): Promise<RolloutSummary> {
     run,
     edge: 'prompts',
     groupId: `${run}.rollout`,
+    check: promptProblem(tokenizer, topology.model.contextLength),
     // A few calls' worth: prompts this worker holds are not shared with the others of the group.
     maxInFlight: 2 * perCall,
     resumeAt: perCall,

@@ -87,6 +87,12 @@ export interface KafkaRecordsOptions<T> extends KafkaConsumerOptions {
 export interface KafkaSourceOptions<E extends Edge> extends KafkaConsumerOptions {
   run: string;
   edge: E;
+  /**
+   * What this consumer needs of a valid message beyond its schema: a reason refuses it, and it is
+   * dead-lettered like an invalid record (a prompt a rollout worker's tokenizer cannot read, which would
+   * otherwise fail every worker it reached in turn).
+   */
+  check?: (value: EdgeMessage<E>) => string | undefined;
 }
 
 /**
@@ -110,7 +116,9 @@ export function kafkaSource<E extends Edge>(options: KafkaSourceOptions<E>): Kaf
     deadLetterTopic: topicName(options.run, 'dlq'),
     decode: (message) => {
       if (isWeightsChunk(message)) return { kind: 'skip' };
-      return decodeMessage<typeof schema>(schema, message.value) as Decoded<EdgeMessage<E>>;
+      const decoded = decodeMessage<typeof schema>(schema, message.value) as Decoded<EdgeMessage<E>>;
+      const refused = decoded.kind === 'message' ? options.check?.(decoded.value) : undefined;
+      return refused === undefined ? decoded : { kind: 'invalid', reason: refused };
     },
   });
 }
