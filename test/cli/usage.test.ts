@@ -116,6 +116,12 @@ it('rxrl eval without --checkpoint says the run has left none yet, and how to ma
   rmSync(dir, { recursive: true });
 });
 
+it('rxrl feed refuses a run topic that does not carry prompts, naming the one that does', async () => {
+  expect(await usageOf('feed', 'my-run.rollouts', 'prompts.jsonl', '--brokers', '127.0.0.1:1')).toBe(
+    'error: feed publishes prompts; my-run.rollouts carries Rollout messages (feed my-run.prompts instead)',
+  );
+});
+
 it('rxrl feed names a missing file before it connects to a broker', async () => {
   const missing = join(tmpdir(), 'rxrl-no-such-prompts.jsonl');
   // Port 1 answers nothing: were the file checked after connecting, this would retry for minutes.

@@ -16,6 +16,8 @@ import {
   createRunTopics,
   deleteRunTopics,
   describeRunTopics,
+  EDGES,
+  parseTopicName,
   recordKey,
   type RunTopicsOptions,
 } from '../../transport/kafka/topics.ts';
@@ -81,6 +83,11 @@ export function registerKafkaCommands(program: Command): void {
       ),
   ).action(async (topic: string, file: string, flags: ConnectionFlags, command: Command) => {
     const connection = connectionOf(flags, command);
+    const edge = parseTopicName(topic);
+    if (edge && edge.edge !== 'prompts')
+      command.error(
+        `feed publishes prompts; ${topic} carries ${EDGES[edge.edge]} messages (feed ${edge.run}.prompts instead)`,
+      );
     if (!existsSync(file)) command.error(`No such file: ${file}`);
     await requireTopic(connection, topic, command);
     const publisher = new KafkaPublisher({ connection });
