@@ -39,7 +39,11 @@ export function registerKafkaCommands(program: Command): void {
       "how long records are kept, -1 for ever (default: the broker's)",
       retentionMs,
     )
-    .option('--replication-factor <n>', 'copies of each partition', positiveInt, 1)
+    .option(
+      '--replication-factor <n>',
+      "copies of each partition (default: the broker's default.replication.factor)",
+      positiveInt,
+    )
     .action(async (flags: ConnectionFlags & { run: string } & RunTopicsOptions, command: Command) => {
       const created = await createRunTopics(connectionOf(flags, command), flags.run, flags);
       const out = writer(command);

@@ -207,6 +207,7 @@ interface RunFlags extends ConnectionFlags {
   run?: string;
   workerId?: string;
   partitions?: number;
+  replicationFactor?: number;
   redo?: string[];
   until?: string;
 }
@@ -217,9 +218,9 @@ const optionNames = (keys: readonly string[]): string[] =>
 
 /** The options that only mean something on one transport, named when given on the other. */
 function checkTransportFlags(flags: RunFlags, command: Command): void {
-  const kafkaOnly = (['role', 'run', 'workerId', 'partitions', 'brokers'] as const).filter(
-    (key) => flags[key] !== undefined,
-  );
+  const kafkaOnly = (
+    ['role', 'run', 'workerId', 'partitions', 'replicationFactor', 'brokers'] as const
+  ).filter((key) => flags[key] !== undefined);
   if (flags.transport === 'memory' && kafkaOnly.length > 0)
     command.error(
       `${optionNames(kafkaOnly).join(', ')} only ${kafkaOnly.length === 1 ? 'applies' : 'apply'} with --transport kafka`,
@@ -260,6 +261,11 @@ export function registerRunCommand(program: Command): void {
       .option(
         '--partitions <n>',
         'with --transport kafka: partitions of the work topics the learner creates (default 3)',
+        positiveInt,
+      )
+      .option(
+        '--replication-factor <n>',
+        "with --transport kafka: copies of each partition of the topics the learner creates (default: the broker's default.replication.factor)",
         positiveInt,
       )
       .addOption(
@@ -388,6 +394,7 @@ export function registerRunCommand(program: Command): void {
           signal: controller.signal,
           ...(opts.workerId ? { workerId: opts.workerId } : {}),
           ...(opts.partitions ? { partitions: opts.partitions } : {}),
+          ...(opts.replicationFactor ? { replicationFactor: opts.replicationFactor } : {}),
           ...(server ? { onCompletion: (s: ScoredRollout) => completions.next(s) } : {}),
         });
         display.stop();

@@ -147,6 +147,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
 
   const created = await createRunTopics(connection, run, {
     ...(options.partitions !== undefined ? { partitions: options.partitions } : {}),
+    ...(options.replicationFactor !== undefined ? { replicationFactor: options.replicationFactor } : {}),
   });
   emit({ kind: 'topics', run, created });
   const admin = createKafka(connection).admin();

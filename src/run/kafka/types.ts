@@ -39,6 +39,8 @@ export interface KafkaRunOptions {
   workerId?: string;
   /** Partitions of the work topics when the learner creates them (default 3: at most 3 workers share a stage). */
   partitions?: number;
+  /** Copies of each partition of the topics the learner creates (default: the broker's default). */
+  replicationFactor?: number;
   /** A worker silent this long leaves its consumer group and its partitions move (default 10 s; Kafka's minimum is 6 s). */
   sessionTimeoutMs?: number;
   /** Rollout workers: prompts per sampling call (default the topology's promptsPerStep). */

@@ -82,7 +82,10 @@ export interface RunTopicsOptions {
   partitions?: number;
   /** How long records are kept (Kafka's retention.ms); the broker's default (7 days) if unset. */
   retentionMs?: number;
-  /** Copies of each partition (default 1: a single broker); use 3 on a production cluster. */
+  /**
+   * Copies of each partition (default: the broker's default.replication.factor, which is 1 on a single
+   * broker and what a managed cluster requires); 3 on a production cluster of your own.
+   */
   replicationFactor?: number;
 }
 
@@ -126,7 +129,8 @@ export async function createRunTopics(
     return {
       topic: topicName(run, edge),
       numPartitions: edge === 'versions' ? 1 : partitions,
-      replicationFactor: options.replicationFactor ?? 1,
+      // Unset: kafkajs asks for -1, the broker's default.replication.factor.
+      ...(options.replicationFactor !== undefined ? { replicationFactor: options.replicationFactor } : {}),
       configEntries,
     };
   });
