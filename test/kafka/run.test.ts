@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Kafka, logLevel } from 'kafkajs';
+import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { decodeMessage } from '../../src/transport/kafka/source.ts';
 import { deleteRunTopics, topicName } from '../../src/transport/kafka/topics.ts';
@@ -78,6 +78,25 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
     expect(summary.reward?.scored).toBeGreaterThanOrEqual(3 * B);
 
     expect(await publishedVersions(run)).toEqual([0, 1, 2, 3]);
+    // The versions topic the learner made keeps a few versions' bytes, not every version for a week.
+    const admin = new Kafka({ ...connection, logLevel: logLevel.NOTHING }).admin();
+    await admin.connect();
+    const { resources } = await admin.describeConfigs({
+      includeSynonyms: false,
+      resources: [
+        {
+          type: ConfigResourceTypes.TOPIC,
+          name: topicName(run, 'versions'),
+          configNames: ['segment.bytes', 'retention.bytes'],
+        },
+      ],
+    });
+    await admin.disconnect();
+    const config = Object.fromEntries(
+      resources[0]!.configEntries.map((e) => [e.configName, Number(e.configValue)]),
+    );
+    expect(config['segment.bytes']).toBeGreaterThanOrEqual(1024 * 1024);
+    expect(config['retention.bytes']).toBe(4 * config['segment.bytes']!);
     const state = learnerState(runDir);
     const ids = await promptIds(run);
     const outcomes = promptOutcomes(state, ids);

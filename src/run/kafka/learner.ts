@@ -6,7 +6,8 @@
  * - Reads `<run>.scored` (group `<run>.learner`) and assembles groups exactly as the in-memory run does:
  *   groupSamples -> dropZeroVariance -> groupRelativeAdvantages -> toGradientBatches -> boundedStaleness -> train.
  * - After each step: checkpoint (model, optimizer and the learner state below, in one atomic directory),
- *   then the new version with its weights on `<run>.versions`, then the offset commits.
+ *   then the acks that let offsets commit (a restart reads from the checkpoint's positions, not the
+ *   commits), then the new version with its weights on `<run>.versions`.
  *
  * The learner state says what has been consumed: the prompt cursor, the prompts published and not yet
  * decided, per partition of `<run>.scored` the offset to read again from (the lowest offset of a sample whose
@@ -38,7 +39,7 @@ import { DynamicSamplingBudget, nextRoundPrompts, StalenessAdmission } from '../
 import { createKafka } from '../../transport/kafka/client.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { decodeMessage, kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
-import { createRunTopics, recordKey, topicName } from '../../transport/kafka/topics.ts';
+import { createRunTopics, limitVersionsTopic, recordKey, topicName } from '../../transport/kafka/topics.ts';
 import {
   decodeVersionsRecord,
   publishPolicyVersion,
@@ -227,6 +228,11 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       };
     }
     const resumedFrom = resuming ? state.version : undefined;
+    // A versions topic this learner made keeps the last few versions, not every one for a week.
+    if (created.includes(topics.versions)) {
+      const bytes = Object.values(weights).reduce((n, values) => n + values.byteLength, 0);
+      await retrying(() => limitVersionsTopic(connection, run, bytes));
+    }
 
     learner = new WorkerClient<LearnerRequest, LearnerReply>(
       'learner',
@@ -417,6 +423,8 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       for (const delivery of acks) delivery.ack();
       emit({ kind: 'checkpoint', step: taken.version, dir: paths.checkpoint });
     };
+    /** The newest version on the versions topic: the oldest a new prompt may ask rollout workers for. */
+    let lastPublished = 0;
     const publishVersion = async (version: number, arrays: WeightArrays, batches: string[] = []) => {
       const bytes = encodeWeights(arrays);
       await publishPolicyVersion(
@@ -431,6 +439,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
         },
         bytes,
       );
+      lastPublished = version;
       emit({ kind: 'version-published', version, bytes: bytes.byteLength });
     };
 
@@ -447,6 +456,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       );
     }
     if (latest < state.version || latest < 0) await publishVersion(state.version, weights);
+    else lastPublished = latest;
 
     // --- the stream topology -----------------------------------------------------------------------------
     const versions = new Subject<number>();
@@ -614,7 +624,10 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           const base = runtime.prompt(example, `@${epoch}`);
           const prompt: Prompt = {
             ...base,
-            meta: { ...base.meta, cursor: c, minPolicyVersion: state.version },
+            // Not state.version: between a step and its version's publication that is a version no rollout
+            // worker has yet (and, should this learner restart from the previous checkpoint, none will have
+            // until it trains that step again), which would hold up the worker's whole batch.
+            meta: { ...base.meta, cursor: c, minPolicyVersion: lastPublished },
           };
           prompts.push(prompt);
           pending.set(prompt.id, { cursor: c, publishedAt: at, indices: new Set(), deliveries: [] });

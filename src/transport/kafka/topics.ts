@@ -142,6 +142,43 @@ export async function createRunTopics(
   });
 }
 
+/**
+ * The versions topic's retention for weights of `versionBytes` bytes each: segments of about one version
+ * and retention.bytes of four, so the topic keeps the last few versions (all a rollout worker that starts
+ * reads) instead of every version for retention.ms: a ~10M model publishes 43 MB a step.
+ */
+export function versionsRetention(versionBytes: number): { name: string; value: string }[] {
+  // Kafka 4 takes segments of 1 MiB at least; the margin covers chunk headers and the PolicyVersion.
+  const segment = Math.max(1024 * 1024, Math.ceil(versionBytes * 1.05) + 64 * 1024);
+  return [
+    { name: 'segment.bytes', value: String(segment) },
+    { name: 'retention.bytes', value: String(4 * segment) },
+  ];
+}
+
+/**
+ * Sets versionsRetention on a run's versions topic. For a topic the learner has just created: alterConfigs
+ * replaces every setting of the topic that it does not name.
+ */
+export async function limitVersionsTopic(
+  connection: KafkaConnectionOptions,
+  run: string,
+  versionBytes: number,
+): Promise<void> {
+  await withAdmin(connection, (admin) =>
+    admin.alterConfigs({
+      validateOnly: false,
+      resources: [
+        {
+          type: kafkajs.ConfigResourceTypes.TOPIC,
+          name: topicName(run, 'versions'),
+          configEntries: versionsRetention(versionBytes),
+        },
+      ],
+    }),
+  );
+}
+
 /** Every edge topic of a run: whether it exists, its partitions, record count and retention. */
 export async function describeRunTopics(
   connection: KafkaConnectionOptions,
