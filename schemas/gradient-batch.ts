@@ -16,7 +16,7 @@ export const BatchSample = z
   .strict();
 export type BatchSample = z.infer<typeof BatchSample>;
 
-/** One optimiser step's worth of samples. Lengths are ragged; `completionTokens` counts mask ones. */
+/** One policy version's samples (epochs x minibatches optimiser steps). Lengths are ragged; `completionTokens` counts mask ones. */
 export const GradientBatch = z
   .object({
     schemaVersion: SchemaVersion,

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { SchemaVersion } from './common.ts';
 
-/** Published by the learner after every optimiser step; generators pick up weights by version. */
+/** Published by the learner after every GradientBatch (its optimiser steps); generators pick up weights by version. */
 export const PolicyVersion = z
   .object({
     schemaVersion: SchemaVersion,

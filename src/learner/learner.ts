@@ -55,7 +55,6 @@ interface PreparedBatch {
   old: tf.Tensor2D;
   advantages: tf.Tensor1D;
   tokens: number;
-  activeTokens: number;
 }
 
 /**
@@ -113,24 +112,26 @@ export class Learner {
     const { epochs, minibatches } = this.config;
     const parts = split(batch.samples, Math.min(minibatches, batch.samples.length));
     const prepared = parts.map((samples) => this.prepare(samples));
-    const activeTokens = prepared.reduce((n, p) => n + p.activeTokens, 0);
     const version = this.batches + 1;
-    // The reference's log-probs, once per batch (as TRL and verl take them), not once per pass.
     const temperature = this.config.temperature;
-    const refs = prepared.map((p) =>
-      this.reference
-        ? tf.tidy(() => this.reference!.sequenceLogProbs(p.ids, p.mask, temperature))
-        : undefined,
-    );
+    const refs: (tf.Tensor2D | undefined)[] = [];
     try {
+      // The reference's log-probs, once per batch (as TRL and verl take them), not once per pass.
+      for (const p of prepared)
+        refs.push(
+          this.reference
+            ? tf.tidy(() => this.reference!.sequenceLogProbs(p.ids, p.mask, temperature))
+            : undefined,
+        );
       for (let epoch = 0; epoch < epochs; epoch++) {
-        prepared.forEach((part, i) => reports.push(this.optimiserStep(part, refs[i], activeTokens, version)));
+        prepared.forEach((part, i) => reports.push(this.optimiserStep(part, refs[i], version)));
       }
     } finally {
       for (const p of prepared) tf.dispose([p.ids, p.mask, p.old, p.advantages]);
       tf.dispose(refs.filter((r) => r !== undefined));
     }
     this.batches = version;
+    recordStepReport(this.metrics, versionReport(reports));
     return reports;
   }
 
@@ -178,17 +179,11 @@ export class Learner {
     this.reference?.dispose();
   }
 
-  private optimiserStep(
-    batch: PreparedBatch,
-    ref: tf.Tensor2D | undefined,
-    globalActiveTokens: number,
-    version: number,
-  ): StepReport {
+  private optimiserStep(batch: PreparedBatch, ref: tf.Tensor2D | undefined, version: number): StepReport {
     const started = performance.now();
-    const lossConfig: GrpoLossConfig =
-      this.config.loss.lossAggregation === 'dapo' && this.config.loss.activeTokens === undefined
-        ? { ...this.config.loss, activeTokens: globalActiveTokens }
-        : this.config.loss;
+    // dapo's token mean is over this step's tokens: a minibatch here is an optimiser step of its own, not
+    // a gradient-accumulation slice of one (as verl's token-mean is per mini-batch).
+    const lossConfig = this.config.loss;
     const temperature = this.config.temperature;
     const nextMask = tf.tidy(() =>
       tf.slice(batch.mask, [0, 1], [batch.mask.shape[0], batch.mask.shape[1] - 1]),
@@ -252,7 +247,6 @@ export class Learner {
       tokens: batch.tokens,
       seconds,
     };
-    recordStepReport(this.metrics, report);
     return report;
   }
 
@@ -269,7 +263,6 @@ export class Learner {
     const mask = new Float32Array(B * T);
     const old = new Float32Array(B * (T - 1));
     let tokens = 0;
-    let activeTokens = 0;
     samples.forEach((s, b) => {
       const P = s.promptTokenIds.length;
       const C = s.completionTokenIds.length;
@@ -287,7 +280,6 @@ export class Learner {
         // Completion token j sits at position P + j; its log-prob is next-token output P + j - 1.
         old[b * (T - 1) + P + j - 1] = s.behaviourLogProbs[j]!;
       }
-      if (trained) activeTokens += C;
     });
     return {
       ids: tf.tensor2d(ids, [B, T], 'int32'),
@@ -295,9 +287,37 @@ export class Learner {
       old: tf.tensor2d(old, [B, T - 1]),
       advantages: tf.tensor1d(samples.map((s) => s.advantage)),
       tokens,
-      activeTokens,
     };
   }
+}
+
+/**
+ * One report for a policy version's optimiser steps: the losses, ratios, entropy and norms averaged over
+ * them (as TRL averages over accumulation steps), the last version, step and learning rate, and tokens/s
+ * over all of them.
+ */
+export function versionReport(reports: readonly StepReport[]): StepReport {
+  if (reports.length === 0) throw new Error('versionReport: no optimiser steps');
+  const last = reports[reports.length - 1]!;
+  const mean = (key: keyof StepReport) => reports.reduce((sum, r) => sum + r[key], 0) / reports.length;
+  const sum = (key: keyof StepReport) => reports.reduce((total, r) => total + r[key], 0);
+  return {
+    version: last.version,
+    optimiserStep: last.optimiserStep,
+    loss: mean('loss'),
+    pgLoss: mean('pgLoss'),
+    klLoss: mean('klLoss'),
+    kl: mean('kl'),
+    clipRatioLow: mean('clipRatioLow'),
+    clipRatioHigh: mean('clipRatioHigh'),
+    clipRatioRegion: mean('clipRatioRegion'),
+    ratioMean: mean('ratioMean'),
+    entropy: mean('entropy'),
+    gradNorm: mean('gradNorm'),
+    learningRate: last.learningRate,
+    tokens: sum('tokens'),
+    seconds: sum('seconds'),
+  };
 }
 
 /** Publish a step report under the names users of TRL / verl look for. */

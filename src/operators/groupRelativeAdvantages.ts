@@ -11,7 +11,7 @@ import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 import { withAdvantage } from './records.ts';
 
 export interface GroupRelativeAdvantagesOptions extends AdvantageOptions {
-  /** With batch scaling: how many groups share one batch std (the groups of one optimiser step). */
+  /** With batch scaling: how many groups share one batch std (the groups of one GradientBatch). */
   groupsPerBatch?: number;
   metrics?: Metrics;
 }
@@ -69,7 +69,9 @@ export function groupRelativeAdvantages(
           samplesCounter.inc(samples.length);
           nullRewards.inc(samples.length - stats.n);
           if (stats.std === 0) zeroStd.inc();
-          for (let i = 0; i < samples.length; i++) subscriber.next(withAdvantage(samples[i]!, final[i]!));
+          // A null total (a reward failed, or none applied) stays out of the signal on the recomputed path too.
+          for (let i = 0; i < samples.length; i++)
+            subscriber.next(withAdvantage(samples[i]!, samples[i]!.reward === null ? 0 : final[i]!));
         }
       };
 

@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
 import type { GradientBatch, Rollout, ScoredRollout } from '../../schemas/index.ts';
-import type { StepReport } from '../learner/learner.ts';
+import { versionReport, type StepReport } from '../learner/learner.ts';
 import { Metrics } from '../metrics/metrics.ts';
 import { boundedStaleness } from '../operators/boundedStaleness.ts';
 import { dropZeroVariance } from '../operators/dropZeroVariance.ts';
@@ -331,7 +331,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           kind: 'step',
           step,
           total: totalSteps,
-          report: reply.reports[reply.reports.length - 1]!,
+          report: versionReport(reply.reports),
           rollout,
           staleness,
         });

@@ -1,5 +1,5 @@
 import type { GradientBatch, ScoredRollout } from '../../schemas/index.ts';
-import { recordStepReport, type LearnerConfig, type StepReport } from '../learner/learner.ts';
+import { recordStepReport, versionReport, type LearnerConfig, type StepReport } from '../learner/learner.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import type { GroupRelativeAdvantagesOptions } from '../operators/groupRelativeAdvantages.ts';
 import { seededUniform } from '../random.ts';
@@ -65,7 +65,7 @@ export interface RolloutStats {
 }
 
 /**
- * Sums over the scored samples since the last optimiser step, for the step's rollout statistics. Throughput
+ * Sums over the scored samples since the last policy version, for the version's rollout statistics. Throughput
  * is generated tokens over generation seconds where the generator reports them (`generated`), otherwise
  * completion tokens received per wall-clock second (a learner fed over Kafka).
  */
@@ -76,6 +76,8 @@ export class RolloutWindow {
   private byName = new Map<string, { sum: number; n: number }>();
   // Per group: its samples' total rewards (null where a reward failed or none applied).
   private groups = new Map<string, (number | null)[]>();
+  private accuracyScored = 0;
+  private formatScored = 0;
   private accuracy = 0;
   private format = 0;
   private length = 0;
@@ -104,8 +106,16 @@ export class RolloutWindow {
     const group = this.groups.get(s.groupId);
     if (group) group.push(s.reward);
     else this.groups.set(s.groupId, [s.reward]);
-    this.accuracy += s.rewards['accuracy'] ?? s.rewards['countdown'] ?? 0;
-    this.format += s.rewards['format'] ?? 0;
+    // Over the samples where the reward was scored (a failed one is null, not a 0).
+    const accuracy = s.rewards['accuracy'] ?? s.rewards['countdown'] ?? null;
+    if (accuracy !== null) {
+      this.accuracy += accuracy;
+      this.accuracyScored++;
+    }
+    if (s.rewards['format'] !== undefined && s.rewards['format'] !== null) {
+      this.format += s.rewards['format'];
+      this.formatScored++;
+    }
     const length = s.completionTokenIds.length;
     this.length += length;
     this.lengthMin = Math.min(this.lengthMin, length);
@@ -135,8 +145,8 @@ export class RolloutWindow {
       rewardStd: spread.length > 0 ? spread.reduce((sum, g) => sum + g.std, 0) / spread.length : 0,
       rewardsByName: Object.fromEntries([...this.byName].map(([name, { sum, n }]) => [name, sum / n])),
       fracRewardZeroStd: groups.length > 0 ? groups.filter((g) => g.std === 0).length / groups.length : 0,
-      accuracy: this.accuracy / n,
-      formatRate: this.format / n,
+      accuracy: this.accuracyScored > 0 ? this.accuracy / this.accuracyScored : 0,
+      formatRate: this.formatScored > 0 ? this.format / this.formatScored : 0,
       lengthMean: this.length / n,
       lengthMin: this.n > 0 ? this.lengthMin : 0,
       lengthMax: this.lengthMax,
@@ -146,6 +156,7 @@ export class RolloutWindow {
       samplesPerSecond: this.seconds > 0 ? this.n / this.seconds : this.n / wallSeconds,
     };
     this.n = this.reward = this.rewarded = this.accuracy = this.format = this.length = 0;
+    this.accuracyScored = this.formatScored = 0;
     this.lengthMin = Infinity;
     this.lengthMax = this.clipped = this.tokens = this.seconds = this.truncated = this.truncatedTokens = 0;
     this.byName = new Map();
@@ -160,7 +171,10 @@ export function meanStaleness(batch: GradientBatch, version: number): number {
   return batch.samples.reduce((a, s) => a + (version - s.policyVersion), 0) / batch.samples.length;
 }
 
-/** Publishes one optimiser step: rollout statistics, staleness and the learner's reports, then flushes. */
+/**
+ * Publishes one policy version: rollout statistics, staleness and the learner's reports (averaged over the
+ * version's optimiser steps), then flushes.
+ */
 export function recordStep(
   metrics: Metrics,
   step: number,
@@ -184,7 +198,7 @@ export function recordStep(
   metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
   metrics.record('rollout/samples_per_second', rollout.samplesPerSecond, step);
   metrics.record('staleness/mean', staleness, step);
-  for (const r of reports) recordStepReport(metrics, r);
+  if (reports.length > 0) recordStepReport(metrics, versionReport(reports));
   metrics.flush(step);
 }
 
@@ -194,7 +208,7 @@ export function advantageOptions(topology: Topology): GroupRelativeAdvantagesOpt
   return {
     estimator: g.estimator,
     ...(g.scaleRewards ? { scale: g.scaleRewards } : {}),
-    // With batch scaling, the std of the groups of one optimiser step.
+    // With batch scaling, the std of the groups of one GradientBatch.
     groupsPerBatch: g.promptsPerStep,
   };
 }

@@ -3,7 +3,7 @@ import { BehaviorSubject, distinctUntilChanged, type Observable } from 'rxjs';
 export interface StalenessAdmissionOptions {
   /** Staleness bound, as in boundedStaleness. */
   eta: number;
-  /** Samples consumed by one optimiser step (B). */
+  /** Samples consumed by one policy version, a GradientBatch (B). */
   samplesPerStep: number;
   /** Most samples that may be generating at once. */
   maxConcurrent: number;
@@ -107,7 +107,7 @@ export function nextRoundPrompts(
 }
 
 /**
- * Dynamic sampling's budget (DAPO): the samples whose generation started since the last optimiser step.
+ * Dynamic sampling's budget (DAPO): the samples whose generation started since the last policy version.
  * Groups that all scored the same are dropped and replaced by more rounds; once `maxRounds` rounds' worth
  * (maxRounds x batchSize samples) have started without filling a batch, the run gives up with an error
  * that says why, instead of generating forever.
@@ -132,7 +132,7 @@ export class DynamicSamplingBudget {
     }
   }
 
-  /** The learner took an optimiser step: the budget starts over. */
+  /** The learner trained a batch (a new version): the budget starts over. */
   stepped(): void {
     this.sinceStep = 0;
   }

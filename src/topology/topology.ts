@@ -164,7 +164,7 @@ export const Topology = z
           .int()
           .positive()
           .default(16)
-          .describe('With dynamic sampling: most rounds of generation (P prompts each) per optimiser step.'),
+          .describe('With dynamic sampling: most rounds of generation (P prompts each) per batch.'),
         lossAggregation: z.enum(['grpo', 'bnpo', 'dr_grpo', 'dapo']),
         importanceSampling: z.enum(['token', 'sequence']),
         epsLow: z.number().nonnegative(),
@@ -299,6 +299,11 @@ export function defineTopology(t: TopologyInput): Topology {
   const topo = parsed.data;
   if (topo.model.dModel % topo.model.nHeads !== 0)
     throw new Error('Topology: model.dModel must be a multiple of model.nHeads');
+  const batch = topo.grpo.groupSize * topo.grpo.promptsPerStep;
+  if (batch % topo.grpo.minibatches !== 0)
+    throw new Error(
+      `Topology: grpo.minibatches (${topo.grpo.minibatches}) must divide the batch of groupSize x promptsPerStep = ${batch} samples`,
+    );
   const { task } = topo;
   if (
     topo.pretrain.reasoningLanguages &&

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { BatchSample, GradientBatch } from '../../schemas/index.ts';
+import type { BatchSample, GradientBatch, Metric } from '../../schemas/index.ts';
+import { Metrics } from '../../src/metrics/metrics.ts';
 import { DEFAULT_GRPO_LOSS } from '../../src/grpo/loss.ts';
 import { Learner, type LearnerConfig } from '../../src/learner/learner.ts';
 import { learningRateAt } from '../../src/learner/schedule.ts';
@@ -73,8 +74,16 @@ describe('Learner', () => {
 
   it('takes epochs x minibatches optimiser steps per batch, which make one policy version', () => {
     const model = new GPT({ ...TINY, seed: 4 });
-    const learner = new Learner(model, { ...config, epochs: 2, minibatches: 2 });
+    const metrics = new Metrics({ run: 't' });
+    const published: Metric[] = [];
+    metrics.stream.subscribe((m) => published.push(m));
+    const learner = new Learner(model, { ...config, epochs: 2, minibatches: 2 }, { metrics });
     const reports = learner.train(onPolicyBatch(model, rows));
+    // One value of each train/* metric per version: the steps' mean (the last learning rate).
+    const at = (name: string) => published.filter((m) => m.name === name && m.step === 1).map((m) => m.value);
+    expect(at('train/loss')).toEqual([reports.reduce((sum, r) => sum + r.loss, 0) / 4]);
+    expect(at('train/grad_norm')).toEqual([reports.reduce((sum, r) => sum + r.gradNorm, 0) / 4]);
+    expect(at('train/learning_rate')).toEqual([reports[3]!.learningRate]);
     expect(reports.map((r) => [r.version, r.optimiserStep])).toEqual([
       [1, 1],
       [1, 2],

@@ -33,6 +33,8 @@ describe('RolloutWindow and recordStep', () => {
     expect(stats.rewardStd).toBeCloseTo(Math.SQRT1_2 / 2, 12);
     expect(stats.rewardsByName).toEqual({ accuracy: 0.75, format: 2 / 3 }); // null format left out
     expect(stats.fracRewardZeroStd).toBe(0.5);
+    // Over the samples where each was scored: accuracy 3 of 4, format 2 of the 3 scored.
+    expect([stats.accuracy, stats.formatRate]).toEqual([0.75, 2 / 3]);
     expect([stats.lengthMin, stats.lengthMean, stats.lengthMax]).toEqual([2, 5, 8]);
     expect(stats.clippedRatio).toBe(0.25);
     // Per token, over the samples that measured it: (2 x 0.1 + 8 x 0.05) / 10.
@@ -68,6 +70,7 @@ describe('RolloutWindow and recordStep', () => {
     expect(stats.rewardMean).toBeCloseTo(2 / 3, 12);
     expect(stats.rewardStd).toBeCloseTo(Math.SQRT1_2, 12); // group a only: b has one sample
     expect(stats.fracRewardZeroStd).toBe(0.5); // b: one valid total, no spread
+    expect(stats.accuracy).toBeCloseTo(2 / 3, 12); // the failed accuracy left out, not a 0
   });
 
   it('starts a new window after take()', () => {
@@ -97,6 +100,9 @@ describe('what a topology asks of the learner and the advantages', () => {
     const set = learnerConfig(withGrpo({ minibatches: 4, maskTruncated: true, dualClip: 3, epochs: 2 }));
     expect([set.minibatches, set.maskTruncated, set.loss.dualClip, set.epochs]).toEqual([4, true, 3, 2]);
     expect(() => withGrpo({ dualClip: 1 })).toThrow(/dualClip/);
+    expect(() => withGrpo({ minibatches: 3 })).toThrow(
+      'grpo.minibatches (3) must divide the batch of groupSize x promptsPerStep = 128 samples',
+    );
   });
 
   it("gives dr_grpo's normaliser the completion budget, not the width of a batch", () => {

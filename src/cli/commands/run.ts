@@ -64,6 +64,9 @@ export function progressDisplay(options: { showKl: boolean } = { showKl: true })
         case 'topics':
           if (event.created.length > 0) say(`created topics: ${event.created.join(', ')}`);
           break;
+        case 'warning':
+          say(`warning: ${event.message}`);
+          break;
         case 'waiting':
           say(`${event.role}: waiting for ${event.what}`);
           break;

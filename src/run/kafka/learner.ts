@@ -27,6 +27,7 @@ import {
   type Prompt,
   type ScoredRollout,
 } from '../../../schemas/index.ts';
+import { versionReport } from '../../learner/learner.ts';
 import { boundedStaleness } from '../../operators/boundedStaleness.ts';
 import { dropZeroVariance } from '../../operators/dropZeroVariance.ts';
 import { groupRelativeAdvantages } from '../../operators/groupRelativeAdvantages.ts';
@@ -229,9 +230,15 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     }
     const resumedFrom = resuming ? state.version : undefined;
     // A versions topic this learner made keeps the last few versions, not every one for a week.
+    // A cluster that refuses it (no ACL to alter configs, a floor on segment.bytes) runs on without it.
     if (created.includes(topics.versions)) {
       const bytes = Object.values(weights).reduce((n, values) => n + values.byteLength, 0);
-      await retrying(() => limitVersionsTopic(connection, run, bytes));
+      await retrying(() => limitVersionsTopic(connection, run, bytes)).catch((error: Error) =>
+        emit({
+          kind: 'warning',
+          message: `could not limit ${topics.versions}'s retention to a few versions (${error.message}); it keeps every version for the broker's retention.ms`,
+        }),
+      );
     }
 
     learner = new WorkerClient<LearnerRequest, LearnerReply>(
@@ -540,7 +547,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
             kind: 'step',
             step,
             total: totalSteps,
-            report: reply.reports[reply.reports.length - 1]!,
+            report: versionReport(reply.reports),
             rollout,
             staleness,
           });

@@ -57,6 +57,7 @@ export type KafkaRunEvent =
   | Extract<RunEvent, { kind: 'pretrain' | 'base-model' | 'step' | 'checkpoint' }>
   | { kind: 'backend'; role: 'rollout' | 'learner'; backend: string }
   | { kind: 'topics'; run: string; created: string[] }
+  | { kind: 'warning'; message: string }
   | { kind: 'waiting'; role: Role; what: string }
   | { kind: 'resume'; version: number; promptCursor: number; pending: number; adopted: number }
   | { kind: 'version-published'; version: number; bytes: number }

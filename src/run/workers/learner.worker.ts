@@ -1,6 +1,6 @@
-import * as tf from '@tensorflow/tfjs';
 // The learner: the policy being trained, on its own thread; returns new weights after each batch.
 import { parentPort } from 'node:worker_threads';
+import * as tf from '@tensorflow/tfjs';
 import { Learner } from '../../learner/learner.ts';
 import { selectBackend, setBackendThreads } from '../../policy/backend.ts';
 import { loadCheckpoint, saveCheckpoint } from '../../policy/checkpoint.ts';
