@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
+import { importModule } from '../importModule.ts';
 import { isRecipe, Recipe } from '../recipe/recipe.ts';
 import { Topology, trlNameHints } from '../topology/topology.ts';
 import { describeIssues } from '../validation.ts';
@@ -25,18 +26,7 @@ export async function loadAnyPipeline(nameOrPath: string): Promise<Pipeline> {
         : `No pipeline "${nameOrPath}": expected pipelines/${nameOrPath}.ts or a path to a .ts module`,
     );
   }
-  let mod: { default?: unknown };
-  try {
-    mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
-  } catch (error) {
-    const message = (error as Error).message;
-    throw new Error(
-      /require\(\) (of )?ES Module|Cannot use import statement outside a module/.test(message)
-        ? `${file} loads as CommonJS, and a pipeline must be an ES module: name it .mts, or put a package.json with "type": "module" beside it (${message})`
-        : `${file} failed to load: ${message}`,
-      { cause: error },
-    );
-  }
+  const mod: { default?: unknown } = await importModule(file, 'a pipeline');
   if (isRecipe(mod.default)) {
     const parsed = Recipe.safeParse(mod.default);
     if (!parsed.success)

@@ -17,6 +17,8 @@ export interface RewardInput {
 export interface RewardFunction {
   name: string;
   score(input: RewardInput, signal: AbortSignal): number | null | Promise<number | null>;
+  /** Resolves once the reward can score (a module loaded, say); runs await it before they generate. */
+  ready?(): Promise<void>;
 }
 
 /** 1 when the answer equals the reference as a number (integers, decimals, fractions), else 0. */

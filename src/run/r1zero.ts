@@ -36,7 +36,7 @@ import {
   withThreads,
   type RolloutStats,
 } from './stepStats.ts';
-import { taskRuntime } from './taskRuntime.ts';
+import { rewardsReady, taskRuntime } from './taskRuntime.ts';
 import type { GeneratorReply, GeneratorRequest, LearnerReply, LearnerRequest } from './workers/protocol.ts';
 import { WorkerClient } from './workers/rpc.ts';
 import { buffersOf, exportWeights, type WeightArrays } from './workers/weights.ts';
@@ -155,6 +155,9 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   // The main thread pretrains the base model; the workers pick their own backends the same way. First:
   // a backend that cannot start leaves the run directory as it was.
   await selectBackend(options.backend);
+  // Likewise a reward that cannot score (a module of one's own that does not load).
+  const runtime = taskRuntime(topology);
+  await rewardsReady(runtime.rewards);
   if (!resuming && existsSync(statePath)) {
     // A new run where an earlier one left its state: the earlier run moves aside whole (checkpoint,
     // state, metrics, summary), so that nothing of the two mixes (--resume would continue one's
@@ -181,7 +184,6 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const logSubscription = metrics.stream.subscribe((m) =>
     appendFileSync(metricsLog, `${JSON.stringify(m)}\n`),
   );
-  const runtime = taskRuntime(topology);
   const tokenizer = new CharTokenizer(runtime.alphabet);
   const started = performance.now();
   let state: RunState = resuming

@@ -11,6 +11,7 @@ import {
   type RewardFunction,
 } from '../rewards/rewards.ts';
 import { codeReward } from '../rewards/code.ts';
+import { moduleReward } from '../rewards/module.ts';
 import { httpPreferenceReward } from '../rewards/preference.ts';
 import { loadPreferenceModel, type PreferenceModel } from '../rewards/preferenceModel.ts';
 import { arithmeticExamples } from '../tasks/arithmetic.ts';
@@ -77,7 +78,14 @@ function rewardFunction(spec: Topology['rewards'][number]): RewardFunction {
       return languageConsistencyReward(spec.language);
     case 'overlong':
       return overlongPenalty({ maxLength: spec.maxLength, buffer: spec.buffer });
+    case 'module':
+      return moduleReward(spec);
   }
+}
+
+/** Waits until every reward can score (a module of one's own loaded); rejects with why one cannot. */
+export async function rewardsReady(rewards: readonly WeightedReward[]): Promise<void> {
+  await Promise.all(rewards.map(({ fn }) => fn.ready?.()));
 }
 
 export function taskRuntime(topology: Topology): TaskRuntime {

@@ -69,6 +69,24 @@ const RewardSpec = z.discriminatedUnion('kind', [
     .strict(),
   z
     .object({
+      kind: z.literal('module'),
+      path: z
+        .string()
+        .min(1)
+        .describe(
+          "A module of your own (TRL's reward_funcs): its export is a function of a RewardInput, or a RewardFunction (src/rewards/module.ts). Resolved against the working directory.",
+        ),
+      export: z.string().min(1).optional().describe('The export to use (default: default).'),
+      name: z
+        .string()
+        .min(1)
+        .optional()
+        .describe("The reward's name in metrics (default: the file's name without its extension)."),
+      weight: z.number().default(1),
+    })
+    .strict(),
+  z
+    .object({
       kind: z.literal('overlong'),
       maxLength: z.int().positive(),
       buffer: z.int().positive(),

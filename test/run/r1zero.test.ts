@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -92,6 +92,41 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
         seed: 0,
       }),
     ).rejects.toThrow(`eval: ${root} is not a checkpoint directory (no manifest.json in it)`);
+  });
+
+  it("scores with a reward of one's own from a module (TRL's reward_funcs), and refuses to start on one that does not load", async () => {
+    const module = join(root, 'brief.ts');
+    writeFileSync(
+      module,
+      'export default ({ completion }: { completion: string }) => (completion.length <= 12 ? 1 : 0);\n',
+    );
+    const withModule = (path: string) =>
+      defineTopology({ ...tiny, rewards: [...tiny.rewards, { kind: 'module', path, weight: 0.5 }] });
+    const summary = await runR1Zero({
+      topology: withModule(module),
+      backend: 'wasm',
+      runDir: join(root, 'module'),
+      cacheDir: join(root, 'cache'),
+      eta: 0,
+      steps: 2,
+    });
+    expect(summary.steps).toBe(2);
+    const means = readFileSync(join(root, 'module', 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as { name: string; value: number })
+      .filter((m) => m.name === 'rewards/brief/mean');
+    expect(means).toHaveLength(2);
+    for (const m of means) expect(m.value).toBeGreaterThanOrEqual(0);
+    await expect(
+      runR1Zero({
+        topology: withModule(join(root, 'missing.ts')),
+        backend: 'wasm',
+        runDir: join(root, 'module'),
+        cacheDir: join(root, 'cache'),
+      }),
+    ).rejects.toThrow(`reward missing: no module at ${join(root, 'missing.ts')}`);
+    expect(existsSync(join(root, 'module.previous'))).toBe(false); // the earlier run was left where it was
   });
 
   it('reuses the cached base model on the next run', async () => {

@@ -10,7 +10,7 @@ import { scoreRollouts } from '../../operators/scoreRollouts.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
 import { recordKey, topicName } from '../../transport/kafka/topics.ts';
-import { taskRuntime } from '../taskRuntime.ts';
+import { rewardsReady, taskRuntime } from '../taskRuntime.ts';
 import { deleteGroups, endOffsets } from './common.ts';
 import type { RewardSummary, RoleContext } from './types.ts';
 
@@ -18,6 +18,7 @@ export async function runReward(ctx: RoleContext): Promise<RewardSummary> {
   const { options, run, metrics } = ctx;
   const { connection } = options;
   const runtime = taskRuntime(options.topology);
+  await rewardsReady(runtime.rewards);
   const publisher = new KafkaPublisher({ connection, metrics });
   const scoredTopic = topicName(run, 'scored');
   const score = scoreRollouts({ rewards: runtime.rewards, metrics });
