@@ -1,6 +1,7 @@
 import type { Prompt } from '../../schemas/index.ts';
 import type { WeightedReward } from '../operators/scoreRollouts.ts';
 import { extractAnswer, parseNumber } from '../rewards/answer.ts';
+import { evaluateExpression } from '../rewards/expression.ts';
 import {
   accuracyReward,
   countdownReward,
@@ -95,6 +96,12 @@ export function taskRuntime(topology: Topology): TaskRuntime {
   let corpusCompletion: TaskRuntime['corpusCompletion'];
   let drillDocument: TaskRuntime['drillDocument'];
   let correctness: RewardFunction;
+  let voteKey: TaskRuntime['voteKey'] = (completion) => {
+    const answer = extractAnswer(completion);
+    if (answer === null) return null;
+    const n = parseNumber(answer);
+    return n ? `${n.p}/${n.q}` : answer.replace(/\s+/g, '');
+  };
   switch (task.kind) {
     case 'arithmetic': {
       const options = { digits: task.digits, operations: task.operations };
@@ -115,6 +122,15 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       train = countdownExamples('train', data.trainPrompts, seed, task);
       test = countdownExamples('test', data.testPrompts, seed, task);
       correctness = countdownReward(0);
+      // An answer is an expression: (8+5)*3 and 3*(5+8) are one answer, its value from its numbers.
+      voteKey = (completion) => {
+        const answer = extractAnswer(completion);
+        if (answer === null) return null;
+        const expr = evaluateExpression(answer.replace(/=.*$/, ''));
+        if (expr === null) return answer.replace(/\s+/g, '');
+        const numbers = [...expr.numbers].sort((a, b) => a - b).join(',');
+        return `${Number(expr.value.toPrecision(12))} from ${numbers}`;
+      };
       const noise = {
         solveRate: pretrain.solveRate ?? 0.3,
         brokenFormat: pretrain.brokenFormat,
@@ -158,11 +174,6 @@ export function taskRuntime(topology: Topology): TaskRuntime {
     alphabet: [...chars].sort().join(''),
     ...(corpusCompletion ? { corpusCompletion } : {}),
     ...(drillDocument ? { drillDocument } : {}),
-    voteKey: (completion) => {
-      const answer = extractAnswer(completion);
-      if (answer === null) return null;
-      const n = parseNumber(answer);
-      return n ? `${n.p}/${n.q}` : answer.replace(/\s+/g, '');
-    },
+    voteKey,
   };
 }

@@ -4,6 +4,7 @@ import type { Rollout } from '../../schemas/index.ts';
 import lc from '../../pipelines/language-consistency.ts';
 import { evaluate, type EvalSettings } from '../../src/run/evaluate.ts';
 import { taskRuntime } from '../../src/run/taskRuntime.ts';
+import { loadPipeline } from '../../src/cli/pipelines.ts';
 import type { GeneratorReply, GeneratorRequest } from '../../src/run/workers/protocol.ts';
 import type { WorkerClient } from '../../src/run/workers/rpc.ts';
 
@@ -74,5 +75,20 @@ describe('evaluate: step accuracy', () => {
       1,
     );
     expect(none.stepAccuracy).toBeNull();
+  });
+});
+
+describe('cons@k votes on answers, not their spelling', () => {
+  it('Countdown: expressions of the same numbers and value vote together, others apart', async () => {
+    const countdown = taskRuntime(await loadPipeline('r1-zero-countdown'));
+    const key = (answer: string) => countdown.voteKey(`<think>x</think><answer>${answer}</answer>`);
+    expect(key('(8+5)*3')).toBe(key('3 * (5 + 8)'));
+    expect(key('(8+5)*3 = 39')).toBe(key('3*(8+5)'));
+    expect(key('(8+5)*3')).not.toBe(key('13*3')); // another value from other numbers
+    expect(key('8*5-1')).not.toBe(key('(8+5)*3'));
+    expect(key('not an expression')).toBe('notanexpression');
+    expect(countdown.voteKey('no answer')).toBeNull();
+    // Arithmetic keeps numbers: 0.5 and 1/2 are one answer.
+    expect(runtime.voteKey('<answer>0.5</answer>')).toBe(runtime.voteKey('<answer>1/2</answer>'));
   });
 });
