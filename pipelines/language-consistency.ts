@@ -10,7 +10,7 @@ import base from './r1-zero-arithmetic.ts';
  * base with the same steps, seed and settings, one with accuracy + format, one with accuracy + format +
  * language consistency (English, summed in at weight 1 as the paper sums it); the eval stage reports
  * pass@1, format rate and language consistency of the base and both. The two RL stages together have
- * r1-arithmetic's pure-RL budget (70 steps), so the recipe stays near 25 minutes on 2 cores (wasm).
+ * r1-arithmetic's pure-RL budget (70 steps): about 2 minutes on 2 cores (wasm), its base model included.
  */
 // The two RL stages differ only in their rewards: same base, steps, seed and settings.
 const rl = { type: 'grpo', from: 'base', steps: 35 } as const;

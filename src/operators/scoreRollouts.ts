@@ -53,7 +53,7 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
   );
   const scored = metrics.counter('reward.scored');
 
-  /** A failure's value: null, and a mark that the rollout's total is null too. */
+  /** What a failed reward gives: recorded as null, and it makes the rollout's total null. */
   const FAILED = Symbol('failed');
   const fail = (name: string, err: unknown): typeof FAILED => {
     failures[`${name}/${err instanceof RewardTimeout ? 'timeout' : 'error'}`]!.inc();
