@@ -255,6 +255,8 @@ export type TopologyInput = z.input<typeof Topology>;
 /** TRL's (GRPOConfig) and verl's names for topology fields, for users who write those by habit. */
 export const TRL_NAMES: Readonly<Record<string, string>> = {
   num_generations: 'grpo.groupSize',
+  generation_batch_size: 'grpo.groupSize x grpo.promptsPerStep',
+  ppo_mini_batch_size: 'grpo.minibatches (the batch divided by it)',
   epsilon: 'grpo.epsLow',
   epsilon_high: 'grpo.epsHigh',
   clip_ratio_low: 'grpo.epsLow',
