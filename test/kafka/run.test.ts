@@ -120,6 +120,49 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
     expect(Math.max(...reported.map((m) => m.value))).toBe(summary.rollout!.version);
   });
 
+  it('refuses to start a second learner of a run while one is a member of its group', async () => {
+    const run = newRun('two-learners');
+    // Stands in for a live learner: a member of <run>.learner that keeps its heartbeats.
+    const kafka = new Kafka({ ...connection, logLevel: logLevel.NOTHING });
+    const admin = kafka.admin();
+    await admin.connect();
+    await admin.createTopics({ topics: [{ topic: topicName(run, 'scored') }], waitForLeaders: true });
+    await admin.disconnect();
+    const member = kafka.consumer({ groupId: `${run}.learner`, sessionTimeout: 6_000 });
+    await member.connect();
+    await member.subscribe({ topic: topicName(run, 'scored') });
+    await member.run({ eachMessage: async () => {} });
+    try {
+      await waitFor(async () => {
+        const check = kafka.admin();
+        await check.connect();
+        const { groups } = await check.describeGroups([`${run}.learner`]);
+        await check.disconnect();
+        return (groups[0]?.members.length ?? 0) > 0;
+      }, 'the stand-in learner to join its group');
+      const events: KafkaRunEvent[] = [];
+      await expect(
+        runOverKafka({
+          topology: tiny,
+          backend: 'wasm',
+          role: 'learner',
+          connection,
+          run,
+          runDir: join(root, run),
+          cacheDir,
+          sessionTimeoutMs: 6_000,
+          onEvent: (e) => events.push(e),
+        }),
+      ).rejects.toThrow(
+        `Another learner is running for run "${run}": its consumer group ${run}.learner has a member`,
+      );
+      expect(events.some((e) => e.kind === 'waiting' && e.role === 'learner')).toBe(true);
+      expect(events.some((e) => e.kind === 'version-published')).toBe(false); // it published nothing
+    } finally {
+      await member.disconnect();
+    }
+  });
+
   it('processes: a rollout worker killed mid-run loses no prompt; the other takes over its partitions', async () => {
     const run = newRun('run-kill-worker');
     const runDir = join(root, run);

@@ -19,6 +19,8 @@
  */
 import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Admin } from 'kafkajs';
 import { Subject, concatMap, from, identity, tap, type Observable } from 'rxjs';
 import { z } from 'zod';
 import {
@@ -60,7 +62,7 @@ import { taskRuntime } from '../taskRuntime.ts';
 import type { LearnerReply, LearnerRequest } from '../workers/protocol.ts';
 import { WorkerClient } from '../workers/rpc.ts';
 import { exportWeights, type WeightArrays } from '../workers/weights.ts';
-import { Changes, readTopicSince, retrying } from './common.ts';
+import { abortError, Changes, readTopicSince, retrying } from './common.ts';
 import { ConsumedPositions } from './positions.ts';
 import type { LearnerSummary, RoleContext } from './types.ts';
 import { encodeWeights } from './weights.ts';
@@ -166,6 +168,9 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
   const publisher = new KafkaPublisher({ connection, metrics });
   let learner: WorkerClient<LearnerRequest, LearnerReply> | undefined;
   try {
+    await noOtherLearner(admin, run, ctx.sessionTimeoutMs + 5_000, ctx.signal, () =>
+      emit({ kind: 'waiting', role: 'learner', what: `the learner before this one to leave ${run}.learner` }),
+    );
     await selectBackend(options.backend);
     const runtime = taskRuntime(topology);
     const dataOrder = new DataOrder(runtime.train, topology.seed);
@@ -706,6 +711,39 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
  * The newest PolicyVersion on the run's versions topic, or -1 when it has none. Reads only its tail: the
  * learner is its one writer and each version is at most `chunks` weight chunks and its PolicyVersion.
  */
+/**
+ * One learner per run: waits while the run's learner group has members (a learner killed a moment ago
+ * stays a member until its session times out), and refuses to start if one is still there after
+ * `waitMs`: two learners would publish different policies under the same version numbers.
+ */
+export async function noOtherLearner(
+  admin: Admin,
+  run: string,
+  waitMs: number,
+  signal: AbortSignal,
+  onWait: () => void,
+): Promise<void> {
+  const group = `${run}.learner`;
+  const deadline = Date.now() + waitMs;
+  let told = false;
+  for (;;) {
+    const { groups } = await retrying(() => admin.describeGroups([group]));
+    const members = groups[0]?.members ?? [];
+    if (members.length === 0) return;
+    if (signal.aborted) throw abortError(signal);
+    if (Date.now() > deadline) {
+      const who = members.map((m) => `${m.clientId} on ${m.clientHost.replace(/^\//, '')}`).join(', ');
+      throw new Error(
+        `Another learner is running for run "${run}": its consumer group ${group} has ${members.length === 1 ? 'a member' : `${members.length} members`} (${who}). ` +
+          'Stop that one first, or give this run another --run name.',
+      );
+    }
+    if (!told) onWait();
+    told = true;
+    await sleep(1_000);
+  }
+}
+
 export async function latestPublishedVersion(
   connection: RoleContext['options']['connection'],
   run: string,
