@@ -8,6 +8,12 @@ const JsonlRecord = z
     id: z.string().min(1).optional(),
     prompt: z.string().min(1),
     answer: z.union([z.string(), z.number(), z.record(z.string(), z.unknown())]),
+    meta: z
+      .record(z.string(), z.unknown())
+      .optional()
+      .describe(
+        "The row's own fields, handed to rewards as the prompt's meta (TRL passes extra columns to reward functions).",
+      ),
   })
   .strict();
 
@@ -78,7 +84,8 @@ export function uniqueIds(): (id: string | undefined) => string | undefined {
 
 /**
  * Reads a user's data set: one JSON object per line, `{"prompt": "...", "answer": ...}` with an
- * optional `"id"` (default file#line).
+ * optional `"id"` (default file#line) and `"meta"` (an object of the row's own fields, which rewards see
+ * as the prompt's meta).
  */
 export function parseJsonlExamples(text: string, file = '<input>'): TaskExample[] {
   const unique = uniqueIds();
@@ -87,6 +94,7 @@ export function parseJsonlExamples(text: string, file = '<input>'): TaskExample[
       id: value.id ?? `${file}#${line}`,
       question: value.prompt,
       answer: value.answer,
+      ...(value.meta ? { meta: value.meta } : {}),
     }),
   );
 }

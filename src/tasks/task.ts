@@ -5,6 +5,8 @@ export interface TaskExample {
   id: string;
   question: string;
   answer: unknown;
+  /** A data set row's own fields (its `meta`), handed to rewards as the prompt's `meta`. */
+  meta?: Record<string, unknown>;
 }
 
 /**
@@ -36,5 +38,6 @@ export function toPrompt(task: string, example: TaskExample, template: string, i
     task,
     text: applyTemplate(template, example.question),
     answer: example.answer,
+    ...(example.meta ? { meta: example.meta } : {}),
   };
 }

@@ -106,6 +106,18 @@ describe('templates and prompts', () => {
 });
 
 describe('JSONL data sets', () => {
+  it("keeps a row's meta, and its prompt hands it to rewards", () => {
+    const [e] = parseJsonlExamples(
+      '{"id":"q1","prompt":"2+2","answer":4,"meta":{"difficulty":"easy","source":"gsm"}}\n',
+      'd.jsonl',
+    );
+    expect(e).toEqual({ id: 'q1', question: '2+2', answer: 4, meta: { difficulty: 'easy', source: 'gsm' } });
+    expect(toPrompt('jsonl', e!, '{prompt}').meta).toEqual({ difficulty: 'easy', source: 'gsm' });
+    expect(toPrompt('jsonl', { id: 'q2', question: '1+1', answer: 2 }, '{prompt}')).not.toHaveProperty(
+      'meta',
+    );
+  });
+
   it('reads records and names every bad line with its reason', () => {
     const good = '{"prompt":"2+2","answer":"4"}\n\n{"id":"q2","prompt":"3+3","answer":6}\n';
     expect(parseJsonlExamples(good, 'data.jsonl')).toEqual([
