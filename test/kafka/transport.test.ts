@@ -224,6 +224,32 @@ describe('kafkaSink -> kafkaSource', () => {
     expect(new Set(seen).size).toBe(total);
   });
 
+  it("release frees a record's place without committing past it: a consumer holding records past maxInFlight still gets them all", async () => {
+    const run = await createRun('release', 2);
+    const total = 60;
+    await publishPrompts(run, total);
+    const topic = topicName(run, 'prompts');
+    const groupId = unique('release');
+    const source = kafkaSource({ connection, run, edge: 'prompts', groupId, maxInFlight: 10, resumeAt: 5 });
+    const held: Delivery<Prompt>[] = [];
+    const subscription = source.subscribe((delivery) => {
+      held.push(delivery);
+      delivery.release(); // decided, not yet durable
+    });
+    // Without release the source would stop at 10 and wait.
+    await waitFor(() => held.length === total, `${total} records, released and not acked`);
+    await sleep(500); // a commit, were there one, would have happened now
+    const before = await commitsAndEnds(groupId, topic);
+    expect(before.committed.every(([, offset]) => (offset ?? -1) <= 0)).toBe(true); // nothing committed past
+    for (const delivery of held) delivery.ack();
+    await waitFor(async () => {
+      const { committed, ends } = await commitsAndEnds(groupId, topic);
+      return JSON.stringify(committed) === JSON.stringify(ends);
+    }, 'all offsets committed once acked');
+    subscription.unsubscribe();
+    await source.closed();
+  });
+
   it('re-delivers exactly the unacked records to the next consumer of the group', async () => {
     const run = await createRun('redelivery', 2);
     const prompts = await publishPrompts(run, 40);

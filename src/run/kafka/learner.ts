@@ -339,8 +339,13 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
         }
       }
     };
+    /**
+     * A sample decided (trained, dropped, a duplicate, of an unknown prompt): its place in the source's
+     * in-flight bound is free now, and it is acked at the next checkpoint, which makes the decision durable.
+     */
     const settle = (delivery: Delivery<ScoredRollout>, groupId: string) => {
       positions.settled(delivery.partition, Number(delivery.offset), groupId);
+      delivery.release();
       toAck.push(delivery);
     };
     const droppedSamples = (reason: string) => metrics.counter('drops.samples', { reason });
@@ -607,8 +612,9 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       edge: 'scored',
       groupId: `${run}.learner`,
       startOffsets: new Map(Object.entries(state.positions).map(([p, o]) => [Number(p), o])),
-      // Samples stay unacked until a checkpoint records their group decided: room for every round of
-      // generation one step may take, or the source would pause with the step waiting on it.
+      // Samples hold their place until their group is decided (settle releases it; the ack waits for the
+      // checkpoint): room for every round of generation one step may take, or the source would pause
+      // with the step waiting on it.
       maxInFlight: Math.max(2_000, 2 * (g.maxGenerationRounds + eta + 3) * B),
       sessionTimeoutMs: ctx.sessionTimeoutMs,
       metrics,

@@ -29,8 +29,14 @@ export interface Delivery<T> {
   readonly topic: string;
   readonly partition: number;
   readonly offset: string;
-  /** Lets the consumer group commit past this record. Idempotent. */
+  /** Lets the consumer group commit past this record (and frees its place, as `release`). Idempotent. */
   ack(): void;
+  /**
+   * Frees this record's place in the consumer's in-flight bound (`maxInFlight`) without letting the group
+   * commit past it: for a record that is decided but whose outcome is not durable yet (a learner's sample
+   * until its next checkpoint). `ack` still has to follow. Idempotent.
+   */
+  release(): void;
 }
 
 export interface KafkaSource<T> extends Observable<Delivery<T>> {
@@ -224,16 +230,20 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
       consumer.pause([{ topic }]);
     };
 
-    const settle = (acks: PartitionAcks, partition: number, offset: number) => {
+    /** A delivered record's place in the in-flight bound is free again. */
+    const release = () => {
       inFlight--;
       inFlightGauge.set(inFlight);
-      if (owned.get(partition) === acks && acks.ack(offset)) {
-        dirty.add(partition);
-        scheduleCommit();
-      }
       if (paused && inFlight <= resumeAt && !closed) {
         paused = false;
         consumer.resume([{ topic }]);
+      }
+    };
+    /** The group may commit past a record. */
+    const acked = (acks: PartitionAcks, partition: number, offset: number) => {
+      if (owned.get(partition) === acks && acks.ack(offset)) {
+        dirty.add(partition);
+        scheduleCommit();
       }
     };
 
@@ -312,12 +322,19 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
       acks.deliver(offset);
       inFlight++;
       inFlightGauge.set(inFlight);
-      const done = () => settle(acks, partition, offset);
+      const done = () => {
+        release();
+        acked(acks, partition, offset);
+      };
       const key = message.key?.toString();
       const decoded = options.decode(message);
       if (decoded.kind === 'message') {
         counters.delivered.inc();
-        subscriber.next(new KafkaDelivery(decoded.value, key, topic, partition, message.offset, done));
+        subscriber.next(
+          new KafkaDelivery(decoded.value, key, topic, partition, message.offset, release, () =>
+            acked(acks, partition, offset),
+          ),
+        );
       } else if (decoded.kind === 'skip') {
         counters.skipped.inc();
         done();
@@ -409,19 +426,28 @@ const REBALANCE_ERRORS = new Set(['REBALANCE_IN_PROGRESS', 'ILLEGAL_GENERATION',
 const missingTopicHint = " (create the run's topics first: rxrl topics create --run <run>)";
 
 class KafkaDelivery<T> implements Delivery<T> {
-  private done = false;
+  private released = false;
+  private acked = false;
   constructor(
     readonly value: T,
     readonly key: string | undefined,
     readonly topic: string,
     readonly partition: number,
     readonly offset: string,
-    private readonly settle: () => void,
+    private readonly freeSlot: () => void,
+    private readonly commitPast: () => void,
   ) {}
 
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.freeSlot();
+  }
+
   ack(): void {
-    if (this.done) return;
-    this.done = true;
-    this.settle();
+    if (this.acked) return;
+    this.acked = true;
+    this.release();
+    this.commitPast();
   }
 }
