@@ -21,6 +21,7 @@ import {
 } from './recipe.ts';
 import { coldStartRecords, readRecords, writeRecords, type SftRecord } from './records.ts';
 import { rejectionSample } from './rejection.ts';
+import { moduleReward } from '../rewards/module.ts';
 import { loadPreferencePairs } from '../rewards/preferencePairs.ts';
 import { pairwiseAccuracy, trainPreferenceModel } from '../rewards/preferenceModel.ts';
 import { trainOnRecords } from './sft.ts';
@@ -102,6 +103,14 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
     if (!names.includes(name))
       throw new Error(`No stage named ${name} in ${recipe.name}: its stages are ${names.join(', ')}`);
   }
+  // Rewards of one's own load now: a missing module stops the recipe here, not at its first GRPO stage.
+  const modules = [
+    recipe.topology.rewards,
+    ...recipe.stages.flatMap((s) => (s.type === 'grpo' && s.rewards ? [s.rewards] : [])),
+  ]
+    .flat()
+    .flatMap((spec) => (spec.kind === 'module' ? [spec] : []));
+  await Promise.all(modules.map((spec) => moduleReward(spec).ready()));
   mkdirSync(runDir, { recursive: true });
   await selectBackend(options.backend);
   const started = performance.now();

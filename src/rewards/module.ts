@@ -22,7 +22,10 @@ export interface ModuleRewardSpec {
   path: string;
   /** The export to use (default: `default`). */
   export?: string;
-  /** The reward's name in rewards and metrics (default: the file's name without its extension). */
+  /**
+   * The reward's name in rewards and metrics (default: the export's name when one is given, else the
+   * file's name without its extension).
+   */
   name?: string;
 }
 
@@ -31,8 +34,9 @@ type Score = (input: RewardInput, signal: AbortSignal) => number | null | Promis
 export function moduleReward(spec: ModuleRewardSpec): RewardFunction & { ready(): Promise<void> } {
   const file = resolve(spec.path);
   const exportName = spec.export ?? 'default';
-  const name = spec.name ?? basename(file, extname(file));
+  const name = spec.name ?? (exportName !== 'default' ? exportName : basename(file, extname(file)));
   let loading: Promise<Score> | undefined;
+  let loaded: Score | undefined;
   const load = (): Promise<Score> =>
     (loading ??= (async () => {
       if (!existsSync(file)) throw new Error(`reward ${name}: no module at ${file}`);
@@ -43,15 +47,17 @@ export function moduleReward(spec: ModuleRewardSpec): RewardFunction & { ready()
         throw new Error(`reward ${name}: ${(error as Error).message}`, { cause: error });
       }
       const value = mod[exportName];
-      if (typeof value === 'function') return value as Score;
-      if (
+      let fn: Score | undefined;
+      if (typeof value === 'function') fn = value as Score;
+      else if (
         value !== null &&
         typeof value === 'object' &&
         typeof (value as RewardFunction).score === 'function'
       ) {
-        const fn = value as RewardFunction;
-        return (input, signal) => fn.score(input, signal);
+        const reward = value as RewardFunction;
+        fn = (input, signal) => reward.score(input, signal);
       }
+      if (fn) return (loaded = checked(name, fn));
       const exported = Object.keys(mod).sort().join(', ') || 'nothing';
       throw new Error(
         `reward ${name}: ${file} has no function or { score } as its ${exportName === 'default' ? 'default export' : `export "${exportName}"`} (it exports ${exported})`,
@@ -62,6 +68,25 @@ export function moduleReward(spec: ModuleRewardSpec): RewardFunction & { ready()
     ready: async () => {
       await load();
     },
-    score: async (input, signal) => (await load())(input, signal),
+    // Once loaded, a synchronous function scores synchronously (no promise, no timeout).
+    score: (input, signal) => (loaded ? loaded(input, signal) : load().then((fn) => fn(input, signal))),
+  };
+}
+
+/**
+ * The user's function, its results checked: true and false count as 1 and 0 (a predicate is a common
+ * reward); anything else that is not a number or null is an error that says what came back.
+ */
+function checked(name: string, fn: Score): Score {
+  const value = (v: unknown): number | null => {
+    if (typeof v === 'number' || v === null) return v;
+    if (typeof v === 'boolean') return v ? 1 : 0;
+    throw new Error(
+      `reward ${name} returned ${v === undefined ? 'undefined' : typeof v} (give a number, or null where it does not apply)`,
+    );
+  };
+  return (input, signal) => {
+    const result: unknown = fn(input, signal);
+    return result instanceof Promise ? result.then(value) : value(result);
   };
 }

@@ -49,15 +49,24 @@ export interface CountdownAnswer {
  * TinyZero's Countdown score: no parsable answer 0; an expression that is wrong or does not use each
  * given number exactly once 0.1 (the format score); a correct one (|value - target| < 1e-5) 1.
  */
+/**
+ * A Countdown completion's answer: the text in <answer> (null if none) and, when it is an expression
+ * (anything after an "=" ignored), its value and the numbers it uses.
+ */
+export function parseCountdownAnswer(
+  completion: string,
+): { text: string; expression: ReturnType<typeof evaluateExpression> } | null {
+  const text = extractAnswer(completion);
+  return text === null ? null : { text, expression: evaluateExpression(text.replace(/=.*$/, '')) };
+}
+
 export function countdownReward(formatScore = 0.1): RewardFunction {
   return {
     name: 'countdown',
     score: ({ prompt, completion }) => {
       const { numbers, target } = prompt.answer as CountdownAnswer;
-      const answer = extractAnswer(completion);
-      if (answer === null) return 0;
-      const expr = evaluateExpression(answer.replace(/=.*$/, ''));
-      if (expr === null) return 0;
+      const expr = parseCountdownAnswer(completion)?.expression;
+      if (!expr) return 0;
       const used = [...expr.numbers].sort((a, b) => a - b);
       const given = [...numbers].sort((a, b) => a - b);
       const exact = used.length === given.length && used.every((n, i) => n === given[i]);

@@ -1,13 +1,13 @@
 import type { Prompt } from '../../schemas/index.ts';
 import type { WeightedReward } from '../operators/scoreRollouts.ts';
 import { extractAnswer, parseNumber } from '../rewards/answer.ts';
-import { evaluateExpression } from '../rewards/expression.ts';
 import {
   accuracyReward,
   countdownReward,
   formatReward,
   languageConsistencyReward,
   overlongPenalty,
+  parseCountdownAnswer,
   type CountdownAnswer,
   type RewardFunction,
 } from '../rewards/rewards.ts';
@@ -84,8 +84,17 @@ function rewardFunction(spec: Topology['rewards'][number]): RewardFunction {
   }
 }
 
-/** Waits until every reward can score (a module of one's own loaded); rejects with why one cannot. */
+/**
+ * Waits until every reward can score (a module of one's own loaded); rejects with why one cannot, or
+ * when two have one name (their metrics and totals would mix).
+ */
 export async function rewardsReady(rewards: readonly WeightedReward[]): Promise<void> {
+  const names = rewards.map(({ fn }) => fn.name);
+  const twice = names.filter((name, i) => names.indexOf(name) !== i);
+  if (twice.length > 0)
+    throw new Error(
+      `Two rewards are named ${[...new Set(twice)].join(', ')}: give a module reward a name of its own ({ kind: 'module', path, name })`,
+    );
   await Promise.all(rewards.map(({ fn }) => fn.ready?.()));
 }
 
@@ -124,10 +133,10 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       correctness = countdownReward(0);
       // An answer is an expression: (8+5)*3 and 3*(5+8) are one answer, its value from its numbers.
       voteKey = (completion) => {
-        const answer = extractAnswer(completion);
+        const answer = parseCountdownAnswer(completion);
         if (answer === null) return null;
-        const expr = evaluateExpression(answer.replace(/=.*$/, ''));
-        if (expr === null) return answer.replace(/\s+/g, '');
+        const expr = answer.expression;
+        if (expr === null) return answer.text.replace(/\s+/g, '');
         const numbers = [...expr.numbers].sort((a, b) => a - b).join(',');
         return `${Number(expr.value.toPrecision(12))} from ${numbers}`;
       };

@@ -256,7 +256,7 @@ export type TopologyInput = z.input<typeof Topology>;
 export const TRL_NAMES: Readonly<Record<string, string>> = {
   num_generations: 'grpo.groupSize',
   generation_batch_size: 'grpo.groupSize x grpo.promptsPerStep',
-  ppo_mini_batch_size: 'grpo.minibatches (the batch divided by it)',
+  ppo_mini_batch_size: 'grpo.minibatches (promptsPerStep divided by it: verl counts prompts)',
   epsilon: 'grpo.epsLow',
   epsilon_high: 'grpo.epsHigh',
   clip_ratio_low: 'grpo.epsLow',

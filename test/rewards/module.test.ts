@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { moduleReward } from '../../src/rewards/module.ts';
+import { rewardsReady } from '../../src/run/taskRuntime.ts';
 import type { RewardInput } from '../../src/rewards/rewards.ts';
 import { prompt } from '../fixtures.ts';
 
@@ -45,6 +46,33 @@ describe('moduleReward', () => {
     expect(reward.name).toBe('only_digits');
     expect(await reward.score(input('42'), never)).toBe(1);
     expect(await reward.score(input('x'), never)).toBeNull();
+  });
+
+  it('names a reward after its export, counts true/false as 1/0, and says what else came back', async () => {
+    const path = file(
+      'checks.mjs',
+      'export const short = ({ completion }) => completion.length < 3;\nexport const broken = () => undefined;\n',
+    );
+    const short = moduleReward({ path, export: 'short' });
+    expect(short.name).toBe('short');
+    await short.ready();
+    // Loaded and synchronous: scores without a promise.
+    expect(short.score(input('ab'), never)).toBe(1);
+    expect(short.score(input('abcd'), never)).toBe(0);
+    const broken = moduleReward({ path, export: 'broken' });
+    await broken.ready();
+    expect(() => broken.score(input('x'), never)).toThrow(
+      'reward broken returned undefined (give a number, or null where it does not apply)',
+    );
+  });
+
+  it('refuses two rewards of one name before a run starts', async () => {
+    const path = file('twice.mjs', 'export default () => 1;\n');
+    const reward = (name?: string) => ({ fn: moduleReward({ path, ...(name ? { name } : {}) }), weight: 1 });
+    await expect(rewardsReady([reward(), reward()])).rejects.toThrow(
+      "Two rewards are named twice: give a module reward a name of its own ({ kind: 'module', path, name })",
+    );
+    await expect(rewardsReady([reward(), reward('twice_again')])).resolves.toBeUndefined();
   });
 
   it('says what is wrong: no file, a module that does not load, no usable export', async () => {

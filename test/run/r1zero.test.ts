@@ -98,7 +98,8 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     const module = join(root, 'brief.ts');
     writeFileSync(
       module,
-      'export default ({ completion }: { completion: string }) => (completion.length <= 12 ? 1 : 0);\n',
+      // A constant, so that the published mean proves every sample was scored by it.
+      'export default (_input: unknown) => 0.25;\n',
     );
     const withModule = (path: string) =>
       defineTopology({ ...tiny, rewards: [...tiny.rewards, { kind: 'module', path, weight: 0.5 }] });
@@ -116,8 +117,7 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
       .split('\n')
       .map((line) => JSON.parse(line) as { name: string; value: number })
       .filter((m) => m.name === 'rewards/brief/mean');
-    expect(means).toHaveLength(2);
-    for (const m of means) expect(m.value).toBeGreaterThanOrEqual(0);
+    expect(means.map((m) => m.value)).toEqual([0.25, 0.25]);
     await expect(
       runR1Zero({
         topology: withModule(join(root, 'missing.ts')),

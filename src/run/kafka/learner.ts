@@ -714,10 +714,6 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
 }
 
 /**
- * The newest PolicyVersion on the run's versions topic, or -1 when it has none. Reads only its tail: the
- * learner is its one writer and each version is at most `chunks` weight chunks and its PolicyVersion.
- */
-/**
  * One learner per run: waits while the run's learner group has members (a learner killed a moment ago
  * stays a member until its session times out), and refuses to start if one is still there after
  * `waitMs`: two learners would publish different policies under the same version numbers.
@@ -746,10 +742,14 @@ export async function noOtherLearner(
     }
     if (!told) onWait();
     told = true;
-    await sleep(1_000);
+    await sleep(1_000, undefined, { signal }).catch(() => undefined);
   }
 }
 
+/**
+ * The newest PolicyVersion on the run's versions topic, or -1 when it has none. Reads only its tail: the
+ * learner is its one writer and each version is at most `chunks` weight chunks and its PolicyVersion.
+ */
 export async function latestPublishedVersion(
   connection: RoleContext['options']['connection'],
   run: string,
