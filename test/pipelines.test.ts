@@ -61,6 +61,7 @@ describe('base-model cache keys', () => {
   it.each([
     ['r1-zero-arithmetic', 'df4a28939787'],
     ['r1-arithmetic', 'df4a28939787'],
+    ['r1-zero-arithmetic-paper', 'df4a28939787'], // the same base as r1-zero-arithmetic: only GRPO differs
     ['r1-zero-countdown', 'cdbaf6910e93'],
   ])('%s keeps its key', async (name, key) => {
     const topology = await loadPipeline(name);
