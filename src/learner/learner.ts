@@ -111,11 +111,13 @@ export class Learner {
     const reports: StepReport[] = [];
     const { epochs, minibatches } = this.config;
     const parts = split(batch.samples, Math.min(minibatches, batch.samples.length));
-    const prepared = parts.map((samples) => this.prepare(samples));
+    const prepared: PreparedBatch[] = [];
     const version = this.batches + 1;
     const temperature = this.config.temperature;
     const refs: (tf.Tensor2D | undefined)[] = [];
     try {
+      // Inside the try: a minibatch that fails to prepare frees the ones prepared before it.
+      for (const samples of parts) prepared.push(this.prepare(samples));
       // The reference's log-probs, once per batch (as TRL and verl take them), not once per pass.
       for (const p of prepared)
         refs.push(

@@ -157,6 +157,25 @@ describe('Learner', () => {
     expect(unclipped.moment / (0.1 * unclipped.gradNorm)).toBeCloseTo(1, 4);
   });
 
+  it('a batch whose second minibatch is malformed throws, naming the rollout, and frees the first', () => {
+    const model = new GPT({ ...TINY, seed: 9 });
+    const learner = new Learner(model, { ...config, minibatches: 2 });
+    const batch = onPolicyBatch(model, rows);
+    const last = batch.samples.length - 1;
+    const bad = {
+      ...batch,
+      samples: batch.samples.map((s, i) =>
+        i === last ? { ...s, behaviourLogProbs: s.behaviourLogProbs.slice(1) } : s,
+      ),
+    };
+    const before = tf.memory().numTensors;
+    expect(() => learner.train(bad)).toThrow(`rollout ${batch.samples[last]!.rolloutId} has`);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(learner.version).toBe(0);
+    learner.dispose();
+    model.dispose();
+  });
+
   it('leaks no tensors across many steps', () => {
     const model = new GPT({ ...TINY, seed: 7 });
     const learner = new Learner(model, {
