@@ -108,7 +108,9 @@ function validate(config: GrpoLossConfig, inputs: GrpoLossInputs): void {
     throw new Error(`grpoLoss: dualClip must be > 1, got ${config.dualClip}`);
   }
   if (!(config.epsLow >= 0 && config.epsHigh >= 0))
-    throw new Error('grpoLoss: epsLow and epsHigh must be >= 0');
+    throw new Error(
+      `grpoLoss: epsLow and epsHigh must be >= 0, got epsLow ${config.epsLow}, epsHigh ${config.epsHigh}`,
+    );
 }
 
 /** sum(x * mask) / max(sum(mask), 1) */

@@ -168,7 +168,9 @@ export const Topology = z
     rewards: z.array(RewardSpec).min(1),
     grpo: z
       .object({
-        groupSize: z.int().min(2),
+        groupSize: z
+          .int()
+          .min(2, 'a group needs at least 2 samples: GRPO compares each with the rest of its group'),
         promptsPerStep: z.int().positive(),
         estimator: z.enum(['grpo', 'dr_grpo', 'rloo', 'reinforce_pp_baseline']),
         scaleRewards: z

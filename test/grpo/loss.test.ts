@@ -261,6 +261,9 @@ describe('each switch changes the result the way the published formulas say', ()
     expect(() => grpoLoss({ ...inputs(c), mask: tf.ones([4, 2]) as tf.Tensor2D }, base)).toThrow(
       /mask has shape \[4,2\]/,
     );
+    expect(() => grpoLoss(inputs(c), { ...base, epsLow: -0.2 })).toThrow(
+      'grpoLoss: epsLow and epsHigh must be >= 0, got epsLow -0.2, epsHigh 0.2',
+    );
   });
 
   it('leaves no tensors behind', () => {

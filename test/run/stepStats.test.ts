@@ -100,6 +100,9 @@ describe('what a topology asks of the learner and the advantages', () => {
     const set = learnerConfig(withGrpo({ minibatches: 4, maskTruncated: true, dualClip: 3, epochs: 2 }));
     expect([set.minibatches, set.maskTruncated, set.loss.dualClip, set.epochs]).toEqual([4, true, 3, 2]);
     expect(() => withGrpo({ dualClip: 1 })).toThrow(/dualClip/);
+    expect(() => withGrpo({ groupSize: 1 })).toThrow(
+      'a group needs at least 2 samples: GRPO compares each with the rest of its group',
+    );
     expect(() => withGrpo({ minibatches: 3 })).toThrow(
       'grpo.minibatches (3) must divide the batch of groupSize x promptsPerStep = 128 samples',
     );
