@@ -183,9 +183,6 @@ export class Learner {
 
   private optimiserStep(batch: PreparedBatch, ref: tf.Tensor2D | undefined, version: number): StepReport {
     const started = performance.now();
-    // dapo's token mean is over this step's tokens: a minibatch here is an optimiser step of its own, not
-    // a gradient-accumulation slice of one (as verl's token-mean is per mini-batch).
-    const lossConfig = this.config.loss;
     const temperature = this.config.temperature;
     const nextMask = tf.tidy(() =>
       tf.slice(batch.mask, [0, 1], [batch.mask.shape[0], batch.mask.shape[1] - 1]),
@@ -197,7 +194,9 @@ export class Learner {
       const logProbs = pickTokenLogProbs(all, batch.ids, batch.mask);
       const r = grpoLoss(
         { logProbs, oldLogProbs: batch.old, refLogProbs: ref, advantages: batch.advantages, mask: nextMask },
-        lossConfig,
+        // dapo's token mean is over this step's tokens: a minibatch here is an optimiser step of its own,
+        // not a gradient-accumulation slice of one (as verl's token-mean is per mini-batch).
+        this.config.loss,
       );
       const entropy = tf.div(tf.sum(tokenEntropy(all, batch.mask)), tf.maximum(tf.sum(nextMask), 1));
       diagnostics = [

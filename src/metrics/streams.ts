@@ -59,7 +59,8 @@ export interface FollowMetricsOptions extends ReadMetricsOptions {
   pollMs?: number;
 }
 
-function warnInvalid({ path, line, reason }: InvalidMetricLine): void {
+/** The default report of an invalid line: `path:line: reason` on stderr. */
+export function warnInvalid({ path, line, reason }: InvalidMetricLine): void {
   console.warn(`${path}:${line}: ${reason}`);
 }
 

@@ -21,6 +21,16 @@ export interface ScoreRolloutsOptions {
 
 class RewardTimeout extends Error {}
 
+/** Refuses rewards that share a name: their values, totals and metrics would mix. */
+export function checkRewardNames(rewards: readonly WeightedReward[]): void {
+  const names = rewards.map((r) => r.fn.name);
+  const twice = [...new Set(names.filter((name, i) => names.indexOf(name) !== i))];
+  if (twice.length > 0)
+    throw new Error(
+      `reward names must be unique. Two rewards are named ${twice.join(', ')}: give a module reward a name of its own ({ kind: 'module', path, name })`,
+    );
+}
+
 /**
  * The reward stage: scores each rollout with every reward function, keeps each value by name and the
  * weighted total (TRL reward_weights; null rewards, the ones that do not apply, are left out of the sum).
@@ -39,9 +49,8 @@ class RewardTimeout extends Error {}
 export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<Rollout, ScoredRollout> {
   const metrics = options.metrics ?? detachedMetrics();
   const timeoutMs = options.timeoutMs ?? 30_000;
+  checkRewardNames(options.rewards);
   const names = options.rewards.map((r) => r.fn.name);
-  if (new Set(names).size !== names.length)
-    throw new Error(`scoreRollouts: reward names must be unique, got ${names}`);
   const weights = Object.fromEntries(options.rewards.map((r) => [r.fn.name, r.weight ?? 1]));
   const failures = Object.fromEntries(
     names.flatMap((name) =>

@@ -17,6 +17,7 @@
  * the target is first renamed aside and deleted after the swap.
  */
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -115,6 +116,11 @@ export async function saveCheckpoint(
     await rm(temporary, { recursive: true, force: true });
     throw error;
   }
+}
+
+/** Whether `dir` holds a checkpoint (saveCheckpoint writes its manifest last, in the atomic rename). */
+export function isCheckpoint(dir: string): boolean {
+  return existsSync(path.join(dir, MANIFEST));
 }
 
 /** A checkpoint's contents as plain arrays, read without tfjs (see readCheckpoint). */

@@ -3,12 +3,12 @@ import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Metrics } from '../metrics/metrics.ts';
 import { selectBackend, withBackendThreads, type BackendRequest } from '../policy/backend.ts';
-import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
+import { isCheckpoint, loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
 import { evaluateCheckpoint, openCheckpointGenerator, type EvalResult } from '../run/evaluate.ts';
 import { ensureBaseModel } from '../run/pretrain.ts';
 import { runR1Zero, type RunEvent } from '../run/r1zero.ts';
-import { taskRuntime } from '../run/taskRuntime.ts';
+import { rewardsReady, taskRuntime, topologyRewards } from '../run/taskRuntime.ts';
 import {
   grpoTopology,
   outputPath,
@@ -21,7 +21,6 @@ import {
 } from './recipe.ts';
 import { coldStartRecords, readRecords, writeRecords, type SftRecord } from './records.ts';
 import { rejectionSample } from './rejection.ts';
-import { moduleReward } from '../rewards/module.ts';
 import { loadPreferencePairs } from '../rewards/preferencePairs.ts';
 import { pairwiseAccuracy, trainPreferenceModel } from '../rewards/preferenceModel.ts';
 import { trainOnRecords } from './sft.ts';
@@ -103,14 +102,9 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
     if (!names.includes(name))
       throw new Error(`No stage named ${name} in ${recipe.name}: its stages are ${names.join(', ')}`);
   }
-  // Rewards of one's own load now: a missing module stops the recipe here, not at its first GRPO stage.
-  const modules = [
-    recipe.topology.rewards,
-    ...recipe.stages.flatMap((s) => (s.type === 'grpo' && s.rewards ? [s.rewards] : [])),
-  ]
-    .flat()
-    .flatMap((spec) => (spec.kind === 'module' ? [spec] : []));
-  await Promise.all(modules.map((spec) => moduleReward(spec).ready()));
+  // Every GRPO stage's rewards load now: a missing module stops the recipe here, not at that stage.
+  for (const stage of recipe.stages)
+    if (stage.type === 'grpo') await rewardsReady(topologyRewards(grpoTopology(recipe, stage)));
   mkdirSync(runDir, { recursive: true });
   await selectBackend(options.backend);
   const started = performance.now();
@@ -189,7 +183,7 @@ function stageReport(
 
 function checkImport(stage: StageOf<'import'>): void {
   const path = (stage.checkpoint ?? stage.dataset)!;
-  const present = stage.checkpoint !== undefined ? existsSync(join(path, 'manifest.json')) : existsSync(path);
+  const present = stage.checkpoint !== undefined ? isCheckpoint(path) : existsSync(path);
   if (!present) {
     throw new Error(
       `${stage.name}: ${stage.checkpoint !== undefined ? 'no checkpoint (manifest.json) in' : 'no dataset file'} ${path}${stage.hint ? `: ${stage.hint}` : ''}`,

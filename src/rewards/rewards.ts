@@ -46,20 +46,25 @@ export interface CountdownAnswer {
 }
 
 /**
- * TinyZero's Countdown score: no parsable answer 0; an expression that is wrong or does not use each
- * given number exactly once 0.1 (the format score); a correct one (|value - target| < 1e-5) 1.
- */
-/**
  * A Countdown completion's answer: the text in <answer> (null if none) and, when it is an expression
- * (anything after an "=" ignored), its value and the numbers it uses.
+ * (anything after an "=" ignored), its value and the numbers it uses, in ascending order.
  */
 export function parseCountdownAnswer(
   completion: string,
-): { text: string; expression: ReturnType<typeof evaluateExpression> } | null {
+): { text: string; expression: { value: number; numbers: number[] } | null } | null {
   const text = extractAnswer(completion);
-  return text === null ? null : { text, expression: evaluateExpression(text.replace(/=.*$/, '')) };
+  if (text === null) return null;
+  const expr = evaluateExpression(text.replace(/=.*$/, ''));
+  return {
+    text,
+    expression: expr && { value: expr.value, numbers: [...expr.numbers].sort((a, b) => a - b) },
+  };
 }
 
+/**
+ * TinyZero's Countdown score: no parsable answer 0; an expression that is wrong or does not use each
+ * given number exactly once 0.1 (the format score); a correct one (|value - target| < 1e-5) 1.
+ */
 export function countdownReward(formatScore = 0.1): RewardFunction {
   return {
     name: 'countdown',
@@ -67,7 +72,7 @@ export function countdownReward(formatScore = 0.1): RewardFunction {
       const { numbers, target } = prompt.answer as CountdownAnswer;
       const expr = parseCountdownAnswer(completion)?.expression;
       if (!expr) return 0;
-      const used = [...expr.numbers].sort((a, b) => a - b);
+      const used = expr.numbers;
       const given = [...numbers].sort((a, b) => a - b);
       const exact = used.length === given.length && used.every((n, i) => n === given[i]);
       return exact && Math.abs(expr.value - target) < 1e-5 ? 1 : formatScore;

@@ -1,11 +1,10 @@
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Prompt } from '../../schemas/index.ts';
 import { checkSteps } from '../eval/steps.ts';
 import { summarizeEval, type EvalSummary, type QuestionSamples } from '../eval/passAtK.ts';
 import { formatReward, languageConsistencyReward, type Language } from '../rewards/rewards.ts';
 import type { BackendRequest } from '../policy/backend.ts';
-import { readCheckpoint } from '../policy/checkpoint.ts';
+import { isCheckpoint, readCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer, tokenizerFromSpec } from '../policy/tokenizer.ts';
 import type { Topology } from '../topology/topology.ts';
 import { taskRuntime, type TaskRuntime } from './taskRuntime.ts';
@@ -136,7 +135,7 @@ export async function openCheckpointGenerator(
   backend: BackendRequest,
   what = 'eval',
 ): Promise<CheckpointGenerator> {
-  if (!existsSync(join(checkpoint, 'manifest.json'))) {
+  if (!isCheckpoint(checkpoint)) {
     throw new Error(
       existsSync(checkpoint)
         ? `${what}: ${checkpoint} is not a checkpoint directory (no manifest.json in it)`

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { SftTrainer, type SftExample } from '../learner/sft.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { withBackendThreads } from '../policy/backend.ts';
-import { loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
+import { isCheckpoint, loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
 import { GPT, type GPTConfig } from '../policy/gpt.ts';
 import type { Tokenizer } from '../policy/tokenizer.ts';
 import { seededUniform } from '../random.ts';
@@ -78,7 +78,7 @@ export async function ensureBaseModel(options: {
         .filter((name) => name.endsWith(`-${key}`))
         .map((name) => join(options.cacheDir, name))
     : [];
-  const cached = [dir, ...same].find((d) => existsSync(join(d, 'manifest.json')));
+  const cached = [dir, ...same].find((d) => isCheckpoint(d));
   if (cached) return { model: (await loadCheckpoint(cached)).model, dir: cached, cached: true };
   const corpus = runtime.corpusCompletion;
   if (!corpus && topology.pretrain.steps > 0) {
@@ -88,7 +88,7 @@ export async function ensureBaseModel(options: {
   // part-way (Ctrl-C, a machine's time running out) goes on from there: the same weights, optimiser
   // state and learning-rate schedule, and the same rows, as a run that was never stopped.
   const partialDir = `${dir}.partial`;
-  const saved = existsSync(join(partialDir, 'manifest.json')) ? await loadCheckpoint(partialDir) : undefined;
+  const saved = isCheckpoint(partialDir) ? await loadCheckpoint(partialDir) : undefined;
   const model = saved?.model ?? new GPT(config);
   const trainer = new SftTrainer(
     model,

@@ -71,15 +71,10 @@ export interface RolloutStats {
  */
 export class RolloutWindow {
   private n = 0;
-  private reward = 0;
-  private rewarded = 0;
+  // Per reward function, its sum and count where it scored (not null).
   private byName = new Map<string, { sum: number; n: number }>();
   // Per group: its samples' total rewards (null where a reward failed or none applied).
   private groups = new Map<string, (number | null)[]>();
-  private accuracyScored = 0;
-  private formatScored = 0;
-  private accuracy = 0;
-  private format = 0;
   private length = 0;
   private lengthMin = Infinity;
   private lengthMax = 0;
@@ -92,10 +87,6 @@ export class RolloutWindow {
 
   add(s: ScoredRollout): void {
     this.n++;
-    if (s.reward !== null) {
-      this.reward += s.reward;
-      this.rewarded++;
-    }
     for (const [name, value] of Object.entries(s.rewards)) {
       if (value === null) continue;
       const sums = this.byName.get(name) ?? { sum: 0, n: 0 };
@@ -106,16 +97,6 @@ export class RolloutWindow {
     const group = this.groups.get(s.groupId);
     if (group) group.push(s.reward);
     else this.groups.set(s.groupId, [s.reward]);
-    // Over the samples where the reward was scored (a failed one is null, not a 0).
-    const accuracy = s.rewards['accuracy'] ?? s.rewards['countdown'] ?? null;
-    if (accuracy !== null) {
-      this.accuracy += accuracy;
-      this.accuracyScored++;
-    }
-    if (s.rewards['format'] !== undefined && s.rewards['format'] !== null) {
-      this.format += s.rewards['format'];
-      this.formatScored++;
-    }
     const length = s.completionTokenIds.length;
     this.length += length;
     this.lengthMin = Math.min(this.lengthMin, length);
@@ -137,16 +118,18 @@ export class RolloutWindow {
     const n = Math.max(this.n, 1);
     const wallSeconds = Math.max((performance.now() - this.started) / 1000, 1e-9);
     const tokensPerSecond = this.seconds > 0 ? this.tokens / this.seconds : this.length / wallSeconds;
-    const rewardMean = this.rewarded > 0 ? this.reward / this.rewarded : 0;
     const groups = [...this.groups.values()].map((totals) => validStats(totals));
     const spread = groups.filter((g) => g.n >= 2);
+    const valid = groups.reduce((n, g) => n + g.n, 0);
+    // Means over the samples where each reward scored (a failed one is null, not a 0).
+    const rewardsByName = Object.fromEntries([...this.byName].map(([name, { sum, n }]) => [name, sum / n]));
     const stats: RolloutStats = {
-      rewardMean,
+      rewardMean: valid > 0 ? groups.reduce((sum, g) => sum + g.mean * g.n, 0) / valid : 0,
       rewardStd: spread.length > 0 ? spread.reduce((sum, g) => sum + g.std, 0) / spread.length : 0,
-      rewardsByName: Object.fromEntries([...this.byName].map(([name, { sum, n }]) => [name, sum / n])),
+      rewardsByName,
       fracRewardZeroStd: groups.length > 0 ? groups.filter((g) => g.std === 0).length / groups.length : 0,
-      accuracy: this.accuracyScored > 0 ? this.accuracy / this.accuracyScored : 0,
-      formatRate: this.formatScored > 0 ? this.format / this.formatScored : 0,
+      accuracy: rewardsByName['accuracy'] ?? rewardsByName['countdown'] ?? 0,
+      formatRate: rewardsByName['format'] ?? 0,
       lengthMean: this.length / n,
       lengthMin: this.n > 0 ? this.lengthMin : 0,
       lengthMax: this.lengthMax,
@@ -155,8 +138,7 @@ export class RolloutWindow {
       tokensPerSecond,
       samplesPerSecond: this.seconds > 0 ? this.n / this.seconds : this.n / wallSeconds,
     };
-    this.n = this.reward = this.rewarded = this.accuracy = this.format = this.length = 0;
-    this.accuracyScored = this.formatScored = 0;
+    this.n = this.length = 0;
     this.lengthMin = Infinity;
     this.lengthMax = this.clipped = this.tokens = this.seconds = this.truncated = this.truncatedTokens = 0;
     this.byName = new Map();

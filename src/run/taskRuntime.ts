@@ -1,5 +1,5 @@
 import type { Prompt } from '../../schemas/index.ts';
-import type { WeightedReward } from '../operators/scoreRollouts.ts';
+import { checkRewardNames, type WeightedReward } from '../operators/scoreRollouts.ts';
 import { extractAnswer, parseNumber } from '../rewards/answer.ts';
 import {
   accuracyReward,
@@ -89,13 +89,13 @@ function rewardFunction(spec: Topology['rewards'][number]): RewardFunction {
  * when two have one name (their metrics and totals would mix).
  */
 export async function rewardsReady(rewards: readonly WeightedReward[]): Promise<void> {
-  const names = rewards.map(({ fn }) => fn.name);
-  const twice = names.filter((name, i) => names.indexOf(name) !== i);
-  if (twice.length > 0)
-    throw new Error(
-      `Two rewards are named ${[...new Set(twice)].join(', ')}: give a module reward a name of its own ({ kind: 'module', path, name })`,
-    );
+  checkRewardNames(rewards);
   await Promise.all(rewards.map(({ fn }) => fn.ready?.()));
+}
+
+/** The reward functions a topology names, with their weights (built, not loaded: see rewardsReady). */
+export function topologyRewards(topology: Topology): WeightedReward[] {
+  return topology.rewards.map((spec) => ({ fn: rewardFunction(spec), weight: spec.weight }));
 }
 
 export function taskRuntime(topology: Topology): TaskRuntime {
@@ -137,8 +137,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
         if (answer === null) return null;
         const expr = answer.expression;
         if (expr === null) return answer.text.replace(/\s+/g, '');
-        const numbers = [...expr.numbers].sort((a, b) => a - b).join(',');
-        return `${Number(expr.value.toPrecision(12))} from ${numbers}`;
+        return `${Number(expr.value.toPrecision(12))} from ${expr.numbers.join(',')}`;
       };
       const noise = {
         solveRate: pretrain.solveRate ?? 0.3,
@@ -177,7 +176,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
     name: task.kind,
     train,
     test,
-    rewards: topology.rewards.map((spec) => ({ fn: rewardFunction(spec), weight: spec.weight })),
+    rewards: topologyRewards(topology),
     correctness,
     prompt,
     alphabet: [...chars].sort().join(''),

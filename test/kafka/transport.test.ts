@@ -51,6 +51,12 @@ async function commitsAndEnds(groupId: string, topic: string) {
   };
 }
 
+/** Whether the group has committed every partition of the topic up to its end. */
+async function allCommitted(groupId: string, topic: string): Promise<boolean> {
+  const { committed, ends } = await commitsAndEnds(groupId, topic);
+  return JSON.stringify(committed) === JSON.stringify(ends);
+}
+
 const byId = (a: { id: string }, b: { id: string }) => a.id.localeCompare(b.id);
 
 async function publishPrompts(run: string, count: number): Promise<Prompt[]> {
@@ -156,10 +162,7 @@ describe('kafkaSink -> kafkaSource', () => {
     const deadLetters = (await readTopic(topicName(run, 'dlq'), 5)).map((m) =>
       DeadLetter.parse(JSON.parse(m.value!.toString())),
     );
-    await waitFor(async () => {
-      const { committed, ends } = await commitsAndEnds(groupId, topic);
-      return JSON.stringify(committed) === JSON.stringify(ends);
-    }, 'all offsets committed');
+    await waitFor(() => allCommitted(groupId, topic), 'all offsets committed');
     subscription.unsubscribe();
     await source.closed();
 
@@ -242,10 +245,7 @@ describe('kafkaSink -> kafkaSource', () => {
     const before = await commitsAndEnds(groupId, topic);
     expect(before.committed.every(([, offset]) => (offset ?? -1) <= 0)).toBe(true); // nothing committed past
     for (const delivery of held) delivery.ack();
-    await waitFor(async () => {
-      const { committed, ends } = await commitsAndEnds(groupId, topic);
-      return JSON.stringify(committed) === JSON.stringify(ends);
-    }, 'all offsets committed once acked');
+    await waitFor(() => allCommitted(groupId, topic), 'all offsets committed once acked');
     subscription.unsubscribe();
     await source.closed();
   });

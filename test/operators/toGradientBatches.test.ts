@@ -1,6 +1,7 @@
 import { map } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
+import type { GradientBatch } from '../../schemas/index.ts';
 import { parseMessage } from '../../src/validation.ts';
 import { toGradientBatches } from '../../src/operators/toGradientBatches.ts';
 import { advantaged } from '../fixtures.ts';
@@ -47,34 +48,24 @@ describe('toGradientBatches', () => {
   });
 
   it('fills in the batch fields and produces a valid GradientBatch with a deterministic id', () => {
-    const batches: unknown[] = [];
-    newScheduler().run(({ cold, flush }) => {
-      cold('abcd|', samples)
-        .pipe(toGradientBatches({ limit: { samples: 4 } }))
-        .subscribe((b) => batches.push(b));
-      flush();
-    });
-    const batch = parseMessage('GradientBatch', batches[0]);
+    /** The batches of up to 4 samples that the samples of `marbles` make. */
+    const batchesOf = (marbles: string) => {
+      const batches: GradientBatch[] = [];
+      newScheduler().run(({ cold, flush }) => {
+        cold(marbles, samples)
+          .pipe(toGradientBatches({ limit: { samples: 4 } }))
+          .subscribe((b) => batches.push(b));
+        flush();
+      });
+      return batches;
+    };
+    const batch = parseMessage('GradientBatch', batchesOf('abcd|')[0]);
     expect(batch.completionTokens).toBe(3 + 5 + 8 + 2);
     expect(batch.maxCompletionLength).toBe(8);
     expect(batch.samples.map((s) => s.advantage)).toEqual([1, -1, 1, -1]);
-    const again: { id: string }[] = [];
-    newScheduler().run(({ cold, flush }) => {
-      cold('abcd|', samples)
-        .pipe(toGradientBatches({ limit: { samples: 4 } }))
-        .subscribe((b) => again.push(b));
-      flush();
-    });
-    expect(again[0]!.id).toBe(batch.id);
+    expect(batchesOf('abcd|')[0]!.id).toBe(batch.id);
     // Another set of samples, another id.
-    const other: { id: string }[] = [];
-    newScheduler().run(({ cold, flush }) => {
-      cold('abc|', samples)
-        .pipe(toGradientBatches({ limit: { samples: 4 } }))
-        .subscribe((b) => other.push(b));
-      flush();
-    });
-    expect(other[0]!.id).not.toBe(batch.id);
+    expect(batchesOf('abc|')[0]!.id).not.toBe(batch.id);
   });
 
   it('can drop the partial batch instead (counted), passes errors, unsubscribes', () => {

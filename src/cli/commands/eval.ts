@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Option, type Command } from 'commander';
+import { isCheckpoint } from '../../policy/checkpoint.ts';
 import { pairedBootstrap } from '../../eval/paired.ts';
 import { BACKEND_REQUESTS, type BackendRequest } from '../../policy/backendRequest.ts';
 import { anyInt, nonNegativeNumber, positiveInt, probability } from '../options.ts';
@@ -61,7 +62,7 @@ export function registerEvalCommand(program: Command): void {
         const pipeline = await loadAnyPipeline(name);
         const topology = pipeline.kind === 'topology' ? pipeline.topology : pipeline.recipe.topology;
         const checkpoint = opts.checkpoint ?? defaultCheckpoint(pipeline, command);
-        if (opts.checkpoint === undefined && !existsSync(join(checkpoint, 'manifest.json')))
+        if (opts.checkpoint === undefined && !isCheckpoint(checkpoint))
           command.error(
             `no checkpoint at ${checkpoint} yet: run the pipeline (rxrl run ${name}) or pass --checkpoint <dir>`,
           );
@@ -69,7 +70,7 @@ export function registerEvalCommand(program: Command): void {
           ['--checkpoint', opts.checkpoint],
           ['--against', opts.against],
         ] as const)
-          if (dir !== undefined && !existsSync(join(dir, 'manifest.json')))
+          if (dir !== undefined && !isCheckpoint(dir))
             command.error(
               `${flag} ${dir}: ${existsSync(dir) ? 'not a checkpoint directory (no manifest.json in it)' : 'no such directory'}`,
             );
@@ -132,7 +133,7 @@ function defaultCheckpoint(pipeline: Pipeline, command: Command): string {
   if (pipeline.kind === 'topology') return join(defaultRunDir(pipeline.topology.name), 'checkpoint');
   const { recipe } = pipeline;
   const dirs = recipe.stages.map((stage) => join(defaultRunDir(recipe.name), stage.name, 'checkpoint'));
-  const last = dirs.reverse().find((dir) => existsSync(join(dir, 'manifest.json')));
+  const last = dirs.reverse().find((dir) => isCheckpoint(dir));
   if (last === undefined)
     command.error(
       `${recipe.name} is a recipe and none of its stages has left a checkpoint under ${defaultRunDir(recipe.name)} yet: run it (rxrl run ${recipe.name}) or pass --checkpoint`,

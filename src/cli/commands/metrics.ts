@@ -12,7 +12,13 @@ import type { Metric } from '../../../schemas/index.ts';
 import { loadRuns, plotSpec, renderSvg, STANDARD_PANELS, svgToPng } from '../../metrics/plot.ts';
 import { createMetricsServer } from '../../metrics/server.ts';
 import { metricsFromKafka, metricsFromServer } from '../../metrics/sources.ts';
-import { followMetricsJsonl, metricsOf, readMetricsJsonl, type MetricFilter } from '../../metrics/streams.ts';
+import {
+  followMetricsJsonl,
+  metricsOf,
+  readMetricsJsonl,
+  warnInvalid,
+  type MetricFilter,
+} from '../../metrics/streams.ts';
 import { LatestTable, StepLines } from '../../metrics/table.ts';
 import {
   collect,
@@ -84,9 +90,9 @@ export function registerMetricsCommands(program: Command): void {
         const read = follow
           ? followMetricsJsonl(source)
           : readMetricsJsonl(source, {
-              onInvalid: ({ path, line, reason }) => {
+              onInvalid: (invalid) => {
                 lines.invalid++;
-                process.stderr.write(`${path}:${line}: ${reason}\n`);
+                warnInvalid(invalid);
               },
             }).pipe(tap(() => lines.valid++));
         metrics = metricsOf(read, filter);

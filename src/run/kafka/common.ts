@@ -22,25 +22,50 @@ export async function waitForRunTopics(
   const admin = createKafka(connection).admin();
   await admin.connect();
   try {
-    const deadline = Date.now() + options.timeoutMs;
-    let told = false;
-    for (;;) {
-      const existing = new Set(await admin.listTopics());
-      const missing = wanted.filter((topic) => !existing.has(topic));
-      if (missing.length === 0) return;
-      if (options.signal?.aborted) throw abortError(options.signal);
-      if (Date.now() > deadline) {
-        throw new Error(
-          `The topics of run "${run}" do not exist after ${Math.round(options.timeoutMs / 1000)} s ` +
-            `(missing: ${missing.join(', ')}): start its learner, or create them with rxrl topics create --run ${run}`,
-        );
-      }
-      if (!told) options.onWait?.(missing);
-      told = true;
-      await sleep(1_000);
-    }
+    await pollUntil(
+      async () => {
+        const existing = new Set(await admin.listTopics());
+        const missing = wanted.filter((topic) => !existing.has(topic));
+        return missing.length > 0 ? missing : undefined;
+      },
+      {
+        ...options,
+        timedOut: (missing) =>
+          new Error(
+            `The topics of run "${run}" do not exist after ${Math.round(options.timeoutMs / 1000)} s ` +
+              `(missing: ${missing.join(', ')}): start its learner, or create them with rxrl topics create --run ${run}`,
+          ),
+      },
+    );
   } finally {
     await admin.disconnect();
+  }
+}
+
+/**
+ * Asks `check` once a second until it finds nothing left to wait for (undefined); calls `onWait` with
+ * what it waits for the first time it has to, and after `timeoutMs` throws what `timedOut` makes of it
+ * (or the signal's reason once it aborts).
+ */
+export async function pollUntil<Pending>(
+  check: () => Promise<Pending | undefined>,
+  options: {
+    timeoutMs: number;
+    signal?: AbortSignal | undefined;
+    onWait?: ((pending: Pending) => void) | undefined;
+    timedOut: (pending: Pending) => Error;
+  },
+): Promise<void> {
+  const deadline = Date.now() + options.timeoutMs;
+  let told = false;
+  for (;;) {
+    const pending = await check();
+    if (pending === undefined) return;
+    if (options.signal?.aborted) throw abortError(options.signal);
+    if (Date.now() > deadline) throw options.timedOut(pending);
+    if (!told) options.onWait?.(pending);
+    told = true;
+    await sleep(1_000, undefined, { signal: options.signal }).catch(() => undefined);
   }
 }
 

@@ -17,7 +17,7 @@ import { hostname } from 'node:os';
 import { Metrics } from '../../metrics/metrics.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { topicName } from '../../transport/kafka/topics.ts';
-import { rewardsReady, taskRuntime } from '../taskRuntime.ts';
+import { rewardsReady, topologyRewards } from '../taskRuntime.ts';
 import { forwardMetrics, waitForRunTopics } from './common.ts';
 import {
   KAFKA_ROLES,
@@ -40,7 +40,7 @@ export async function runOverKafka(options: KafkaRunOptions): Promise<KafkaRunSu
   const run = options.run ?? topology.name;
   topicName(run, 'prompts'); // a run name Kafka cannot use fails here, with the reason
   // A reward that cannot score (a module of one's own) fails here too, before a learner pretrains.
-  if (role === 'reward' || role === 'all') await rewardsReady(taskRuntime(topology).rewards);
+  if (role === 'reward' || role === 'all') await rewardsReady(topologyRewards(topology));
   const started = performance.now();
   const metrics = options.metrics ?? new Metrics({ run });
   const emit = options.onEvent ?? (() => undefined);

@@ -19,7 +19,6 @@
  */
 import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Admin } from 'kafkajs';
 import { Subject, concatMap, from, identity, tap, type Observable } from 'rxjs';
 import { z } from 'zod';
@@ -62,7 +61,7 @@ import { taskRuntime } from '../taskRuntime.ts';
 import type { LearnerReply, LearnerRequest } from '../workers/protocol.ts';
 import { WorkerClient } from '../workers/rpc.ts';
 import { exportWeights, type WeightArrays } from '../workers/weights.ts';
-import { abortError, Changes, readTopicSince, retrying } from './common.ts';
+import { Changes, pollUntil, readTopicSince, retrying } from './common.ts';
 import { ConsumedPositions } from './positions.ts';
 import type { LearnerSummary, RoleContext } from './types.ts';
 import { encodeWeights } from './weights.ts';
@@ -238,7 +237,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     // A cluster that refuses it (no ACL to alter configs, a floor on segment.bytes) runs on without it.
     if (created.includes(topics.versions)) {
       const bytes = Object.values(weights).reduce((n, values) => n + values.byteLength, 0);
-      await retrying(() => limitVersionsTopic(connection, run, bytes)).catch((error: Error) =>
+      await retrying(() => limitVersionsTopic(admin, run, bytes)).catch((error: Error) =>
         emit({
           kind: 'warning',
           message: `could not limit ${topics.versions}'s retention to a few versions (${error.message}); it keeps every version for the broker's retention.ms`,
@@ -726,24 +725,25 @@ export async function noOtherLearner(
   onWait: () => void,
 ): Promise<void> {
   const group = `${run}.learner`;
-  const deadline = Date.now() + waitMs;
-  let told = false;
-  for (;;) {
-    const { groups } = await retrying(() => admin.describeGroups([group]));
-    const members = groups[0]?.members ?? [];
-    if (members.length === 0) return;
-    if (signal.aborted) throw abortError(signal);
-    if (Date.now() > deadline) {
-      const who = members.map((m) => `${m.clientId} on ${m.clientHost.replace(/^\//, '')}`).join(', ');
-      throw new Error(
-        `Another learner is running for run "${run}": its consumer group ${group} has ${members.length === 1 ? 'a member' : `${members.length} members`} (${who}). ` +
-          'Stop that one first, or give this run another --run name.',
-      );
-    }
-    if (!told) onWait();
-    told = true;
-    await sleep(1_000, undefined, { signal }).catch(() => undefined);
-  }
+  await pollUntil(
+    async () => {
+      const { groups } = await retrying(() => admin.describeGroups([group]));
+      const members = groups[0]?.members ?? [];
+      return members.length > 0 ? members : undefined;
+    },
+    {
+      timeoutMs: waitMs,
+      signal,
+      onWait,
+      timedOut: (members) => {
+        const who = members.map((m) => `${m.clientId} on ${m.clientHost.replace(/^\//, '')}`).join(', ');
+        return new Error(
+          `Another learner is running for run "${run}": its consumer group ${group} has ${members.length === 1 ? 'a member' : `${members.length} members`} (${who}). ` +
+            'Stop that one first, or give this run another --run name.',
+        );
+      },
+    },
+  );
 }
 
 /**

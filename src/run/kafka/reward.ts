@@ -18,6 +18,8 @@ export async function runReward(ctx: RoleContext): Promise<RewardSummary> {
   const { options, run, metrics } = ctx;
   const { connection } = options;
   const runtime = taskRuntime(options.topology);
+  // runOverKafka checked the rewards before any role started; this loads these instances (modules are
+  // imported once per process), so that their first scores are not left waiting on it.
   await rewardsReady(runtime.rewards);
   const publisher = new KafkaPublisher({ connection, metrics });
   const scoredTopic = topicName(run, 'scored');

@@ -160,23 +160,17 @@ export function versionsRetention(versionBytes: number): { name: string; value: 
  * Sets versionsRetention on a run's versions topic. For a topic the learner has just created: alterConfigs
  * replaces every setting of the topic that it does not name.
  */
-export async function limitVersionsTopic(
-  connection: KafkaConnectionOptions,
-  run: string,
-  versionBytes: number,
-): Promise<void> {
-  await withAdmin(connection, (admin) =>
-    admin.alterConfigs({
-      validateOnly: false,
-      resources: [
-        {
-          type: kafkajs.ConfigResourceTypes.TOPIC,
-          name: topicName(run, 'versions'),
-          configEntries: versionsRetention(versionBytes),
-        },
-      ],
-    }),
-  );
+export async function limitVersionsTopic(admin: Admin, run: string, versionBytes: number): Promise<void> {
+  await admin.alterConfigs({
+    validateOnly: false,
+    resources: [
+      {
+        type: kafkajs.ConfigResourceTypes.TOPIC,
+        name: topicName(run, 'versions'),
+        configEntries: versionsRetention(versionBytes),
+      },
+    ],
+  });
 }
 
 /** Every edge topic of a run: whether it exists, its partitions, record count and retention. */
