@@ -49,6 +49,7 @@ import {
   time,
   type Timing,
 } from './common.ts';
+import { describeFmaPeak, fmaPeak, type FmaPeak } from './fmaPeak.ts';
 import { DEFAULT_GRPO_LOSS } from '../src/grpo/loss.ts';
 import { Learner, type LearnerConfig } from '../src/learner/learner.ts';
 import {
@@ -166,6 +167,23 @@ interface Paired {
   torch: Rate;
   /** PyTorch tok/s / tfjs tok/s of each round, ascending. */
   ratios: number[];
+}
+
+/**
+ * FLOPs of a learner step per token: 6 per weight of the products (2 forward, 4 backward: the
+ * layers' 12 d^2 at MLP ratio 4, and the output head) and 6 T d per layer for causal attention's
+ * four products forward and back (half of the T x T blocks, T the row's length).
+ */
+function learnerFlopsPerToken({ dModel: d, nLayers }: Size): number {
+  const weights = nLayers * (4 + 2 * MLP_RATIO) * d * d + d * VOCAB;
+  return 6 * weights + 6 * nLayers * TRAIN_LENGTH * d;
+}
+
+/** `28.6 GFLOP/s (73% of the vector FMA ceiling)` for tokens/s at one size; the ceiling's share on wasm only. */
+function flopRate(size: Size, tokensPerSecond: number, ceiling?: number): string {
+  const gflops = (learnerFlopsPerToken(size) * tokensPerSecond) / 1e9;
+  const share = ceiling ? ` (${Math.round((gflops / ceiling) * 100)}% of the vector FMA ceiling)` : '';
+  return `${gflops.toFixed(1)} GFLOP/s${share}`;
 }
 
 function modelOf(size: Size): GPT {
@@ -293,13 +311,20 @@ async function benchTfjs(backend: BackendKind, size: Size): Promise<TfjsResult> 
   const rounds = (ratios: number[]): string =>
     `  PyTorch / tfjs per round: median ${median(ratios).toFixed(1)}x ` +
     `(rounds ${ratios.map((r) => r.toFixed(1)).join(', ')})`;
+  // The FLOP rates, beside what this machine's vector units allow a wasm kernel (bench/fmaPeak.ts).
+  const flops = (who: string, r: Rate, ceiling?: number): void =>
+    console.log(`  ${who.padEnd(40)} ${flopRate(size, r.median, backend === 'wasm' ? ceiling : undefined)}`);
+  flops('  learner step, FLOP rate', step, fmaCeiling?.alone);
   if (torch) {
     report(`PyTorch ${torch.version} CPU, 1 thread, same step`, torch.oneThread.torch);
+    flops('  PyTorch, FLOP rate', torch.oneThread.torch);
     console.log(rounds(torch.oneThread.ratios));
     const all = torch.allThreads;
     if (all) {
       report(`learner step, ${all.tfjsThreads} kernel thread(s)`, all.tfjs);
+      flops('  learner step, FLOP rate', all.tfjs, fmaCeiling?.together);
       report(`PyTorch, ${all.threads} threads, same step`, all.torch);
+      flops('  PyTorch, FLOP rate', all.torch);
       console.log(rounds(all.ratios));
     }
   }
@@ -483,6 +508,8 @@ class TorchServer {
 
 const steadyBefore = steadiness();
 console.log(describeSteadiness(steadyBefore));
+const fmaCeiling: FmaPeak | null = await fmaPeak(availableParallelism());
+if (fmaCeiling) console.log(describeFmaPeak(fmaCeiling));
 const results: TfjsResult[] = [];
 const skipped: string[] = [];
 const torchErrors: string[] = [];
@@ -605,4 +632,8 @@ for (const r of wasm) {
   }
 }
 console.log(`\nbefore: ${describeSteadiness(steadyBefore)}\nafter:  ${describeSteadiness(steadiness())}`);
+const fmaAfter = fmaCeiling ? await fmaPeak(availableParallelism()) : null;
+if (fmaCeiling && fmaAfter) {
+  console.log(`before: ${describeFmaPeak(fmaCeiling)}\nafter:  ${describeFmaPeak(fmaAfter)}`);
+}
 if (skipped.length > 0) console.log(`\nbackends skipped:\n  ${skipped.join('\n  ')}`);
