@@ -2,6 +2,7 @@ import { Observable, type OperatorFunction } from 'rxjs';
 import type { BatchSample, GradientBatch } from '../../schemas/index.ts';
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 import { makeGradientBatch } from './toGradientBatches.ts';
+import { forwardErrors } from './forwardErrors.ts';
 
 export interface BoundedStalenessOptions {
   /** Largest admitted staleness (learner version - generating version); 0 is synchronous training. */
@@ -54,35 +55,35 @@ export function boundedStaleness(
         error: (err) => subscriber.error(err),
       });
 
-      const subscription = source.subscribe({
-        next: (batch) => {
-          const kept: BatchSample[] = [];
-          const removed: BatchSample[] = [];
-          let sum = 0;
-          let max = 0;
-          for (const s of batch.samples) {
-            const staleness = Math.max(0, version - s.policyVersion);
-            if (staleness > eta) {
-              removed.push(s);
-              continue;
+      const subscription = source.subscribe(
+        forwardErrors(subscriber, {
+          next: (batch: GradientBatch) => {
+            const kept: BatchSample[] = [];
+            const removed: BatchSample[] = [];
+            let sum = 0;
+            let max = 0;
+            for (const s of batch.samples) {
+              const staleness = Math.max(0, version - s.policyVersion);
+              if (staleness > eta) {
+                removed.push(s);
+                continue;
+              }
+              kept.push(s);
+              sum += staleness;
+              if (staleness > max) max = staleness;
             }
-            kept.push(s);
-            sum += staleness;
-            if (staleness > max) max = staleness;
-          }
-          if (removed.length > 0) {
-            stale.inc(removed.length);
-            options.onStale?.(removed);
-          }
-          if (kept.length === 0) return;
-          admitted.inc(kept.length);
-          meanGauge.set(sum / kept.length);
-          maxGauge.set(max);
-          subscriber.next(removed.length === 0 ? batch : makeGradientBatch(kept));
-        },
-        error: (err) => subscriber.error(err),
-        complete: () => subscriber.complete(),
-      });
+            if (removed.length > 0) {
+              stale.inc(removed.length);
+              options.onStale?.(removed);
+            }
+            if (kept.length === 0) return;
+            admitted.inc(kept.length);
+            meanGauge.set(sum / kept.length);
+            maxGauge.set(max);
+            subscriber.next(removed.length === 0 ? batch : makeGradientBatch(kept));
+          },
+        }),
+      );
 
       return () => {
         subscription.unsubscribe();

@@ -9,6 +9,7 @@ import {
 } from '../grpo/advantages.ts';
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 import { withAdvantage } from './records.ts';
+import { forwardErrors } from './forwardErrors.ts';
 
 export interface GroupRelativeAdvantagesOptions extends AdvantageOptions {
   /** With batch scaling: how many groups share one batch std (the groups of one GradientBatch). */
@@ -75,17 +76,18 @@ export function groupRelativeAdvantages(
         }
       };
 
-      const subscription = source.subscribe({
-        next: (group) => {
-          pending.push(group);
-          if (pending.length >= hold) release();
-        },
-        error: (err) => subscriber.error(err),
-        complete: () => {
-          if (pending.length > 0) release();
-          subscriber.complete();
-        },
-      });
+      const subscription = source.subscribe(
+        forwardErrors(subscriber, {
+          next: (group: Group) => {
+            pending.push(group);
+            if (pending.length >= hold) release();
+          },
+          complete: () => {
+            if (pending.length > 0) release();
+            subscriber.complete();
+          },
+        }),
+      );
       return () => {
         subscription.unsubscribe();
         pending = [];

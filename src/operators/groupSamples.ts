@@ -7,6 +7,7 @@ import {
 } from 'rxjs';
 import { SCHEMA_VERSION, type Group, type ScoredRollout } from '../../schemas/index.ts';
 import { detachedMetrics, type Counter, type Metrics } from '../metrics/metrics.ts';
+import { forwardErrors, orError } from './forwardErrors.ts';
 
 export type IncompleteReason = 'timeout' | 'evicted' | 'source_completed';
 
@@ -117,7 +118,7 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
         timer = scheduler.schedule(expire, Math.max(0, first.value.deadline - scheduler.now()));
       };
 
-      const expire = () => {
+      const expire = orError(subscriber, () => {
         timer = undefined;
         const now = scheduler.now();
         for (const [id, group] of open) {
@@ -126,55 +127,56 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
         }
         openGauge.set(open.size);
         armTimer();
-      };
+      });
 
-      const subscription = source.subscribe({
-        next: (sample) => {
-          const id = sample.groupId;
-          let group = open.get(id);
-          if (!group) {
-            const completed = wasClosed(id);
-            if (completed !== undefined) {
-              (completed ? duplicates : late).inc();
+      const subscription = source.subscribe(
+        forwardErrors(subscriber, {
+          next: (sample: ScoredRollout) => {
+            const id = sample.groupId;
+            let group = open.get(id);
+            if (!group) {
+              const completed = wasClosed(id);
+              if (completed !== undefined) {
+                (completed ? duplicates : late).inc();
+                return;
+              }
+              if (open.size >= maxOpen) {
+                const [oldestId, oldest] = open.entries().next().value as [string, OpenGroup];
+                close(oldestId, oldest, 'evicted');
+              }
+              group = {
+                samples: new Array(sample.groupSize),
+                received: 0,
+                deadline: scheduler.now() + options.maxWaitMs,
+              };
+              open.set(id, group);
+              openGauge.value = open.size;
+              armTimer();
+            }
+            if (sample.index >= group.samples.length || group.samples[sample.index] !== undefined) {
+              duplicates.inc();
               return;
             }
-            if (open.size >= maxOpen) {
-              const [oldestId, oldest] = open.entries().next().value as [string, OpenGroup];
-              close(oldestId, oldest, 'evicted');
+            group.samples[sample.index] = sample;
+            if (++group.received === group.samples.length) {
+              open.delete(id);
+              openGauge.value = open.size;
+              rememberClosed(id, true);
+              emitted.inc();
+              subscriber.next({
+                schemaVersion: SCHEMA_VERSION,
+                groupId: id,
+                samples: group.samples as ScoredRollout[],
+              });
             }
-            group = {
-              samples: new Array(sample.groupSize),
-              received: 0,
-              deadline: scheduler.now() + options.maxWaitMs,
-            };
-            open.set(id, group);
-            openGauge.value = open.size;
-            armTimer();
-          }
-          if (sample.index >= group.samples.length || group.samples[sample.index] !== undefined) {
-            duplicates.inc();
-            return;
-          }
-          group.samples[sample.index] = sample;
-          if (++group.received === group.samples.length) {
-            open.delete(id);
-            openGauge.value = open.size;
-            rememberClosed(id, true);
-            emitted.inc();
-            subscriber.next({
-              schemaVersion: SCHEMA_VERSION,
-              groupId: id,
-              samples: group.samples as ScoredRollout[],
-            });
-          }
-        },
-        error: (err) => subscriber.error(err),
-        complete: () => {
-          for (const [id, group] of open) close(id, group, 'source_completed');
-          openGauge.set(0);
-          subscriber.complete();
-        },
-      });
+          },
+          complete: () => {
+            for (const [id, group] of open) close(id, group, 'source_completed');
+            openGauge.set(0);
+            subscriber.complete();
+          },
+        }),
+      );
 
       return () => {
         subscription.unsubscribe();

@@ -6,6 +6,7 @@ import {
   type GradientBatch,
 } from '../../schemas/index.ts';
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
+import { forwardErrors } from './forwardErrors.ts';
 
 export type BatchLimit =
   /** A batch holds exactly this many samples (the last one may hold fewer). */
@@ -115,29 +116,30 @@ export function toGradientBatches(
         subscriber.next(makeGradientBatch(samples));
       };
 
-      const subscription = source.subscribe({
-        next: (sample) => {
-          if (bySamples) {
+      const subscription = source.subscribe(
+        forwardErrors(subscriber, {
+          next: (sample: AdvantagedSample) => {
+            if (bySamples) {
+              buffer.push(toBatchSample(sample));
+              if (buffer.length >= size) emit();
+              return;
+            }
+            const cost = sample.promptTokenIds.length + sample.completionTokenIds.length;
+            if (buffer.length > 0 && tokens + cost > size) emit();
             buffer.push(toBatchSample(sample));
-            if (buffer.length >= size) emit();
-            return;
-          }
-          const cost = sample.promptTokenIds.length + sample.completionTokenIds.length;
-          if (buffer.length > 0 && tokens + cost > size) emit();
-          buffer.push(toBatchSample(sample));
-          tokens += cost;
-          if (cost > size) oversized.inc();
-          if (tokens >= size) emit();
-        },
-        error: (err) => subscriber.error(err),
-        complete: () => {
-          if (buffer.length > 0) {
-            if (options.emitPartial ?? true) emit();
-            else droppedPartial.inc(buffer.length);
-          }
-          subscriber.complete();
-        },
-      });
+            tokens += cost;
+            if (cost > size) oversized.inc();
+            if (tokens >= size) emit();
+          },
+          complete: () => {
+            if (buffer.length > 0) {
+              if (options.emitPartial ?? true) emit();
+              else droppedPartial.inc(buffer.length);
+            }
+            subscriber.complete();
+          },
+        }),
+      );
       return () => {
         subscription.unsubscribe();
         buffer = [];

@@ -42,6 +42,24 @@ describe('boundedStaleness', () => {
     expect(metrics.snapshot()).toMatchObject({ 'drops.samples{reason=stale}': 3, 'staleness.admitted': 5 });
   });
 
+  it('an onStale that throws ends the stream with its error instead of completing', () => {
+    const failure = new Error('onStale failed');
+    newScheduler().run(({ cold, hot, expectObservable }) => {
+      const versions = hot('0--3----', { 0: 0, 3: 3 });
+      const out = cold('-A---B-|', { A: batchAt('A', 0), B: batchAt('B', 0) }).pipe(
+        boundedStaleness({
+          eta: 1,
+          versions,
+          onStale: () => {
+            throw failure;
+          },
+        }),
+        ids,
+      );
+      expectObservable(out).toBe('-a---#', { a: 'A/0' }, failure);
+    });
+  });
+
   it('eta = 0 admits only samples of the current version (synchronous training)', () => {
     newScheduler().run(({ cold, hot, expectObservable }) => {
       const versions = hot('0--1----', { 0: 0, 1: 1 });

@@ -49,6 +49,38 @@ describe('groupSamples', () => {
     expect(counts['groups.emitted']).toBe(1);
   });
 
+  it('an onIncomplete that throws ends the stream with its error, on the timer path and on eviction', () => {
+    const failure = new Error('onIncomplete failed');
+    newScheduler().run(({ cold, expectObservable, expectSubscriptions }) => {
+      // C times out at frame 11; its handler throws: the output errors there and the source is let go.
+      const source = cold('-e-a-b 20ms |', values);
+      const out = source.pipe(
+        groupSamples({
+          maxWaitMs: 10,
+          onIncomplete: () => {
+            throw failure;
+          },
+        }),
+      );
+      expectObservable(out).toBe('-----A-----#', { A: groupA }, failure);
+      expectSubscriptions(source.subscriptions).toBe('^----------!');
+    });
+    newScheduler().run(({ cold, expectObservable }) => {
+      // One open group at most: B's first sample evicts A, whose handler throws.
+      const source = cold('-a-c-d-|', values);
+      const out = source.pipe(
+        groupSamples({
+          maxWaitMs: 100,
+          maxOpenGroups: 1,
+          onIncomplete: () => {
+            throw failure;
+          },
+        }),
+      );
+      expectObservable(out).toBe('---#', undefined, failure);
+    });
+  });
+
   it('reports groups still open at completion as incomplete (source_completed)', () => {
     const incomplete: IncompleteGroup[] = [];
     newScheduler().run(({ cold, expectObservable }) => {
