@@ -392,6 +392,13 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     concatMap(train),
   );
   const finished = lastValueFrom(pipeline, { defaultValue: undefined });
+  // Training that fails (the learner, a checkpoint, an evaluation, an onEvent that throws) stops
+  // generation: it would otherwise wait for admission capacity that only training frees, and the run
+  // would never settle. The failure is rethrown by `await finished` below.
+  finished.catch(() => {
+    done = true;
+    stopGeneration();
+  });
 
   // --- generation: as far ahead as the admission control allows ------------------------------
   const round = { eta, groupSize: G, promptsPerStep: P };

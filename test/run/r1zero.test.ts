@@ -222,6 +222,21 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     expect(resumed.steps).toBe(2);
   });
 
+  it('a failure in training (here an onEvent that throws) ends the run with that error and closes its workers', async () => {
+    const failure = new Error('the dashboard went away');
+    const events: RunEvent[] = [];
+    await expect(
+      run('failing', {
+        eta: 1,
+        onEvent: (e) => {
+          events.push(e);
+          if (e.kind === 'step' && e.step === 2) throw failure;
+        },
+      }),
+    ).rejects.toBe(failure);
+    expect(events.filter((e) => e.kind === 'step').map((e) => (e as { step: number }).step)).toEqual([1, 2]);
+  }, 120_000);
+
   it('says so when there is nothing to resume', async () => {
     await expect(run('nothing', { resume: true })).rejects.toThrow(
       /no checkpoint in .*nothing to resume from/,
