@@ -502,7 +502,13 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
         return;
       }
       p.deliveries.push(delivery);
-      if (p.indices.has(s.index)) return; // groupSamples counts it as a duplicate
+      if (p.indices.has(s.index)) {
+        // A re-delivery of a sample its open group already holds (a rollout worker's prompts regenerated
+        // after a rebalance): counted here, as it never reaches groupSamples.
+        state.samples.duplicates++;
+        duplicates.inc();
+        return;
+      }
       p.indices.add(s.index);
       window.add(s);
       options.onCompletion?.(s);
