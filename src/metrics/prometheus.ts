@@ -43,8 +43,8 @@ interface Series {
 
 interface Family {
   kind: 'counter' | 'gauge';
-  /** The metric names (as published) that map to this family. */
-  sources: Set<string>;
+  /** The metric name (as published) this family exports; another that maps to its name is refused. */
+  source: string;
   labelNames: string[];
   series: Map<string, Series>;
   metric: Counter | Gauge;
@@ -85,27 +85,28 @@ export class PrometheusExporter {
     const labels: Record<string, string> = { run: m.run };
     for (const [k, v] of Object.entries(m.labels ?? {})) labels[sanitizeLabelName(k)] = v;
     let family = this.families.get(name);
-    if (family && family.kind !== kind) {
-      // e.g. a gauge "x_total" next to a counter "x": the first one keeps the name.
+    if (family && (family.kind !== kind || family.source !== m.name)) {
+      // Two metrics whose names map to one Prometheus name (a gauge "x_total" next to a counter "x";
+      // rewards "a.b" and "a_b"): the first one keeps the name, rather than the two overwriting each other.
       if (!this.conflicts.has(m.name)) {
         this.conflicts.add(m.name);
-        console.warn(`metrics: ${m.kind} ${m.name} is not exported: ${name} is already a ${family.kind}`);
+        console.warn(
+          `metrics: ${m.kind} ${m.name} is not exported: ${name} is already ${family.kind} ${family.source}`,
+        );
       }
       return;
     }
     if (!family) {
       family = {
         kind,
-        sources: new Set(),
+        source: m.name,
         labelNames: [],
         series: new Map(),
         metric: undefined as unknown as Counter,
       };
       this.families.set(name, family);
-      family.sources.add(m.name);
       this.build(name, family, Object.keys(labels), m.kind);
     } else {
-      family.sources.add(m.name);
       const missing = Object.keys(labels).filter((k) => !family!.labelNames.includes(k));
       if (missing.length > 0) this.build(name, family, [...family.labelNames, ...missing], m.kind);
     }
@@ -126,7 +127,7 @@ export class PrometheusExporter {
   private build(name: string, family: Family, labelNames: string[], kind: Metric['kind']): void {
     if (this.registry.getSingleMetric(name)) this.registry.removeSingleMetric(name);
     family.labelNames = labelNames;
-    const help = `rxrl ${HELP[kind]}: ${[...family.sources].join(', ')}`;
+    const help = `rxrl ${HELP[kind]}: ${family.source}`;
     const series = family.series;
     family.metric =
       family.kind === 'counter'

@@ -28,7 +28,7 @@ export interface BoundedStalenessOptions {
  *
  * Pair it with StalenessAdmission (src/scheduling/admission.ts), which keeps generation from running
  * so far ahead that samples would be dropped here. Counters: drops.samples{reason=stale},
- * staleness.admitted; gauges staleness.mean and staleness.max of the last batch, learner.version.
+ * staleness.admitted; gauges staleness.admitted_mean and staleness.admitted_max of the last batch admitted, learner.version.
  */
 export function boundedStaleness(
   options: BoundedStalenessOptions,
@@ -39,8 +39,8 @@ export function boundedStaleness(
   const metrics = options.metrics ?? detachedMetrics();
   const stale = metrics.counter('drops.samples', { reason: 'stale' });
   const admitted = metrics.counter('staleness.admitted');
-  const meanGauge = metrics.gauge('staleness.mean');
-  const maxGauge = metrics.gauge('staleness.max');
+  const meanGauge = metrics.gauge('staleness.admitted_mean');
+  const maxGauge = metrics.gauge('staleness.admitted_max');
   const versionGauge = metrics.gauge('learner.version');
 
   return (source) =>

@@ -1,10 +1,10 @@
 import { join } from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { lastValueFrom, Subject, toArray } from 'rxjs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { Metric, ScoredRollout } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
-import { sanitizeMetricName } from '../../src/metrics/prometheus.ts';
+import { PrometheusExporter, sanitizeMetricName } from '../../src/metrics/prometheus.ts';
 import { createMetricsServer, type MetricsServer } from '../../src/metrics/server.ts';
 import { metricsFromServer } from '../../src/metrics/sources.ts';
 import { metricsOf, readMetricsJsonl } from '../../src/metrics/streams.ts';
@@ -207,6 +207,41 @@ describe('metrics server: other endpoints', () => {
       const parsed = family(m.name)!;
       expect(parsed.type.toLowerCase()).toBe(m.type);
       expect(parsed.metrics.map((s) => Number(s.value))).toEqual(m.values.map((v) => v.value));
+    }
+  });
+
+  it('two metrics whose names map to one Prometheus name: the first keeps it, the second is refused with a warning', async () => {
+    const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
+    try {
+      const exporter = new PrometheusExporter();
+      const at = (name: string, value: number): Metric => ({
+        schemaVersion: 1,
+        run: 'r',
+        name,
+        kind: 'value',
+        value,
+        time: 0,
+        step: 1,
+      });
+      exporter.update(at('rewards/my-reward.v2/mean', 0.25));
+      exporter.update(at('rewards/my_reward_v2/mean', 0.75));
+      exporter.update(at('rewards/my_reward_v2/mean', 0.5));
+      const families = parsePrometheusTextFormat(await exporter.metrics());
+      expect(families).toEqual([
+        {
+          name: 'rxrl_rewards_my_reward_v2_mean',
+          help: 'rxrl latest per-step value: rewards/my-reward.v2/mean',
+          type: 'GAUGE',
+          metrics: [{ labels: { run: 'r' }, value: '0.25' }],
+        },
+      ]);
+      expect(warn.mock.calls).toEqual([
+        [
+          'metrics: value rewards/my_reward_v2/mean is not exported: rxrl_rewards_my_reward_v2_mean is already gauge rewards/my-reward.v2/mean',
+        ],
+      ]);
+    } finally {
+      warn.mockRestore();
     }
   });
 
