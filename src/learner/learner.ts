@@ -33,8 +33,12 @@ export interface StepReport {
   optimiserStep: number;
   loss: number;
   pgLoss: number;
-  klLoss: number;
-  kl: number;
+  /**
+   * The KL term and the policy's KL to the reference (mean per token); absent without a reference
+   * policy (beta 0: none is kept, and no KL is computed or logged, as TRL logs none).
+   */
+  klLoss?: number;
+  kl?: number;
   clipRatioLow: number;
   clipRatioHigh: number;
   clipRatioRegion: number;
@@ -236,8 +240,7 @@ export class Learner {
       optimiserStep,
       loss,
       pgLoss: pgLoss!,
-      klLoss: klLoss!,
-      kl: kl!,
+      ...(this.reference ? { klLoss: klLoss!, kl: kl! } : {}),
       clipRatioLow: low!,
       clipRatioHigh: high!,
       clipRatioRegion: region!,
@@ -300,15 +303,14 @@ export class Learner {
 export function versionReport(reports: readonly StepReport[]): StepReport {
   if (reports.length === 0) throw new Error('versionReport: no optimiser steps');
   const last = reports[reports.length - 1]!;
-  const mean = (key: keyof StepReport) => reports.reduce((sum, r) => sum + r[key], 0) / reports.length;
-  const sum = (key: keyof StepReport) => reports.reduce((total, r) => total + r[key], 0);
+  const sum = (key: keyof StepReport) => reports.reduce((total, r) => total + (r[key] ?? 0), 0);
+  const mean = (key: keyof StepReport) => sum(key) / reports.length;
   return {
     version: last.version,
     optimiserStep: last.optimiserStep,
     loss: mean('loss'),
     pgLoss: mean('pgLoss'),
-    klLoss: mean('klLoss'),
-    kl: mean('kl'),
+    ...(last.kl !== undefined ? { klLoss: mean('klLoss'), kl: mean('kl') } : {}),
     clipRatioLow: mean('clipRatioLow'),
     clipRatioHigh: mean('clipRatioHigh'),
     clipRatioRegion: mean('clipRatioRegion'),
@@ -326,8 +328,10 @@ export function recordStepReport(m: Metrics, r: StepReport): void {
   const step = r.version;
   m.record('train/loss', r.loss, step);
   m.record('train/pg_loss', r.pgLoss, step);
-  m.record('train/kl_loss', r.klLoss, step);
-  m.record('train/kl', r.kl, step);
+  if (r.kl !== undefined) {
+    m.record('train/kl_loss', r.klLoss!, step);
+    m.record('train/kl', r.kl, step);
+  }
   m.record('train/clip_ratio/low_mean', r.clipRatioLow, step);
   m.record('train/clip_ratio/high_mean', r.clipRatioHigh, step);
   m.record('train/clip_ratio/region_mean', r.clipRatioRegion, step);

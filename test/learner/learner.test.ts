@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BatchSample, GradientBatch, Metric } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
 import { DEFAULT_GRPO_LOSS } from '../../src/grpo/loss.ts';
-import { Learner, type LearnerConfig } from '../../src/learner/learner.ts';
+import { Learner, recordStepReport, versionReport, type LearnerConfig } from '../../src/learner/learner.ts';
 import { learningRateAt } from '../../src/learner/schedule.ts';
 import { makeGradientBatch } from '../../src/operators/toGradientBatches.ts';
 import { loadCheckpoint, saveCheckpoint } from '../../src/policy/checkpoint.ts';
@@ -68,6 +68,15 @@ describe('Learner', () => {
     expect(report!.ratioMean).toBeCloseTo(1, 4); // on-policy: behaviour = current
     expect(report!.gradNorm).toBeGreaterThan(0);
     expect(report!.entropy).toBeGreaterThan(0);
+    // beta 0: no reference is kept, so no KL is reported (TRL logs none), rather than a KL of 0.
+    expect(report!.kl).toBeUndefined();
+    expect(report!.klLoss).toBeUndefined();
+    const metrics = new Metrics({ run: 't' });
+    const seen: string[] = [];
+    metrics.stream.subscribe((m) => seen.push(m.name));
+    recordStepReport(metrics, versionReport([report!]));
+    expect(seen).toContain('train/loss');
+    expect(seen.filter((name) => name.startsWith('train/kl'))).toEqual([]);
     learner.dispose();
     model.dispose();
   });
@@ -228,7 +237,7 @@ describe('Learner', () => {
       const [next] = learner.train(batch);
       const [resumedNext] = resumed.train(batch);
       expect(next!.kl).toBeGreaterThan(1e-6);
-      expect(resumedNext!.kl).toBeCloseTo(next!.kl, 7);
+      expect(resumedNext!.kl).toBeCloseTo(next!.kl!, 7);
       expect(resumedNext!.learningRate).toBe(next!.learningRate);
       const a = learner.logProbs(batch.samples).flat();
       const b = resumed.logProbs(batch.samples).flat();

@@ -1,6 +1,6 @@
 /** `rxrl run <recipe>`: the stages of a recipe in order, with a line per stage and GRPO's progress bar. */
 import type { BackendRequest } from '../../policy/backend.ts';
-import { grpoTopology, type Recipe } from '../../recipe/recipe.ts';
+import type { Recipe } from '../../recipe/recipe.ts';
 import type { RecipeEvent, StageReport } from '../../recipe/run.ts';
 import { progressDisplay } from './run.ts';
 
@@ -96,7 +96,7 @@ export async function runRecipeCommand(
         );
         break;
       case 'grpo':
-        display ??= progressDisplay({ showKl: grpoBeta(recipe, event.stage) > 0 });
+        display ??= progressDisplay();
         display.on(event.event);
         break;
     }
@@ -109,10 +109,4 @@ export async function runRecipeCommand(
   } finally {
     display?.stop();
   }
-}
-
-/** The KL coefficient a GRPO stage of the recipe trains with. */
-function grpoBeta(recipe: Recipe, stageName: string): number {
-  const stage = recipe.stages.find((s) => s.name === stageName);
-  return stage?.type === 'grpo' ? grpoTopology(recipe, stage).grpo.beta : recipe.topology.grpo.beta;
 }

@@ -22,8 +22,8 @@ import { describeRecipe } from '../../recipe/recipe.ts';
 
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 
-/** `showKl`: false when beta is 0, where no reference model is kept and KL is not computed ("-"). */
-export function progressDisplay(options: { showKl: boolean } = { showKl: true }) {
+/** The progress bar of GRPO steps; KL shows "-" where the learner keeps no reference (beta 0). */
+export function progressDisplay() {
   const bar = new cliProgress.SingleBar(
     {
       format:
@@ -102,7 +102,7 @@ export function progressDisplay(options: { showKl: boolean } = { showKl: true })
             reward: fmt(event.rollout.rewardMean),
             acc: fmt(event.rollout.accuracy),
             len: fmt(event.rollout.lengthMean, 1),
-            kl: options.showKl ? fmt(event.report.kl, 4) : '-',
+            kl: event.report.kl === undefined ? '-' : fmt(event.report.kl, 4),
             stale: fmt(event.staleness, 1),
             tps: fmt(event.rollout.tokensPerSecond, 0),
           };
@@ -364,7 +364,7 @@ export function registerRunCommand(program: Command): void {
     const metrics = new Metrics({ run });
     const completions = new Subject<ScoredRollout>();
     const server = await serveMetrics(metrics, completions, opts);
-    const display = progressDisplay({ showKl: topology.grpo.beta > 0 });
+    const display = progressDisplay();
     const runDir = opts.runDir ?? defaultRunDir(run);
     const common = {
       metrics,
