@@ -14,10 +14,13 @@
  *
  * Atomic: everything is written and fsynced in a temporary directory beside the target, then
  * renamed onto it, so a reader never sees a half-written checkpoint. An existing checkpoint at
- * the target is first renamed aside and deleted after the swap.
+ * the target is first renamed aside (`<dir>.old-*`) and deleted after the swap. A process stopped
+ * between those two renames leaves no checkpoint at the target: readers then take the one renamed
+ * aside (the save had not happened, so the previous checkpoint is the one that stands, consistent
+ * with whatever was written after it), and the next save clears what the stopped one left.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -116,11 +119,40 @@ export async function saveCheckpoint(
     await rm(temporary, { recursive: true, force: true });
     throw error;
   }
+  // What a save stopped part-way left beside the target (this one's own are gone by now).
+  await Promise.all(
+    leftBeside(target, 'old')
+      .concat(leftBeside(target, 'tmp'))
+      .map((d) => rm(d, { recursive: true, force: true })),
+  );
 }
 
-/** Whether `dir` holds a checkpoint (saveCheckpoint writes its manifest last, in the atomic rename). */
+/** The directories a save of `target` renamed aside (`old`) or wrote in (`tmp`) and did not remove. */
+function leftBeside(target: string, kind: 'old' | 'tmp'): string[] {
+  const parent = path.dirname(target);
+  const prefix = `${path.basename(target)}.${kind}-`;
+  let names: string[];
+  try {
+    names = readdirSync(parent);
+  } catch {
+    return [];
+  }
+  return names.filter((name) => name.startsWith(prefix)).map((name) => path.join(parent, name));
+}
+
+/**
+ * Where `dir`'s checkpoint is: `dir`, or where a save stopped between its two renames left the
+ * previous checkpoint (the newest complete `<dir>.old-*`); undefined when there is none.
+ */
+export function checkpointAt(dir: string): string | undefined {
+  if (existsSync(path.join(dir, MANIFEST))) return dir;
+  const aside = leftBeside(path.resolve(dir), 'old').filter((d) => existsSync(path.join(d, MANIFEST)));
+  return aside.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
+}
+
+/** Whether `dir` holds a checkpoint (saveCheckpoint writes its manifest last; see checkpointAt). */
 export function isCheckpoint(dir: string): boolean {
-  return existsSync(path.join(dir, MANIFEST));
+  return checkpointAt(dir) !== undefined;
 }
 
 /** A checkpoint's contents as plain arrays, read without tfjs (see readCheckpoint). */
@@ -136,7 +168,8 @@ export interface CheckpointArrays {
  * Reads a checkpoint written by `saveCheckpoint` as arrays, touching no tfjs backend: for a process that
  * only hands the weights on (to a worker), where building a model would start a backend for nothing.
  */
-export async function readCheckpoint(dir: string): Promise<CheckpointArrays> {
+export async function readCheckpoint(at: string): Promise<CheckpointArrays> {
+  const dir = checkpointAt(at) ?? at;
   const manifestPath = path.join(dir, MANIFEST);
   let json: unknown;
   try {

@@ -1,9 +1,9 @@
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadCheckpoint, saveCheckpoint } from '../../src/policy/checkpoint.ts';
+import { isCheckpoint, loadCheckpoint, saveCheckpoint } from '../../src/policy/checkpoint.ts';
 import type { GPT } from '../../src/policy/gpt.ts';
 import { CharTokenizer } from '../../src/policy/tokenizer.ts';
 import { PROMPTS, tinyModel, useWasm } from './helpers.ts';
@@ -63,6 +63,29 @@ describe('checkpoint', () => {
     expect(logProbs(loaded.model)).toEqual(logProbs(second));
     expect((await readdir(root)).filter((name) => name.startsWith('latest'))).toEqual(['latest']);
     [first, second, loaded.model].forEach((m) => m.dispose());
+  });
+
+  it('a save stopped between its two renames: readers take the previous checkpoint, the next save clears the rest', async () => {
+    const own = path.join(root, 'interrupted');
+    const dir = path.join(own, 'checkpoint');
+    const [first, second, third] = [tinyModel(41), tinyModel(42), tinyModel(43)];
+    await saveCheckpoint(dir, { model: first, tokenizer, policyVersion: 1 });
+    // What saveCheckpoint leaves when stopped after renaming the old checkpoint aside and before
+    // renaming the new one (complete, in its temporary directory) into place.
+    await saveCheckpoint(path.join(own, 'staged'), { model: second, tokenizer, policyVersion: 2 });
+    await rename(dir, `${dir}.old-123-0a0b0c0d`);
+    await rename(path.join(own, 'staged'), `${dir}.tmp-123-0e0f0a0b`);
+
+    expect(isCheckpoint(dir)).toBe(true);
+    const standing = await loadCheckpoint(dir);
+    expect(standing.policyVersion).toBe(1);
+    expect(logProbs(standing.model)).toEqual(logProbs(first));
+
+    await saveCheckpoint(dir, { model: third, tokenizer, policyVersion: 3 });
+    expect(await readdir(own)).toEqual(['checkpoint']);
+    expect((await loadCheckpoint(dir)).policyVersion).toBe(3);
+    expect(isCheckpoint(path.join(own, 'nothing'))).toBe(false);
+    [first, second, third, standing.model].forEach((m) => m.dispose());
   });
 
   it('rejects a damaged checkpoint with the reason', async () => {

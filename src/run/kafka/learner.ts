@@ -17,7 +17,7 @@
  * and publishes the checkpoint's version if the versions topic does not have it yet. A version is published
  * only once its checkpoint is durable, so a restart never publishes two different policies as one version.
  */
-import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Admin } from 'kafkajs';
 import { Subject, concatMap, from, identity, tap, type Observable } from 'rxjs';
@@ -35,7 +35,7 @@ import { groupRelativeAdvantages } from '../../operators/groupRelativeAdvantages
 import { groupSamples } from '../../operators/groupSamples.ts';
 import { toGradientBatches } from '../../operators/toGradientBatches.ts';
 import { selectBackend } from '../../policy/backend.ts';
-import { loadCheckpoint } from '../../policy/checkpoint.ts';
+import { isCheckpoint, loadCheckpoint } from '../../policy/checkpoint.ts';
 import { CharTokenizer } from '../../policy/tokenizer.ts';
 import { DynamicSamplingBudget, nextRoundPrompts, StalenessAdmission } from '../../scheduling/admission.ts';
 import { createKafka } from '../../transport/kafka/client.ts';
@@ -176,7 +176,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     const tokenizer = new CharTokenizer(runtime.alphabet);
 
     // --- where to start: the checkpoint in runDir, or the base model ------------------------------------
-    const resuming = existsSync(join(paths.checkpoint, 'manifest.json'));
+    const resuming = isCheckpoint(paths.checkpoint);
     let state: LearnerState;
     let weights: WeightArrays;
     if (resuming) {
