@@ -1,4 +1,4 @@
-import { from, mergeMap, of, type ObservableInput, type OperatorFunction } from 'rxjs';
+import { mergeMap, Observable, type OperatorFunction } from 'rxjs';
 import type { Rollout, ScoredRollout } from '../../schemas/index.ts';
 import { weightedReward } from '../grpo/advantages.ts';
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
@@ -12,7 +12,7 @@ export interface WeightedReward {
 
 export interface ScoreRolloutsOptions {
   rewards: WeightedReward[];
-  /** Most rollouts being scored at once when a reward is async. */
+  /** Most rollouts being scored at once when a reward is async (default SCORE_CONCURRENCY). */
   concurrency?: number;
   /** An async reward that has not answered after this many ms scores null (a recorded failure). */
   timeoutMs?: number;
@@ -20,6 +20,9 @@ export interface ScoreRolloutsOptions {
 }
 
 class RewardTimeout extends Error {}
+
+/** scoreRollouts' default bound on rollouts scored at once. */
+export const SCORE_CONCURRENCY = 64;
 
 /** Refuses rewards that share a name: their values, totals and metrics would mix. */
 export function checkRewardNames(rewards: readonly WeightedReward[]): void {
@@ -70,24 +73,6 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
   };
   type Score = number | null | typeof FAILED;
 
-  const withTimeout = (name: string, promise: Promise<number | null>, controller: AbortController) =>
-    new Promise<Score>((resolve) => {
-      const timer = setTimeout(() => {
-        controller.abort(new RewardTimeout(`${name} timed out after ${timeoutMs} ms`));
-        resolve(fail(name, new RewardTimeout()));
-      }, timeoutMs);
-      promise.then(
-        (v) => {
-          clearTimeout(timer);
-          resolve(v);
-        },
-        (err) => {
-          clearTimeout(timer);
-          resolve(controller.signal.aborted ? FAILED : fail(name, err));
-        },
-      );
-    });
-
   const finish = (rollout: Rollout, values: Score[]): ScoredRollout => {
     const rewards: Record<string, number | null> = {};
     let failed = false;
@@ -102,31 +87,73 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
     return withRewards(rollout, rewards, failed ? null : weightedReward(rewards, weights));
   };
 
-  const score = (rollout: Rollout): ObservableInput<ScoredRollout> => {
-    const input: RewardInput = {
-      prompt: rollout.prompt,
-      completion: rollout.completion,
-      completionTokens: rollout.completionTokenIds.length,
-      finishReason: rollout.finishReason,
-    };
-    const controller = new AbortController();
-    let pending = false;
-    const values = options.rewards.map(({ fn }) => {
-      try {
-        const v = fn.score(input, controller.signal);
-        if (v instanceof Promise) {
-          pending = true;
-          return withTimeout(fn.name, v, controller);
+  // A rollout's scoring as an Observable: unsubscribing (a worker stopping) aborts its rewards' signal
+  // and clears their timers, and nothing is counted for a rollout that was never emitted.
+  const score = (rollout: Rollout): Observable<ScoredRollout> =>
+    new Observable<ScoredRollout>((subscriber) => {
+      const input: RewardInput = {
+        prompt: rollout.prompt,
+        completion: rollout.completion,
+        completionTokens: rollout.completionTokenIds.length,
+        finishReason: rollout.finishReason,
+      };
+      const controller = new AbortController();
+      const timers: NodeJS.Timeout[] = [];
+      let cancelled = false;
+      let finished = false;
+      // All of a rollout's rewards start together with one deadline: when one times out, those that
+      // have not answered either are timeouts too, whatever they do once the signal aborts them.
+      const withTimeout = (name: string, promise: Promise<number | null>) =>
+        new Promise<Score>((resolve) => {
+          let settled = false;
+          const settle = (score: () => Score) => {
+            if (settled || cancelled) return;
+            settled = true;
+            clearTimeout(timer);
+            resolve(score());
+          };
+          const timer = setTimeout(() => {
+            settle(() => fail(name, new RewardTimeout()));
+            controller.abort(new RewardTimeout(`${name} timed out after ${timeoutMs} ms`));
+          }, timeoutMs);
+          timers.push(timer);
+          promise.then(
+            (v) => settle(() => v),
+            (err) => settle(() => fail(name, controller.signal.aborted ? controller.signal.reason : err)),
+          );
+        });
+      let pending = false;
+      const values = options.rewards.map(({ fn }) => {
+        try {
+          const v = fn.score(input, controller.signal);
+          if (v instanceof Promise) {
+            pending = true;
+            return withTimeout(fn.name, v);
+          }
+          return v;
+        } catch (err) {
+          return fail(fn.name, err);
         }
-        return v;
-      } catch (err) {
-        return fail(fn.name, err);
+      });
+      const emit = (vs: Score[]) => {
+        finished = true;
+        subscriber.next(finish(rollout, vs));
+        subscriber.complete();
+      };
+      if (!pending) {
+        emit(values as Score[]);
+        return undefined;
       }
+      void Promise.all(values).then((vs) => {
+        if (!cancelled) emit(vs);
+      });
+      return () => {
+        if (finished) return;
+        cancelled = true;
+        for (const timer of timers) clearTimeout(timer);
+        if (!controller.signal.aborted) controller.abort(new Error('scoring stopped: unsubscribed'));
+      };
     });
-    return pending
-      ? from(Promise.all(values).then((vs) => finish(rollout, vs)))
-      : of(finish(rollout, values as Score[]));
-  };
 
-  return mergeMap(score, options.concurrency ?? 64);
+  return mergeMap(score, options.concurrency ?? SCORE_CONCURRENCY);
 }

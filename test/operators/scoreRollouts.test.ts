@@ -92,6 +92,67 @@ describe('scoreRollouts', () => {
     });
   });
 
+  it('rewards still unanswered at the deadline are all timeouts, whatever their order and however they take the abort', async () => {
+    // "polite" rejects as soon as the signal aborts; "hangs" never answers. Both time out together.
+    const polite: RewardFunction = {
+      name: 'polite',
+      score: (_input, signal) =>
+        new Promise((_resolve, reject) =>
+          signal.addEventListener('abort', () => reject(new Error('aborted'))),
+        ),
+    };
+    const hangs: RewardFunction = { name: 'hangs', score: () => new Promise(() => {}) };
+    for (const rewards of [
+      [hangs, polite],
+      [polite, hangs],
+    ]) {
+      const metrics = new Metrics({ run: 't' });
+      const [out] = await firstValueFrom(
+        from([good]).pipe(
+          scoreRollouts({ rewards: rewards.map((fn) => ({ fn })), timeoutMs: 20, metrics }),
+          toArray(),
+        ),
+      );
+      expect(out!.rewards).toEqual({ polite: null, hangs: null });
+      expect(metrics.snapshot()).toMatchObject({
+        'reward.failures{reward=polite,kind=timeout}': 1,
+        'reward.failures{reward=hangs,kind=timeout}': 1,
+        'reward.failures{reward=polite,kind=error}': 0,
+      });
+    }
+  });
+
+  it('unsubscribing aborts the rewards in flight and counts nothing for rollouts never emitted', async () => {
+    const metrics = new Metrics({ run: 't' });
+    const reasons: unknown[] = [];
+    const slow: RewardFunction = {
+      name: 'slow',
+      score: (_input, signal) =>
+        new Promise((resolve) => {
+          const timer = setTimeout(() => resolve(1), 10_000);
+          signal.addEventListener('abort', () => {
+            clearTimeout(timer);
+            reasons.push(signal.reason);
+          });
+        }),
+    };
+    const subscription = from([good, wrong])
+      .pipe(scoreRollouts({ rewards: [{ fn: slow }], timeoutMs: 60_000, metrics }))
+      .subscribe();
+    await new Promise((r) => setTimeout(r, 20));
+    subscription.unsubscribe();
+    expect(reasons.map((r) => (r as Error).message)).toEqual([
+      'scoring stopped: unsubscribed',
+      'scoring stopped: unsubscribed',
+    ]);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(metrics.snapshot()).toMatchObject({
+      'reward.scored': 0,
+      'reward.failures{reward=slow,kind=timeout}': 0,
+      'reward.failures{reward=slow,kind=error}': 0,
+    });
+  });
+
   it('limits how many rollouts are scored at once', async () => {
     let inFlight = 0;
     let peak = 0;

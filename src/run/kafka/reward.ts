@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { filter, from, map, mergeMap, of, type Subscription } from 'rxjs';
 import type { Rollout } from '../../../schemas/index.ts';
-import { scoreRollouts } from '../../operators/scoreRollouts.ts';
+import { SCORE_CONCURRENCY, scoreRollouts } from '../../operators/scoreRollouts.ts';
 import { KafkaPublisher } from '../../transport/kafka/sink.ts';
 import { kafkaSource, type Delivery } from '../../transport/kafka/source.ts';
 import { recordKey, topicName } from '../../transport/kafka/topics.ts';
@@ -55,21 +55,25 @@ export async function runReward(ctx: RoleContext): Promise<RewardSummary> {
     subscriptions.push(
       rollouts
         .pipe(
-          mergeMap((delivery: Delivery<Rollout>) =>
-            of(delivery.value).pipe(
-              score,
-              mergeMap((sample) =>
-                from(
-                  publisher.publish(
-                    scoredTopic,
-                    'ScoredRollout',
-                    sample,
-                    recordKey('ScoredRollout', sample, run),
+          // Each record is scored on its own (its delivery is acked once its score is durable), so the
+          // bound on rollouts scored at once is this mergeMap's.
+          mergeMap(
+            (delivery: Delivery<Rollout>) =>
+              of(delivery.value).pipe(
+                score,
+                mergeMap((sample) =>
+                  from(
+                    publisher.publish(
+                      scoredTopic,
+                      'ScoredRollout',
+                      sample,
+                      recordKey('ScoredRollout', sample, run),
+                    ),
                   ),
                 ),
+                map(() => delivery),
               ),
-              map(() => delivery),
-            ),
+            SCORE_CONCURRENCY,
           ),
         )
         .subscribe({
