@@ -49,56 +49,64 @@ export async function runReward(ctx: RoleContext): Promise<RewardSummary> {
   });
 
   const subscriptions: Subscription[] = [];
-  const stopped = await new Promise<'finished' | 'signal'>((resolve, reject) => {
-    if (ctx.signal.aborted) return resolve('signal');
-    ctx.signal.addEventListener('abort', () => resolve('signal'), { once: true });
-    subscriptions.push(
-      rollouts
-        .pipe(
-          // Each record is scored on its own (its delivery is acked once its score is durable), so the
-          // bound on rollouts scored at once is this mergeMap's.
-          mergeMap(
-            (delivery: Delivery<Rollout>) =>
-              of(delivery.value).pipe(
-                score,
-                mergeMap((sample) =>
-                  from(
-                    publisher.publish(
-                      scoredTopic,
-                      'ScoredRollout',
-                      sample,
-                      recordKey('ScoredRollout', sample, run),
+  let stopped: 'finished' | 'signal';
+  try {
+    stopped = await new Promise<'finished' | 'signal'>((resolve, reject) => {
+      if (ctx.signal.aborted) return resolve('signal');
+      ctx.signal.addEventListener('abort', () => resolve('signal'), { once: true });
+      subscriptions.push(
+        rollouts
+          .pipe(
+            // Each record is scored on its own (its delivery is acked once its score is durable), so the
+            // bound on rollouts scored at once is this mergeMap's.
+            mergeMap(
+              (delivery: Delivery<Rollout>) =>
+                of(delivery.value).pipe(
+                  score,
+                  mergeMap((sample) =>
+                    from(
+                      publisher.publish(
+                        scoredTopic,
+                        'ScoredRollout',
+                        sample,
+                        recordKey('ScoredRollout', sample, run),
+                      ),
                     ),
                   ),
+                  map(() => delivery),
                 ),
-                map(() => delivery),
-              ),
-            SCORE_CONCURRENCY,
-          ),
-        )
-        .subscribe({
-          next: (delivery) => {
-            delivery.ack();
-            scored++;
-          },
-          error: reject,
-        }),
-      versions
-        .pipe(
-          map((delivery) => {
-            delivery.ack();
-            return delivery.value.version;
+              SCORE_CONCURRENCY,
+            ),
+          )
+          .subscribe({
+            next: (delivery) => {
+              delivery.ack();
+              scored++;
+            },
+            error: reject,
           }),
-          filter((version) => version >= ctx.totalSteps),
-        )
-        .subscribe({ next: () => resolve('finished'), error: reject }),
-    );
-  }).finally(() => {
+        versions
+          .pipe(
+            map((delivery) => {
+              delivery.ack();
+              return delivery.value.version;
+            }),
+            filter((version) => version >= ctx.totalSteps),
+          )
+          .subscribe({ next: () => resolve('finished'), error: reject }),
+      );
+    });
+  } finally {
+    // Also when scoring or publishing failed: the consumers leave their groups, the producer
+    // disconnects and the watch group goes, so that a failed worker neither lingers nor leaves litter.
     for (const subscription of subscriptions) subscription.unsubscribe();
-  });
-  await Promise.all([rollouts.closed(), versions.closed()]);
-  await publisher.close();
-  await deleteGroups(connection, [watchGroup]);
+    await Promise.all([
+      rollouts.closed().catch(() => {}),
+      versions.closed().catch(() => {}),
+      publisher.close().catch(() => {}),
+    ]);
+    await deleteGroups(connection, [watchGroup]);
+  }
   ctx.emit({ kind: 'stopped', role: 'reward', reason: stopped });
   return { worker: ctx.workerId, scored };
 }
