@@ -682,18 +682,23 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     clearInterval(sweep);
     pipeline.unsubscribe();
     await training.catch(() => undefined);
-    if (!failure) {
-      // Prompts still out when the last step is taken will not be trained: dropped, counted.
-      if (stopReason === 'finished') {
-        for (const [id, p] of [...pending]) {
-          runEnded.inc(p.indices.size);
-          resolve(id, 'run_ended', 0, { run_ended: p.indices.size });
+    try {
+      if (!failure) {
+        // Prompts still out when the last step is taken will not be trained: dropped, counted.
+        if (stopReason === 'finished') {
+          for (const [id, p] of [...pending]) {
+            runEnded.inc(p.indices.size);
+            resolve(id, 'run_ended', 0, { run_ended: p.indices.size });
+          }
         }
+        await checkpoint('stop');
       }
-      await checkpoint('stop');
+    } finally {
+      // Also when the last checkpoint fails: the consumer leaves <run>.learner (a member left behind
+      // would keep the next learner out).
+      sourceSubscription.unsubscribe();
+      ctx.signal.removeEventListener('abort', onAbort);
     }
-    sourceSubscription.unsubscribe();
-    ctx.signal.removeEventListener('abort', onAbort);
     if (failure) {
       await source.closed().catch(() => undefined);
       throw failure;
