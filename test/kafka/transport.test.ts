@@ -250,6 +250,28 @@ describe('kafkaSink -> kafkaSource', () => {
     await source.closed();
   });
 
+  it('closed() waits for subscriptions still live: it settles once they are unsubscribed and their consumer has left', async () => {
+    const run = await createRun('closed', 1);
+    await publishPrompts(run, 5);
+    const groupId = unique('closed');
+    const source = kafkaSource({ connection, run, edge: 'prompts', groupId });
+    const seen: string[] = [];
+    const subscription = source.subscribe((delivery) => {
+      seen.push(delivery.value.id);
+      delivery.ack();
+    });
+    await waitFor(() => seen.length === 5, '5 records');
+    let settled = false;
+    const closed = source.closed().then(() => (settled = true));
+    await sleep(300);
+    expect(settled).toBe(false); // the consumer is still a member of its group
+    subscription.unsubscribe();
+    await closed;
+    await admin.connect();
+    const { groups } = await admin.describeGroups([groupId]);
+    expect(groups[0]?.members ?? []).toEqual([]);
+  });
+
   it('re-delivers exactly the unacked records to the next consumer of the group', async () => {
     const run = await createRun('redelivery', 2);
     const prompts = await publishPrompts(run, 40);

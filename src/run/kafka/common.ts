@@ -2,7 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { KafkaMessage } from 'kafkajs';
-import { lastValueFrom, takeWhile, type Subscription } from 'rxjs';
+import { lastValueFrom, takeUntil, takeWhile, timer, type Subscription } from 'rxjs';
 import type { Metrics } from '../../metrics/metrics.ts';
 import { createKafka, type KafkaConnectionOptions } from '../../transport/kafka/client.ts';
 import type { KafkaPublisher } from '../../transport/kafka/sink.ts';
@@ -135,33 +135,24 @@ export async function readTopicSince(
     });
     const out: KafkaMessage[] = [];
     const timeoutMs = options.timeoutMs ?? 60_000;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`Reading ${topic} to its end took over ${timeoutMs / 1000} s`)),
-        timeoutMs,
-      );
-    });
     try {
-      await Promise.race([
-        lastValueFrom(
-          records.pipe(
-            takeWhile((delivery) => {
-              delivery.ack();
-              const last = todo.get(delivery.partition);
-              if (last === undefined || Number(delivery.offset) < starts.get(delivery.partition)!)
-                return true;
-              out.push(delivery.value);
-              if (Number(delivery.offset) >= last) todo.delete(delivery.partition);
-              return todo.size > 0;
-            }),
-          ),
-          { defaultValue: undefined },
+      // The deadline ends the subscription too, so that the consumer always leaves (closed() below).
+      await lastValueFrom(
+        records.pipe(
+          takeWhile((delivery) => {
+            delivery.ack();
+            const last = todo.get(delivery.partition);
+            if (last === undefined || Number(delivery.offset) < starts.get(delivery.partition)!) return true;
+            out.push(delivery.value);
+            if (Number(delivery.offset) >= last) todo.delete(delivery.partition);
+            return todo.size > 0;
+          }),
+          takeUntil(timer(timeoutMs)),
         ),
-        timeout,
-      ]);
+        { defaultValue: undefined },
+      );
+      if (todo.size > 0) throw new Error(`Reading ${topic} to its end took over ${timeoutMs / 1000} s`);
     } finally {
-      clearTimeout(timer);
       await records.closed().catch(() => {});
       await admin.deleteGroups([groupId]).catch(() => {});
     }

@@ -191,6 +191,9 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
   const where = `Kafka topic ${topic} (consumer group ${groupId})`;
 
   const observable = new Observable<Delivery<T>>((subscriber) => {
+    // closed() waits for this subscription from now on: its consumer is live until its teardown is done.
+    let ended!: (error: Error | undefined) => void;
+    closing.add(new Promise<Error | undefined>((resolve) => (ended = resolve)));
     const kafka = createKafka(options.connection);
     const consumer = kafka.consumer({
       groupId,
@@ -217,6 +220,7 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
     let commitTimer: NodeJS.Timeout | undefined;
     let committing: Promise<void> | undefined;
     let commitFailures = 0;
+    let lastCommitError: Error | undefined;
 
     const fail = (error: unknown) => {
       if (closed) return;
@@ -268,10 +272,12 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
       committing = consumer.commitOffsets(offsets).then(
         () => {
           commitFailures = 0;
+          lastCommitError = undefined;
           counters.commits.inc();
         },
         (error: Error) => {
           counters.commitFailures.inc();
+          lastCommitError = error;
           // After a rebalance these offsets are someone else's to commit; otherwise try again later.
           if (owned !== current || REBALANCE_ERRORS.has((error as { type?: string }).type ?? '')) return;
           for (const { partition } of offsets) dirty.add(partition);
@@ -304,6 +310,8 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
     const startOffsets = new Map(options.startOffsets);
     consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
       rejoined();
+      // A consumer kafkajs restarted after a crash starts unpaused: it stays paused while the bound holds.
+      if (paused) consumer.pause([{ topic }]);
       // kafkajs applies a seek before its next fetch of the partition, so nothing is read from elsewhere.
       for (const partition of payload.memberAssignment[topic] ?? []) {
         const offset = startOffsets.get(partition);
@@ -395,20 +403,24 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
     const close = async () => {
       closed = true;
       clearTimeout(commitTimer);
-      await running.catch(() => {});
-      // Dead letters in flight settle (and so become committable) before the last commit.
-      await deadLetters.flush().catch(() => {});
-      await commit();
-      await consumer.disconnect();
-      await deadLetters.close();
+      try {
+        await running.catch(() => {});
+        // Dead letters in flight settle (and so become committable) before the last commit.
+        await deadLetters.flush().catch(() => {});
+        await commit();
+        // Acked records whose offsets the last commit could not save will be delivered again.
+        if (dirty.size > 0 && lastCommitError)
+          throw new Error(`its last offset commit failed: ${lastCommitError.message}`);
+      } finally {
+        await Promise.all([consumer.disconnect(), deadLetters.close()]);
+      }
     };
     return () => {
-      const done = close().then(
-        () => undefined,
+      close().then(
+        () => ended(undefined),
         (error: Error) =>
-          new Error(`Closing the consumer of ${where} failed: ${error.message}`, { cause: error }),
+          ended(new Error(`Closing the consumer of ${where} failed: ${error.message}`, { cause: error })),
       );
-      closing.add(done);
     };
   });
 
