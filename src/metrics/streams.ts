@@ -102,7 +102,10 @@ export function readMetricsJsonl(path: string, options: ReadMetricsOptions = {})
     const input = createReadStream(path, { encoding: 'utf8' });
     const lines = createInterface({ input, crlfDelay: Infinity });
     const handle = lineHandler(path, options.onInvalid ?? warnInvalid, (m) => subscriber.next(m));
-    lines.on('line', handle);
+    // readline still hands over the rest of the chunk it holds after close(): nothing once unsubscribed.
+    lines.on('line', (text: string) => {
+      if (!subscriber.closed) handle(text);
+    });
     lines.on('close', () => subscriber.complete());
     // readline passes the input's errors (a missing file) on as its own.
     lines.on('error', (error) => subscriber.error(error));

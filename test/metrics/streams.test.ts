@@ -1,6 +1,6 @@
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { lastValueFrom, Subject, toArray } from 'rxjs';
+import { lastValueFrom, Subject, take, toArray } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import type { Metric } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
@@ -77,6 +77,21 @@ describe('readMetricsJsonl', () => {
     expect(invalid[0]!.reason).toMatch(/^Invalid Metric: /);
     expect(invalid[1]!.reason).toMatch(/^not valid JSON/);
     expect(invalid[0]!.path).toBe(path);
+  });
+
+  it('reads and reports nothing more once unsubscribed (take(1) of a file of many lines)', async () => {
+    const path = join(tempDir(), 'metrics.jsonl');
+    const lines = Array.from({ length: 2000 }, (_, i) =>
+      i % 2 === 0 ? JSON.stringify(metric('reward/mean', i, i)) : 'not json',
+    );
+    writeFileSync(path, `${lines.join('\n')}\n`);
+    let invalid = 0;
+    const first = await lastValueFrom(
+      readMetricsJsonl(path, { onInvalid: () => invalid++ }).pipe(take(1), toArray()),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(first).toEqual([metric('reward/mean', 0, 0)]);
+    expect(invalid).toBe(0);
   });
 
   it('errors when the file cannot be read', async () => {
