@@ -7,12 +7,15 @@
  *   `history` points, the latest value of each counter and gauge, the last `completionHistory`
  *   completions), then an event `replayed`, then the live events. Query filters: `name` (a
  *   prefix; repeat it for several), `run`, and `completions=0` to leave completions out. Every event has an
- *   id, so a client that reconnects with Last-Event-ID (as EventSource does) gets only what it missed. When
- *   the metrics stream ends, or the server closes, subscribers get an event `end`.
+ *   id (`<server epoch>-<n>`), so a client that reconnects with Last-Event-ID (as EventSource does) gets
+ *   only what it missed; one whose id came from another server (a run restarted on the same port) gets an
+ *   event `reset` and then everything. When the metrics stream ends, or the server closes, subscribers get
+ *   an event `end`.
  * - `GET /metrics`: the Prometheus text exposition ({@link PrometheusExporter}).
  * - `GET /`: the live dashboard (static HTML and JS, charts drawn with uPlot served from node_modules).
  * - `GET /healthz`: `{"status":"ok", ...}`.
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -147,6 +150,12 @@ export class MetricsServer {
   private readonly options: Required<MetricsServerOptions>;
   private readonly heartbeat: NodeJS.Timeout;
   private nextId = 1;
+  /**
+   * Tags this server's event ids (`<epoch>-<n>`): a client that reconnects with the id of an earlier
+   * server's event (a run restarted on the same port) gets everything, after a `reset` event, instead
+   * of nothing up to an id that meant another stream.
+   */
+  private readonly epoch = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
   private published = 0;
   private ended = false;
   private address: MetricsServerAddress | undefined;
@@ -232,7 +241,7 @@ export class MetricsServer {
     this.published++;
     this.exporter.update(metric);
     const id = this.nextId++;
-    const event: StreamEvent = { id, wire: frame(id, 'metric', JSON.stringify(metric)), metric };
+    const event: StreamEvent = { id, wire: this.frame(id, 'metric', JSON.stringify(metric)), metric };
     const key = `${metric.run} ${seriesKey(metric)}`;
     if (metric.kind === 'value') {
       let ring = this.valueHistory.get(key);
@@ -245,7 +254,7 @@ export class MetricsServer {
   private onCompletion(sample: ScoredRollout): void {
     const id = this.nextId++;
     const summary = summarizeCompletion(sample, this.options.maxTextChars);
-    const event: StreamEvent = { id, wire: frame(id, 'completion', JSON.stringify(summary)) };
+    const event: StreamEvent = { id, wire: this.frame(id, 'completion', JSON.stringify(summary)) };
     this.completionHistory.push(event);
     for (const s of this.subscribers) if (s.completions) this.write(s, event.wire);
   }
@@ -253,7 +262,7 @@ export class MetricsServer {
   private end(error?: string): void {
     if (this.ended) return;
     this.ended = true;
-    const wire = frame(undefined, 'end', JSON.stringify(error ? { error } : {}));
+    const wire = this.frame(undefined, 'end', JSON.stringify(error ? { error } : {}));
     for (const s of this.subscribers) this.write(s, wire);
   }
 
@@ -314,7 +323,11 @@ export class MetricsServer {
       filter: { ...(names.length > 0 ? { name: names } : {}), ...(run ? { run } : {}) },
       completions: !['0', 'false', 'no'].includes(url.searchParams.get('completions') ?? ''),
     };
-    const lastId = Number(req.headers['last-event-id'] ?? url.searchParams.get('after') ?? 0) || 0;
+    const last = /^(\w+)-(\d+)$/.exec(
+      String(req.headers['last-event-id'] ?? url.searchParams.get('after') ?? ''),
+    );
+    const otherStream = last !== null && last[1] !== this.epoch;
+    const lastId = last && !otherStream ? Number(last[2]) : 0;
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
@@ -335,18 +348,21 @@ export class MetricsServer {
       .filter((e) => e.id > lastId && (!e.metric || metricMatches(e.metric, subscriber.filter)))
       .sort((a, b) => a.id - b.id);
     res.write('retry: 2000\n\n');
+    if (otherStream) res.write(this.frame(undefined, 'reset', '{}'));
     res.write(replay.map((e) => e.wire).join(''));
-    res.write(frame(undefined, 'replayed', JSON.stringify({ events: replay.length, ended: this.ended })));
-    if (this.ended) res.write(frame(undefined, 'end', '{}'));
+    res.write(
+      this.frame(undefined, 'replayed', JSON.stringify({ events: replay.length, ended: this.ended })),
+    );
+    if (this.ended) res.write(this.frame(undefined, 'end', '{}'));
     this.subscribers.add(subscriber);
     const drop = () => this.subscribers.delete(subscriber);
     res.on('close', drop);
     res.on('error', drop);
   }
-}
 
-function frame(id: number | undefined, event: string, data: string): string {
-  return `${id !== undefined ? `id: ${id}\n` : ''}event: ${event}\ndata: ${data}\n\n`;
+  private frame(id: number | undefined, event: string, data: string): string {
+    return `${id !== undefined ? `id: ${this.epoch}-${id}\n` : ''}event: ${event}\ndata: ${data}\n\n`;
+  }
 }
 
 /** A {@link MetricsServer} for these sources; call `listen()` to serve. */

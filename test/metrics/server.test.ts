@@ -62,7 +62,10 @@ describe('metrics server: /metrics/stream', () => {
       seen.slice(0, 18).filter((m) => m.kind === 'value' || m.step === 1),
     );
     expect(metricEvents(late.events.slice(replayedAt))).toEqual(seen.slice(18));
-    const ids = late.events.filter((e) => e.event === 'metric').map((e) => Number(e.id));
+    // Ids are <this server's epoch>-<n>, n ascending.
+    const tagged = late.events.filter((e) => e.event === 'metric').map((e) => e.id!.split('-'));
+    expect(new Set(tagged.map(([epoch]) => epoch)).size).toBe(1);
+    const ids = tagged.map(([, n]) => Number(n));
     expect(ids).toEqual([...ids].sort((a, b) => a - b));
     expect(new Set(ids).size).toBe(ids.length);
   });
@@ -102,6 +105,19 @@ describe('metrics server: /metrics/stream', () => {
     resumed.close();
     expect(metricEvents(resumed.events)).toEqual(seen.slice(6));
     expect(metricEvents(resumed.events).map((m) => m.step)).toEqual([2, 2, 2]);
+    expect(resumed.events.some((e) => e.event === 'reset')).toBe(false);
+
+    // The same id sent to another server (a run restarted on this port) means nothing there: reset, all.
+    const restarted = new Metrics({ run: 'run-a' });
+    const second = await serve(restarted);
+    publishStep(restarted, 0);
+    const elsewhere = await sse(`${second.url}/metrics/stream?name=reward/&name=train/kl`, {
+      'last-event-id': lastId,
+    });
+    await elsewhere.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    elsewhere.close();
+    expect(elsewhere.events[0]!.event).toBe('reset');
+    expect(metricEvents(elsewhere.events).map((m) => m.step)).toEqual([0, 0, 0]);
   });
 
   it('keeps the whole curve of each per-step series for late subscribers, and only the latest counter values', async () => {

@@ -209,6 +209,18 @@
   source.addEventListener('open', () => setStatus('live'));
   source.addEventListener('metric', (e) => onMetric(JSON.parse(e.data)));
   source.addEventListener('completion', (e) => onCompletion(JSON.parse(e.data)));
+  // Reconnected to another stream (the run restarted on this port): its replay is everything there is.
+  source.addEventListener('reset', () => {
+    points.clear();
+    latest.clear();
+    completions.length = 0;
+    runs.clear();
+    received = 0;
+    lastStep = -1;
+    schedule('charts');
+    schedule('completions');
+    schedule('latest');
+  });
   source.addEventListener('end', () => {
     setStatus('ended');
     source.close();
