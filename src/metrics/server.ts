@@ -77,7 +77,12 @@ interface Subscriber {
   res: ServerResponse;
   filter: MetricFilter;
   completions: boolean;
+  /** Live events held while the replay is written (it waits for the socket to drain between chunks). */
+  held?: string[];
 }
+
+/** How much of a replay is written at a time (then it waits for the socket to drain). */
+const REPLAY_CHUNK_CHARS = 256 * 1024;
 
 /** The last `capacity` items pushed, oldest first. */
 class Ring<T> {
@@ -267,6 +272,10 @@ export class MetricsServer {
   }
 
   private write(s: Subscriber, text: string): void {
+    if (s.held) {
+      s.held.push(text);
+      return;
+    }
     if (s.res.writableLength > this.options.maxBufferedBytes) {
       // Too slow: dropped rather than holding the run's memory; EventSource reconnects with Last-Event-ID.
       this.subscribers.delete(s);
@@ -339,7 +348,9 @@ export class MetricsServer {
       return;
     }
     res.socket?.setNoDelay(true);
-    // Replay and live events are written in one turn of the event loop: none is missed or sent twice.
+    // The replay is taken and the subscriber added in one turn of the event loop: no event is missed or
+    // sent twice. Live events wait in `held` while the replay goes out in chunks as the socket drains, so
+    // a long run's history (tens of MB) reaches a new subscriber instead of overflowing its buffer.
     const replay = [
       ...[...this.valueHistory.values()].flatMap((ring) => ring.toArray()),
       ...this.latestTotals.values(),
@@ -347,17 +358,43 @@ export class MetricsServer {
     ]
       .filter((e) => e.id > lastId && (!e.metric || metricMatches(e.metric, subscriber.filter)))
       .sort((a, b) => a.id - b.id);
-    res.write('retry: 2000\n\n');
-    if (otherStream) res.write(this.frame(undefined, 'reset', '{}'));
-    res.write(replay.map((e) => e.wire).join(''));
-    res.write(
-      this.frame(undefined, 'replayed', JSON.stringify({ events: replay.length, ended: this.ended })),
-    );
-    if (this.ended) res.write(this.frame(undefined, 'end', '{}'));
+    subscriber.held = [];
     this.subscribers.add(subscriber);
-    const drop = () => this.subscribers.delete(subscriber);
+    let gone = false;
+    const drop = () => {
+      gone = true;
+      this.subscribers.delete(subscriber);
+    };
     res.on('close', drop);
     res.on('error', drop);
+    const drained = () =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
+      });
+    const ended = this.ended;
+    void (async () => {
+      res.write('retry: 2000\n\n');
+      if (otherStream) res.write(this.frame(undefined, 'reset', '{}'));
+      for (let i = 0; i < replay.length && !gone && !res.writableEnded;) {
+        let chunk = '';
+        while (i < replay.length && chunk.length < REPLAY_CHUNK_CHARS) chunk += replay[i++]!.wire;
+        if (!res.write(chunk)) await drained();
+      }
+      // Live events are held to the buffer limit again: they go once the replay has drained.
+      if (res.writableNeedDrain && !gone) await drained();
+      if (gone || res.writableEnded) return;
+      res.write(this.frame(undefined, 'replayed', JSON.stringify({ events: replay.length, ended })));
+      if (ended) res.write(this.frame(undefined, 'end', '{}'));
+      const held = subscriber.held ?? [];
+      delete subscriber.held;
+      for (const text of held) this.write(subscriber, text);
+    })();
   }
 
   private frame(id: number | undefined, event: string, data: string): string {

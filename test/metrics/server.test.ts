@@ -1,3 +1,4 @@
+import { get as httpGet } from 'node:http';
 import { join } from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { lastValueFrom, Subject, toArray } from 'rxjs';
@@ -118,6 +119,43 @@ describe('metrics server: /metrics/stream', () => {
     elsewhere.close();
     expect(elsewhere.events[0]!.event).toBe('reset');
     expect(metricEvents(elsewhere.events).map((m) => m.step)).toEqual([0, 0, 0]);
+  });
+
+  it('a replay far over the send buffer limit reaches a slow new subscriber whole, with the live events after it', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const server = createMetricsServer(metrics.stream, undefined, { maxBufferedBytes: 64 * 1024 });
+    servers.push(server);
+    const { url } = await server.listen(0);
+    // About 25 MB of replay: more than the kernel's socket buffers take, so most of it waits in the server's.
+    const steps = 10_000;
+    const names = Array.from({ length: 20 }, (_, i) => `train/series_${i}`);
+    for (let step = 0; step < steps; step++)
+      for (const name of names) metrics.record(name, step / steps, step);
+    // A client that reads nothing for a while.
+    const text = await new Promise<string>((resolve, reject) => {
+      const req = httpGet(`${url}/metrics/stream`, (res) => {
+        res.pause();
+        setTimeout(() => {
+          metrics.record('train/series_0', 1, steps); // live, while the replay is still going out
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => {
+            const seam = body.slice(-32) + chunk;
+            body += chunk;
+            if (seam.includes(`"step":${steps}}`)) {
+              req.destroy();
+              resolve(body);
+            }
+          });
+          res.on('close', () => resolve(body));
+          res.resume();
+        }, 300);
+      });
+      req.on('error', reject);
+    });
+    const events = text.split('\n\n').map((frame) => /^event: (\w+)$/m.exec(frame)?.[1]);
+    expect(events.filter((e) => e === 'metric')).toHaveLength(names.length * steps + 1);
+    expect(events.filter((e) => e !== undefined).slice(-2)).toEqual(['replayed', 'metric']);
   });
 
   it('keeps the whole curve of each per-step series for late subscribers, and only the latest counter values', async () => {
