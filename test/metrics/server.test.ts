@@ -137,17 +137,19 @@ describe('metrics server: /metrics/stream', () => {
         res.pause();
         setTimeout(() => {
           metrics.record('train/series_0', 1, steps); // live, while the replay is still going out
-          let body = '';
+          const chunks: string[] = [];
+          let tail = '';
           res.setEncoding('utf8');
           res.on('data', (chunk: string) => {
-            const seam = body.slice(-32) + chunk;
-            body += chunk;
+            chunks.push(chunk);
+            const seam = tail + chunk;
+            tail = seam.slice(-32);
             if (seam.includes(`"step":${steps}}`)) {
               req.destroy();
-              resolve(body);
+              resolve(chunks.join(''));
             }
           });
-          res.on('close', () => resolve(body));
+          res.on('close', () => resolve(chunks.join('')));
           res.resume();
         }, 300);
       });
