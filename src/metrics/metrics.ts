@@ -34,7 +34,7 @@ export interface MetricsOptions {
   scheduler?: SchedulerLike;
 }
 
-function key(name: string, labels?: Labels): string {
+export function metricKey(name: string, labels?: Labels): string {
   return labels ? `${name}{${Object.entries(labels).map(([k, v]) => `${k}=${v}`)}}` : name;
 }
 
@@ -66,7 +66,7 @@ export class Metrics {
   }
 
   counter(name: string, labels?: Labels): Counter {
-    const k = key(name, labels);
+    const k = metricKey(name, labels);
     let c = this.counters.get(k);
     if (!c) {
       c = new Counter(name, labels);
@@ -76,7 +76,7 @@ export class Metrics {
   }
 
   gauge(name: string, labels?: Labels): Gauge {
-    const k = key(name, labels);
+    const k = metricKey(name, labels);
     let g = this.gauges.get(k);
     if (!g) {
       g = new Gauge(name, labels);
@@ -94,6 +94,15 @@ export class Metrics {
   flush(step?: number): void {
     for (const c of this.counters.values()) this.publish(c.name, 'counter', c.value, step, c.labels);
     for (const g of this.gauges.values()) this.publish(g.name, 'gauge', g.value, step, g.labels);
+  }
+
+  /** Every counter registered, with its labels and value (to save with a checkpoint). */
+  counterValues(): { name: string; labels?: Labels; value: number }[] {
+    return [...this.counters.values()].map((c) => ({
+      name: c.name,
+      ...(c.labels ? { labels: c.labels } : {}),
+      value: c.value,
+    }));
   }
 
   /** Current counter and gauge values by name (labels folded into the key), for summaries and tests. */

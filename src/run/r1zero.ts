@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
 import type { GradientBatch, Rollout, ScoredRollout } from '../../schemas/index.ts';
 import { versionReport, type StepReport } from '../learner/learner.ts';
-import { Metrics } from '../metrics/metrics.ts';
+import { metricKey, Metrics } from '../metrics/metrics.ts';
 import { boundedStaleness } from '../operators/boundedStaleness.ts';
 import { dropZeroVariance } from '../operators/dropZeroVariance.ts';
 import { groupRelativeAdvantages } from '../operators/groupRelativeAdvantages.ts';
@@ -121,6 +121,24 @@ interface RunState {
    */
   trainedCursor: number;
   version: number;
+  /**
+   * This run's counters (a shared Metrics's earlier counts left out): at the checkpoint, and at the
+   * end of a run that ended normally. A resumed run goes on from them, so that metrics.jsonl's totals
+   * carry on and its accounting covers the whole run.
+   */
+  counters?: { name: string; labels?: Record<string, string>; value: number }[];
+}
+
+/**
+ * A resumed run's counters go on from the saved ones. Samples generated and not yet decided when they
+ * were saved are regenerated (or skipped) by the resumed run: they count as dropped, reason `resumed`,
+ * so that generated = trained + dropped holds over the whole run.
+ */
+function resumeCounters(metrics: Metrics, saved: NonNullable<RunState['counters']>): void {
+  const value = (name: string) => saved.filter((c) => c.name === name).reduce((n, c) => n + c.value, 0);
+  for (const c of saved) metrics.counter(c.name, c.labels).inc(c.value);
+  const undecided = value('samples.generated') - value('samples.trained') - value('drops.samples');
+  if (undecided > 0) metrics.counter('drops.samples', { reason: 'resumed' }).inc(undecided);
 }
 
 /**
@@ -190,6 +208,13 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     ? (JSON.parse(readFileSync(statePath, 'utf8')) as RunState)
     : { trainedCursor: 0, version: 0 };
   let cursor = state.trainedCursor;
+  // This run's own counts, to save with its state.
+  const ownCounters = () =>
+    metrics
+      .counterValues()
+      .map((c) => ({ ...c, value: c.value - (countedBefore[metricKey(c.name, c.labels)] ?? 0) }))
+      .filter((c) => c.value !== 0);
+  if (resuming) resumeCounters(metrics, state.counters ?? []);
   // Data-order position of each group still in flight.
   const cursorOf = new Map<string, number>();
   const forget = (groupId: string) => cursorOf.delete(groupId);
@@ -341,8 +366,9 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           topology.run.checkpointEvery > 0 &&
           (step % topology.run.checkpointEvery === 0 || step >= totalSteps)
         ) {
+          const saved: RunState = { ...state, counters: ownCounters() };
           await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...state } });
-          writeFileSync(statePath, JSON.stringify(state));
+          writeFileSync(statePath, JSON.stringify(saved));
           emit({ kind: 'checkpoint', step, dir: checkpointDir });
         }
         if (topology.eval.every > 0 && step % topology.eval.every === 0 && step < totalSteps)
@@ -453,6 +479,10 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     }
     rollouts.complete();
     await finished;
+    // The run's final counts (drops at its end included) go with its last checkpoint's state.
+    if (stepOf(statePath) === state.version) {
+      writeFileSync(statePath, JSON.stringify({ ...state, counters: ownCounters() } satisfies RunState));
+    }
     await runEval(state.version);
   } finally {
     await Promise.all([generator.close(), learner.close()]);

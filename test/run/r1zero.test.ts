@@ -169,8 +169,30 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     await run('split', { eta: 0, steps: 2 });
     const resumed = await run('split', { eta: 0, resume: true });
     expect(resumed.steps).toBe(4);
-    const state = (dir: string) => JSON.parse(readFileSync(join(root, dir, 'state.json'), 'utf8'));
-    expect(state('split')).toEqual(state('whole'));
+    const state = (dir: string) => {
+      const { trainedCursor, version, counters } = JSON.parse(
+        readFileSync(join(root, dir, 'state.json'), 'utf8'),
+      );
+      return {
+        position: { trainedCursor, version },
+        counters: counters as { name: string; value: number }[],
+      };
+    };
+    expect(state('split').position).toEqual(state('whole').position);
+    // Counts go on from the checkpoint's: the accounting covers the whole run, and adds up.
+    const { generated, trained, drops } = resumed.accounting;
+    expect(trained).toBe(4 * 8);
+    expect(generated).toBe(trained + Object.values(drops).reduce((a, b) => a + b, 0));
+    const saved = state('split').counters;
+    expect(saved.find((c) => c.name === 'samples.trained')?.value).toBe(4 * 8);
+    const log = readFileSync(join(root, 'split', 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n');
+    const lastTrained = log
+      .map((line) => JSON.parse(line) as { name: string; kind: string; value: number })
+      .filter((m) => m.name === 'samples.trained' && m.kind === 'counter')
+      .at(-1);
+    expect(lastTrained?.value).toBe(4 * 8);
     const a = await loadCheckpoint(join(root, 'whole', 'checkpoint'));
     const b = await loadCheckpoint(join(root, 'split', 'checkpoint'));
     expect(b.policyVersion).toBe(a.policyVersion);
