@@ -41,6 +41,12 @@ it("refuses a single run's options for a recipe instead of ignoring them", async
   );
 });
 
+it('refuses --metrics-linger without a metrics server to keep up', async () => {
+  expect(await usageError('r1-zero-arithmetic', '--metrics-linger', '30')).toBe(
+    'error: --metrics-linger keeps the metrics server up: give --dashboard or --metrics-port too',
+  );
+});
+
 it('refuses more learner threads than cores', async () => {
   const n = availableParallelism() + 1;
   expect(await usageError('r1-zero-arithmetic', '--learner-threads', String(n))).toBe(

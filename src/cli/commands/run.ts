@@ -12,6 +12,7 @@ import type { RunEvent, RunSummary } from '../../run/r1zero.ts';
 import {
   connectionOf,
   nonNegativeInt,
+  nonNegativeNumber,
   portNumber,
   positiveInt,
   withConnection,
@@ -169,6 +170,20 @@ async function serveMetrics(
   return server;
 }
 
+/** Waits `seconds` (the metrics server serving the final values meanwhile), or until Ctrl-C / SIGTERM. */
+async function linger(seconds: number): Promise<void> {
+  console.log(`metrics: serving the final values for ${seconds} s more (Ctrl-C to stop now)`);
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      process.off('SIGINT', done).off('SIGTERM', done);
+      resolve();
+    };
+    const timer = setTimeout(done, seconds * 1000);
+    process.once('SIGINT', done).once('SIGTERM', done);
+  });
+}
+
 function printKafkaSummary(summary: KafkaRunSummary): void {
   console.log(`\n${summary.role} of run ${summary.run} done in ${fmt(summary.seconds / 60, 1)} min`);
   const { learner, rollout, reward } = summary;
@@ -205,6 +220,7 @@ interface RunFlags extends ConnectionFlags {
   dashboard?: number | true;
   metricsPort?: number;
   metricsHost: string;
+  metricsLinger?: number;
   transport: 'memory' | 'kafka';
   role?: KafkaRole;
   run?: string;
@@ -309,6 +325,11 @@ export function registerRunCommand(program: Command): void {
       )
       .option('--metrics-host <host>', 'address the metrics server listens on', '127.0.0.1')
       .option(
+        '--metrics-linger <seconds>',
+        'keep the metrics server up this long after the run ends, so that a scraper gets the final values (Ctrl-C ends it sooner)',
+        nonNegativeNumber,
+      )
+      .option(
         '--redo <stages>',
         'recipes: run these stages (comma-separated, or all) again although their output exists; the stages reading them follow',
         (value: string, previous: string[] = []) => [...previous, ...value.split(',').filter(Boolean)],
@@ -338,7 +359,7 @@ export function registerRunCommand(program: Command): void {
         command.error(
           `${optionNames(single).join(', ')} ${single.length === 1 ? 'applies' : 'apply'} to a single run; ${recipe.name} is a recipe, whose stages set their own steps and staleness (see \`rxrl describe ${recipe.name}\`)`,
         );
-      const served = given(['dashboard', 'metricsPort', 'metricsHost']);
+      const served = given(['dashboard', 'metricsPort', 'metricsHost', 'metricsLinger']);
       if (served.length > 0)
         command.error(
           `${optionNames(served).join(', ')} ${served.length === 1 ? 'applies' : 'apply'} to a single run; a recipe serves no live metrics: watch a stage's with rxrl dashboard runs/${recipe.name}/<stage>/metrics.jsonl`,
@@ -363,6 +384,8 @@ export function registerRunCommand(program: Command): void {
     const run = opts.run ?? topology.name;
     const metrics = new Metrics({ run });
     const completions = new Subject<ScoredRollout>();
+    if (opts.metricsLinger !== undefined && opts.dashboard === undefined && opts.metricsPort === undefined)
+      command.error('--metrics-linger keeps the metrics server up: give --dashboard or --metrics-port too');
     const server = await serveMetrics(metrics, completions, opts);
     const display = progressDisplay();
     const runDir = opts.runDir ?? defaultRunDir(run);
@@ -417,6 +440,7 @@ export function registerRunCommand(program: Command): void {
       process.off('SIGINT', stop).off('SIGTERM', stop);
       display.stop();
       completions.complete();
+      if (server && opts.metricsLinger && !controller.signal.aborted) await linger(opts.metricsLinger);
       await server?.close();
     }
   });
