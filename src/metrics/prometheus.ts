@@ -75,6 +75,13 @@ export class PrometheusExporter {
     this.prefix = options.prefix ?? 'rxrl';
   }
 
+  /** Forgets every series (their run started over). */
+  clear(): void {
+    this.registry.clear();
+    this.families.clear();
+    this.conflicts.clear();
+  }
+
   subscribe(stream: Observable<Metric>): Subscription {
     return stream.subscribe((m) => this.update(m));
   }

@@ -100,6 +100,10 @@ class Ring<T> {
   toArray(): T[] {
     return [...this.items.slice(this.start), ...this.items.slice(0, this.start)];
   }
+  clear(): void {
+    this.items.length = 0;
+    this.start = 0;
+  }
 }
 
 const resolveModule = createRequire(import.meta.url).resolve;
@@ -240,6 +244,19 @@ export class MetricsServer {
       this.server.close((error) => (error ? reject(error) : resolve()));
       this.server.closeAllConnections();
     });
+  }
+
+  /**
+   * Forgets what was published (a followed file started over by a new run): late subscribers get only
+   * what comes next, /metrics drops the old series, and connected subscribers get an event `reset`.
+   */
+  reset(): void {
+    this.valueHistory.clear();
+    this.latestTotals.clear();
+    this.completionHistory.clear();
+    this.exporter.clear();
+    const wire = this.frame(undefined, 'reset', '{}');
+    for (const s of this.subscribers) this.write(s, wire);
   }
 
   private onMetric(metric: Metric): void {

@@ -57,6 +57,8 @@ export interface ReadMetricsOptions {
 export interface FollowMetricsOptions extends ReadMetricsOptions {
   /** How often the file is checked for new lines, in ms (default 250). */
   pollMs?: number;
+  /** Called when the file was started over (it shrank: a new run in the same directory), before its lines. */
+  onRestart?: () => void;
 }
 
 /** The default report of an invalid line: `path:line: reason` on stderr. */
@@ -147,6 +149,7 @@ export function followMetricsJsonl(path: string, options: FollowMetricsOptions =
         partial = '';
         decoder = new TextDecoder('utf-8');
         handle = lineHandler(path, onInvalid, (m) => subscriber.next(m));
+        options.onRestart?.();
       }
       if (size === offset) return;
       const file = await open(path, 'r');

@@ -28,16 +28,35 @@ function formatTable(rows: string[][], rightAligned: readonly number[] = []): st
   );
 }
 
+/**
+ * Whether `m` starts the run over from `current`: a training step below the current one (a resumed run
+ * repeating the steps after its checkpoint). An evaluation may come late (`eval/*` of an earlier step).
+ */
+export function stepsWentBack(m: Metric, current: number | undefined): boolean {
+  return m.step !== undefined && current !== undefined && m.step < current && !m.name.startsWith('eval/');
+}
+
 /** The latest value of each series, sorted by name. */
 export class LatestTable {
   private readonly latest = new Map<string, Metric>();
   private count = 0;
-  private maxStep: number | undefined;
+  private step: number | undefined;
 
   update(m: Metric): void {
     this.count++;
     this.latest.set(seriesKey(m), m);
-    if (m.step !== undefined && (this.maxStep === undefined || m.step > this.maxStep)) this.maxStep = m.step;
+    if (
+      m.step !== undefined &&
+      (this.step === undefined || m.step > this.step || stepsWentBack(m, this.step))
+    )
+      this.step = m.step;
+  }
+
+  /** Forgets everything (the file was started over by another run). */
+  reset(): void {
+    this.latest.clear();
+    this.count = 0;
+    this.step = undefined;
   }
 
   get size(): number {
@@ -52,7 +71,7 @@ export class LatestTable {
   /** A heading line and the table (metric, kind, step, value). */
   render(): string {
     const runs = [...new Set([...this.latest.values()].map((m) => m.run))].join(', ');
-    const heading = `${runs || '(no metrics yet)'}: ${this.count} metrics${this.maxStep !== undefined ? `, step ${this.maxStep}` : ''}`;
+    const heading = `${runs || '(no metrics yet)'}: ${this.count} metrics${this.step !== undefined ? `, step ${this.step}` : ''}`;
     if (this.latest.size === 0) return heading;
     const rows = [...this.latest.entries()]
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
@@ -63,8 +82,9 @@ export class LatestTable {
 
 /**
  * One line per step: `step 12  reward/mean 0.25  train/kl 0.0013 ...`, printed once the stream has moved on
- * to a later step (or on `flush()`). A metric of an earlier step than the current one (an evaluation that
- * finished late) gets a line of its own; one without a step joins the current line.
+ * to a later step (or on `flush()`). An evaluation of an earlier step than the current one (one that
+ * finished late) gets a line of its own; a training metric of an earlier step starts the lines over from
+ * there (a resumed run repeating the steps after its checkpoint); one without a step joins the current line.
  */
 export class StepLines {
   private step: number | undefined;
@@ -77,10 +97,17 @@ export class StepLines {
       this.pending.push(m);
       return [];
     }
-    if (m.step < this.step) return [StepLines.line(m.step, [m])];
+    if (m.step < this.step && !stepsWentBack(m, this.step)) return [StepLines.line(m.step, [m])];
     const out = this.flush();
     this.step = m.step;
     this.pending = [m];
+    return out;
+  }
+
+  /** The line of the current step, if it has anything, and a fresh start (the file was started over). */
+  reset(): string[] {
+    const out = this.flush();
+    this.step = undefined;
     return out;
   }
 

@@ -160,6 +160,26 @@ describe('metrics server: /metrics/stream', () => {
     expect(events.filter((e) => e !== undefined).slice(-2)).toEqual(['replayed', 'metric']);
   });
 
+  it('reset() (a followed file started over): subscribers get reset, late ones and /metrics only what came after', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const { server, url } = await serve(metrics);
+    publishStep(metrics, 0);
+    const early = await sse(`${url}/metrics/stream`);
+    await early.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    server.reset();
+    metrics.record('reward/mean', 0.125, 0);
+    await early.waitFor(
+      (events) => events.at(-1)?.event === 'metric' && events.some((e) => e.event === 'reset'),
+    );
+    const late = await sse(`${url}/metrics/stream`);
+    await late.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    early.close();
+    late.close();
+    expect(metricEvents(late.events).map((m) => [m.name, m.value])).toEqual([['reward/mean', 0.125]]);
+    const families = parsePrometheusTextFormat(await (await fetch(`${url}/metrics`)).text());
+    expect(families.map((f) => f.name)).toEqual(['rxrl_reward_mean']);
+  });
+
   it('keeps the whole curve of each per-step series for late subscribers, and only the latest counter values', async () => {
     const metrics = new Metrics({ run: 'run-a' });
     const server = createMetricsServer(metrics.stream, undefined, { history: 3 });

@@ -104,9 +104,11 @@ describe('followMetricsJsonl', () => {
     const path = join(tempDir(), 'metrics.jsonl');
     const seen: Metric[] = [];
     const invalid: number[] = [];
+    let restarts = 0;
     const subscription = followMetricsJsonl(path, {
       pollMs: 10,
       onInvalid: (i) => invalid.push(i.line),
+      onRestart: () => restarts++,
     }).subscribe((m) => seen.push(m));
     // Waits for a file that is not there yet.
     await new Promise((resolve) => setTimeout(resolve, 50));
@@ -119,11 +121,13 @@ describe('followMetricsJsonl', () => {
     appendFileSync(path, `${second.slice(10)}\nbroken\n${JSON.stringify(metric('b', 3, 1))}\n`);
     await until(seen, 3);
     expect(invalid).toEqual([3]);
+    expect(restarts).toBe(0);
     // A new run in the same directory writes the file anew.
     writeFileSync(path, `${JSON.stringify(metric('c', 4, 0))}\n`);
     await until(seen, 4);
     subscription.unsubscribe();
     expect(seen.map((m) => `${m.name}=${m.value}`)).toEqual(['a=1', 'a=2', 'b=3', 'c=4']);
+    expect(restarts).toBe(1);
   });
 });
 
@@ -158,14 +162,45 @@ describe('terminal views', () => {
       metric('x', 1, 0),
       metric('y', 2, 0),
       metric('x', 3, 1),
-      metric('eval', 0.5, 0),
+      metric('eval/pass@1', 0.5, 0),
       metric('x', 4, 2),
     ].flatMap((m) => lines.update(m));
     expect([...out, ...lines.flush()]).toEqual([
       'step 0  x 1  y 2',
-      'step 0  eval 0.5',
+      'step 0  eval/pass@1 0.5',
       'step 1  x 3',
       'step 2  x 4',
     ]);
+  });
+
+  it('a resumed run repeating the steps after its checkpoint starts the step lines and the table heading over', () => {
+    const lines = new StepLines();
+    const table = new LatestTable();
+    const stream = [
+      ...[1, 2, 3, 4].flatMap((step) => [
+        metric('reward/mean', step, step),
+        metric('train/loss', -step, step),
+      ]),
+      // Resumed from the checkpoint of step 2: steps 3 and 4 come (again).
+      ...[3, 4].flatMap((step) => [
+        metric('reward/mean', 10 * step, step),
+        metric('train/loss', -10 * step, step),
+      ]),
+    ];
+    const out = stream.flatMap((m) => {
+      table.update(m);
+      return lines.update(m);
+    });
+    expect([...out, ...lines.flush()]).toEqual([
+      'step 1  reward/mean 1  train/loss -1',
+      'step 2  reward/mean 2  train/loss -2',
+      'step 3  reward/mean 3  train/loss -3',
+      'step 4  reward/mean 4  train/loss -4',
+      'step 3  reward/mean 30  train/loss -30',
+      'step 4  reward/mean 40  train/loss -40',
+    ]);
+    expect(table.render().split('\n')[0]).toBe('r: 12 metrics, step 4');
+    table.reset();
+    expect(table.render()).toBe('(no metrics yet): 0 metrics');
   });
 });

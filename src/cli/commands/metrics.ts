@@ -10,7 +10,7 @@ import { Option, type Command } from 'commander';
 import { tap, type Observable } from 'rxjs';
 import type { Metric } from '../../../schemas/index.ts';
 import { loadRuns, plotSpec, renderSvg, STANDARD_PANELS, svgToPng } from '../../metrics/plot.ts';
-import { createMetricsServer } from '../../metrics/server.ts';
+import { createMetricsServer, type MetricsServer } from '../../metrics/server.ts';
 import { metricsFromKafka, metricsFromServer } from '../../metrics/sources.ts';
 import {
   followMetricsJsonl,
@@ -88,7 +88,13 @@ export function registerMetricsCommands(program: Command): void {
         if (!follow && !existsSync(source)) command.error(`No such file: ${source}`);
         if (!existsSync(source)) process.stderr.write(`waiting for ${source} to appear (Ctrl-C to stop)\n`);
         const read = follow
-          ? followMetricsJsonl(source)
+          ? followMetricsJsonl(source, {
+              onRestart: () => {
+                table.reset();
+                for (const line of steps.reset()) out(line);
+                if (format === 'steps') out(`(${source} was started over)`);
+              },
+            })
           : readMetricsJsonl(source, {
               onInvalid: (invalid) => {
                 lines.invalid++;
@@ -151,7 +157,10 @@ export function registerMetricsCommands(program: Command): void {
     .action(async (file: string, flags: { port: number; host: string }) => {
       if (!existsSync(file))
         process.stderr.write(`${file} does not exist yet: the dashboard fills in once it does\n`);
-      const server = createMetricsServer(followMetricsJsonl(file));
+      // A new run started in the same directory: the dashboard starts over with it.
+      const server: MetricsServer = createMetricsServer(
+        followMetricsJsonl(file, { onRestart: () => server.reset() }),
+      );
       const { url } = await server.listen(flags.port, flags.host);
       process.stdout.write(`dashboard of ${file}: ${url}/  (Ctrl-C to stop)\n`);
       await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
