@@ -9,7 +9,10 @@ import { join } from 'node:path';
 import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { decodeMessage } from '../../src/transport/kafka/source.ts';
-import { deleteRunTopics, topicName } from '../../src/transport/kafka/topics.ts';
+import { isCheckpoint } from '../../src/policy/checkpoint.ts';
+import { KafkaPublisher } from '../../src/transport/kafka/sink.ts';
+import { createRunTopics, deleteRunTopics, topicName } from '../../src/transport/kafka/topics.ts';
+import { publishPolicyVersion } from '../../src/transport/kafka/weights.ts';
 import { readTopicSince } from '../../src/run/kafka/common.ts';
 import { runOverKafka, type KafkaRunEvent } from '../../src/run/kafka/index.ts';
 import { connection, unique, waitFor } from './helpers.ts';
@@ -161,6 +164,31 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
     } finally {
       await member.disconnect();
     }
+  });
+
+  it("a learner started in a directory that is not the run's stops before writing a checkpoint there", async () => {
+    const run = newRun('wrong-dir');
+    await createRunTopics(connection, run);
+    // The run's versions topic is at version 3: another learner, in another directory, published it.
+    const publisher = new KafkaPublisher({ connection });
+    await publishPolicyVersion(publisher, run, { schemaVersion: 1, version: 3, step: 3, time: Date.now() });
+    await publisher.close();
+    const runDir = join(root, run);
+    await expect(
+      runOverKafka({
+        topology: tiny,
+        backend: 'wasm',
+        role: 'learner',
+        connection,
+        run,
+        runDir,
+        cacheDir,
+        sessionTimeoutMs: 6_000,
+      }),
+    ).rejects.toThrow(
+      `${topicName(run, 'versions')} already has policy version 3, but the checkpoint in ${runDir} is at 0`,
+    );
+    expect(isCheckpoint(join(runDir, 'checkpoint'))).toBe(false);
   });
 
   it('processes: a rollout worker killed mid-run loses no prompt; the other takes over its partitions', async () => {

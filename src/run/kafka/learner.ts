@@ -459,7 +459,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       emit({ kind: 'version-published', version, bytes: bytes.byteLength });
     };
 
-    if (!resuming) await checkpoint('start');
+    // Checked before the first checkpoint: a learner in the wrong directory writes nothing there.
     const latest = await latestPublishedVersion(
       connection,
       run,
@@ -471,6 +471,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           `${state.version}: this is not the directory of the learner that published it`,
       );
     }
+    if (!resuming) await checkpoint('start');
     if (latest < state.version || latest < 0) await publishVersion(state.version, weights);
     else lastPublished = latest;
 
