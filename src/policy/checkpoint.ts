@@ -120,24 +120,47 @@ export async function saveCheckpoint(
     throw error;
   }
   // What a save stopped part-way left beside the target (this one's own are gone by now).
-  await Promise.all(
-    leftBeside(target, 'old')
-      .concat(leftBeside(target, 'tmp'))
-      .map((d) => rm(d, { recursive: true, force: true })),
-  );
+  await Promise.all(leftBeside(target).map((d) => rm(d, { recursive: true, force: true })));
 }
 
-/** The directories a save of `target` renamed aside (`old`) or wrote in (`tmp`) and did not remove. */
-function leftBeside(target: string, kind: 'old' | 'tmp'): string[] {
+/** Removes a checkpoint directory and whatever a save of it stopped part-way left beside it. */
+export async function removeCheckpoint(dir: string): Promise<void> {
+  const target = path.resolve(dir);
+  await Promise.all([target, ...leftBeside(target)].map((d) => rm(d, { recursive: true, force: true })));
+}
+
+/**
+ * The directories a save of `target` renamed aside (`old`) or wrote in (`tmp`) and did not remove: named
+ * as siblingName names them, by a process that is gone (a save in another live process, of the same
+ * cached base model say, is left alone).
+ */
+function leftBeside(target: string, kinds: readonly ('old' | 'tmp')[] = ['old', 'tmp']): string[] {
   const parent = path.dirname(target);
-  const prefix = `${path.basename(target)}.${kind}-`;
+  const base = path.basename(target).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const pattern = new RegExp(`^${base}\\.(${kinds.join('|')})-(\\d+)-[0-9a-f]{8}$`);
   let names: string[];
   try {
     names = readdirSync(parent);
   } catch {
     return [];
   }
-  return names.filter((name) => name.startsWith(prefix)).map((name) => path.join(parent, name));
+  return names
+    .filter((name) => {
+      const m = pattern.exec(name);
+      return m !== null && !alive(Number(m[2]));
+    })
+    .map((name) => path.join(parent, name));
+}
+
+/** Whether another process with this pid is running (this one's own saves are finished when asked). */
+function alive(pid: number): boolean {
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /**
@@ -146,7 +169,7 @@ function leftBeside(target: string, kind: 'old' | 'tmp'): string[] {
  */
 export function checkpointAt(dir: string): string | undefined {
   if (existsSync(path.join(dir, MANIFEST))) return dir;
-  const aside = leftBeside(path.resolve(dir), 'old').filter((d) => existsSync(path.join(d, MANIFEST)));
+  const aside = leftBeside(path.resolve(dir), ['old']).filter((d) => existsSync(path.join(d, MANIFEST)));
   return aside.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
 }
 

@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { join } from 'node:path';
 import { SftTrainer, type SftExample } from '../learner/sft.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { withBackendThreads } from '../policy/backend.ts';
-import { isCheckpoint, loadCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
+import { isCheckpoint, loadCheckpoint, removeCheckpoint, saveCheckpoint } from '../policy/checkpoint.ts';
 import { GPT, type GPTConfig } from '../policy/gpt.ts';
 import type { Tokenizer } from '../policy/tokenizer.ts';
 import { seededUniform } from '../random.ts';
@@ -152,6 +152,6 @@ export async function ensureBaseModel(options: {
     policyVersion: 0,
     metadata: { stage: 'pretrain', topology: topology.name },
   });
-  rmSync(partialDir, { recursive: true, force: true });
+  await removeCheckpoint(partialDir);
   return { model, dir, cached: false };
 }

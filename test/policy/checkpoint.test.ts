@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -73,16 +73,23 @@ describe('checkpoint', () => {
     // What saveCheckpoint leaves when stopped after renaming the old checkpoint aside and before
     // renaming the new one (complete, in its temporary directory) into place.
     await saveCheckpoint(path.join(own, 'staged'), { model: second, tokenizer, policyVersion: 2 });
-    await rename(dir, `${dir}.old-123-0a0b0c0d`);
-    await rename(path.join(own, 'staged'), `${dir}.tmp-123-0e0f0a0b`);
+    await rename(dir, `${dir}.old-999999999-0a0b0c0d`);
+    await rename(path.join(own, 'staged'), `${dir}.tmp-999999999-0e0f0a0b`);
 
     expect(isCheckpoint(dir)).toBe(true);
     const standing = await loadCheckpoint(dir);
     expect(standing.policyVersion).toBe(1);
     expect(logProbs(standing.model)).toEqual(logProbs(first));
 
+    // Left alone: a directory of one's own that merely starts alike, and a save in a live process.
+    await mkdir(`${dir}.old-good`);
+    await mkdir(`${dir}.tmp-${process.ppid}-0c0d0e0f`);
     await saveCheckpoint(dir, { model: third, tokenizer, policyVersion: 3 });
-    expect(await readdir(own)).toEqual(['checkpoint']);
+    expect((await readdir(own)).sort()).toEqual([
+      'checkpoint',
+      'checkpoint.old-good',
+      `checkpoint.tmp-${process.ppid}-0c0d0e0f`,
+    ]);
     expect((await loadCheckpoint(dir)).policyVersion).toBe(3);
     expect(isCheckpoint(path.join(own, 'nothing'))).toBe(false);
     [first, second, third, standing.model].forEach((m) => m.dispose());
