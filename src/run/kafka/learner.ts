@@ -683,6 +683,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     clearInterval(sweep);
     pipeline.unsubscribe();
     await training.catch(() => undefined);
+    let stopFailure: unknown;
     try {
       if (!failure) {
         // Prompts still out when the last step is taken will not be trained: dropped, counted.
@@ -694,15 +695,16 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
         }
         await checkpoint('stop');
       }
-    } finally {
-      // Also when the last checkpoint fails: the consumer leaves <run>.learner (a member left behind
-      // would keep the next learner out).
-      sourceSubscription.unsubscribe();
-      ctx.signal.removeEventListener('abort', onAbort);
+    } catch (error) {
+      stopFailure = error;
     }
-    if (failure) {
+    // Also when the last checkpoint failed: the consumer leaves <run>.learner before the error goes up
+    // (a member left behind would keep the next learner out until its session timed out).
+    sourceSubscription.unsubscribe();
+    ctx.signal.removeEventListener('abort', onAbort);
+    if (failure || stopFailure) {
       await source.closed().catch(() => undefined);
-      throw failure;
+      throw failure ?? stopFailure;
     }
     await source.closed();
     emit({ kind: 'stopped', role: 'learner', reason: stopReason });
