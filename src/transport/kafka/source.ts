@@ -191,9 +191,6 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
   const where = `Kafka topic ${topic} (consumer group ${groupId})`;
 
   const observable = new Observable<Delivery<T>>((subscriber) => {
-    // closed() waits for this subscription from now on: its consumer is live until its teardown is done.
-    let ended!: (error: Error | undefined) => void;
-    closing.add(new Promise<Error | undefined>((resolve) => (ended = resolve)));
     const kafka = createKafka(options.connection);
     const consumer = kafka.consumer({
       groupId,
@@ -209,6 +206,10 @@ export function kafkaRecords<T>(options: KafkaRecordsOptions<T>): KafkaSource<T>
       maxBatchBytes: DLQ_MAX_MESSAGE_BYTES - 64 * 1024,
     });
     const log = consumer.logger();
+    // closed() waits for this subscription from now on (not before: a setup that throws leaves nothing to
+    // wait for): its consumer is live until its teardown is done.
+    let ended!: (error: Error | undefined) => void;
+    closing.add(new Promise<Error | undefined>((resolve) => (ended = resolve)));
 
     let closed = false;
     let paused = false;
