@@ -50,6 +50,7 @@ export async function runReward(ctx: RoleContext): Promise<RewardSummary> {
 
   const subscriptions: Subscription[] = [];
   let stopped: 'finished' | 'signal';
+  let closeFailure: unknown;
   try {
     stopped = await new Promise<'finished' | 'signal'>((resolve, reject) => {
       if (ctx.signal.aborted) return resolve('signal');
@@ -100,13 +101,13 @@ export async function runReward(ctx: RoleContext): Promise<RewardSummary> {
     // Also when scoring or publishing failed: the consumers leave their groups, the producer
     // disconnects and the watch group goes, so that a failed worker neither lingers nor leaves litter.
     for (const subscription of subscriptions) subscription.unsubscribe();
-    await Promise.all([
-      rollouts.closed().catch(() => {}),
-      versions.closed().catch(() => {}),
-      publisher.close().catch(() => {}),
-    ]);
+    const closing = await Promise.allSettled([rollouts.closed(), versions.closed(), publisher.close()]);
     await deleteGroups(connection, [watchGroup]);
+    closeFailure = closing.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason;
   }
+  // A worker that stopped cleanly reports what went wrong on the way out (a last offset commit that
+  // failed: its last rollouts will be scored again); one that failed has reported why it failed.
+  if (closeFailure) throw closeFailure;
   ctx.emit({ kind: 'stopped', role: 'reward', reason: stopped });
   return { worker: ctx.workerId, scored };
 }
