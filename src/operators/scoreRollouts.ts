@@ -117,9 +117,11 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
             controller.abort(new RewardTimeout(`${name} timed out after ${timeoutMs} ms`));
           }, timeoutMs);
           timers.push(timer);
+          // Answered after a sibling's timeout aborted the signal (with a value or an error): a timeout too.
+          const timedOut = () => controller.signal.reason instanceof RewardTimeout;
           promise.then(
-            (v) => settle(() => v),
-            (err) => settle(() => fail(name, controller.signal.aborted ? controller.signal.reason : err)),
+            (v) => settle(() => (timedOut() ? fail(name, controller.signal.reason) : v)),
+            (err) => settle(() => fail(name, timedOut() ? controller.signal.reason : err)),
           );
         });
       let pending = false;
@@ -137,8 +139,12 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
       });
       const emit = (vs: Score[]) => {
         finished = true;
-        subscriber.next(finish(rollout, vs));
-        subscriber.complete();
+        try {
+          subscriber.next(finish(rollout, vs));
+          subscriber.complete();
+        } catch (error) {
+          subscriber.error(error);
+        }
       };
       if (!pending) {
         emit(values as Score[]);

@@ -102,9 +102,16 @@ describe('scoreRollouts', () => {
         ),
     };
     const hangs: RewardFunction = { name: 'hangs', score: () => new Promise(() => {}) };
+    // "quits" answers null as soon as the signal aborts.
+    const quits: RewardFunction = {
+      name: 'quits',
+      score: (_input, signal) =>
+        new Promise((resolve) => signal.addEventListener('abort', () => resolve(null))),
+    };
     for (const rewards of [
-      [hangs, polite],
-      [polite, hangs],
+      [hangs, polite, quits],
+      [polite, quits, hangs],
+      [quits, hangs, polite],
     ]) {
       const metrics = new Metrics({ run: 't' });
       const [out] = await firstValueFrom(
@@ -113,10 +120,12 @@ describe('scoreRollouts', () => {
           toArray(),
         ),
       );
-      expect(out!.rewards).toEqual({ polite: null, hangs: null });
+      expect(out!.rewards).toEqual({ polite: null, hangs: null, quits: null });
+      expect(out!.reward).toBeNull();
       expect(metrics.snapshot()).toMatchObject({
         'reward.failures{reward=polite,kind=timeout}': 1,
         'reward.failures{reward=hangs,kind=timeout}': 1,
+        'reward.failures{reward=quits,kind=timeout}': 1,
         'reward.failures{reward=polite,kind=error}': 0,
       });
     }
