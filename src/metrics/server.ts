@@ -79,7 +79,16 @@ interface Subscriber {
   completions: boolean;
   /** Live events held while the replay is written (it waits for the socket to drain between chunks). */
   held?: string[];
+  heldChars?: number;
+  /** Writes the rest of the replay at once, then `replayed` and the held events (the server is closing). */
+  finishReplay?: () => void;
 }
+
+/** How long close() waits for subscribers to take what was written to them before it cuts them off. */
+const CLOSE_FLUSH_MS = 2_000;
+
+/** Tags a server's event ids; a new one on reset(). */
+const newEpoch = (): string => `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
 
 /** How much of a replay is written at a time (then it waits for the socket to drain). */
 const REPLAY_CHUNK_CHARS = 256 * 1024;
@@ -164,7 +173,7 @@ export class MetricsServer {
    * server's event (a run restarted on the same port) gets everything, after a `reset` event, instead
    * of nothing up to an id that meant another stream.
    */
-  private readonly epoch = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
+  private epoch = newEpoch();
   private published = 0;
   private ended = false;
   private address: MetricsServerAddress | undefined;
@@ -237,8 +246,18 @@ export class MetricsServer {
     clearInterval(this.heartbeat);
     for (const s of this.subscriptions) s.unsubscribe();
     this.end();
-    for (const s of this.subscribers) s.res.end();
+    // Each subscriber gets the rest of its replay and `end`; the server waits (a little) for them to go out.
+    const flushed = [...this.subscribers].map((s) => {
+      s.finishReplay?.();
+      return new Promise<void>((resolve) => s.res.end(resolve));
+    });
     this.subscribers.clear();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(flushed),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_FLUSH_MS))),
+    ]);
+    clearTimeout(timer);
     if (!this.server.listening) return;
     await new Promise<void>((resolve, reject) => {
       this.server.close((error) => (error ? reject(error) : resolve()));
@@ -255,6 +274,8 @@ export class MetricsServer {
     this.latestTotals.clear();
     this.completionHistory.clear();
     this.exporter.clear();
+    // Ids from before mean nothing now: a client reconnecting with one gets `reset` and everything.
+    this.epoch = newEpoch();
     const wire = this.frame(undefined, 'reset', '{}');
     for (const s of this.subscribers) this.write(s, wire);
   }
@@ -291,15 +312,24 @@ export class MetricsServer {
   private write(s: Subscriber, text: string): void {
     if (s.held) {
       s.held.push(text);
+      s.heldChars = (s.heldChars ?? 0) + text.length;
+      // A client that stopped reading mid-replay: dropped once what waits for it passes the limit.
+      if (s.heldChars > this.options.maxBufferedBytes) this.dropSlow(s);
       return;
     }
     if (s.res.writableLength > this.options.maxBufferedBytes) {
-      // Too slow: dropped rather than holding the run's memory; EventSource reconnects with Last-Event-ID.
-      this.subscribers.delete(s);
-      s.res.destroy();
+      this.dropSlow(s);
       return;
     }
     s.res.write(text);
+  }
+
+  /** Too slow: dropped rather than holding the run's memory; EventSource reconnects with Last-Event-ID. */
+  private dropSlow(s: Subscriber): void {
+    this.subscribers.delete(s);
+    delete s.held;
+    delete s.finishReplay;
+    s.res.destroy();
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
@@ -395,22 +425,41 @@ export class MetricsServer {
         res.on('close', done);
       });
     const ended = this.ended;
-    void (async () => {
-      res.write('retry: 2000\n\n');
-      if (otherStream) res.write(this.frame(undefined, 'reset', '{}'));
-      for (let i = 0; i < replay.length && !gone && !res.writableEnded;) {
-        let chunk = '';
-        while (i < replay.length && chunk.length < REPLAY_CHUNK_CHARS) chunk += replay[i++]!.wire;
-        if (!res.write(chunk)) await drained();
-      }
-      // Live events are held to the buffer limit again: they go once the replay has drained.
-      if (res.writableNeedDrain && !gone) await drained();
-      if (gone || res.writableEnded) return;
+    let next = 0; // the next replay event to write
+    const complete = (direct: boolean) => {
       res.write(this.frame(undefined, 'replayed', JSON.stringify({ events: replay.length, ended })));
       if (ended) res.write(this.frame(undefined, 'end', '{}'));
       const held = subscriber.held ?? [];
       delete subscriber.held;
-      for (const text of held) this.write(subscriber, text);
+      delete subscriber.finishReplay;
+      for (const text of held) {
+        if (direct) res.write(text);
+        else this.write(subscriber, text);
+      }
+    };
+    subscriber.finishReplay = () => {
+      res.write(
+        replay
+          .slice(next)
+          .map((e) => e.wire)
+          .join(''),
+      );
+      next = replay.length;
+      complete(true);
+    };
+    res.write('retry: 2000\n\n');
+    if (otherStream) res.write(this.frame(undefined, 'reset', '{}'));
+    void (async () => {
+      while (next < replay.length && !gone && !res.writableEnded) {
+        let chunk = '';
+        while (next < replay.length && chunk.length < REPLAY_CHUNK_CHARS) chunk += replay[next++]!.wire;
+        if (!res.write(chunk)) await drained();
+      }
+      // Live events are held to the buffer limit again: they go once the replay has drained.
+      if (res.writableNeedDrain && !gone && !res.writableEnded) await drained();
+      // Gone, dropped as too slow, or finished by close(): nothing more to write here.
+      if (gone || res.writableEnded || !subscriber.finishReplay) return;
+      complete(false);
     })();
   }
 

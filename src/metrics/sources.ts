@@ -33,6 +33,8 @@ export interface ServerSourceOptions {
   /** Keep reading live metrics (until the server says the stream ended); otherwise stop after the replay. */
   follow?: boolean;
   filter?: MetricFilter;
+  /** Called when the server says what it had is gone (`reset`: the file it follows was started over). */
+  onReset?: () => void;
 }
 
 /**
@@ -54,6 +56,7 @@ export function metricsFromServer(address: string, options: ServerSourceOptions 
       onEvent: (event) => {
         if (done) return;
         if (event.event === 'metric') subscriber.next(JSON.parse(event.data) as Metric);
+        else if (event.event === 'reset') options.onReset?.();
         else if (event.event === 'end' || (event.event === 'replayed' && !options.follow)) finish();
       },
     });

@@ -160,6 +160,53 @@ describe('metrics server: /metrics/stream', () => {
     expect(events.filter((e) => e !== undefined).slice(-2)).toEqual(['replayed', 'metric']);
   });
 
+  it('a client that stops reading mid-replay: closing the server still sends it everything and `end`; live events past the limit drop it', async () => {
+    const history = async () => {
+      const metrics = new Metrics({ run: 'run-a' });
+      const server = createMetricsServer(metrics.stream, undefined, { maxBufferedBytes: 64 * 1024 });
+      servers.push(server);
+      const { url } = await server.listen(0);
+      for (let step = 0; step < 10_000; step++)
+        for (let i = 0; i < 20; i++) metrics.record(`train/series_${i}`, step, step);
+      return { metrics, server, url };
+    };
+    /** A subscriber that reads nothing until `resume` is called; then everything until the server closes. */
+    const stalled = (url: string) =>
+      new Promise<{ resume: () => Promise<string> }>((resolve, reject) => {
+        httpGet(`${url}/metrics/stream`, (res) => {
+          res.pause();
+          resolve({
+            resume: () =>
+              new Promise<string>((done) => {
+                const chunks: string[] = [];
+                res.setEncoding('utf8');
+                res.on('data', (chunk: string) => chunks.push(chunk));
+                res.on('close', () => done(chunks.join('')));
+                res.resume();
+              }),
+          });
+        }).on('error', reject);
+      });
+    const events = (text: string) => text.split('\n\n').map((frame) => /^event: (\w+)$/m.exec(frame)?.[1]);
+
+    const first = await history();
+    const client = await stalled(first.url);
+    const closed = first.server.close();
+    const received = events(await client.resume());
+    await closed;
+    expect(received.filter((e) => e === 'metric')).toHaveLength(200_000);
+    expect(received.filter((e) => e !== undefined && e !== 'metric')).toEqual(['replayed', 'end']);
+
+    const second = await history();
+    const slow = await stalled(second.url);
+    await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 1000; i++) second.metrics.record('reward/mean', i, 10_000 + i); // ~100 KB held
+    const health = await (await fetch(`${second.url}/healthz`)).json();
+    expect(health).toMatchObject({ subscribers: 0 });
+    const cut = events(await slow.resume());
+    expect(cut).not.toContain('replayed');
+  });
+
   it('reset() (a followed file started over): subscribers get reset, late ones and /metrics only what came after', async () => {
     const metrics = new Metrics({ run: 'run-a' });
     const { server, url } = await serve(metrics);
@@ -176,6 +223,13 @@ describe('metrics server: /metrics/stream', () => {
     early.close();
     late.close();
     expect(metricEvents(late.events).map((m) => [m.name, m.value])).toEqual([['reward/mean', 0.125]]);
+    // A dashboard that was away during the reset comes back with an id from before it: reset, all again.
+    const before = early.events.find((e) => e.event === 'metric')!.id!;
+    const back = await sse(`${url}/metrics/stream`, { 'last-event-id': before });
+    await back.waitFor((events) => events.some((e) => e.event === 'replayed'));
+    back.close();
+    expect(back.events[0]!.event).toBe('reset');
+    expect(metricEvents(back.events).map((m) => m.value)).toEqual([0.125]);
     const families = parsePrometheusTextFormat(await (await fetch(`${url}/metrics`)).text());
     expect(families.map((f) => f.name)).toEqual(['rxrl_reward_mean']);
   });

@@ -83,18 +83,12 @@ export function registerMetricsCommands(program: Command): void {
       } else if (source === undefined) {
         command.error('Give a source (http://host:port or a metrics.jsonl file) or --topic <run>.metrics');
       } else if (/^https?:\/\//.test(source)) {
-        metrics = metricsFromServer(source, { follow, filter });
+        metrics = metricsFromServer(source, { follow, filter, onReset: () => startedOver(source) });
       } else {
         if (!follow && !existsSync(source)) command.error(`No such file: ${source}`);
         if (!existsSync(source)) process.stderr.write(`waiting for ${source} to appear (Ctrl-C to stop)\n`);
         const read = follow
-          ? followMetricsJsonl(source, {
-              onRestart: () => {
-                table.reset();
-                for (const line of steps.reset()) out(line);
-                if (format === 'steps') out(`(${source} was started over)`);
-              },
-            })
+          ? followMetricsJsonl(source, { onRestart: () => startedOver(source) })
           : readMetricsJsonl(source, {
               onInvalid: (invalid) => {
                 lines.invalid++;
@@ -104,6 +98,12 @@ export function registerMetricsCommands(program: Command): void {
         metrics = metricsOf(read, filter);
       }
 
+      // A new run started where the followed one was: the views start over with it.
+      function startedOver(what: string): void {
+        table.reset();
+        for (const line of steps.reset()) out(line);
+        if (format === 'steps') out(`(${what} was started over)`);
+      }
       const tty = process.stdout.isTTY === true;
       const format = flags.format ?? (follow && !tty ? 'steps' : 'table');
       const table = new LatestTable();
