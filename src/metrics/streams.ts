@@ -135,16 +135,20 @@ export function followMetricsJsonl(path: string, options: FollowMetricsOptions =
     let timer: NodeJS.Timeout | undefined;
     let decoder = new TextDecoder('utf-8');
 
+    let inode: number | undefined;
     const readNew = async (): Promise<void> => {
       let size: number;
+      let ino: number;
       try {
-        size = (await stat(path)).size;
+        ({ size, ino } = await stat(path));
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') return; // not there yet
         throw error;
       }
-      if (size < offset) {
-        // Truncated: the file was started over.
+      const replaced = inode !== undefined && ino !== inode;
+      inode = ino;
+      if (size < offset || replaced) {
+        // Truncated, or another file in its place: the file was started over.
         offset = 0;
         partial = '';
         decoder = new TextDecoder('utf-8');

@@ -1,4 +1,4 @@
-import { appendFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { lastValueFrom, Subject, take, toArray } from 'rxjs';
 import { describe, expect, it } from 'vitest';
@@ -128,6 +128,22 @@ describe('followMetricsJsonl', () => {
     subscription.unsubscribe();
     expect(seen.map((m) => `${m.name}=${m.value}`)).toEqual(['a=1', 'a=2', 'b=3', 'c=4']);
     expect(restarts).toBe(1);
+  });
+
+  it('starts over when another file takes its place, even one already longer than what was read', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'metrics.jsonl');
+    const seen: string[] = [];
+    writeFileSync(path, `${JSON.stringify(metric('old', 1, 0))}\n`);
+    const subscription = followMetricsJsonl(path, { pollMs: 10 }).subscribe((m) => seen.push(m.name));
+    await until(seen, 1);
+    // A new run moved the old directory aside and wrote a longer file at once (as r1zero does).
+    const next = join(dir, 'next.jsonl');
+    writeFileSync(next, [1, 2, 3].map((i) => JSON.stringify(metric(`new${i}`, i, 0))).join('\n') + '\n');
+    renameSync(next, path);
+    await until(seen, 4);
+    subscription.unsubscribe();
+    expect(seen).toEqual(['old', 'new1', 'new2', 'new3']);
   });
 });
 
