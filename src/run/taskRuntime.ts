@@ -105,11 +105,12 @@ export function taskRuntime(topology: Topology): TaskRuntime {
   let corpusCompletion: TaskRuntime['corpusCompletion'];
   let drillDocument: TaskRuntime['drillDocument'];
   let correctness: RewardFunction;
+  // An empty <answer></answer> is no answer: it casts no vote.
   let voteKey: TaskRuntime['voteKey'] = (completion) => {
     const answer = extractAnswer(completion);
     if (answer === null) return null;
     const n = parseNumber(answer);
-    return n ? `${n.p}/${n.q}` : answer.replace(/\s+/g, '');
+    return n ? `${n.p}/${n.q}` : answer.replace(/\s+/g, '') || null;
   };
   switch (task.kind) {
     case 'arithmetic': {
@@ -136,7 +137,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
         const answer = parseCountdownAnswer(completion);
         if (answer === null) return null;
         const expr = answer.expression;
-        if (expr === null) return answer.text.replace(/\s+/g, '');
+        if (expr === null) return answer.text.replace(/\s+/g, '') || null;
         return `${Number(expr.value.toPrecision(12))} from ${expr.numbers.join(',')}`;
       };
       const noise = {

@@ -90,5 +90,8 @@ describe('cons@k votes on answers, not their spelling', () => {
     expect(countdown.voteKey('no answer')).toBeNull();
     // Arithmetic keeps numbers: 0.5 and 1/2 are one answer.
     expect(runtime.voteKey('<answer>0.5</answer>')).toBe(runtime.voteKey('<answer>1/2</answer>'));
+    // An empty answer is no answer: it casts no vote (two of them would outvote one right answer).
+    expect(runtime.voteKey('<think>x</think><answer> </answer>')).toBeNull();
+    expect(key('')).toBeNull();
   });
 });
