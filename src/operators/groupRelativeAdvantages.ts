@@ -53,10 +53,12 @@ export function groupRelativeAdvantages(
         const groups = pending;
         pending = [];
         const totals = groups.map((g) => g.samples.map((s) => s.reward));
-        // Recomputed from the named rewards when weights or per-reward normalisation ask for it.
+        // Recomputed from the named rewards when weights or per-reward normalisation ask for it. A sample
+        // whose total is null (a reward failed) is left out of its group's statistics there too: its
+        // rewards count as none (a failed one reads null, like one that does not apply).
         const recomputed = recompute
           ? multiRewardAdvantages(
-              groups.map((g) => g.samples.map((s) => s.rewards)),
+              groups.map((g) => g.samples.map((s) => (s.reward === null ? {} : s.rewards))),
               options,
             )
           : undefined;
@@ -70,7 +72,7 @@ export function groupRelativeAdvantages(
           samplesCounter.inc(samples.length);
           nullRewards.inc(samples.length - stats.n);
           if (stats.std === 0) zeroStd.inc();
-          // A null total (a reward failed, or none applied) stays out of the signal on the recomputed path too.
+          // A null total (a reward failed, or none applied) gets no signal.
           for (let i = 0; i < samples.length; i++)
             subscriber.next(withAdvantage(samples[i]!, samples[i]!.reward === null ? 0 : final[i]!));
         }
