@@ -292,10 +292,14 @@ function cutOff(
   // The n-th most likely is ascending[V - 1 - n].
   let keep = truncateK ? topK : V;
   if (truncateP) {
+    // Top-p within what top-k kept, renormalised (as Hugging Face's warpers and vLLM apply them in turn).
+    let kept = 0;
+    if (truncateK) for (let n = 0; n < keep; n++) kept += Math.exp(ascending[V - 1 - n]!);
+    const target = truncateK ? topP * kept : topP;
     let cumulative = 0;
     for (let n = 0; n < keep; n++) {
       cumulative += Math.exp(ascending[V - 1 - n]!);
-      if (cumulative >= topP) {
+      if (cumulative >= target) {
         keep = n + 1;
         break;
       }

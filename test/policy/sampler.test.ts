@@ -266,17 +266,22 @@ describe('truncatedSupport', () => {
       );
   });
 
-  it('keeps the top k, then the fewest most likely tokens reaching mass p, ties by lowest id', () => {
+  it('keeps the top k, then the fewest most likely of them reaching mass p of theirs, ties by lowest id', () => {
+    // Top-p applies to the top-k renormalised (Hugging Face's TopK then TopP warpers, vLLM): 0.4 / 0.7 >= 0.5.
+    expect(
+      truncatedSupport(Float32Array.from([0.4, 0.3, 0.2, 0.1].map(Math.log)), { topK: 2, topP: 0.5 }),
+    ).toEqual([0]);
     fc.assert(
       fc.property(truncatedRow, ({ logProbs, topK, topP }) => {
         // The definition, by sorting the ids with a comparator.
         const ids = Array.from(logProbs.keys()).sort((a, b) => logProbs[b]! - logProbs[a]! || a - b);
         let keep = topK !== undefined && topK < ids.length ? topK : ids.length;
         if (topP !== undefined && topP < 1) {
+          const kept = ids.slice(0, keep).reduce((sum, id) => sum + Math.exp(logProbs[id]!), 0);
           let mass = 0;
           for (let n = 0; n < keep; n++) {
             mass += Math.exp(logProbs[ids[n]!]!);
-            if (mass >= topP) {
+            if (mass >= topP * (keep < ids.length ? kept : 1)) {
               keep = n + 1;
               break;
             }
