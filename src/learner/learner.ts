@@ -275,6 +275,8 @@ export class Learner {
           `Learner: rollout ${s.rolloutId} has ${C} tokens but ${s.behaviourLogProbs.length} log-probs`,
         );
       }
+      // The first completion token is scored by the logits after the prompt's last: there must be one.
+      if (P === 0) throw new Error(`Learner: rollout ${s.rolloutId} has an empty prompt`);
       ids.set(s.promptTokenIds, b * T);
       ids.set(s.completionTokenIds, b * T + P);
       tokens += P + C;

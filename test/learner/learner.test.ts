@@ -181,6 +181,13 @@ describe('Learner', () => {
     expect(() => learner.train(bad)).toThrow(`rollout ${batch.samples[last]!.rolloutId} has`);
     expect(tf.memory().numTensors).toBe(before);
     expect(learner.version).toBe(0);
+    // A sample without a prompt (none scores its first token) is refused by name too.
+    const empty = {
+      ...batch,
+      samples: [{ ...batch.samples[0]!, promptTokenIds: [] }, ...batch.samples.slice(1)],
+    };
+    expect(() => learner.train(empty)).toThrow(`rollout ${batch.samples[0]!.rolloutId} has an empty prompt`);
+    expect(tf.memory().numTensors).toBe(before);
     learner.dispose();
     model.dispose();
   });
