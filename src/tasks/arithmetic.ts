@@ -9,7 +9,8 @@ export interface ArithmeticOptions {
 
 /**
  * n-digit addition and multiplication questions. The train and held-out splits are disjoint: every
- * question is assigned to a split by a hash of its text, so no seed can leak one into the other.
+ * question is assigned to a split by a hash of its problem (`a+b` and `b+a` are one problem, on one
+ * side), so no seed can leak one into the other; the held-out split has each problem once.
  */
 export function arithmeticExamples(
   split: 'train' | 'test',
@@ -21,8 +22,9 @@ export function arithmeticExamples(
   const lo = options.digits === 1 ? 0 : 10 ** (options.digits - 1);
   const hi = 10 ** options.digits - 1;
   const space = (hi - lo + 1) ** 2 * options.operations.length;
-  // About 1 question in 8 is held out (splitOf); sampling without replacement stops short of exhausting a split.
-  const available = Math.floor(0.9 * space * (split === 'train' ? 7 / 8 : 1 / 8));
+  // About 1 problem in 8 is held out (splitOf); sampling without replacement stops short of exhausting a
+  // split. The held-out split counts problems (both operations are commutative: about half the questions).
+  const available = Math.floor(0.9 * space * (split === 'train' ? 7 / 8 : 1 / 16));
   if (count > available) {
     throw new RangeError(
       `arithmetic: ${count} ${split} questions asked, at most ${available} with ${options.digits} digits`,
@@ -35,8 +37,10 @@ export function arithmeticExamples(
     const b = randomInt(rand, lo, hi);
     const op = options.operations[randomInt(rand, 0, options.operations.length - 1)]!;
     const question = `${a}${op}${b}`;
-    if (seen.has(question) || splitOf(question) !== split) continue;
-    seen.add(question);
+    const problem = `${Math.min(a, b)}${op}${Math.max(a, b)}`;
+    const key = split === 'test' ? problem : question;
+    if (seen.has(key) || splitOf(problem) !== split) continue;
+    seen.add(key);
     out.push({
       id: `arith-${split}-${seed}-${out.length}`,
       question,
@@ -46,7 +50,10 @@ export function arithmeticExamples(
   return out;
 }
 
-/** A fixed split by FNV-1a hash of the question text: 1 in 8 questions is held out. */
+/**
+ * A fixed split by FNV-1a hash of a problem's canonical text (a question with its operands or numbers in
+ * order, so that a reordered question lands on the same side): 1 in 8 is held out.
+ */
 export function splitOf(question: string): 'train' | 'test' {
   let h = 0x811c9dc5;
   for (let i = 0; i < question.length; i++) h = Math.imul(h ^ question.charCodeAt(i), 0x01000193);

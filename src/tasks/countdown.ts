@@ -57,8 +57,12 @@ export function countdownExamples(
     if (targets.length === 0) continue;
     const target = targets[randomInt(rand, 0, targets.length - 1)]!;
     const question = `Using the numbers [${numbers.join(', ')}], create an equation that equals ${target}`;
-    if (seen.has(question) || splitOf(question) !== split) continue;
-    seen.add(question);
+    // The split goes by the problem (its numbers in order, and the target): [6, 7, 10] -> 23 and
+    // [10, 6, 7] -> 23 are one problem, on one side; the held-out split has each problem once.
+    const problem = `${[...numbers].sort((x, y) => x - y).join(',')}->${target}`;
+    const key = split === 'test' ? problem : question;
+    if (seen.has(key) || splitOf(problem) !== split) continue;
+    seen.add(key);
     const answer: CountdownAnswer = { numbers, target };
     out.push({ id: `countdown-${split}-${seed}-${out.length}`, question, answer });
   }

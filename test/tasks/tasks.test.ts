@@ -23,6 +23,19 @@ describe('arithmetic', () => {
     }
   });
 
+  it('holds out problems, not spellings: no held-out a+b has b+a in training, and none comes twice', () => {
+    const problem = (q: string) =>
+      q
+        .split('+')
+        .map(Number)
+        .sort((x, y) => x - y)
+        .join('+');
+    const train = new Set(arithmeticExamples('train', 6000, 1).map((e) => problem(e.question)));
+    const test = arithmeticExamples('test', 400, 1).map((e) => problem(e.question));
+    expect(test.filter((p) => train.has(p))).toEqual([]);
+    expect(new Set(test).size).toBe(test.length);
+  });
+
   it('makes multiplication questions when asked', () => {
     const ex = arithmeticExamples('train', 50, 3, { digits: 2, operations: ['*'] });
     for (const e of ex) {
@@ -73,9 +86,15 @@ describe('countdown', () => {
     }
   });
 
-  it('train and held-out sets are disjoint', () => {
-    const train = new Set(countdownExamples('train', 200, 1).map((e) => e.question));
-    expect(countdownExamples('test', 50, 1).some((e) => train.has(e.question))).toBe(false);
+  it('train and held-out sets are disjoint, as problems: the same numbers in another order and target are one', () => {
+    const problem = (e: { answer: unknown }) => {
+      const { numbers, target } = e.answer as CountdownAnswer;
+      return `${[...numbers].sort((x, y) => x - y).join(',')}->${target}`;
+    };
+    const train = new Set(countdownExamples('train', 4000, 1).map(problem));
+    const test = countdownExamples('test', 128, 1).map(problem);
+    expect(test.filter((p) => train.has(p))).toEqual([]);
+    expect(new Set(test).size).toBe(test.length);
   });
 });
 
