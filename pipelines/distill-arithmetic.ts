@@ -10,6 +10,7 @@ export default defineRecipe({
   name: 'distill-arithmetic',
   description: "Teacher's accepted traces -> smaller student by SFT, vs the same student by RL alone.",
   topology: r1.topology,
+  final: 'student-distilled',
   stages: [
     {
       type: 'import',

@@ -11,6 +11,8 @@ export default defineRecipe({
   name: 'r1-arithmetic',
   description: 'Cold start -> reasoning RL -> rejection sampling + SFT -> second RL -> eval, vs pure RL.',
   topology: { ...base, name: 'r1-arithmetic', eval: { ...base.eval, every: 0 } },
+  // The pipeline's result; pure-rl, declared after it, is the baseline.
+  final: 'final-rl',
   stages: [
     { type: 'pretrain', name: 'base' },
     { type: 'coldStart', name: 'cold-start-data', records: 400 },

@@ -169,6 +169,11 @@ export const Recipe = z
     /** The task, template, model, pretraining, GRPO, sampling and evaluation settings stages start from. */
     topology: Topology,
     stages: z.array(Stage).min(1),
+    /**
+     * The stage whose checkpoint is the recipe's result, which `rxrl eval <recipe>` evaluates by default
+     * (a baseline declared after it, such as pure RL, is not); default: the last stage that makes one.
+     */
+    final: StageName.optional(),
   })
   .strict();
 export type Recipe = z.infer<typeof Recipe>;
@@ -311,6 +316,12 @@ export function defineRecipe(input: RecipeInput): Recipe {
       problems.push(`${where}: ${(error as Error).message}`);
     }
     seen.set(stage.name, stage);
+  }
+  if (recipe.final !== undefined) {
+    const final = seen.get(recipe.final);
+    if (!final) problems.push(`final: ${recipe.final} is not a stage of this recipe`);
+    else if (outputKind(final) !== 'checkpoint')
+      problems.push(`final: ${recipe.final} (${final.type}) makes a ${outputKind(final)}, not a checkpoint`);
   }
   if (problems.length > 0) throw new Error(`Recipe "${recipe.name}" is invalid:\n${problems.join('\n')}`);
   return recipe;

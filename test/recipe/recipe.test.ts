@@ -60,6 +60,21 @@ describe('defineRecipe', () => {
     expect(attempt).toThrow(/stages\[4\] \(both\): an import names either a checkpoint or a dataset/);
   });
 
+  it('a recipe names its result by `final`: a stage that makes a checkpoint', () => {
+    expect(r1.final).toBe('final-rl'); // not pure-rl, the baseline declared after it
+    const stages: RecipeInput['stages'] = [
+      { type: 'pretrain', name: 'base' },
+      { type: 'coldStart', name: 'data', records: 10 },
+    ];
+    expect(() => defineRecipe({ ...recipe(stages), final: 'nowhere' })).toThrow(
+      /final: nowhere is not a stage of this recipe/,
+    );
+    expect(() => defineRecipe({ ...recipe(stages), final: 'data' })).toThrow(
+      /final: data \(coldStart\) makes a dataset, not a checkpoint/,
+    );
+    expect(defineRecipe({ ...recipe(stages), final: 'base' }).final).toBe('base');
+  });
+
   it('rejects a stage setting that makes its topology invalid, and bad schema fields by path', () => {
     expect(() =>
       defineRecipe(recipe([{ type: 'pretrain', name: 'base', model: { dModel: 30, nHeads: 4 } }])),

@@ -128,10 +128,21 @@ export function registerEvalCommand(program: Command): void {
     );
 }
 
-/** Where a pipeline's run leaves its checkpoint: for a recipe, the last of its stages that left one. */
+/**
+ * Where a pipeline's run leaves its checkpoint: for a recipe, its `final` stage's, or else the last of
+ * its stages that left one.
+ */
 function defaultCheckpoint(pipeline: Pipeline, command: Command): string {
   if (pipeline.kind === 'topology') return join(defaultRunDir(pipeline.topology.name), 'checkpoint');
   const { recipe } = pipeline;
+  if (recipe.final !== undefined) {
+    const dir = join(defaultRunDir(recipe.name), recipe.final, 'checkpoint');
+    if (!isCheckpoint(dir))
+      command.error(
+        `${recipe.name}'s final stage ${recipe.final} has left no checkpoint under ${defaultRunDir(recipe.name)} yet: run it (rxrl run ${recipe.name}) or pass --checkpoint`,
+      );
+    return dir;
+  }
   const dirs = recipe.stages.map((stage) => join(defaultRunDir(recipe.name), stage.name, 'checkpoint'));
   const last = dirs.reverse().find((dir) => isCheckpoint(dir));
   if (last === undefined)
