@@ -40,6 +40,20 @@ const newRun = (prefix: string) => {
 const B = tiny.grpo.groupSize * tiny.grpo.promptsPerStep;
 
 afterEach(killAll);
+
+/** A learner of the run in this process, alone (no workers), in the run's own directory. */
+const learnerAlone = (run: string, onEvent?: (e: KafkaRunEvent) => void) =>
+  runOverKafka({
+    topology: tiny,
+    backend: 'wasm',
+    role: 'learner',
+    connection,
+    run,
+    runDir: join(root, run),
+    cacheDir,
+    sessionTimeoutMs: 6_000,
+    ...(onEvent ? { onEvent } : {}),
+  });
 afterAll(async () => {
   await Promise.all(runs.map((run) => deleteRunTopics(connection, run).catch(() => {})));
   rmSync(root, { recursive: true, force: true });
@@ -144,19 +158,7 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
         return (groups[0]?.members.length ?? 0) > 0;
       }, 'the stand-in learner to join its group');
       const events: KafkaRunEvent[] = [];
-      await expect(
-        runOverKafka({
-          topology: tiny,
-          backend: 'wasm',
-          role: 'learner',
-          connection,
-          run,
-          runDir: join(root, run),
-          cacheDir,
-          sessionTimeoutMs: 6_000,
-          onEvent: (e) => events.push(e),
-        }),
-      ).rejects.toThrow(
+      await expect(learnerAlone(run, (e) => events.push(e))).rejects.toThrow(
         `Another learner is running for run "${run}": its consumer group ${run}.learner has a member`,
       );
       expect(events.some((e) => e.kind === 'waiting' && e.role === 'learner')).toBe(true);
@@ -174,18 +176,7 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
     await publishPolicyVersion(publisher, run, { schemaVersion: 1, version: 3, step: 3, time: Date.now() });
     await publisher.close();
     const runDir = join(root, run);
-    await expect(
-      runOverKafka({
-        topology: tiny,
-        backend: 'wasm',
-        role: 'learner',
-        connection,
-        run,
-        runDir,
-        cacheDir,
-        sessionTimeoutMs: 6_000,
-      }),
-    ).rejects.toThrow(
+    await expect(learnerAlone(run)).rejects.toThrow(
       `${topicName(run, 'versions')} already has policy version 3, but the checkpoint in ${runDir} is at 0`,
     );
     expect(isCheckpoint(join(runDir, 'checkpoint'))).toBe(false);

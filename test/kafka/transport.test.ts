@@ -157,8 +157,16 @@ describe('kafkaSink -> kafkaSource', () => {
     });
     const count = (name: string) => metrics.snapshot()[`${name}{topic=${topic}}`] ?? 0;
     // Dead letters count as acked once written: everything gets committed.
-    await waitFor(() => received.length === 20 && count('kafka.commits') > 0, '20 valid records');
-    await waitFor(() => count('kafka.dead_letters') === 5, 'five dead letters');
+    // At least once: a consumer kafkajs restarts (a partition not yet hosted, right after the topic was
+    // made) may deliver a record again; what counts is that each valid record came.
+    const validIds = () => new Set(received.map((delivery) => (delivery.value as { id: string }).id));
+    await waitFor(
+      () => validIds().size === 20 && count('kafka.commits') > 0,
+      () =>
+        `20 valid records: ${received.length} delivered (${validIds().size} distinct), ` +
+        `${count('kafka.consumed')} consumed, ${count('kafka.dead_letters')} dead letters, ${count('kafka.commits')} commits`,
+    );
+    await waitFor(() => count('kafka.dead_letters') >= 5, 'five dead letters');
     const deadLetters = (await readTopic(topicName(run, 'dlq'), 5)).map((m) =>
       DeadLetter.parse(JSON.parse(m.value!.toString())),
     );
@@ -167,7 +175,7 @@ describe('kafkaSink -> kafkaSource', () => {
     await source.closed();
 
     expect(received.map((delivery) => delivery.value)).toEqual(expect.arrayContaining(valid));
-    expect(count('kafka.consumed')).toBe(25);
+    expect(count('kafka.consumed')).toBeGreaterThanOrEqual(25);
     expect(count('kafka.delivered') + count('kafka.dead_letters')).toBe(count('kafka.consumed'));
     const byKey = Object.fromEntries(deadLetters.map((letter) => [letter.key, letter]));
     expect(byKey['bad-json']).toMatchObject({ source: topic, payload: badJson, encoding: 'utf8' });
