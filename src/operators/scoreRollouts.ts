@@ -20,6 +20,7 @@ export interface ScoreRolloutsOptions {
 }
 
 class RewardTimeout extends Error {}
+const TIMED_OUT = Symbol('timed out');
 
 /** scoreRollouts' default bound on rollouts scored at once. */
 export const SCORE_CONCURRENCY = 64;
@@ -98,47 +99,45 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
         finishReason: rollout.finishReason,
       };
       const controller = new AbortController();
-      const timers: NodeJS.Timeout[] = [];
       let cancelled = false;
       let finished = false;
-      // All of a rollout's rewards start together with one deadline: when one times out, those that
-      // have not answered either are timeouts too, whatever they do once the signal aborts them.
-      const withTimeout = (name: string, promise: Promise<number | null>) =>
-        new Promise<Score>((resolve) => {
-          let settled = false;
-          const settle = (score: () => Score) => {
-            if (settled || cancelled) return;
-            settled = true;
-            clearTimeout(timer);
-            resolve(score());
-          };
-          const timer = setTimeout(() => {
-            settle(() => fail(name, new RewardTimeout()));
-            controller.abort(new RewardTimeout(`${name} timed out after ${timeoutMs} ms`));
+      // One deadline for all of a rollout's rewards, which start together: when it passes, every reward
+      // that has not answered is a timeout, whatever it does once the signal aborts it.
+      let timer: NodeJS.Timeout | undefined;
+      let deadline: Promise<typeof TIMED_OUT> | undefined;
+      const withTimeout = (name: string, promise: Promise<number | null>): Promise<Score> => {
+        deadline ??= new Promise((resolve) => {
+          timer = setTimeout(() => {
+            resolve(TIMED_OUT);
+            controller.abort(new RewardTimeout(`the rewards timed out after ${timeoutMs} ms`));
           }, timeoutMs);
-          timers.push(timer);
-          // Answered after a sibling's timeout aborted the signal (with a value or an error): a timeout too.
-          const timedOut = () => controller.signal.reason instanceof RewardTimeout;
-          promise.then(
-            (v) => settle(() => (timedOut() ? fail(name, controller.signal.reason) : v)),
-            (err) => settle(() => fail(name, timedOut() ? controller.signal.reason : err)),
-          );
         });
-      let pending = false;
+        const answer = promise.then(
+          (value) => ({ value }),
+          (error: unknown) => ({ error }),
+        );
+        // Counted once the race is decided, and not at all for a rollout whose scoring was stopped.
+        return Promise.race([answer, deadline]).then((r) =>
+          cancelled
+            ? FAILED
+            : r === TIMED_OUT
+              ? fail(name, new RewardTimeout())
+              : 'error' in r
+                ? fail(name, r.error)
+                : r.value,
+        );
+      };
       const values = options.rewards.map(({ fn }) => {
         try {
           const v = fn.score(input, controller.signal);
-          if (v instanceof Promise) {
-            pending = true;
-            return withTimeout(fn.name, v);
-          }
-          return v;
+          return v instanceof Promise ? withTimeout(fn.name, v) : v;
         } catch (err) {
           return fail(fn.name, err);
         }
       });
       const emit = (vs: Score[]) => {
         finished = true;
+        clearTimeout(timer);
         try {
           subscriber.next(finish(rollout, vs));
           subscriber.complete();
@@ -146,7 +145,7 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
           subscriber.error(error);
         }
       };
-      if (!pending) {
+      if (deadline === undefined) {
         emit(values as Score[]);
         return undefined;
       }
@@ -156,8 +155,8 @@ export function scoreRollouts(options: ScoreRolloutsOptions): OperatorFunction<R
       return () => {
         if (finished) return;
         cancelled = true;
-        for (const timer of timers) clearTimeout(timer);
-        if (!controller.signal.aborted) controller.abort(new Error('scoring stopped: unsubscribed'));
+        clearTimeout(timer);
+        controller.abort(new Error('scoring stopped: unsubscribed'));
       };
     });
 
