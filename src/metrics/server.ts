@@ -407,11 +407,7 @@ export class MetricsServer {
       .sort((a, b) => a.id - b.id);
     subscriber.held = [];
     this.subscribers.add(subscriber);
-    let gone = false;
-    const drop = () => {
-      gone = true;
-      this.subscribers.delete(subscriber);
-    };
+    const drop = () => this.subscribers.delete(subscriber);
     res.on('close', drop);
     res.on('error', drop);
     const drained = () =>
@@ -449,17 +445,17 @@ export class MetricsServer {
     };
     res.write('retry: 2000\n\n');
     if (otherStream) res.write(this.frame(undefined, 'reset', '{}'));
+    // Still being replayed here: not gone, not dropped as too slow, not finished by close().
+    const replaying = () => subscriber.finishReplay !== undefined && this.subscribers.has(subscriber);
     void (async () => {
-      while (next < replay.length && !gone && !res.writableEnded) {
+      while (next < replay.length && replaying()) {
         let chunk = '';
         while (next < replay.length && chunk.length < REPLAY_CHUNK_CHARS) chunk += replay[next++]!.wire;
         if (!res.write(chunk)) await drained();
       }
       // Live events are held to the buffer limit again: they go once the replay has drained.
-      if (res.writableNeedDrain && !gone && !res.writableEnded) await drained();
-      // Gone, dropped as too slow, or finished by close(): nothing more to write here.
-      if (gone || res.writableEnded || !subscriber.finishReplay) return;
-      complete(false);
+      if (res.writableNeedDrain && replaying()) await drained();
+      if (replaying()) complete(false);
     })();
   }
 
