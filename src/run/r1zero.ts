@@ -215,6 +215,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       .map((c) => ({ ...c, value: c.value - (countedBefore[metricKey(c.name, c.labels)] ?? 0) }))
       .filter((c) => c.value !== 0);
   if (resuming) resumeCounters(metrics, state.counters ?? []);
+  // The version of the checkpoint state.json describes (a resumed run's, until it saves one).
+  let savedVersion = resuming ? state.version : undefined;
   // Data-order position of each group still in flight.
   const cursorOf = new Map<string, number>();
   const forget = (groupId: string) => cursorOf.delete(groupId);
@@ -369,6 +371,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           const saved: RunState = { ...state, counters: ownCounters() };
           await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...state } });
           writeFileSync(statePath, JSON.stringify(saved));
+          savedVersion = step;
           emit({ kind: 'checkpoint', step, dir: checkpointDir });
         }
         if (topology.eval.every > 0 && step % topology.eval.every === 0 && step < totalSteps)
@@ -480,7 +483,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     rollouts.complete();
     await finished;
     // The run's final counts (drops at its end included) go with its last checkpoint's state.
-    if (stepOf(statePath) === state.version) {
+    if (savedVersion === state.version) {
       writeFileSync(statePath, JSON.stringify({ ...state, counters: ownCounters() } satisfies RunState));
     }
     await runEval(state.version);
