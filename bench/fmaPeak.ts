@@ -46,53 +46,42 @@ async function fmaLoop(): Promise<Uint8Array> {
   }
 }
 
-// Each worker compiles the loop, warms it up, then on each round waits at the barrier (ctl[0] is
-// the round to start, ctl[1] counts arrivals) and times one block of passes.
+// Each worker compiles the loop, warms it up, counts itself in (ctl[1]), waits for the start (ctl[0])
+// and times one block of passes.
 const WORKER = `
 const { parentPort, workerData } = require('node:worker_threads');
-const { bytes, ctl, passes, rounds } = workerData;
+const { bytes, ctl } = workerData;
 const flags = new Int32Array(ctl);
 const fma = new WebAssembly.Instance(new WebAssembly.Module(bytes)).exports.fma;
 fma(100000);
-const ms = [];
-for (let round = 1; round <= rounds; round++) {
-  Atomics.add(flags, 1, 1);
-  Atomics.wait(flags, 0, round - 1);
-  const t = performance.now();
-  fma(passes);
-  ms.push(performance.now() - t);
-}
-parentPort.postMessage(ms);
+Atomics.add(flags, 1, 1);
+Atomics.wait(flags, 0, 0);
+const t = performance.now();
+fma(${PASSES});
+parentPort.postMessage(performance.now() - t);
 `;
 
-/** Runs `threads` workers through `rounds` timed blocks started together; each round's wall times. */
-async function together(
-  bytes: Uint8Array,
-  threads: number,
-  rounds: number,
-  passes: number,
-): Promise<number[][]> {
+/** One block of passes on each of `threads` workers started together: each one's wall time in ms. */
+async function together(bytes: Uint8Array, threads: number): Promise<number[]> {
   const ctl = new SharedArrayBuffer(8);
   const flags = new Int32Array(ctl);
   const workers = Array.from(
     { length: threads },
-    () => new Worker(WORKER, { eval: true, workerData: { bytes, ctl, passes, rounds } }),
+    () => new Worker(WORKER, { eval: true, workerData: { bytes, ctl } }),
   );
   const results = workers.map(
     (w) =>
-      new Promise<number[]>((resolve, reject) => {
+      new Promise<number>((resolve, reject) => {
         w.once('message', resolve);
         w.once('error', reject);
       }),
   );
-  for (let round = 1; round <= rounds; round++) {
-    while (Atomics.load(flags, 1) < threads * round) await new Promise((r) => setTimeout(r, 1));
-    Atomics.store(flags, 0, round);
-    Atomics.notify(flags, 0);
-  }
+  while (Atomics.load(flags, 1) < threads) await new Promise((r) => setTimeout(r, 1));
+  Atomics.store(flags, 0, 1);
+  Atomics.notify(flags, 0);
   const ms = await Promise.all(results);
   await Promise.all(workers.map((w) => w.terminate()));
-  return Array.from({ length: rounds }, (_, round) => ms.map((m) => m[round]!));
+  return ms;
 }
 
 export interface FmaPeak {
@@ -118,11 +107,10 @@ export async function fmaPeak(threads: number, rounds = 6): Promise<FmaPeak | nu
   let alone = 0;
   let all = 0;
   for (let r = 0; r < rounds; r++) {
-    const [one] = await together(bytes, 1, 1, PASSES);
-    alone = Math.max(alone, gflops(one![0]!, 1));
+    const [one] = await together(bytes, 1);
+    alone = Math.max(alone, gflops(one!, 1));
     if (threads > 1) {
-      const [each] = await together(bytes, threads, 1, PASSES);
-      all = Math.max(all, gflops(Math.max(...each!), threads));
+      all = Math.max(all, gflops(Math.max(...(await together(bytes, threads))), threads));
     }
   }
   return { alone, together: threads > 1 ? all : alone, threads };
