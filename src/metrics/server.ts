@@ -14,11 +14,17 @@
  * - `GET /metrics`: the Prometheus text exposition ({@link PrometheusExporter}).
  * - `GET /`: the live dashboard (static HTML and JS, charts drawn with uPlot served from node_modules).
  * - `GET /healthz`: `{"status":"ok", ...}`.
+ *
+ * Listening on a loopback address (the default, 127.0.0.1), it answers only requests whose Host header
+ * names this machine (localhost, a *.localhost name, a loopback address) or one of `allowedHosts`, as
+ * Jupyter and Vite do: a web page whose domain was rebound to 127.0.0.1 (DNS rebinding) could otherwise
+ * read the run's prompts and completions from the browser. Listening on another address, the server is
+ * meant to be reached from other machines, under names it cannot know, and answers every Host.
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { isIP, type AddressInfo } from 'node:net';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Observable, Subscription } from 'rxjs';
@@ -57,6 +63,11 @@ export interface MetricsServerOptions {
   heartbeatMs?: number;
   /** A subscriber this far behind (bytes not yet sent) is disconnected; it may reconnect (default 16 MiB). */
   maxBufferedBytes?: number;
+  /**
+   * Host names (without port) answered besides this machine's own when listening on a loopback address
+   * (see the module comment): a name in /etc/hosts or an SSH tunnel's.
+   */
+  allowedHosts?: readonly string[];
 }
 
 export interface MetricsServerAddress {
@@ -190,6 +201,7 @@ export class MetricsServer {
       prometheusPrefix: options.prometheusPrefix ?? 'rxrl',
       heartbeatMs: options.heartbeatMs ?? 15_000,
       maxBufferedBytes: options.maxBufferedBytes ?? 16 * 1024 * 1024,
+      allowedHosts: options.allowedHosts ?? [],
     };
     this.completionHistory = new Ring(this.options.completionHistory);
     this.exporter = new PrometheusExporter({ prefix: this.options.prometheusPrefix });
@@ -334,6 +346,11 @@ export class MetricsServer {
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const url = new URL(req.url ?? '/', 'http://localhost');
+    const refused = this.refusedHost(req.headers.host);
+    if (refused !== undefined) {
+      res.writeHead(403, { 'content-type': 'text/plain' }).end(`${refused}\n`);
+      return;
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('Method not allowed\n');
       return;
@@ -369,6 +386,25 @@ export class MetricsServer {
     } catch (error) {
       res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(error as Error).message}\n`);
     }
+  }
+
+  /** Why a request with this Host header is refused (see the module comment); undefined: it is not. */
+  private refusedHost(header: string | undefined): string | undefined {
+    if (this.address === undefined || !isLoopback(this.address.host)) return undefined;
+    let name: string;
+    try {
+      name = new URL(`http://${header ?? ''}`).hostname;
+    } catch {
+      name = '';
+    }
+    if (isLoopback(name.replace(/^\[|\]$/g, '')) || name === 'localhost' || name.endsWith('.localhost'))
+      return undefined;
+    if (this.options.allowedHosts?.includes(name)) return undefined;
+    return (
+      `Host ${JSON.stringify(header ?? '')} refused: this server listens on ${this.address.host} and answers ` +
+      `only requests for localhost or a loopback address (a guard against DNS rebinding). Reach it as ` +
+      `http://localhost:${this.address.port}, or allow the name (MetricsServerOptions.allowedHosts).`
+    );
   }
 
   private stream(req: IncomingMessage, res: ServerResponse, url: URL): void {
@@ -462,6 +498,12 @@ export class MetricsServer {
   private frame(id: number | undefined, event: string, data: string): string {
     return `${id !== undefined ? `id: ${this.epoch}-${id}\n` : ''}event: ${event}\ndata: ${data}\n\n`;
   }
+}
+
+/** Whether an address (no brackets) is a loopback one: 127.0.0.0/8, ::1, or 127.x mapped into IPv6. */
+function isLoopback(address: string): boolean {
+  const v4 = address.replace(/^::ffff:/i, '');
+  return isIP(v4) === 4 ? v4.startsWith('127.') : isIP(address) === 6 && /^(0*:)*:?0*1$/.test(address);
 }
 
 /** A {@link MetricsServer} for these sources; call `listen()` to serve. */

@@ -404,4 +404,37 @@ describe('metrics server: other endpoints', () => {
     expect((await fetch(`${url}/nothing`)).status).toBe(404);
     expect((await fetch(`${url}/metrics`, { method: 'POST' })).status).toBe(405);
   });
+
+  it('on a loopback address, answers only requests for this machine or an allowed name (DNS rebinding)', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    publishStep(metrics, 0);
+    const server = createMetricsServer(metrics.stream, undefined, { allowedHosts: ['trainer.lan'] });
+    servers.push(server);
+    const { port } = await server.listen(0, '127.0.0.1');
+    const status = (host: string, at = port) =>
+      new Promise<{ code: number; body: string }>((resolve, reject) => {
+        httpGet({ host: '127.0.0.1', port: at, path: '/metrics', headers: { host } }, (res) => {
+          let body = '';
+          res.on('data', (chunk: Buffer) => (body += chunk.toString()));
+          res.on('end', () => resolve({ code: res.statusCode!, body }));
+        }).on('error', reject);
+      });
+    for (const host of [
+      `localhost:${port}`,
+      `127.0.0.1:${port}`,
+      'app.localhost',
+      `[::1]:${port}`,
+      'trainer.lan:1',
+    ])
+      expect((await status(host)).code, host).toBe(200);
+    const refused = await status(`attacker.example:${port}`);
+    expect(refused.code).toBe(403);
+    expect(refused.body).toMatch(/Host "attacker\.example:\d+" refused: .*localhost.*DNS rebinding/);
+    expect((await status('127.0.0.1.attacker.example')).code).toBe(403);
+    // Listening on every address, it is meant to be reached by names it cannot know.
+    const open = createMetricsServer(metrics.stream);
+    servers.push(open);
+    const wide = await open.listen(0, '0.0.0.0');
+    expect((await status('trainer-7.cluster.local', wide.port)).code).toBe(200);
+  });
 });

@@ -153,7 +153,11 @@ export function registerMetricsCommands(program: Command): void {
     )
     .argument('<file>', "the run's metrics.jsonl")
     .option('--port <port>', 'port to listen on (0: a free one)', portNumber, 0)
-    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option(
+      '--host <host>',
+      'address to listen on (on a loopback address it answers only requests for localhost: a guard against DNS rebinding)',
+      '127.0.0.1',
+    )
     .action(async (file: string, flags: { port: number; host: string }) => {
       if (!existsSync(file))
         process.stderr.write(`${file} does not exist yet: the dashboard fills in once it does\n`);

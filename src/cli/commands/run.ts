@@ -323,7 +323,11 @@ export function registerRunCommand(program: Command): void {
         'serve /metrics (Prometheus) and /metrics/stream (SSE) on this port (0: a free one), for scrapers and `rxrl metrics`',
         portNumber,
       )
-      .option('--metrics-host <host>', 'address the metrics server listens on', '127.0.0.1')
+      .option(
+        '--metrics-host <host>',
+        'address the metrics server listens on (on a loopback address it answers only requests for localhost: a guard against DNS rebinding)',
+        '127.0.0.1',
+      )
       .option(
         '--metrics-linger <seconds>',
         'keep the metrics server up this long after the run ends, so that a scraper gets the final values (Ctrl-C ends it sooner)',
