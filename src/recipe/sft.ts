@@ -30,6 +30,25 @@ export function packExamples(examples: readonly SftExample[], contextLength: num
   return rows.map((r) => ({ tokens: r.tokens, lossStart: 0, lossMask: r.mask }));
 }
 
+/**
+ * Batches of `rows` without end, epoch after epoch, each epoch in a new seeded order. A batch never
+ * spans two epochs, so it never holds a row twice: an epoch's last batch holds what is left (as a
+ * PyTorch DataLoader's does without drop_last).
+ */
+export function* epochBatches<T>(
+  rows: readonly T[],
+  batchSize: number,
+  rand: () => number,
+): Generator<T[], never> {
+  for (;;) {
+    const order = rows
+      .map((e) => ({ e, key: rand() }))
+      .sort((a, b) => a.key - b.key)
+      .map((x) => x.e);
+    for (let i = 0; i < order.length; i += batchSize) yield order.slice(i, i + batchSize);
+  }
+}
+
 export interface SftRunResult {
   steps: number;
   trainRecords: number;
@@ -106,21 +125,9 @@ export function trainOnRecords(options: {
   const heldOutLossBefore = evaluate();
   let firstLoss = NaN;
   let lastLoss = NaN;
-  let position = rows.length;
-  let order: SftExample[] = [];
+  const batches = epochBatches(rows, options.batchSize, rand);
   for (let step = 1; step <= options.steps; step++) {
-    const batch: SftExample[] = [];
-    while (batch.length < Math.min(options.batchSize, rows.length)) {
-      if (position >= order.length) {
-        order = rows
-          .map((e) => ({ e, key: rand() }))
-          .sort((a, b) => a.key - b.key)
-          .map((x) => x.e);
-        position = 0;
-      }
-      batch.push(order[position++]!);
-    }
-    lastLoss = trainer.train(batch);
+    lastLoss = trainer.train(batches.next().value);
     if (step === 1) firstLoss = lastLoss;
     options.onStep?.(step, options.steps, lastLoss);
   }

@@ -12,7 +12,8 @@ import { CharTokenizer } from '../../src/policy/tokenizer.ts';
 import { defineRecipe, describeRecipe, type RecipeInput } from '../../src/recipe/recipe.ts';
 import { coldStartRecords, readRecords, writeRecords } from '../../src/recipe/records.ts';
 import { judgeSample, maxStepRepeats } from '../../src/recipe/rejection.ts';
-import { packExamples, recordExample } from '../../src/recipe/sft.ts';
+import { epochBatches, packExamples, recordExample } from '../../src/recipe/sft.ts';
+import { seededUniform } from '../../src/random.ts';
 import { formatReward } from '../../src/rewards/rewards.ts';
 import { taskRuntime } from '../../src/run/taskRuntime.ts';
 
@@ -188,6 +189,21 @@ describe('stage pieces', () => {
     );
     expect(example.tokens[example.tokens.length - 1]).toBe(tokenizer.eosId);
     expect(example.lossStart).toBe(tokenizer.encode('User: 1+2. Assistant:').length);
+  });
+
+  it('SFT batches go epoch by epoch: each row once an epoch, never twice in a batch', () => {
+    const rows = Array.from({ length: 10 }, (_, i) => i);
+    const batches = epochBatches(rows, 4, seededUniform(3));
+    const taken = Array.from({ length: 9 }, () => batches.next().value);
+    // 10 rows in batches of 4: 4, 4 and the 2 left, three epochs over.
+    expect(taken.map((b) => b.length)).toEqual([4, 4, 2, 4, 4, 2, 4, 4, 2]);
+    for (const batch of taken) expect(new Set(batch).size).toBe(batch.length);
+    const epochs = [taken.slice(0, 3), taken.slice(3, 6), taken.slice(6)].map((e) => e.flat());
+    for (const epoch of epochs) expect([...epoch].sort((a, b) => a - b)).toEqual(rows);
+    expect(epochs[1]).not.toEqual(epochs[0]);
+    // Fewer rows than a batch: every batch is all of them.
+    const few = epochBatches([7, 8], 4, seededUniform(1));
+    for (let i = 0; i < 3; i++) expect([...few.next().value].sort()).toEqual([7, 8]);
   });
 
   it('judges samples: truncated, format, incorrect, language, repetition, or fit', async () => {
