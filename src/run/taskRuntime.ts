@@ -24,7 +24,7 @@ import {
   reasoningAlphabet,
 } from '../tasks/corpus.ts';
 import { countdownExamples } from '../tasks/countdown.ts';
-import { loadJsonlExamples } from '../tasks/jsonl.ts';
+import { heldOutOverlap, loadJsonlExamples } from '../tasks/jsonl.ts';
 import { toPrompt, type TaskExample } from '../tasks/task.ts';
 import type { Topology } from '../topology/topology.ts';
 
@@ -161,6 +161,10 @@ export function taskRuntime(topology: Topology): TaskRuntime {
     case 'jsonl':
       train = loadJsonlExamples(task.train).slice(0, data.trainPrompts);
       test = loadJsonlExamples(task.test).slice(0, data.testPrompts);
+      {
+        const overlap = heldOutOverlap(train, test, task);
+        if (overlap) console.warn(`Warning: ${overlap}`);
+      }
       correctness = accuracyReward();
       break;
   }

@@ -102,3 +102,28 @@ export function parseJsonlExamples(text: string, file = '<input>'): TaskExample[
 export function loadJsonlExamples(path: string): TaskExample[] {
   return parseJsonlExamples(readFileSync(path, 'utf8'), path);
 }
+
+/**
+ * The test examples whose prompt is also a training prompt (compared with runs of whitespace made one
+ * and the ends trimmed): a user's held-out set that repeats training questions makes held-out figures
+ * count them as unseen. Undefined when there are none; else a warning that says how many and which.
+ */
+export function heldOutOverlap(
+  train: readonly TaskExample[],
+  test: readonly TaskExample[],
+  files: { train: string; test: string },
+): string | undefined {
+  const key = (e: TaskExample) => e.question.replace(/\s+/g, ' ').trim();
+  const seen = new Map(train.map((e) => [key(e), e.id]));
+  const repeated = test.filter((e) => seen.has(key(e)));
+  if (repeated.length === 0) return undefined;
+  const shown = repeated
+    .slice(0, 3)
+    .map((e) => `${e.id} (as ${seen.get(key(e))})`)
+    .join(', ');
+  return (
+    `${repeated.length} of the ${test.length} test prompts of ${files.test} are also training prompts in ` +
+    `${files.train}: ${shown}${repeated.length > 3 ? ', ...' : ''}. Held-out figures count them as unseen; ` +
+    `remove them from one of the files.`
+  );
+}

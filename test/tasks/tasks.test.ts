@@ -1,8 +1,14 @@
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it, vi } from 'vitest';
+import base from '../../pipelines/r1-zero-arithmetic.ts';
+import { taskRuntime } from '../../src/run/taskRuntime.ts';
+import { defineTopology } from '../../src/topology/topology.ts';
 import { accuracyReward, countdownReward, type CountdownAnswer } from '../../src/rewards/rewards.ts';
 import { arithmeticExamples } from '../../src/tasks/arithmetic.ts';
 import { countdownExamples } from '../../src/tasks/countdown.ts';
-import { parseJsonlExamples } from '../../src/tasks/jsonl.ts';
+import { heldOutOverlap, parseJsonlExamples } from '../../src/tasks/jsonl.ts';
 import { applyTemplate, R1_ZERO_TEMPLATE, toPrompt } from '../../src/tasks/task.ts';
 
 const signal = new AbortController().signal;
@@ -125,6 +131,50 @@ describe('templates and prompts', () => {
 });
 
 describe('JSONL data sets', () => {
+  it('warns when test prompts are also training prompts, naming them', () => {
+    const train = parseJsonlExamples(
+      ['{"id":"a","prompt":"What is 2+2?","answer":4}', '{"id":"b","prompt":"3*3","answer":9}'].join('\n'),
+      'train.jsonl',
+    );
+    const test = parseJsonlExamples(
+      ['{"id":"t1","prompt":"  What is  2+2? ","answer":4}', '{"id":"t2","prompt":"5-1","answer":4}'].join(
+        '\n',
+      ),
+      'test.jsonl',
+    );
+    const files = { train: 'train.jsonl', test: 'test.jsonl' };
+    expect(heldOutOverlap(train, test, files)).toBe(
+      '1 of the 2 test prompts of test.jsonl are also training prompts in train.jsonl: t1 (as a). ' +
+        'Held-out figures count them as unseen; remove them from one of the files.',
+    );
+    expect(heldOutOverlap(train, test.slice(1), files)).toBeUndefined();
+
+    // A run's task runtime says so when it loads the files.
+    const dir = mkdtempSync(join(tmpdir(), 'rxrl-jsonl-'));
+    try {
+      writeFileSync(join(dir, 'train.jsonl'), '{"prompt":"1+1","answer":2}\n{"prompt":"2+5","answer":7}\n');
+      writeFileSync(join(dir, 'test.jsonl'), '{"prompt":"2+5","answer":7}\n');
+      const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
+      try {
+        taskRuntime(
+          defineTopology({
+            ...base,
+            task: { kind: 'jsonl', train: join(dir, 'train.jsonl'), test: join(dir, 'test.jsonl') },
+          }),
+        );
+        expect(warn).toHaveBeenCalledWith(
+          expect.stringMatching(
+            /^Warning: 1 of the 1 test prompts of .*test\.jsonl are also training prompts/,
+          ),
+        );
+      } finally {
+        warn.mockRestore();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("keeps a row's meta, and its prompt hands it to rewards", () => {
     const [e] = parseJsonlExamples(
       '{"id":"q1","prompt":"2+2","answer":4,"meta":{"difficulty":"easy","source":"gsm"}}\n',
