@@ -46,6 +46,11 @@ export interface RolloutStats {
   rewardStd: number;
   /** Mean of each reward function by name, over the samples where it applied (not null). */
   rewardsByName: Record<string, number>;
+  /**
+   * Sample std of each reward function by name over those samples (TRL's rewards/<name>/std: over the
+   * step's samples, not per group); only for functions that scored two or more.
+   */
+  rewardStdsByName: Record<string, number>;
   /** Share of groups whose total rewards all agree (no learning signal: zero advantages). */
   fracRewardZeroStd: number;
   accuracy: number;
@@ -72,7 +77,7 @@ export interface RolloutStats {
 export class RolloutWindow {
   private n = 0;
   // Per reward function, its sum and count where it scored (not null).
-  private byName = new Map<string, { sum: number; n: number }>();
+  private byName = new Map<string, { sum: number; sumSq: number; n: number }>();
   // Per group: its samples' total rewards (null where a reward failed or none applied).
   private groups = new Map<string, (number | null)[]>();
   private length = 0;
@@ -89,8 +94,9 @@ export class RolloutWindow {
     this.n++;
     for (const [name, value] of Object.entries(s.rewards)) {
       if (value === null) continue;
-      const sums = this.byName.get(name) ?? { sum: 0, n: 0 };
+      const sums = this.byName.get(name) ?? { sum: 0, sumSq: 0, n: 0 };
       sums.sum += value;
+      sums.sumSq += value * value;
       sums.n++;
       this.byName.set(name, sums);
     }
@@ -123,10 +129,19 @@ export class RolloutWindow {
     const valid = groups.reduce((n, g) => n + g.n, 0);
     // Means over the samples where each reward scored (a failed one is null, not a 0).
     const rewardsByName = Object.fromEntries([...this.byName].map(([name, { sum, n }]) => [name, sum / n]));
+    const rewardStdsByName = Object.fromEntries(
+      [...this.byName]
+        .filter(([, { n }]) => n >= 2)
+        .map(([name, { sum, sumSq, n }]) => [
+          name,
+          Math.sqrt(Math.max(0, (sumSq - (sum * sum) / n) / (n - 1))),
+        ]),
+    );
     const stats: RolloutStats = {
       rewardMean: valid > 0 ? groups.reduce((sum, g) => sum + g.mean * g.n, 0) / valid : 0,
       rewardStd: spread.length > 0 ? spread.reduce((sum, g) => sum + g.std, 0) / spread.length : 0,
       rewardsByName,
+      rewardStdsByName,
       fracRewardZeroStd: groups.length > 0 ? groups.filter((g) => g.std === 0).length / groups.length : 0,
       accuracy: rewardsByName['accuracy'] ?? rewardsByName['countdown'] ?? 0,
       formatRate: rewardsByName['format'] ?? 0,
@@ -168,6 +183,9 @@ export function recordStep(
   metrics.record('reward/std', rollout.rewardStd, step);
   for (const [name, mean] of Object.entries(rollout.rewardsByName)) {
     metrics.record(`rewards/${name}/mean`, mean, step);
+  }
+  for (const [name, std] of Object.entries(rollout.rewardStdsByName)) {
+    metrics.record(`rewards/${name}/std`, std, step);
   }
   metrics.record('frac_reward_zero_std', rollout.fracRewardZeroStd, step);
   metrics.record('reward/accuracy', rollout.accuracy, step);

@@ -32,6 +32,9 @@ describe('RolloutWindow and recordStep', () => {
     // TRL's reward_std: group a's sample std (1 and 0: 0.707) and group b's (0), averaged.
     expect(stats.rewardStd).toBeCloseTo(Math.SQRT1_2 / 2, 12);
     expect(stats.rewardsByName).toEqual({ accuracy: 0.75, format: 2 / 3 }); // null format left out
+    // TRL's rewards/<name>/std: the sample std over the step's samples (1, 0, 1, 1; format 1, 0, 1).
+    expect(stats.rewardStdsByName.accuracy).toBeCloseTo(0.5, 12);
+    expect(stats.rewardStdsByName.format).toBeCloseTo(Math.sqrt(1 / 3), 12);
     expect(stats.fracRewardZeroStd).toBe(0.5);
     // Over the samples where each was scored: accuracy 3 of 4, format 2 of the 3 scored.
     expect([stats.accuracy, stats.formatRate]).toEqual([0.75, 2 / 3]);
@@ -53,6 +56,7 @@ describe('RolloutWindow and recordStep', () => {
       'reward/mean': 0.75,
       'rewards/accuracy/mean': 0.75,
       'rewards/format/mean': 2 / 3,
+      'rewards/accuracy/std': stats.rewardStdsByName.accuracy,
       frac_reward_zero_std: 0.5,
       'completion_length/max': 8,
       'completion_length/clipped_ratio': 0.25,
@@ -81,6 +85,7 @@ describe('RolloutWindow and recordStep', () => {
     const stats = window.take();
     expect(stats.rewardMean).toBe(0);
     expect(stats.rewardsByName).toEqual({ accuracy: 0 });
+    expect(stats.rewardStdsByName).toEqual({}); // one sample: no std
     expect([stats.lengthMin, stats.lengthMax]).toEqual([5, 5]);
     expect(stats.fracRewardZeroStd).toBe(1); // one group, one sample: nothing to compare
     expect(stats.truncatedMass).toBeNull(); // no sample measured it
