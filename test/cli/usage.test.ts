@@ -96,6 +96,12 @@ it('rxrl eval checks both checkpoint directories before evaluating either', asyn
   );
 });
 
+it('rxrl eval scores language consistency in English or Chinese, and names the choices', async () => {
+  expect(await usageOf('eval', 'r1-zero-arithmetic', '--language', 'fr')).toBe(
+    "error: option '--language <language>' argument 'fr' is invalid. Allowed choices are en, zh.",
+  );
+});
+
 it('rxrl eval takes temperature 0 (greedy) and refuses a negative one', async () => {
   const missing = join(tmpdir(), 'rxrl-no-such-checkpoint');
   // 0 parses: the command goes on to the next check.

@@ -36,7 +36,17 @@ export function registerEvalCommand(program: Command): void {
       nonNegativeNumber,
     )
     .option('--top-p <p>', 'nucleus sampling (default: the topology eval.topP)', probability)
-    .option('--seed <n>', 'sampling seed', anyInt, 0)
+    .option(
+      '--seed <n>',
+      "sampling seed (a recipe's eval stage samples with the topology seed + 1000 x the stage's position, counted from 1)",
+      anyInt,
+      0,
+    )
+    .addOption(
+      new Option('--language <language>', 'target language of the language-consistency score')
+        .choices(['en', 'zh'])
+        .default('en'),
+    )
     .option(
       '--against <dir>',
       'also evaluate this checkpoint (e.g. the base model) on the same prompts and seed, and compare ' +
@@ -54,6 +64,7 @@ export function registerEvalCommand(program: Command): void {
           temperature?: number;
           topP?: number;
           seed: number;
+          language: 'en' | 'zh';
           against?: string;
           json?: boolean;
         },
@@ -80,6 +91,7 @@ export function registerEvalCommand(program: Command): void {
           temperature: opts.temperature ?? topology.eval.temperature,
           topP: opts.topP ?? topology.eval.topP,
           maxNewTokens: topology.sampling.maxNewTokens,
+          language: opts.language,
         };
         // Loaded here so that commands which need no tfjs start without it.
         const { evaluateCheckpoint } = await import('../../run/evaluate.ts');
@@ -108,7 +120,7 @@ export function registerEvalCommand(program: Command): void {
         console.log(`  length   ${result.meanLength.toFixed(1)} tokens`);
         if (result.languageConsistency !== null)
           console.log(
-            `  language ${f(result.languageConsistency)} (share of chain-of-thought words in English, ${f(result.languageScored)} of the samples have words)`,
+            `  language ${f(result.languageConsistency)} (share of chain-of-thought words in ${opts.language === 'zh' ? 'Chinese' : 'English'}, ${f(result.languageScored)} of the samples have words)`,
           );
         if (result.stepAccuracy !== null)
           console.log(
