@@ -127,6 +127,11 @@ interface RunState {
    * carry on and its accounting covers the whole run.
    */
   counters?: { name: string; labels?: Record<string, string>; value: number }[];
+  /**
+   * The held-out evaluations taken so far (before RL at step 0, and on the way): a resumed run's
+   * summary starts with them, so that its first figure is still the one from before RL.
+   */
+  evals?: RunSummary['evals'];
 }
 
 /**
@@ -286,7 +291,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   }
 
   const evalSettings = { ...topology.eval, maxNewTokens: topology.sampling.maxNewTokens };
-  const evals: RunSummary['evals'] = [];
+  const evals: RunSummary['evals'] = resuming ? [...(state.evals ?? [])] : [];
   let rlStarted = performance.now();
   let evalSeconds = 0;
   const runEval = async (step: number) => {
@@ -318,6 +323,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const versions = new Subject<number>();
   const rollouts = new Subject<Rollout>();
   const generated = metrics.counter('samples.generated');
+  // Completion tokens sampled (a Kafka rollout worker's counter of the same name), for Prometheus's rate().
+  const generatedTokens = metrics.counter('rollout.tokens');
   const trainedSamples = metrics.counter('samples.trained');
   const runEnded = metrics.counter('drops.samples', { reason: 'run_ended' });
   const window = new RolloutWindow();
@@ -368,7 +375,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           topology.run.checkpointEvery > 0 &&
           (step % topology.run.checkpointEvery === 0 || step >= totalSteps)
         ) {
-          const saved: RunState = { ...state, counters: ownCounters() };
+          const saved: RunState = { ...state, counters: ownCounters(), evals };
           await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...state } });
           writeFileSync(statePath, JSON.stringify(saved));
           savedVersion = step;
@@ -467,6 +474,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       });
       admission.finished(n * G);
       generated.inc(reply.rollouts.length);
+      generatedTokens.inc(reply.tokens);
       window.generated(reply.tokens, reply.seconds);
       for (const r of reply.rollouts) rollouts.next(r);
     }
@@ -483,10 +491,15 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     rollouts.complete();
     await finished;
     // The run's final counts (drops at its end included) go with its last checkpoint's state.
-    if (savedVersion === state.version) {
-      writeFileSync(statePath, JSON.stringify({ ...state, counters: ownCounters() } satisfies RunState));
-    }
+    const saveFinal = () =>
+      writeFileSync(
+        statePath,
+        JSON.stringify({ ...state, counters: ownCounters(), evals } satisfies RunState),
+      );
+    if (savedVersion === state.version) saveFinal();
     await runEval(state.version);
+    // And its last evaluation, for a run that goes on from it.
+    if (savedVersion === state.version) saveFinal();
   } finally {
     await Promise.all([generator.close(), learner.close()]);
     // The last counts (drops at the end of the run included) reach metrics.jsonl and subscribers.

@@ -52,6 +52,13 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
       .split('\n');
     for (const line of lines) expect(validateMessage('Metric', JSON.parse(line)).ok).toBe(true);
     expect(lines.some((l) => l.includes('"train/loss"'))).toBe(true);
+    // Sampled completion tokens, a counter for Prometheus's rate(): 1 to maxNewTokens per sample generated.
+    const tokens = lines
+      .map((line) => JSON.parse(line) as { name: string; kind: string; value: number })
+      .filter((m) => m.name === 'rollout.tokens' && m.kind === 'counter')
+      .at(-1)?.value;
+    expect(tokens).toBeGreaterThanOrEqual(generated);
+    expect(tokens).toBeLessThanOrEqual(generated * tiny.sampling.maxNewTokens);
   });
 
   it("rxrl eval on the final checkpoint reproduces the run's last held-out evaluation", async () => {
@@ -166,9 +173,12 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
 
   it('a resumed run ends where an uninterrupted one does: same data order, no update twice', async () => {
     const whole = await run('whole', { eta: 0 });
-    await run('split', { eta: 0, steps: 2 });
+    const firstPart = await run('split', { eta: 0, steps: 2 });
     const resumed = await run('split', { eta: 0, resume: true });
     expect(resumed.steps).toBe(4);
+    // Its evaluations go on from the first part's: the first is still the one from before RL.
+    expect(resumed.evals.map((e) => e.step)).toEqual([0, 2, 4]);
+    expect(resumed.evals[0]).toEqual(firstPart.evals[0]);
     const state = (dir: string) => {
       const { trainedCursor, version, counters } = JSON.parse(
         readFileSync(join(root, dir, 'state.json'), 'utf8'),
