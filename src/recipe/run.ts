@@ -1,4 +1,14 @@
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Metrics } from '../metrics/metrics.ts';
@@ -50,8 +60,13 @@ export interface RecipeRunOptions {
 export interface StageReport {
   stage: string;
   type: Stage['type'];
-  /** The stage as declared when it ran: a changed declaration makes the stage run again. */
+  /** The stage as declared when it ran. */
   definition: Stage;
+  /**
+   * What the stage was made from, part by part (madeFrom): its declaration, the recipe's topology, each
+   * stage it read and each file on disk it read. A part that differs now makes the stage run again.
+   */
+  madeFrom?: Record<string, string>;
   output: string;
   seconds: number;
   finishedAt: string;
@@ -59,7 +74,15 @@ export interface StageReport {
 }
 
 export type RecipeEvent =
-  | { kind: 'stage-start'; stage: string; type: Stage['type']; index: number; total: number }
+  | {
+      kind: 'stage-start';
+      stage: string;
+      type: Stage['type'];
+      index: number;
+      total: number;
+      /** Why it runs: not run before, --redo, what changed since it ran, or resumed. */
+      reason: string;
+    }
   | {
       kind: 'stage-skipped';
       stage: string;
@@ -89,8 +112,9 @@ export interface RecipeSummary {
 
 /**
  * Runs a recipe's stages in order. A stage whose report and output exist is skipped (its output is reused)
- * unless `redo` names it or it reads the output of a stage that ran in this invocation; an interrupted GRPO
- * stage resumes from its last checkpoint.
+ * unless `redo` names it or something it was made from changed since (madeFrom: its declaration, the
+ * recipe's topology, a stage it reads that ran again, in this invocation or an earlier one, or a file it
+ * reads); an interrupted GRPO stage resumes from its last checkpoint if nothing changed.
  */
 export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummary> {
   const { recipe, runDir } = options;
@@ -110,6 +134,7 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
   const started = performance.now();
   const ran = new Set<string>();
   const reports: StageReport[] = [];
+  const byName = new Map<string, StageReport>();
   const total = recipe.stages.length;
   for (const [index, stage] of recipe.stages.entries()) {
     const dir = join(runDir, stage.name);
@@ -118,25 +143,46 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
     const previous = existsSync(reportPath)
       ? (JSON.parse(readFileSync(reportPath, 'utf8')) as StageReport)
       : undefined;
-    const changed =
-      previous?.definition !== undefined && JSON.stringify(previous.definition) !== JSON.stringify(stage);
-    const stale = redo.has(stage.name) || changed || stageInputs(stage).some((input) => ran.has(input.name));
-    const done = stage.type !== 'import' && previous !== undefined && existsSync(output);
+    if (stage.type === 'import') checkImport(stage);
+    const madeFrom = stageMadeFrom(recipe, stage, byName);
+    const startedPath = join(dir, 'made-from.json');
+    const done = previous !== undefined && existsSync(output);
+    const changed = done ? changedParts(previous.madeFrom, madeFrom) : undefined;
+    let report: StageReport;
     if (stage.type === 'import') {
-      checkImport(stage);
-      const report = stageReport(stage, output, 0, { path: output });
+      report = { ...stageReport(stage, output, 0, { path: output }), madeFrom };
       emit({ kind: 'stage-skipped', stage: stage.name, type: stage.type, index, total, report });
-      reports.push(report);
-    } else if (done && !stale) {
-      const report = previous!;
+    } else if (done && !redo.has(stage.name) && changed === undefined) {
+      report = previous;
       emit({ kind: 'stage-skipped', stage: stage.name, type: stage.type, index, total, report });
-      reports.push(report);
     } else {
-      // Redone or never finished: start clean, except an interrupted GRPO stage, which resumes.
-      const resume = stage.type === 'grpo' && !stale && existsSync(join(dir, 'state.json'));
+      // Redone, changed or never finished: start clean, except an interrupted GRPO stage that was started
+      // from what it would start from now, which resumes.
+      const interrupted = stage.type === 'grpo' && !done && existsSync(join(dir, 'state.json'));
+      const sinceStart = interrupted
+        ? changedParts(
+            existsSync(startedPath)
+              ? (JSON.parse(readFileSync(startedPath, 'utf8')) as Record<string, string>)
+              : undefined,
+            madeFrom,
+          )
+        : undefined;
+      const resume = interrupted && !redo.has(stage.name) && sinceStart === undefined;
       if (!resume) rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true });
-      emit({ kind: 'stage-start', stage: stage.name, type: stage.type, index, total });
+      writeFileSync(startedPath, JSON.stringify(madeFrom, null, 2));
+      const reason = redo.has(stage.name)
+        ? 'redo asked for'
+        : resume
+          ? 'resumed from its last checkpoint'
+          : interrupted
+            ? `interrupted earlier, started over: ${sinceStart}`
+            : changed !== undefined
+              ? changed
+              : previous === undefined
+                ? 'not run before'
+                : 'its output is missing';
+      emit({ kind: 'stage-start', stage: stage.name, type: stage.type, index, total, reason });
       const stageStarted = performance.now();
       // The stages that train on this thread (pretraining, SFT, the preference model) have the machine
       // to themselves: every core. A GRPO stage's learner worker gets learnerThreads (default: every
@@ -144,13 +190,17 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
       const summary = await withBackendThreads(availableParallelism(), () =>
         runStage(stage, { ...options, metrics, emit, dir, output, index, resume }),
       );
-      const report = stageReport(stage, output, (performance.now() - stageStarted) / 1000, summary);
+      report = {
+        ...stageReport(stage, output, (performance.now() - stageStarted) / 1000, summary),
+        madeFrom,
+      };
       writeFileSync(`${reportPath}.tmp`, JSON.stringify(report, null, 2));
       renameSync(`${reportPath}.tmp`, reportPath);
       ran.add(stage.name);
       emit({ kind: 'stage-done', stage: stage.name, type: stage.type, index, total, report });
-      reports.push(report);
     }
+    reports.push(report);
+    byName.set(stage.name, report);
     if (stage.name === options.until) break;
   }
   const summary: RecipeSummary = {
@@ -179,6 +229,69 @@ function stageReport(
     finishedAt: new Date().toISOString(),
     summary,
   };
+}
+
+/**
+ * What `stage` is made from now, part by part: `declaration` and `topology` (digests of the stage as
+ * declared and of the recipe's topology, which every stage reads a part of), `stage <name>` for each
+ * stage it reads (when that stage's output was finished; an import's by its contents), and `file <path>`
+ * for each file or directory on disk it reads (its contents): imports, a jsonl task's files, reward
+ * modules and preference models given by path. A module's own imports are not followed.
+ */
+function stageMadeFrom(
+  recipe: Recipe,
+  stage: Stage,
+  reports: ReadonlyMap<string, StageReport>,
+): Record<string, string> {
+  const parts: Record<string, string> = {
+    declaration: digest(JSON.stringify(stage)),
+    topology: digest(JSON.stringify(recipe.topology)),
+  };
+  for (const input of stageInputs(stage)) {
+    const report = reports.get(input.name)!;
+    parts[`stage ${input.name}`] =
+      report.type === 'import' ? report.madeFrom![`file ${report.output}`]! : report.finishedAt;
+  }
+  const { task } = recipe.topology;
+  const rewards = [...recipe.topology.rewards, ...(stage.type === 'grpo' ? (stage.rewards ?? []) : [])];
+  const files = [
+    ...(stage.type === 'import' ? [outputPath('', stage)] : []),
+    ...(task.kind === 'jsonl' ? [task.train, task.test] : []),
+    ...rewards.flatMap((r) =>
+      r.kind === 'module' || (r.kind === 'preference_model' && rewardModelStage(r) === undefined)
+        ? [r.path]
+        : [],
+    ),
+  ];
+  for (const path of files) parts[`file ${path}`] ??= contentsDigest(path);
+  return parts;
+}
+
+/** Why a stage made from `before` is out of date now (undefined: it is not). */
+function changedParts(
+  before: Record<string, string> | undefined,
+  now: Record<string, string>,
+): string | undefined {
+  if (before === undefined) return 'no record of what it was made from (an older rxrl)';
+  const changed = [...new Set([...Object.keys(before), ...Object.keys(now)])].filter(
+    (k) => before[k] !== now[k],
+  );
+  return changed.length > 0 ? `changed since: ${changed.join(', ')}` : undefined;
+}
+
+const digest = (text: string | Buffer): string =>
+  createHash('sha256').update(text).digest('hex').slice(0, 16);
+
+/** A digest of a file's contents, or of a directory's (its files' relative paths and contents); 'missing' if absent. */
+function contentsDigest(path: string): string {
+  if (!existsSync(path)) return 'missing';
+  if (!statSync(path).isDirectory()) return digest(readFileSync(path));
+  const hash = createHash('sha256');
+  for (const entry of (readdirSync(path, { recursive: true }) as string[]).sort()) {
+    const file = join(path, entry);
+    if (statSync(file).isFile()) hash.update(`${entry}\0${digest(readFileSync(file))}\0`);
+  }
+  return hash.digest('hex').slice(0, 16);
 }
 
 function checkImport(stage: StageOf<'import'>): void {

@@ -191,6 +191,46 @@ it(
     });
     expect((await runRecipe({ ...options, recipe: changed })).ran).toEqual(['student']);
 
+    // A stage redone on its own in one invocation (--redo rl --until rl) leaves the stages that read it out
+    // of date: the next invocation runs them, and says why.
+    expect((await runRecipe({ ...options, recipe: changed, redo: ['rl'], until: 'rl' })).ran).toEqual(['rl']);
+    const starts: Extract<RecipeEvent, { kind: 'stage-start' }>[] = [];
+    const after = await runRecipe({
+      ...options,
+      recipe: changed,
+      onEvent: (e) => void (e.kind === 'stage-start' && starts.push(e)),
+    });
+    expect(after.ran).toEqual(['rejection', 'sft-2', 'rm', 'rl-2', 'student', 'eval']);
+    expect(starts.find((e) => e.stage === 'rejection')!.reason).toBe('changed since: stage rl');
+
+    // An imported file whose contents changed reruns what reads it.
+    writeFileSync(pairsFile, readFileSync(pairsFile, 'utf8').split('\n').slice(1).join('\n'));
+    const reimported = await runRecipe({ ...options, recipe: changed });
+    expect(reimported.ran).toEqual(['rm', 'rl-2']);
+    expect(reimported.stages.find((s) => s.stage === 'rm')!.summary.trainPairs).toBe(rm.trainPairs - 1);
+
+    // An interrupted GRPO stage (no report yet, a checkpoint) resumes only if nothing it starts from changed.
+    const interrupt = () => rmSync(join(options.runDir, 'rl-2', 'stage.json'));
+    const reasons = async (recipe: typeof tiny) => {
+      const seen: string[] = [];
+      await runRecipe({
+        ...options,
+        recipe,
+        onEvent: (e) => void (e.kind === 'stage-start' && seen.push(`${e.stage}: ${e.reason}`)),
+      });
+      return seen;
+    };
+    interrupt();
+    expect(await reasons(changed)).toEqual(['rl-2: resumed from its last checkpoint']);
+    interrupt();
+    const rl2Changed = defineRecipe({
+      ...changed,
+      stages: changed.stages.map((s) => (s.name === 'rl-2' ? { ...s, evalEvery: 1 } : s)),
+    });
+    expect(await reasons(rl2Changed)).toEqual([
+      'rl-2: interrupted earlier, started over: changed since: declaration',
+    ]);
+
     await expect(runRecipe({ ...options, redo: ['nope'] })).rejects.toThrow(
       /No stage named nope in tiny-recipe: its stages are base, cold-start-data, cold-start, rl/,
     );

@@ -78,7 +78,7 @@ export async function runRecipeCommand(
       `[${e.index + 1}/${e.total}] ${e.stage} (${e.type})`;
     switch (event.kind) {
       case 'stage-start':
-        console.log(`${label(event)}: running`);
+        console.log(`${label(event)}: running (${event.reason})`);
         break;
       case 'stage-skipped':
         console.log(`${label(event)}: done before, reused: ${describeReport(event.report)}`);
