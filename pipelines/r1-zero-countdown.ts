@@ -8,8 +8,9 @@ import arithmetic from './r1-zero-arithmetic.ts';
  * attempts, each step's arithmetic right, stopping at an attempt that reaches the target (mostly none
  * does: src/tasks/corpus.ts); RL has to make it aim. Rotary positions, because a Countdown step lands
  * at a different position in every document (README, "The base model": learned positions did not
- * learn the arithmetic). Measured (README, Countdown): held-out pass@1 0.050 -> 0.081 in 150 steps in one
- * run, +0.006 and +0.009 (not significant) in two reruns from a base pretrained again.
+ * learn the arithmetic). Measured (README, Countdown) on the corrected held-out split: 150 steps change
+ * held-out pass@1 by -0.016 (0.072 -> 0.056 at k = 32; 95% interval -0.033 to +0.003), no gain. The
+ * +0.031 measured before came from a split whose held-out questions were training questions reordered.
  */
 export default defineTopology({
   name: 'r1-zero-countdown',

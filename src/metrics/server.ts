@@ -391,19 +391,17 @@ export class MetricsServer {
   /** Why a request with this Host header is refused (see the module comment); undefined: it is not. */
   private refusedHost(header: string | undefined): string | undefined {
     if (this.address === undefined || !isLoopback(this.address.host)) return undefined;
-    let name: string;
-    try {
-      name = new URL(`http://${header ?? ''}`).hostname;
-    } catch {
-      name = '';
-    }
-    if (isLoopback(name.replace(/^\[|\]$/g, '')) || name === 'localhost' || name.endsWith('.localhost'))
+    // A browser always sends Host; a request without one (an HTTP/1.0 health check) is no rebinding.
+    if (header === undefined || header === '') return undefined;
+    const name = hostName(header);
+    if (name === 'localhost' || name.endsWith('.localhost') || isLoopback(name.replace(/^\[|\]$/g, '')))
       return undefined;
-    if (this.options.allowedHosts?.includes(name)) return undefined;
+    if (this.options.allowedHosts.some((allowed) => hostName(allowed) === name)) return undefined;
     return (
-      `Host ${JSON.stringify(header ?? '')} refused: this server listens on ${this.address.host} and answers ` +
+      `Host ${JSON.stringify(header)} refused: this server listens on ${this.address.host} and answers ` +
       `only requests for localhost or a loopback address (a guard against DNS rebinding). Reach it as ` +
-      `http://localhost:${this.address.port}, or allow the name (MetricsServerOptions.allowedHosts).`
+      `http://localhost:${this.address.port}, or allow the name (--allowed-host, or allowedHosts in ` +
+      `createMetricsServer's options).`
     );
   }
 
@@ -500,10 +498,25 @@ export class MetricsServer {
   }
 }
 
-/** Whether an address (no brackets) is a loopback one: 127.0.0.0/8, ::1, or 127.x mapped into IPv6. */
+/** The host name of a Host header or name, as compared: lower case, no port, no trailing dot ('' if unparsable). */
+function hostName(host: string): string {
+  try {
+    return new URL(`http://${host}`).hostname.replace(/\.$/, '');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Whether an address (no brackets) is a loopback one: 127.0.0.0/8, ::1, or 127.x mapped into IPv6
+ * (::ffff:127.0.0.1, which a URL writes ::ffff:7f00:1).
+ */
 function isLoopback(address: string): boolean {
-  const v4 = address.replace(/^::ffff:/i, '');
-  return isIP(v4) === 4 ? v4.startsWith('127.') : isIP(address) === 6 && /^(0*:)*:?0*1$/.test(address);
+  const mapped = /^::ffff:(?:(\d+\.\d+\.\d+\.\d+)|7f([0-9a-f]{2}):[0-9a-f]{1,4})$/i.exec(address);
+  if (mapped) return mapped[1] === undefined || mapped[1].startsWith('127.');
+  return isIP(address) === 4
+    ? address.startsWith('127.')
+    : isIP(address) === 6 && /^(0*:)*:?0*1$/.test(address);
 }
 
 /** A {@link MetricsServer} for these sources; call `listen()` to serve. */

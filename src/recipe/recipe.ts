@@ -211,8 +211,14 @@ export function rewardModelStage(reward: Topology['rewards'][number]): string | 
     : undefined;
 }
 
-/** The stages a stage reads, with the kind of output each must have. */
-export function stageInputs(stage: Stage): { name: string; kind: OutputKind; role: string }[] {
+/**
+ * The stages a stage reads, with the kind of output each must have. A GRPO stage reads the rewardModel
+ * stages its rewards name: its own rewards, or else the topology's (`topologyRewards`).
+ */
+export function stageInputs(
+  stage: Stage,
+  topologyRewards: readonly Topology['rewards'][number][],
+): { name: string; kind: OutputKind; role: string }[] {
   switch (stage.type) {
     case 'pretrain':
     case 'import':
@@ -226,7 +232,7 @@ export function stageInputs(stage: Stage): { name: string; kind: OutputKind; rol
     case 'grpo':
       return [
         { name: stage.from, kind: 'checkpoint', role: 'from' },
-        ...(stage.rewards ?? []).flatMap((reward) => {
+        ...(stage.rewards ?? topologyRewards).flatMap((reward) => {
           const name = rewardModelStage(reward);
           return name ? [{ name, kind: 'rewardModel' as const, role: 'reward' }] : [];
         }),
@@ -287,7 +293,7 @@ export function defineRecipe(input: RecipeInput): Recipe {
     if (stage.type === 'import' && (stage.checkpoint === undefined) === (stage.dataset === undefined))
       problems.push(`${where}: an import names either a checkpoint or a dataset`);
     if (seen.has(stage.name)) problems.push(`${where}: the name ${stage.name} is used twice`);
-    for (const input of stageInputs(stage)) {
+    for (const input of stageInputs(stage, recipe.topology.rewards)) {
       const source = seen.get(input.name);
       if (!source) {
         const later = recipe.stages.slice(i + 1).some((s) => s.name === input.name);
@@ -340,7 +346,7 @@ export function describeRecipe(recipe: Recipe, runDir: string): string[] {
   ];
   for (const [i, stage] of recipe.stages.entries()) {
     const byRole = new Map<string, string[]>();
-    for (const input of stageInputs(stage))
+    for (const input of stageInputs(stage, recipe.topology.rewards))
       byRole.set(input.role, [...(byRole.get(input.role) ?? []), input.name]);
     const inputs = [...byRole].map(([role, names]) => `${role}: ${names.join(', ')}`).join('; ');
     lines.push(`${i + 1}. ${stage.name} (${stage.type})${inputs ? `  <- ${inputs}` : ''}`);

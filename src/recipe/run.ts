@@ -4,6 +4,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   renameSync,
   rmSync,
   statSync,
@@ -135,6 +136,7 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
   const ran = new Set<string>();
   const reports: StageReport[] = [];
   const byName = new Map<string, StageReport>();
+  const digests = new Map<string, string>();
   const total = recipe.stages.length;
   for (const [index, stage] of recipe.stages.entries()) {
     const dir = join(runDir, stage.name);
@@ -144,7 +146,7 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
       ? (JSON.parse(readFileSync(reportPath, 'utf8')) as StageReport)
       : undefined;
     if (stage.type === 'import') checkImport(stage);
-    const madeFrom = stageMadeFrom(recipe, stage, byName);
+    const madeFrom = stageMadeFrom(recipe, stage, index, byName, digests);
     const startedPath = join(dir, 'made-from.json');
     const done = previous !== undefined && existsSync(output);
     const changed = done ? changedParts(previous.madeFrom, madeFrom) : undefined;
@@ -159,18 +161,12 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
       // Redone, changed or never finished: start clean, except an interrupted GRPO stage that was started
       // from what it would start from now, which resumes.
       const interrupted = stage.type === 'grpo' && !done && existsSync(join(dir, 'state.json'));
-      const sinceStart = interrupted
-        ? changedParts(
-            existsSync(startedPath)
-              ? (JSON.parse(readFileSync(startedPath, 'utf8')) as Record<string, string>)
-              : undefined,
-            madeFrom,
-          )
-        : undefined;
+      const sinceStart = interrupted ? changedParts(readMadeFrom(startedPath), madeFrom) : undefined;
       const resume = interrupted && !redo.has(stage.name) && sinceStart === undefined;
       if (!resume) rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true });
-      writeFileSync(startedPath, JSON.stringify(madeFrom, null, 2));
+      writeFileSync(`${startedPath}.tmp`, JSON.stringify(madeFrom, null, 2));
+      renameSync(`${startedPath}.tmp`, startedPath);
       const reason = redo.has(stage.name)
         ? 'redo asked for'
         : resume
@@ -233,27 +229,32 @@ function stageReport(
 
 /**
  * What `stage` is made from now, part by part: `declaration` and `topology` (digests of the stage as
- * declared and of the recipe's topology, which every stage reads a part of), `stage <name>` for each
- * stage it reads (when that stage's output was finished; an import's by its contents), and `file <path>`
- * for each file or directory on disk it reads (its contents): imports, a jsonl task's files, reward
- * modules and preference models given by path. A module's own imports are not followed.
+ * declared and of the recipe's topology, which every stage reads a part of), `seed` (its sampling and
+ * shuffling seed, which its position sets: see stageSeed), `stage <name>` for each stage it reads (when
+ * that stage's output was finished; an import's by its contents), and `file <path>` for each file or
+ * directory on disk it reads (its contents): an import's, a jsonl task's files, and a GRPO stage's reward
+ * modules and preference models given by path. A module's own imports are not followed. `digests` holds
+ * the files' digests already taken in this invocation.
  */
 function stageMadeFrom(
   recipe: Recipe,
   stage: Stage,
+  index: number,
   reports: ReadonlyMap<string, StageReport>,
+  digests: Map<string, string>,
 ): Record<string, string> {
   const parts: Record<string, string> = {
     declaration: digest(JSON.stringify(stage)),
     topology: digest(JSON.stringify(recipe.topology)),
+    seed: String(stageSeed(recipe.topology, index)),
   };
-  for (const input of stageInputs(stage)) {
+  for (const input of stageInputs(stage, recipe.topology.rewards)) {
     const report = reports.get(input.name)!;
     parts[`stage ${input.name}`] =
       report.type === 'import' ? report.madeFrom![`file ${report.output}`]! : report.finishedAt;
   }
   const { task } = recipe.topology;
-  const rewards = [...recipe.topology.rewards, ...(stage.type === 'grpo' ? (stage.rewards ?? []) : [])];
+  const rewards = stage.type === 'grpo' ? (stage.rewards ?? recipe.topology.rewards) : [];
   const files = [
     ...(stage.type === 'import' ? [outputPath('', stage)] : []),
     ...(task.kind === 'jsonl' ? [task.train, task.test] : []),
@@ -263,8 +264,16 @@ function stageMadeFrom(
         : [],
     ),
   ];
-  for (const path of files) parts[`file ${path}`] ??= contentsDigest(path);
+  for (const path of files) {
+    if (!digests.has(path)) digests.set(path, contentsDigest(path));
+    parts[`file ${path}`] = digests.get(path)!;
+  }
   return parts;
+}
+
+/** A stage's seed (sampling, shuffling, held-out choice): the topology's, plus 1000 x its position from 1. */
+function stageSeed(topology: Recipe['topology'], index: number): number {
+  return topology.seed + 1000 * (index + 1);
 }
 
 /** Why a stage made from `before` is out of date now (undefined: it is not). */
@@ -279,19 +288,43 @@ function changedParts(
   return changed.length > 0 ? `changed since: ${changed.join(', ')}` : undefined;
 }
 
+/** The parts a stage was started from (its made-from.json), or undefined if there is no readable record. */
+function readMadeFrom(path: string): Record<string, string> | undefined {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as Record<string, string>;
+  } catch {
+    return undefined;
+  }
+}
+
 const digest = (text: string | Buffer): string =>
   createHash('sha256').update(text).digest('hex').slice(0, 16);
 
-/** A digest of a file's contents, or of a directory's (its files' relative paths and contents); 'missing' if absent. */
+/**
+ * A digest of a file's contents, or of a directory's: each entry's relative path with its contents (a
+ * regular file), or its target (a symbolic link, not followed), in name order. 'missing' if the path is
+ * absent, 'unreadable: <code>' if it cannot be read.
+ */
 function contentsDigest(path: string): string {
-  if (!existsSync(path)) return 'missing';
-  if (!statSync(path).isDirectory()) return digest(readFileSync(path));
-  const hash = createHash('sha256');
-  for (const entry of (readdirSync(path, { recursive: true }) as string[]).sort()) {
-    const file = join(path, entry);
-    if (statSync(file).isFile()) hash.update(`${entry}\0${digest(readFileSync(file))}\0`);
+  try {
+    if (!existsSync(path)) return 'missing';
+    if (!statSync(path).isDirectory()) return digest(readFileSync(path));
+    const hash = createHash('sha256');
+    const walk = (dir: string, prefix: string): void => {
+      const entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
+      for (const entry of entries) {
+        const relative = `${prefix}${entry.name}`;
+        const at = join(dir, entry.name);
+        if (entry.isDirectory()) walk(at, `${relative}/`);
+        else if (entry.isSymbolicLink()) hash.update(`${relative}\0-> ${readlinkSync(at)}\0`);
+        else if (entry.isFile()) hash.update(`${relative}\0${digest(readFileSync(at))}\0`);
+      }
+    };
+    walk(path, '');
+    return hash.digest('hex').slice(0, 16);
+  } catch (error) {
+    return `unreadable: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`;
   }
-  return hash.digest('hex').slice(0, 16);
 }
 
 function checkImport(stage: StageOf<'import'>): void {
@@ -318,7 +351,7 @@ async function runStage(stage: Stage, ctx: StageContext): Promise<Record<string,
   const topology = recipe.topology;
   const runtime = taskRuntime(topology);
   const tokenizer = new CharTokenizer(runtime.alphabet);
-  const seed = topology.seed + 1000 * (ctx.index + 1);
+  const seed = stageSeed(topology, ctx.index);
   const path = (name: string) => {
     const source = recipe.stages.find((s) => s.name === name)!;
     return outputPath(ctx.runDir, source);

@@ -222,6 +222,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   if (resuming) resumeCounters(metrics, state.counters ?? []);
   // The version of the checkpoint state.json describes (a resumed run's, until it saves one).
   let savedVersion = resuming ? state.version : undefined;
+  // What state.json holds since this run's last checkpoint.
+  let checkpointState: RunState | undefined;
   // Data-order position of each group still in flight.
   const cursorOf = new Map<string, number>();
   const forget = (groupId: string) => cursorOf.delete(groupId);
@@ -378,11 +380,16 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           const saved: RunState = { ...state, counters: ownCounters(), evals };
           await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...state } });
           writeFileSync(statePath, JSON.stringify(saved));
+          checkpointState = saved;
           savedVersion = step;
           emit({ kind: 'checkpoint', step, dir: checkpointDir });
         }
-        if (topology.eval.every > 0 && step % topology.eval.every === 0 && step < totalSteps)
+        if (topology.eval.every > 0 && step % topology.eval.every === 0 && step < totalSteps) {
           await runEval(step);
+          // The checkpoint of this step keeps this evaluation too (its counts stay the checkpoint's).
+          if (savedVersion === step && checkpointState)
+            writeFileSync(statePath, JSON.stringify({ ...checkpointState, evals } satisfies RunState));
+        }
         if (step >= totalSteps) {
           done = true;
           stopGeneration();
@@ -497,9 +504,12 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
         JSON.stringify({ ...state, counters: ownCounters(), evals } satisfies RunState),
       );
     if (savedVersion === state.version) saveFinal();
-    await runEval(state.version);
-    // And its last evaluation, for a run that goes on from it.
-    if (savedVersion === state.version) saveFinal();
+    // A resumed run that had already finished has evaluated this version.
+    if (evals.at(-1)?.step !== state.version) {
+      await runEval(state.version);
+      // And its last evaluation, for a run that goes on from it.
+      if (savedVersion === state.version) saveFinal();
+    }
   } finally {
     await Promise.all([generator.close(), learner.close()]);
     // The last counts (drops at the end of the run included) reach metrics.jsonl and subscribers.

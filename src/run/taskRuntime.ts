@@ -98,6 +98,9 @@ export function topologyRewards(topology: Topology): WeightedReward[] {
   return topology.rewards.map((spec) => ({ fn: rewardFunction(spec), weight: spec.weight }));
 }
 
+/** The pairs of jsonl files (train, test) whose overlap this process has warned of. */
+const overlapWarned = new Set<string>();
+
 export function taskRuntime(topology: Topology): TaskRuntime {
   const { task, seed, data, pretrain } = topology;
   let train: TaskExample[];
@@ -162,8 +165,13 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       train = loadJsonlExamples(task.train).slice(0, data.trainPrompts);
       test = loadJsonlExamples(task.test).slice(0, data.testPrompts);
       {
+        // Once per pair of files: a recipe builds a runtime per stage and per evaluation.
         const overlap = heldOutOverlap(train, test, task);
-        if (overlap) console.warn(`Warning: ${overlap}`);
+        const pair = `${task.train}\0${task.test}`;
+        if (overlap && !overlapWarned.has(pair)) {
+          overlapWarned.add(pair);
+          console.warn(`Warning: ${overlap}`);
+        }
       }
       correctness = accuracyReward();
       break;

@@ -1,4 +1,5 @@
 import { get as httpGet } from 'node:http';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { lastValueFrom, Subject, toArray } from 'rxjs';
@@ -408,7 +409,7 @@ describe('metrics server: other endpoints', () => {
   it('on a loopback address, answers only requests for this machine or an allowed name (DNS rebinding)', async () => {
     const metrics = new Metrics({ run: 'run-a' });
     publishStep(metrics, 0);
-    const server = createMetricsServer(metrics.stream, undefined, { allowedHosts: ['trainer.lan'] });
+    const server = createMetricsServer(metrics.stream, undefined, { allowedHosts: ['Trainer.LAN'] });
     servers.push(server);
     const { port } = await server.listen(0, '127.0.0.1');
     const status = (host: string, at = port) =>
@@ -422,15 +423,28 @@ describe('metrics server: other endpoints', () => {
     for (const host of [
       `localhost:${port}`,
       `127.0.0.1:${port}`,
+      'LOCALHOST.',
       'app.localhost',
       `[::1]:${port}`,
+      '[::ffff:127.0.0.1]',
       'trainer.lan:1',
+      'trainer.lan.',
     ])
       expect((await status(host)).code, host).toBe(200);
     const refused = await status(`attacker.example:${port}`);
     expect(refused.code).toBe(403);
     expect(refused.body).toMatch(/Host "attacker\.example:\d+" refused: .*localhost.*DNS rebinding/);
     expect((await status('127.0.0.1.attacker.example')).code).toBe(403);
+    expect((await status('[::ffff:10.0.0.1]')).code).toBe(403);
+    // No Host at all (an HTTP/1.0 health check): no browser sends that, so it is no rebinding.
+    const bare = await new Promise<string>((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1', () => socket.end('GET /healthz HTTP/1.0\r\n\r\n'));
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      socket.on('end', () => resolve(text));
+      socket.on('error', reject);
+    });
+    expect(bare).toMatch(/^HTTP\/1\.1 200/);
     // Listening on every address, it is meant to be reached by names it cannot know.
     const open = createMetricsServer(metrics.stream);
     servers.push(open);

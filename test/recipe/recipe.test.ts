@@ -61,6 +61,22 @@ describe('defineRecipe', () => {
     expect(attempt).toThrow(/stages\[4\] \(both\): an import names either a checkpoint or a dataset/);
   });
 
+  it("a GRPO stage without rewards of its own reads the rewardModel stage the topology's rewards name", () => {
+    const withModel = (stages: RecipeInput['stages']) =>
+      defineRecipe({
+        ...recipe(stages),
+        topology: { ...base, rewards: [{ kind: 'preference_model', path: 'rm', weight: 1 }] },
+      });
+    const pairs = { type: 'import', name: 'pairs', dataset: 'pairs.jsonl' } as const;
+    const rm = { type: 'rewardModel' as const, name: 'rm', pairs: ['pairs'] };
+    const rl = { type: 'grpo', name: 'rl', from: 'base', steps: 1 } as const;
+    expect(() => withModel([{ type: 'pretrain', name: 'base' }, rl, pairs, rm])).toThrow(
+      /stages\[1\] \(rl\): reward names rm, which comes later/,
+    );
+    const ordered = withModel([{ type: 'pretrain', name: 'base' }, pairs, rm, rl]);
+    expect(describeRecipe(ordered, 'runs/x').join('\n')).toMatch(/rl \(grpo\) {2}<- from: base; reward: rm/);
+  });
+
   it('a recipe names its result by `final`: a stage that makes a checkpoint', () => {
     expect(r1.final).toBe('final-rl'); // not pure-rl, the baseline declared after it
     const stages: RecipeInput['stages'] = [

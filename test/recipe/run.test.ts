@@ -211,17 +211,29 @@ it(
 
     // An interrupted GRPO stage (no report yet, a checkpoint) resumes only if nothing it starts from changed.
     const interrupt = () => rmSync(join(options.runDir, 'rl-2', 'stage.json'));
+    const steps: number[] = [];
     const reasons = async (recipe: typeof tiny) => {
       const seen: string[] = [];
+      steps.length = 0;
       await runRecipe({
         ...options,
         recipe,
-        onEvent: (e) => void (e.kind === 'stage-start' && seen.push(`${e.stage}: ${e.reason}`)),
+        onEvent: (e) => {
+          if (e.kind === 'stage-start') seen.push(`${e.stage}: ${e.reason}`);
+          if (e.kind === 'grpo' && e.event.kind === 'step') steps.push(e.event.step);
+        },
       });
       return seen;
     };
+    const rl2Report = () => JSON.parse(readFileSync(join(options.runDir, 'rl-2', 'stage.json'), 'utf8'));
+    const finishedRl2 = rl2Report();
     interrupt();
     expect(await reasons(changed)).toEqual(['rl-2: resumed from its last checkpoint']);
+    // It went on from its checkpoint (all of its steps were done): nothing trained again, nothing moved
+    // aside, and its report's "before" is still the evaluation from before RL.
+    expect(steps).toEqual([]);
+    expect(existsSync(join(options.runDir, 'rl-2.previous'))).toBe(false);
+    expect(rl2Report().summary.before).toEqual(finishedRl2.summary.before);
     interrupt();
     const rl2Changed = defineRecipe({
       ...changed,
@@ -230,6 +242,7 @@ it(
     expect(await reasons(rl2Changed)).toEqual([
       'rl-2: interrupted earlier, started over: changed since: declaration',
     ]);
+    expect(steps).toEqual([1]);
 
     await expect(runRecipe({ ...options, redo: ['nope'] })).rejects.toThrow(
       /No stage named nope in tiny-recipe: its stages are base, cold-start-data, cold-start, rl/,

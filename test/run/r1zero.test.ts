@@ -210,6 +210,11 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
       expect(Array.from(b.model.params.get(name)!.dataSync()), name).toEqual(Array.from(v.dataSync()));
     }
     expect(whole.steps).toBe(4);
+    // Resuming the finished run trains nothing and evaluates nothing again.
+    const events: RunEvent[] = [];
+    const again = await run('split', { eta: 0, resume: true, onEvent: (e) => events.push(e) });
+    expect(events.filter((e) => e.kind === 'step')).toEqual([]);
+    expect(again.evals).toEqual(resumed.evals);
   });
 
   it("runs the learner's kernels on helper threads when asked, says so, and trains the same weights", async () => {

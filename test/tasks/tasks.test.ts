@@ -156,17 +156,19 @@ describe('JSONL data sets', () => {
       writeFileSync(join(dir, 'test.jsonl'), '{"prompt":"2+5","answer":7}\n');
       const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
       try {
-        taskRuntime(
-          defineTopology({
-            ...base,
-            task: { kind: 'jsonl', train: join(dir, 'train.jsonl'), test: join(dir, 'test.jsonl') },
-          }),
-        );
+        const topology = defineTopology({
+          ...base,
+          task: { kind: 'jsonl', train: join(dir, 'train.jsonl'), test: join(dir, 'test.jsonl') },
+        });
+        taskRuntime(topology);
         expect(warn).toHaveBeenCalledWith(
           expect.stringMatching(
             /^Warning: 1 of the 1 test prompts of .*test\.jsonl are also training prompts/,
           ),
         );
+        // Once per pair of files: a recipe builds a runtime per stage.
+        taskRuntime(topology);
+        expect(warn).toHaveBeenCalledTimes(1);
       } finally {
         warn.mockRestore();
       }

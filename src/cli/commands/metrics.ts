@@ -158,12 +158,19 @@ export function registerMetricsCommands(program: Command): void {
       'address to listen on (on a loopback address it answers only requests for localhost: a guard against DNS rebinding)',
       '127.0.0.1',
     )
-    .action(async (file: string, flags: { port: number; host: string }) => {
+    .option(
+      '--allowed-host <name>',
+      'a Host name to answer besides localhost when listening on a loopback address (a reverse proxy that keeps Host, /etc/hosts); repeatable',
+      collect,
+    )
+    .action(async (file: string, flags: { port: number; host: string; allowedHost?: string[] }) => {
       if (!existsSync(file))
         process.stderr.write(`${file} does not exist yet: the dashboard fills in once it does\n`);
       // A new run started in the same directory: the dashboard starts over with it.
       const server: MetricsServer = createMetricsServer(
         followMetricsJsonl(file, { onRestart: () => server.reset() }),
+        undefined,
+        { allowedHosts: flags.allowedHost ?? [] },
       );
       const { url } = await server.listen(flags.port, flags.host);
       process.stdout.write(`dashboard of ${file}: ${url}/  (Ctrl-C to stop)\n`);

@@ -11,6 +11,7 @@ import { KAFKA_ROLES } from '../../run/kafka/types.ts';
 import type { RunEvent, RunSummary } from '../../run/r1zero.ts';
 import {
   connectionOf,
+  collect,
   nonNegativeInt,
   nonNegativeNumber,
   portNumber,
@@ -151,14 +152,21 @@ export function printSummary(summary: RunSummary): void {
 async function serveMetrics(
   metrics: Metrics,
   completions: Subject<ScoredRollout>,
-  opts: { dashboard?: number | true; metricsPort?: number; metricsHost: string },
+  opts: {
+    dashboard?: number | true;
+    metricsPort?: number;
+    metricsHost: string;
+    metricsAllowedHost?: string[];
+  },
 ): Promise<MetricsServer | undefined> {
   if (opts.dashboard === undefined && opts.metricsPort === undefined) return undefined;
   const dashboardPort = typeof opts.dashboard === 'number' ? opts.dashboard : undefined;
   if (dashboardPort !== undefined && opts.metricsPort !== undefined && dashboardPort !== opts.metricsPort) {
     throw new Error('--dashboard and --metrics-port name one server: give the port once');
   }
-  const server = createMetricsServer(metrics.stream, completions);
+  const server = createMetricsServer(metrics.stream, completions, {
+    allowedHosts: opts.metricsAllowedHost ?? [],
+  });
   try {
     const { url } = await server.listen(dashboardPort ?? opts.metricsPort ?? 0, opts.metricsHost);
     if (opts.dashboard !== undefined) console.log(`dashboard: ${url}/  (rxrl metrics --follow ${url})`);
@@ -220,6 +228,7 @@ interface RunFlags extends ConnectionFlags {
   dashboard?: number | true;
   metricsPort?: number;
   metricsHost: string;
+  metricsAllowedHost?: string[];
   metricsLinger?: number;
   transport: 'memory' | 'kafka';
   role?: KafkaRole;
@@ -329,6 +338,11 @@ export function registerRunCommand(program: Command): void {
         '127.0.0.1',
       )
       .option(
+        '--metrics-allowed-host <name>',
+        'a Host name the metrics server answers besides localhost when on a loopback address (a reverse proxy that keeps Host, /etc/hosts); repeatable',
+        collect,
+      )
+      .option(
         '--metrics-linger <seconds>',
         'keep the metrics server up this long after the run ends, so that a scraper gets the final values (Ctrl-C ends it sooner)',
         nonNegativeNumber,
@@ -363,7 +377,13 @@ export function registerRunCommand(program: Command): void {
         command.error(
           `${optionNames(single).join(', ')} ${single.length === 1 ? 'applies' : 'apply'} to a single run; ${recipe.name} is a recipe, whose stages set their own steps and staleness (see \`rxrl describe ${recipe.name}\`)`,
         );
-      const served = given(['dashboard', 'metricsPort', 'metricsHost', 'metricsLinger']);
+      const served = given([
+        'dashboard',
+        'metricsPort',
+        'metricsHost',
+        'metricsAllowedHost',
+        'metricsLinger',
+      ]);
       if (served.length > 0)
         command.error(
           `${optionNames(served).join(', ')} ${served.length === 1 ? 'applies' : 'apply'} to a single run; a recipe serves no live metrics: watch a stage's with rxrl dashboard runs/${recipe.name}/<stage>/metrics.jsonl`,
