@@ -4,6 +4,7 @@
  * streams.ts.) Without `follow` each completes once it has given what was there when it was subscribed.
  */
 import { randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
 import { createParser } from 'eventsource-parser';
 import { Observable } from 'rxjs';
 import type { Metric } from '../../schemas/index.ts';
@@ -35,51 +36,92 @@ export interface ServerSourceOptions {
   filter?: MetricFilter;
   /** Called when the server says what it had is gone (`reset`: the file it follows was started over). */
   onReset?: () => void;
+  /**
+   * With `follow`: a connection lost before the server's `end` (the server restarted, the network cut) is
+   * opened again after this many ms, doubling on each failure up to 10 times it, asking with Last-Event-ID
+   * for only what was missed, as a browser's EventSource does (a restarted server sends `reset`, then all
+   * it has). Default 1000; 0: a lost connection is an error.
+   */
+  reconnectMs?: number;
+  /** Failed attempts in a row after which a lost connection is an error (default 30). */
+  reconnectAttempts?: number;
+  /** Hears of each reconnection attempt: why the connection was lost, the attempt (from 1), the wait. */
+  onReconnect?: (reason: string, attempt: number, delayMs: number) => void;
 }
+
+/** An answer of the server that another attempt would not change (a 4xx: wrong address, refused Host). */
+class RefusedError extends Error {}
 
 /**
  * The metrics of a running process's metrics server (see server.ts): what it has kept, then with `follow`
- * those published from now on. Completes on the server's `end` event; a connection that closes before that
- * is an error.
+ * those published from now on. Completes on the server's `end` event. A first connection that fails, or an
+ * answer other than the stream, is an error; with `follow`, a connection lost after that is opened again
+ * (ServerSourceOptions.reconnectMs), without it the loss is an error.
  */
 export function metricsFromServer(address: string, options: ServerSourceOptions = {}): Observable<Metric> {
+  const reconnectMs = options.reconnectMs ?? 1000;
+  const attempts = options.reconnectAttempts ?? 30;
   return new Observable<Metric>((subscriber) => {
     const url = streamUrl(address, options.filter);
     const abort = new AbortController();
     let done = false;
+    let lastEventId: string | undefined;
+    // Whether a connection has been made (only then is a lost one opened again), and failures in a row.
+    let connected = false;
+    let failures = 0;
     const finish = () => {
       done = true;
       subscriber.complete();
       abort.abort();
     };
-    const parser = createParser({
-      onEvent: (event) => {
-        if (done) return;
-        if (event.event === 'metric') subscriber.next(JSON.parse(event.data) as Metric);
-        else if (event.event === 'reset') options.onReset?.();
-        else if (event.event === 'end' || (event.event === 'replayed' && !options.follow)) finish();
-      },
-    });
-    (async () => {
-      const response = await fetch(url, { signal: abort.signal, headers: { accept: 'text/event-stream' } });
+    /** One connection, read until the server ends the stream (resolves) or it is lost (throws). */
+    const read = async (): Promise<void> => {
+      const parser = createParser({
+        onEvent: (event) => {
+          if (done) return;
+          if (event.id !== undefined) lastEventId = event.id;
+          if (event.event === 'metric') subscriber.next(JSON.parse(event.data) as Metric);
+          else if (event.event === 'reset') options.onReset?.();
+          else if (event.event === 'end' || (event.event === 'replayed' && !options.follow)) finish();
+        },
+      });
+      const response = await fetch(url, {
+        signal: abort.signal,
+        headers: { accept: 'text/event-stream', ...(lastEventId ? { 'last-event-id': lastEventId } : {}) },
+      });
       if (!response.ok || !response.body) {
-        throw new Error(
-          `${url.origin} answered ${response.status} ${response.statusText} for ${url.pathname}`,
-        );
+        const text = `${url.origin} answered ${response.status} ${response.statusText} for ${url.pathname}`;
+        throw response.status >= 400 && response.status < 500 ? new RefusedError(text) : new Error(text);
       }
+      connected = true;
+      failures = 0;
       const decoder = new TextDecoder();
       for await (const chunk of response.body) {
         parser.feed(decoder.decode(chunk as Uint8Array, { stream: true }));
         if (done) return;
       }
       if (!done) throw new Error(`${url.origin} closed the stream before its end`);
-    })().catch((error: Error) => {
-      if (done || abort.signal.aborted) return;
-      const cause = (error.cause as Error | undefined)?.message;
-      subscriber.error(
-        new Error(`Reading metrics from ${url.origin}: ${error.message}${cause ? ` (${cause})` : ''}`),
-      );
-    });
+    };
+    (async () => {
+      while (!done) {
+        try {
+          await read();
+        } catch (error) {
+          if (done || abort.signal.aborted) return;
+          const cause = ((error as Error).cause as Error | undefined)?.message;
+          const reason = `${(error as Error).message}${cause ? ` (${cause})` : ''}`;
+          const again = options.follow && connected && reconnectMs > 0 && !(error instanceof RefusedError);
+          if (!again || ++failures > attempts) {
+            const gaveUp = again ? ` (gave up after ${attempts} attempts to reconnect)` : '';
+            subscriber.error(new Error(`Reading metrics from ${url.origin}: ${reason}${gaveUp}`));
+            return;
+          }
+          const wait = Math.min(reconnectMs * 2 ** (failures - 1), reconnectMs * 10);
+          options.onReconnect?.(`lost ${url.origin}: ${reason}`, failures, wait);
+          await delay(wait, undefined, { signal: abort.signal }).catch(() => undefined);
+        }
+      }
+    })();
     return () => {
       done = true;
       abort.abort();

@@ -1,5 +1,5 @@
 import { get as httpGet } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { lastValueFrom, Subject, toArray } from 'rxjs';
@@ -250,6 +250,55 @@ describe('metrics server: /metrics/stream', () => {
     ]);
     expect(byName('samples.generated')).toEqual([[4, 80]]);
     expect(byName('drops.samples')).toEqual([[4, 2]]);
+  });
+
+  it('metricsFromServer, following, reconnects after a lost connection and gets only what it missed', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const { port } = await serve(metrics);
+    // A TCP proxy in front of the server, whose connections the test cuts (a network cut: no `end` event).
+    const sockets = new Set<Socket>();
+    const proxy = createNetServer((client) => {
+      const upstream = connect(port, '127.0.0.1');
+      client.pipe(upstream).pipe(client);
+      for (const socket of [client, upstream]) {
+        sockets.add(socket);
+        socket.on('error', () => undefined);
+        socket.on('close', () => [client, upstream].forEach((s) => s.destroy()));
+      }
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const through = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+      const steps: number[] = [];
+      const reconnects: string[] = [];
+      const until = (n: number) => vi.waitFor(() => expect(steps.length).toBe(n), { timeout: 10_000 });
+      const subscription = metricsFromServer(through, {
+        follow: true,
+        filter: { name: 'reward/mean' },
+        reconnectMs: 50,
+        onReconnect: (reason) => reconnects.push(reason),
+      }).subscribe((m) => steps.push(m.step!));
+      publishStep(metrics, 1);
+      await until(1);
+      for (const socket of sockets) socket.destroy();
+      sockets.clear();
+      publishStep(metrics, 2);
+      publishStep(metrics, 3);
+      await until(3);
+      publishStep(metrics, 4);
+      await until(4);
+      subscription.unsubscribe();
+      // Each once, in order: the server replayed only the events after the last id the client had.
+      expect(steps).toEqual([1, 2, 3, 4]);
+      expect(reconnects.length).toBeGreaterThanOrEqual(1);
+      expect(reconnects[0]).toMatch(/^lost http:\/\/127\.0\.0\.1:\d+: /);
+    } finally {
+      proxy.close();
+    }
+    // Without follow, or before any connection was made, a failure is an error at once.
+    await expect(
+      lastValueFrom(metricsFromServer('http://127.0.0.1:1', { follow: true, reconnectMs: 50 })),
+    ).rejects.toThrow(/Reading metrics from http:\/\/127\.0\.0\.1:1: fetch failed/);
   });
 
   it('sends recent completions as `completion` events with step, prompt, completion and rewards', async () => {

@@ -83,7 +83,15 @@ export function registerMetricsCommands(program: Command): void {
       } else if (source === undefined) {
         command.error('Give a source (http://host:port or a metrics.jsonl file) or --topic <run>.metrics');
       } else if (/^https?:\/\//.test(source)) {
-        metrics = metricsFromServer(source, { follow, filter, onReset: () => startedOver(source) });
+        metrics = metricsFromServer(source, {
+          follow,
+          filter,
+          onReset: () => startedOver(source),
+          onReconnect: (reason, attempt, wait) =>
+            process.stderr.write(
+              `${reason}; reconnecting in ${(wait / 1000).toFixed(1)} s (attempt ${attempt})\n`,
+            ),
+        });
       } else {
         if (!follow && !existsSync(source)) command.error(`No such file: ${source}`);
         if (!existsSync(source)) process.stderr.write(`waiting for ${source} to appear (Ctrl-C to stop)\n`);
