@@ -400,8 +400,8 @@ export class MetricsServer {
     return (
       `Host ${JSON.stringify(header)} refused: this server listens on ${this.address.host} and answers ` +
       `only requests for localhost or a loopback address (a guard against DNS rebinding). Reach it as ` +
-      `http://localhost:${this.address.port}, or allow the name (--allowed-host, or allowedHosts in ` +
-      `createMetricsServer's options).`
+      `http://localhost:${this.address.port}, or allow the name (rxrl run --metrics-allowed-host, rxrl ` +
+      `dashboard --allowed-host, or allowedHosts in createMetricsServer's options).`
     );
   }
 

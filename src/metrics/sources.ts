@@ -47,9 +47,17 @@ export interface ServerSourceOptions {
   reconnectAttempts?: number;
   /** Hears of each reconnection attempt: why the connection was lost, the attempt (from 1), the wait. */
   onReconnect?: (reason: string, attempt: number, delayMs: number) => void;
+  /**
+   * A connection that brings nothing for this long is lost (a cut that sent no FIN: a laptop asleep, a
+   * dropped VPN). The server sends a comment every 15 s by default. Default 60,000.
+   */
+  idleMs?: number;
 }
 
-/** An answer of the server that another attempt would not change (a 4xx: wrong address, refused Host). */
+/**
+ * An answer that another attempt would not change: a 4xx (wrong address, a refused Host), a page that is
+ * not the event stream (a login proxy's), a metric that is not JSON.
+ */
 class RefusedError extends Error {}
 
 /**
@@ -61,12 +69,13 @@ class RefusedError extends Error {}
 export function metricsFromServer(address: string, options: ServerSourceOptions = {}): Observable<Metric> {
   const reconnectMs = options.reconnectMs ?? 1000;
   const attempts = options.reconnectAttempts ?? 30;
+  const idleMs = options.idleMs ?? 60_000;
   return new Observable<Metric>((subscriber) => {
     const url = streamUrl(address, options.filter);
     const abort = new AbortController();
     let done = false;
     let lastEventId: string | undefined;
-    // Whether a connection has been made (only then is a lost one opened again), and failures in a row.
+    // Whether the stream has been read (only then is a lost connection opened again), and failures in a row.
     let connected = false;
     let failures = 0;
     const finish = () => {
@@ -76,31 +85,63 @@ export function metricsFromServer(address: string, options: ServerSourceOptions 
     };
     /** One connection, read until the server ends the stream (resolves) or it is lost (throws). */
     const read = async (): Promise<void> => {
+      // Its own abort: an idle connection (no heartbeat for idleMs: a cut that sent no FIN) is lost.
+      const connection = new AbortController();
+      const stop = () => connection.abort();
+      abort.signal.addEventListener('abort', stop);
+      let idle: NodeJS.Timeout | undefined;
+      const awake = () => {
+        clearTimeout(idle);
+        idle = setTimeout(() => connection.abort(new Error(`no data for ${idleMs / 1000} s`)), idleMs);
+      };
       const parser = createParser({
         onEvent: (event) => {
           if (done) return;
+          if (event.event === 'metric') {
+            let metric: Metric;
+            try {
+              metric = JSON.parse(event.data) as Metric;
+            } catch {
+              throw new RefusedError(
+                `${url.origin} sent a metric that is not JSON: ${event.data.slice(0, 200)}`,
+              );
+            }
+            subscriber.next(metric);
+          } else if (event.event === 'reset') {
+            // What came before is gone: ask for everything after a reconnection.
+            lastEventId = undefined;
+            options.onReset?.();
+          } else if (event.event === 'end' || (event.event === 'replayed' && !options.follow)) finish();
           if (event.id !== undefined) lastEventId = event.id;
-          if (event.event === 'metric') subscriber.next(JSON.parse(event.data) as Metric);
-          else if (event.event === 'reset') options.onReset?.();
-          else if (event.event === 'end' || (event.event === 'replayed' && !options.follow)) finish();
+          connected = true;
+          failures = 0;
         },
       });
-      const response = await fetch(url, {
-        signal: abort.signal,
-        headers: { accept: 'text/event-stream', ...(lastEventId ? { 'last-event-id': lastEventId } : {}) },
-      });
-      if (!response.ok || !response.body) {
-        const text = `${url.origin} answered ${response.status} ${response.statusText} for ${url.pathname}`;
-        throw response.status >= 400 && response.status < 500 ? new RefusedError(text) : new Error(text);
+      try {
+        awake();
+        const response = await fetch(url, {
+          signal: connection.signal,
+          headers: { accept: 'text/event-stream', ...(lastEventId ? { 'last-event-id': lastEventId } : {}) },
+        });
+        const type = response.headers.get('content-type') ?? '';
+        if (!response.ok || !response.body || !type.startsWith('text/event-stream')) {
+          const text = `${url.origin} answered ${response.status} ${response.statusText}${response.ok ? ` (${type || 'no content type'}, not an event stream)` : ''} for ${url.pathname}`;
+          throw response.status < 500 ? new RefusedError(text) : new Error(text);
+        }
+        const decoder = new TextDecoder();
+        for await (const chunk of response.body) {
+          awake();
+          parser.feed(decoder.decode(chunk as Uint8Array, { stream: true }));
+          if (done) return;
+        }
+        if (!done) throw new Error(`${url.origin} closed the stream before its end`);
+      } catch (error) {
+        // An idle connection aborted: say why, not "aborted".
+        throw connection.signal.aborted && !abort.signal.aborted ? connection.signal.reason : error;
+      } finally {
+        clearTimeout(idle);
+        abort.signal.removeEventListener('abort', stop);
       }
-      connected = true;
-      failures = 0;
-      const decoder = new TextDecoder();
-      for await (const chunk of response.body) {
-        parser.feed(decoder.decode(chunk as Uint8Array, { stream: true }));
-        if (done) return;
-      }
-      if (!done) throw new Error(`${url.origin} closed the stream before its end`);
     };
     (async () => {
       while (!done) {
@@ -121,7 +162,12 @@ export function metricsFromServer(address: string, options: ServerSourceOptions 
           await delay(wait, undefined, { signal: abort.signal }).catch(() => undefined);
         }
       }
-    })();
+    })().catch((error: unknown) => {
+      // A callback that threw (onReconnect, onReset, a subscriber's): the stream ends with it.
+      done = true;
+      abort.abort();
+      subscriber.error(error);
+    });
     return () => {
       done = true;
       abort.abort();

@@ -302,8 +302,8 @@ const digest = (text: string | Buffer): string =>
 
 /**
  * A digest of a file's contents, or of a directory's: each entry's relative path with its contents (a
- * regular file), or its target (a symbolic link, not followed), in name order. 'missing' if the path is
- * absent, 'unreadable: <code>' if it cannot be read.
+ * regular file, or a link to one, with its target) or its target (a link to a directory, not followed),
+ * in name order. 'missing' if the path is absent, 'unreadable: <code>' if it cannot be read.
  */
 function contentsDigest(path: string): string {
   try {
@@ -316,8 +316,13 @@ function contentsDigest(path: string): string {
         const relative = `${prefix}${entry.name}`;
         const at = join(dir, entry.name);
         if (entry.isDirectory()) walk(at, `${relative}/`);
-        else if (entry.isSymbolicLink()) hash.update(`${relative}\0-> ${readlinkSync(at)}\0`);
-        else if (entry.isFile()) hash.update(`${relative}\0${digest(readFileSync(at))}\0`);
+        else if (entry.isSymbolicLink()) {
+          // A link to a file counts by what it points at and its contents; one to a directory by where
+          // it points only (not followed: no cycles).
+          const target = statSync(at, { throwIfNoEntry: false });
+          const contents = target?.isFile() ? digest(readFileSync(at)) : '';
+          hash.update(`${relative}\0-> ${readlinkSync(at)}\0${contents}\0`);
+        } else if (entry.isFile()) hash.update(`${relative}\0${digest(readFileSync(at))}\0`);
       }
     };
     walk(path, '');

@@ -1,4 +1,4 @@
-import { get as httpGet } from 'node:http';
+import { createServer as createHttpServer, get as httpGet } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
@@ -295,10 +295,48 @@ describe('metrics server: /metrics/stream', () => {
     } finally {
       proxy.close();
     }
-    // Without follow, or before any connection was made, a failure is an error at once.
+    // Before any connection was made, a failure is an error at once.
     await expect(
       lastValueFrom(metricsFromServer('http://127.0.0.1:1', { follow: true, reconnectMs: 50 })),
     ).rejects.toThrow(/Reading metrics from http:\/\/127\.0\.0\.1:1: fetch failed/);
+  });
+
+  it('metricsFromServer gives up after its attempts, and does not retry what another try would not change', async () => {
+    const metrics = new Metrics({ run: 'run-a' });
+    const server = createMetricsServer(metrics.stream);
+    servers.push(server);
+    const { url } = await server.listen(0);
+    publishStep(metrics, 1);
+    const reconnects: number[] = [];
+    const got: Metric[] = [];
+    const lost = new Promise<unknown>((resolve) =>
+      metricsFromServer(url, {
+        follow: true,
+        reconnectMs: 20,
+        reconnectAttempts: 2,
+        onReconnect: (_, attempt) => reconnects.push(attempt),
+      }).subscribe({ next: (m) => got.push(m), error: resolve, complete: () => resolve('completed') }),
+    );
+    await vi.waitFor(() => expect(got.length).toBeGreaterThan(0));
+    // The server goes away without its `end` (a crash): connections cut, nothing listening.
+    const http = (server as unknown as { server: { closeAllConnections(): void; close(): void } }).server;
+    http.close();
+    http.closeAllConnections();
+    expect(String(await lost)).toMatch(/gave up after 2 attempts to reconnect/);
+    expect(reconnects).toEqual([1, 2]);
+    // A page that is not the event stream (a login proxy's), even while following: an error at once.
+    const page = createHttpServer((_, res) =>
+      res.writeHead(200, { 'content-type': 'text/html' }).end('<html>'),
+    );
+    await new Promise<void>((resolve) => page.listen(0, '127.0.0.1', resolve));
+    try {
+      const at = `http://127.0.0.1:${(page.address() as AddressInfo).port}`;
+      await expect(lastValueFrom(metricsFromServer(at, { follow: true, reconnectMs: 20 }))).rejects.toThrow(
+        /answered 200 OK \(text\/html, not an event stream\)/,
+      );
+    } finally {
+      page.close();
+    }
   });
 
   it('sends recent completions as `completion` events with step, prompt, completion and rewards', async () => {

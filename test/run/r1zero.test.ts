@@ -146,6 +146,7 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
 
   it('takes epochs x minibatches optimiser steps per batch and makes one policy version of them: at eta 0 nothing goes stale', async () => {
     const events: RunEvent[] = [];
+    const savedEvals: number[] = [];
     const summary = await runR1Zero({
       topology: defineTopology({
         ...tiny,
@@ -156,7 +157,18 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
       runDir: join(root, 'epochs'),
       cacheDir: join(root, 'cache'),
       eta: 0,
-      onEvent: (e) => events.push(e),
+      onEvent: (e) => {
+        events.push(e);
+        // Step 2 is a checkpoint and an evaluation: the checkpoint's state keeps that evaluation.
+        if (e.kind === 'step' && e.step === 3)
+          savedEvals.push(
+            ...(
+              JSON.parse(readFileSync(join(root, 'epochs', 'state.json'), 'utf8')) as {
+                evals: { step: number }[];
+              }
+            ).evals.map((x) => x.step),
+          );
+      },
     });
     const steps = events.filter((e) => e.kind === 'step') as Extract<RunEvent, { kind: 'step' }>[];
     expect(steps.map((e) => [e.step, e.report.optimiserStep])).toEqual([
@@ -168,6 +180,7 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     expect(summary.accounting.trained).toBe(4 * 8);
     expect(summary.accounting.drops.stale ?? 0).toBe(0);
     expect(summary.evals.map((e) => e.step)).toEqual([0, 2, 4]);
+    expect(savedEvals).toEqual([0, 2]);
     expect((await loadCheckpoint(join(root, 'epochs', 'checkpoint'))).policyVersion).toBe(4);
   });
 
