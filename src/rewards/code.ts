@@ -57,7 +57,11 @@ export function codeReward(options: CodeRewardOptions = {}): RewardFunction {
       }
       const program = extractProgram(input.completion);
       if (program === null) return 0;
-      sandbox ??= Sandbox.create(sandboxOptions);
+      // A sandbox that could not be made is tried again at the next score, not refused for good.
+      sandbox ??= Sandbox.create(sandboxOptions).catch((error: unknown) => {
+        sandbox = undefined;
+        throw error;
+      });
       const results = await (await sandbox).run(program, answer.data.tests, signal);
       onResults?.(results, input);
       return results.filter((r) => r.status === 'passed').length / results.length;

@@ -17,7 +17,8 @@
  * | `memory`       | RLIMIT_DATA (malloc, ArrayBuffers, the V8 heap) plus V8's `--max-old-space-size`             |
  * | `cpu`          | RLIMIT_CPU (the wall-clock timeout, which kills the process group, is always on)             |
  * | `fileSize`     | RLIMIT_FSIZE per file, and the scratch tmpfs's size with a private root                      |
- * | `privileges`   | not root: when this process is root, the program runs as nobody (`setpriv`)                  |
+ * | `privileges`   | not root: when this process is root, the program runs as nobody (`setpriv`); when it is not, |
+ * |                | the program is root of its user namespace with every capability dropped (`setpriv`)          |
  *
  * Output beyond `outputBytes` (stdout and stderr together) kills the process group, and so does the
  * wall-clock timeout (inside the namespaces a watchdog does it too, should this process die first); the
@@ -118,6 +119,11 @@ export class SandboxUnavailableError extends Error {
     );
     this.name = 'SandboxUnavailableError';
   }
+}
+
+/** The sandbox failed to run a program (not the program's doing): the reward rejects rather than score it. */
+export class SandboxFailedError extends Error {
+  override name = 'SandboxFailedError';
 }
 
 const DEFAULT_TIMEOUT_MS = 5_000;
@@ -314,20 +320,17 @@ function commandLine(plan: Plan, stage: string, limits: SandboxLimits): string[]
             String(Math.max(1, Math.floor(limits.fileBytes / 512))),
           ]
         : [];
+  // Root drops to another user and every capability. Not root, the namespaces map this user to root
+  // of a user namespace, with every capability there (chroot among them: a way out of the private root
+  // once the program could make the syscall): it drops them all, so that what it execs has none.
   const setpriv =
     plan.tools.setpriv && (plan.drop || plan.namespaces)
       ? [
           plan.tools.setpriv,
           '--no-new-privs',
-          ...(plan.drop
-            ? [
-                `--reuid=${plan.drop.uid}`,
-                `--regid=${plan.drop.gid}`,
-                '--clear-groups',
-                '--inh-caps=-all',
-                '--bounding-set=-all',
-              ]
-            : []),
+          ...(plan.drop ? [`--reuid=${plan.drop.uid}`, `--regid=${plan.drop.gid}`, '--clear-groups'] : []),
+          '--inh-caps=-all',
+          '--bounding-set=-all',
           '--',
         ]
       : [];
@@ -429,6 +432,7 @@ async function runOnce(
       });
       let killedFor: RawRun['killedFor'] | 'abort' = null;
       let done = false;
+      const exit: { code: number | null; signal: NodeJS.Signals | null } = { code: null, signal: null };
       const kill = (why: NonNullable<typeof killedFor>) => {
         killedFor ??= why;
         try {
@@ -439,7 +443,10 @@ async function runOnce(
         // Should something outside the group still hold the pipes, do not wait for them.
         setTimeout(() => finish(exit.code, exit.signal), 2_000).unref();
       };
-      const timer = setTimeout(() => kill('timeout'), limits.timeoutMs);
+      // A program that has exited by then (its pipes still draining) is not timed out.
+      const timer = setTimeout(() => {
+        if (exit.code === null && exit.signal === null) kill('timeout');
+      }, limits.timeoutMs);
       const onAbort = () => kill('abort');
       signal?.addEventListener('abort', onAbort, { once: true });
       const token = {};
@@ -471,7 +478,6 @@ async function runOnce(
       });
       statusPipe?.on('error', () => {});
 
-      const exit: { code: number | null; signal: NodeJS.Signals | null } = { code: null, signal: null };
       child.on('exit', (code, sig) => {
         exit.code = code;
         exit.signal = sig;
@@ -487,11 +493,15 @@ async function runOnce(
         statusPipe?.destroy();
         if (killedFor === 'abort') return reject(signal?.reason ?? new Error('sandbox run aborted'));
         const err = Buffer.concat(stderr).toString('utf8').slice(0, settings.excerptBytes);
+        // The sandbox, not the program, failed: no process, or (in the namespaces) no exit status from
+        // their PID 1, which nothing inside can kill. Not the program's fault: the reward rejects.
+        const failed = sandboxFailure(plan, reported, killedFor, spawnError);
+        if (failed) return reject(new SandboxFailedError(`${failed}${err ? `: ${err.trim()}` : ''}`));
         const status = /^\d+\n?$/.test(reported) ? Number(reported) : null;
         const program = status === null ? { code, sig } : programExit(status);
         resolve({
           stdout: Buffer.concat(stdout).toString('utf8'),
-          stderr: spawnError ? `could not start the sandbox: ${spawnError.message}` : err,
+          stderr: err,
           exitCode: program.code,
           signal: program.sig,
           killedFor,
@@ -504,6 +514,24 @@ async function runOnce(
   } finally {
     await rm(stage, { recursive: true, force: true }).catch(() => {});
   }
+}
+
+/**
+ * Why a run says nothing of the program because the sandbox failed to run it (undefined: it ran): the
+ * process could not start, or in the namespaces their PID 1 (the reporter, which nothing inside can
+ * kill) reported no exit status and this process did not kill it (unshare refused: namespaces used up;
+ * the private root's setup failed).
+ */
+export function sandboxFailure(
+  plan: Pick<Plan, 'namespaces'>,
+  reported: string,
+  killedFor: string | null,
+  spawnError?: Error,
+): string | undefined {
+  if (spawnError) return `could not start the sandbox: ${spawnError.message}`;
+  if (plan.namespaces && killedFor === null && !/^\d+\n?$/.test(reported))
+    return 'the sandbox did not run the program (its namespaces or private root could not be set up)';
+  return undefined;
 }
 
 /** A shell's $? as an exit code or the signal that killed the program. */
@@ -751,7 +779,11 @@ function judge(
     status(
       'privileges',
       !isRoot || !!plan.drop,
-      isRoot ? `runs as uid ${plan.drop?.uid} (setpriv, no capabilities, no_new_privs)` : 'not root',
+      isRoot
+        ? `runs as uid ${plan.drop?.uid} (setpriv, no capabilities, no_new_privs)`
+        : plan.namespaces && plan.tools.setpriv
+          ? "not root; in its user namespace's root, no capabilities (setpriv), no_new_privs"
+          : 'not root',
       without.has('drop-privileges')
         ? `this process is root and dropping privileges is ${off('drop-privileges')}`
         : 'this process is root and `setpriv` (util-linux) is missing: the program would run as root',
@@ -822,7 +854,7 @@ export class Sandbox {
     };
     const without = new Set(options.without ?? []);
     const runAs = options.runAs ?? { uid: 65534, gid: 65534 };
-    const key = JSON.stringify([[...without].sort(), runAs, limits.memoryMb]);
+    const key = JSON.stringify([[...without].sort(), runAs, limits.memoryMb, process.getuid?.()]);
     let probed = probes.get(key);
     if (!probed) {
       probed = probe(candidatePlans(without, runAs), limits, without);

@@ -4,11 +4,12 @@ import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { codeReward, extractProgram, type RewardInput } from '../../src/rewards/rewards.ts';
 import {
   outputsMatch,
   Sandbox,
+  sandboxFailure,
   SandboxUnavailableError,
   type Protection,
   type TestCase,
@@ -378,4 +379,42 @@ describe('sandbox: what it enforces is reported, and missing protections refused
     const reward = codeReward({ without: ['namespaces'] });
     await expect(reward.score(input(completion(SUM)), never)).rejects.toThrow(SandboxUnavailableError);
   });
+
+  it('a run the sandbox itself failed (no exit status from its PID 1, no process) rejects instead of scoring', () => {
+    const namespaces = { namespaces: true };
+    expect(sandboxFailure(namespaces, '0\n', null)).toBeUndefined();
+    expect(sandboxFailure(namespaces, '137\n', null)).toBeUndefined(); // the program was killed: its doing
+    expect(sandboxFailure(namespaces, '', 'timeout')).toBeUndefined(); // this process killed it
+    expect(sandboxFailure(namespaces, '', null)).toMatch(/did not run the program/);
+    expect(sandboxFailure({ namespaces: false }, '', null)).toBeUndefined(); // no reporter without namespaces
+    expect(sandboxFailure(namespaces, '', null, new Error('spawn EAGAIN'))).toBe(
+      'could not start the sandbox: spawn EAGAIN',
+    );
+  });
+
+  it('not root, the program runs as root of a user namespace with every capability dropped', async () => {
+    if (process.getuid?.() !== 0) {
+      // Here the real path is the one under test: the shared sandbox above runs this way.
+      expect(sandbox.protections.find((p) => p.protection === 'privileges')!.detail).toMatch(
+        /no capabilities/,
+      );
+      return;
+    }
+    // As root, take the path a user's process takes (unshare --map-root-user), with the caps dropped.
+    const uid = vi.spyOn(process, 'getuid').mockReturnValue(1000);
+    try {
+      const user = await Sandbox.create({ require: [], timeoutMs: 5_000 });
+      const privileges = user.protections.find((p) => p.protection === 'privileges')!;
+      if (!user.enforces('signals')) {
+        console.warn(`NOT CHECKED: no namespaces here: ${privileges.detail}`);
+        return;
+      }
+      expect(privileges.detail).toMatch(/user namespace's root, no capabilities \(setpriv\)/);
+      // The program still runs and is scored under the dropped capabilities.
+      const results = await user.run(SUM, SUM_TESTS, never);
+      expect(results.map((r) => r.status)).toEqual(['passed', 'passed', 'passed', 'passed']);
+    } finally {
+      uid.mockRestore();
+    }
+  }, 60_000);
 });
