@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -325,21 +325,21 @@ try { process.kill(pid, 'SIGKILL'); console.log('killed'); } catch (e) { console
   });
 
   it('leaves no scratch directory behind', async () => {
-    const token = `left-behind-${process.pid}-${Date.now()}`;
-    await sandbox.run(`require('fs').writeFileSync('mark.txt', ${JSON.stringify(token)});`, [
-      { input: '', output: '' },
-    ]);
-    const { readdirSync } = await import('node:fs');
-    const leftovers = readdirSync(tmpdir())
-      .filter((d) => d.startsWith('rxrl-sandbox-') && !d.startsWith('rxrl-sandbox-test-'))
-      .filter((d) => {
-        try {
-          return readFileSync(join(tmpdir(), d, 'mark.txt'), 'utf8') === token;
-        } catch {
-          return false;
-        }
-      });
-    expect(leftovers).toEqual([]);
+    // Its stage directories go under os.tmpdir(), which follows TMPDIR: one of this test's own.
+    const own = await mkdtemp(join(tmpdir(), 'rxrl-sandbox-test-tmp-'));
+    const before = process.env.TMPDIR;
+    process.env.TMPDIR = own;
+    try {
+      const [result] = await sandbox.run(`require('fs').writeFileSync('mark.txt', 'x'); console.log('ok')`, [
+        { input: '', output: 'ok' },
+      ]);
+      expect(result!.status).toBe('passed');
+      expect(readdirSync(own)).toEqual([]);
+    } finally {
+      if (before === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = before;
+      await rm(own, { recursive: true, force: true });
+    }
   });
 });
 
