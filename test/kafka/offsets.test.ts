@@ -50,6 +50,12 @@ describe('reassembleWeights', () => {
         ? { ...record, chunk: { ...record.chunk, data: Buffer.from([0, 0, 0, 0]) } }
         : record,
     );
+    // Same length, one byte flipped: only the SHA-256 tells.
+    const flipped = chunks(4, new Uint8Array([1, 2, 3, 4, 5])).map((record, i) =>
+      record.kind === 'chunk' && i === 0
+        ? { ...record, chunk: { ...record.chunk, data: Buffer.from([1, 2, 3, 5]) } }
+        : record,
+    );
     const records: VersionsRecord[] = [
       c!,
       a!,
@@ -59,6 +65,8 @@ describe('reassembleWeights', () => {
       { kind: 'policy', policy: policy(2) },
       ...chunks(3, new Uint8Array([7])),
       { kind: 'policy', policy: policy(3) },
+      ...flipped,
+      { kind: 'policy', policy: policy(4) },
     ];
 
     const out = await lastValueFrom(from(records).pipe(reassembleWeights({ metrics }), toArray()));
@@ -69,7 +77,7 @@ describe('reassembleWeights', () => {
     ]);
     expect(metrics.snapshot()).toMatchObject({
       'weights.versions': 2,
-      'weights.corrupt': 1,
+      'weights.corrupt': 2,
       'weights.incomplete': 0,
     });
   });
