@@ -157,20 +157,30 @@ export function versionsRetention(versionBytes: number): { name: string; value: 
 }
 
 /**
- * Sets versionsRetention on a run's versions topic. For a topic the learner has just created: alterConfigs
- * replaces every setting of the topic that it does not name.
+ * Sets versionsRetention on a run's versions topic, keeping the topic's own other settings (alterConfigs
+ * replaces every setting it does not name, so they are read first and sent along). A retention.bytes the
+ * topic already has is the operator's choice and stays: then nothing changes and this returns false.
  */
-export async function limitVersionsTopic(admin: Admin, run: string, versionBytes: number): Promise<void> {
+export async function limitVersionsTopic(admin: Admin, run: string, versionBytes: number): Promise<boolean> {
+  const name = topicName(run, 'versions');
+  const { resources } = await admin.describeConfigs({
+    includeSynonyms: false,
+    resources: [{ type: kafkajs.ConfigResourceTypes.TOPIC, name }],
+  });
+  // The topic's own settings: not defaults, not the broker's (configSource 1: DYNAMIC_TOPIC_CONFIG).
+  const own = (resources[0]?.configEntries ?? []).filter(
+    (e) => !e.isDefault && !e.readOnly && e.configValue !== null && e.configSource === 1,
+  );
+  if (own.some((e) => e.configName === 'retention.bytes')) return false;
+  const limits = versionsRetention(versionBytes);
+  const kept = own
+    .filter((e) => !limits.some((l) => l.name === e.configName))
+    .map((e) => ({ name: e.configName, value: e.configValue }));
   await admin.alterConfigs({
     validateOnly: false,
-    resources: [
-      {
-        type: kafkajs.ConfigResourceTypes.TOPIC,
-        name: topicName(run, 'versions'),
-        configEntries: versionsRetention(versionBytes),
-      },
-    ],
+    resources: [{ type: kafkajs.ConfigResourceTypes.TOPIC, name, configEntries: [...kept, ...limits] }],
   });
+  return true;
 }
 
 /** Every edge topic of a run: whether it exists, its partitions, record count and retention. */
