@@ -1,6 +1,6 @@
 /** The versions topic's retention against a real broker: set keeping the topic's own settings, or left to the operator. */
 import { Kafka, logLevel, ConfigResourceTypes } from 'kafkajs';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 import {
   createRunTopics,
   deleteRunTopics,
@@ -35,7 +35,10 @@ it("limits the versions topic's retention and keeps its other settings; a retent
   expect(await limitVersionsTopic(admin, run, bytes)).toBe(true);
   const limits = Object.fromEntries(versionsRetention(bytes).map((e) => [e.name, e.value]));
   // alterConfigs replaces what it does not name: retention.ms, set at creation, is still there.
-  expect(await ownSettings(run)).toMatchObject({ ...limits, 'retention.ms': '3600000' });
+  // (The broker applies a config change a moment after it answers.)
+  const settled = (expected: Record<string, string>) =>
+    vi.waitFor(async () => expect(await ownSettings(run)).toMatchObject(expected), { timeout: 15_000 });
+  await settled({ ...limits, 'retention.ms': '3600000' });
 
   // An operator's retention.bytes is theirs: nothing changes.
   await admin.alterConfigs({
@@ -48,6 +51,8 @@ it("limits the versions topic's retention and keeps its other settings; a retent
       },
     ],
   });
+  await settled({ 'retention.bytes': '123456789' });
   expect(await limitVersionsTopic(admin, run, bytes)).toBe(false);
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
   expect((await ownSettings(run))['retention.bytes']).toBe('123456789');
 });
