@@ -103,6 +103,7 @@ const overlapWarned = new Set<string>();
 
 export function taskRuntime(topology: Topology): TaskRuntime {
   const { task, seed, data, pretrain } = topology;
+  const rewards = topologyRewards(topology);
   let train: TaskExample[];
   let test: TaskExample[];
   let corpusCompletion: TaskRuntime['corpusCompletion'];
@@ -159,7 +160,9 @@ export function taskRuntime(topology: Topology): TaskRuntime {
     case 'code':
       train = codeExamples('train', data.trainPrompts, seed);
       test = codeExamples('test', data.testPrompts, seed);
-      correctness = codeReward();
+      // Judged under the limits the topology's code reward sets (a program that passes in training
+      // passes in evaluation), on the same sandbox as that reward (one bound on programs at once).
+      correctness = rewards[topology.rewards.findIndex((spec) => spec.kind === 'code')]?.fn ?? codeReward();
       break;
     case 'jsonl':
       train = loadJsonlExamples(task.train).slice(0, data.trainPrompts);
@@ -189,7 +192,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
     name: task.kind,
     train,
     test,
-    rewards: topologyRewards(topology),
+    rewards,
     correctness,
     prompt,
     alphabet: [...chars].sort().join(''),

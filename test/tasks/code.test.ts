@@ -108,8 +108,9 @@ describe('code task in a topology', () => {
       finishReason: 'eos' as const,
     };
     const signal = new AbortController().signal;
+    // Evaluation judges with the topology's code reward itself: its limits, its sandbox.
+    expect(runtime.correctness).toBe(runtime.rewards[0]!.fn);
     expect(await runtime.correctness.score(input, signal)).toBe(1);
-    expect(await runtime.rewards[0]!.fn.score(input, signal)).toBe(1);
     expect(
       await runtime.correctness.score({ ...input, completion: '<answer>console.log(1)</answer>' }, signal),
     ).toBeLessThan(1);
