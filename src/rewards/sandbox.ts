@@ -653,7 +653,15 @@ async function probe(
       running: new Set(),
     };
     for (const plan of plans) {
-      const run = await runOnce(plan, PROBE, input, settings);
+      let run: RawRun;
+      try {
+        run = await runOnce(plan, PROBE, input, settings);
+      } catch (error) {
+        // This plan cannot run a program here (namespaces refused, say): try the next.
+        if (!(error instanceof SandboxFailedError)) throw error;
+        context.failures.push({ plan, error: error.message });
+        continue;
+      }
       let report: ProbeReport;
       try {
         report = JSON.parse(run.stdout.trim().split('\n').pop() ?? '') as ProbeReport;

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -379,6 +379,28 @@ describe('sandbox: what it enforces is reported, and missing protections refused
     const reward = codeReward({ without: ['namespaces'] });
     await expect(reward.score(input(completion(SUM)), never)).rejects.toThrow(SandboxUnavailableError);
   });
+
+  it('where namespaces are refused, the probe falls back to a weaker plan instead of failing', async () => {
+    // An `unshare` that refuses, first on the PATH (as in a container without user namespaces).
+    const bin = await mkdtemp(join(tmpdir(), 'rxrl-sandbox-bin-'));
+    const fake = join(bin, 'unshare');
+    writeFileSync(fake, '#!/bin/sh\necho "unshare: unshare failed: Operation not permitted" >&2\nexit 1\n');
+    await chmod(fake, 0o755);
+    const path = process.env.PATH;
+    process.env.PATH = `${bin}:${path ?? ''}`;
+    try {
+      const warnings: string[] = [];
+      // (Another memory limit: a probe of its own, not the one cached for the real unshare.)
+      const weaker = await Sandbox.create({ require: [], memoryMb: 255, onWarning: (m) => warnings.push(m) });
+      expect(weaker.enforces('network')).toBe(false);
+      expect(weaker.enforces('filesystem')).toBe(true);
+      const results = await weaker.run(SUM, SUM_TESTS, never);
+      expect(results.every((r) => r.status === 'passed')).toBe(true);
+    } finally {
+      process.env.PATH = path;
+      await rm(bin, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   it('a run the sandbox itself failed (no exit status from its PID 1, no process) rejects instead of scoring', () => {
     const namespaces = { namespaces: true };
