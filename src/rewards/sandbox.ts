@@ -652,26 +652,33 @@ async function probe(
       excerptBytes: 2_000,
       running: new Set(),
     };
+    // Each plan gets a second try before a weaker one is taken: the weaker plan is kept for the process,
+    // and one probe may fail for a passing reason (a machine too loaded to start it in time, EAGAIN).
     for (const plan of plans) {
-      let run: RawRun;
-      try {
-        run = await runOnce(plan, PROBE, input, settings);
-      } catch (error) {
-        // This plan cannot run a program here (namespaces refused, say): try the next.
-        if (!(error instanceof SandboxFailedError)) throw error;
-        context.failures.push({ plan, error: error.message });
-        continue;
+      for (let attempt = 1; attempt <= 2; attempt++) {
+        let run: RawRun;
+        try {
+          run = await runOnce(plan, PROBE, input, settings);
+        } catch (error) {
+          // This plan could not run a program (namespaces refused, say).
+          if (!(error instanceof SandboxFailedError)) throw error;
+          context.failures.push({ plan, error: `attempt ${attempt}: ${error.message}` });
+          continue;
+        }
+        let report: ProbeReport;
+        try {
+          report = JSON.parse(run.stdout.trim().split('\n').pop() ?? '') as ProbeReport;
+        } catch {
+          const said = run.stderr.trim().split('\n').slice(-2).join(' | ');
+          context.failures.push({
+            plan,
+            error: `attempt ${attempt}: ${said || `exit ${run.exitCode ?? run.signal}`}`,
+          });
+          continue;
+        }
+        const written = existsSync(`${sentinel}.written`);
+        return { plan, protections: judge(plan, report, { ...connections }, written, context) };
       }
-      let report: ProbeReport;
-      try {
-        report = JSON.parse(run.stdout.trim().split('\n').pop() ?? '') as ProbeReport;
-      } catch {
-        const said = run.stderr.trim().split('\n').slice(-2).join(' | ');
-        context.failures.push({ plan, error: said || `exit ${run.exitCode ?? run.signal}` });
-        continue;
-      }
-      const written = existsSync(`${sentinel}.written`);
-      return { plan, protections: judge(plan, report, { ...connections }, written, context) };
     }
     throw new Error(
       `sandbox: no way to run a program here:\n  ` +

@@ -402,6 +402,35 @@ describe('sandbox: what it enforces is reported, and missing protections refused
     }
   }, 120_000);
 
+  it('a plan whose first probe fails for a passing reason is tried again before a weaker one is taken', async () => {
+    const real = ['/usr/bin/unshare', '/bin/unshare', '/usr/sbin/unshare'].find((f) => existsSync(f));
+    if (!real || !sandbox.enforces('network')) {
+      console.warn('NOT CHECKED: no namespaces here to fall back from');
+      expect(sandbox.enforces('network')).toBe(false);
+      return;
+    }
+    // An `unshare` that fails once (a machine too loaded, EAGAIN), then works.
+    const bin = await mkdtemp(join(tmpdir(), 'rxrl-sandbox-bin-'));
+    const marker = join(bin, 'failed-once');
+    writeFileSync(
+      join(bin, 'unshare'),
+      `#!/bin/sh\nif [ ! -e '${marker}' ]; then : > '${marker}'; echo 'unshare: Resource temporarily unavailable' >&2; exit 1; fi\nexec '${real}' "$@"\n`,
+    );
+    await chmod(join(bin, 'unshare'), 0o755);
+    const path = process.env.PATH;
+    process.env.PATH = `${bin}:${path ?? ''}`;
+    try {
+      const retried = await Sandbox.create({ require: [], memoryMb: 253, onWarning: () => undefined });
+      expect(existsSync(marker)).toBe(true); // it did fail once
+      expect(retried.protections.map((p) => [p.protection, p.enforced])).toEqual(
+        sandbox.protections.map((p) => [p.protection, p.enforced]),
+      );
+    } finally {
+      process.env.PATH = path;
+      await rm(bin, { recursive: true, force: true });
+    }
+  }, 120_000);
+
   it('a run the sandbox itself failed (no exit status from its PID 1, no process) rejects instead of scoring', () => {
     const namespaces = { namespaces: true };
     expect(sandboxFailure(namespaces, '0\n', null)).toBeUndefined();
