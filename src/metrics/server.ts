@@ -177,6 +177,8 @@ export class MetricsServer {
   private readonly completionHistory: Ring<StreamEvent>;
   private readonly subscribers = new Set<Subscriber>();
   private readonly options: Required<MetricsServerOptions>;
+  /** allowedHosts as compared (hostName). */
+  private readonly allowedHosts: ReadonlySet<string>;
   private readonly heartbeat: NodeJS.Timeout;
   private nextId = 1;
   /**
@@ -203,6 +205,7 @@ export class MetricsServer {
       maxBufferedBytes: options.maxBufferedBytes ?? 16 * 1024 * 1024,
       allowedHosts: options.allowedHosts ?? [],
     };
+    this.allowedHosts = new Set(this.options.allowedHosts.map(hostName));
     this.completionHistory = new Ring(this.options.completionHistory);
     this.exporter = new PrometheusExporter({ prefix: this.options.prometheusPrefix });
     this.server = createServer((req, res) => this.handle(req, res));
@@ -396,7 +399,7 @@ export class MetricsServer {
     const name = hostName(header);
     if (name === 'localhost' || name.endsWith('.localhost') || isLoopback(name.replace(/^\[|\]$/g, '')))
       return undefined;
-    if (this.options.allowedHosts.some((allowed) => hostName(allowed) === name)) return undefined;
+    if (this.allowedHosts.has(name)) return undefined;
     return (
       `Host ${JSON.stringify(header)} refused: this server listens on ${this.address.host} and answers ` +
       `only requests for localhost or a loopback address (a guard against DNS rebinding). Reach it as ` +

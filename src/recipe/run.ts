@@ -167,18 +167,14 @@ export async function runRecipe(options: RecipeRunOptions): Promise<RecipeSummar
       mkdirSync(dir, { recursive: true });
       writeFileSync(`${startedPath}.tmp`, JSON.stringify(madeFrom, null, 2));
       renameSync(`${startedPath}.tmp`, startedPath);
-      const reason = redo.has(stage.name)
-        ? 'redo asked for'
-        : resume
-          ? 'resumed from its last checkpoint'
-          : interrupted
-            ? `interrupted earlier, started over: ${sinceStart}`
-            : changed !== undefined
-              ? changed
-              : previous === undefined
-                ? 'not run before'
-                : 'its output is missing';
-      emit({ kind: 'stage-start', stage: stage.name, type: stage.type, index, total, reason });
+      const reason = (): string => {
+        if (redo.has(stage.name)) return 'redo asked for';
+        if (resume) return 'resumed from its last checkpoint';
+        if (interrupted) return `interrupted earlier, started over: ${sinceStart}`;
+        if (changed !== undefined) return changed;
+        return previous === undefined ? 'not run before' : 'its output is missing';
+      };
+      emit({ kind: 'stage-start', stage: stage.name, type: stage.type, index, total, reason: reason() });
       const stageStarted = performance.now();
       // The stages that train on this thread (pretraining, SFT, the preference model) have the machine
       // to themselves: every core. A GRPO stage's learner worker gets learnerThreads (default: every

@@ -497,7 +497,7 @@ async function runOnce(
         // their PID 1, which nothing inside can kill. Not the program's fault: the reward rejects.
         const failed = sandboxFailure(plan, reported, killedFor, spawnError);
         if (failed) return reject(new SandboxFailedError(`${failed}${err ? `: ${err.trim()}` : ''}`));
-        const status = /^\d+\n?$/.test(reported) ? Number(reported) : null;
+        const status = REPORTED_STATUS.test(reported) ? Number(reported) : null;
         const program = status === null ? { code, sig } : programExit(status);
         resolve({
           stdout: Buffer.concat(stdout).toString('utf8'),
@@ -516,6 +516,9 @@ async function runOnce(
   }
 }
 
+/** What the namespaces' PID 1 writes on fd 3: the program's exit status ($?). */
+const REPORTED_STATUS = /^\d+\n?$/;
+
 /**
  * Why a run says nothing of the program because the sandbox failed to run it (undefined: it ran): the
  * process could not start, or in the namespaces their PID 1 (the reporter, which nothing inside can
@@ -529,7 +532,7 @@ export function sandboxFailure(
   spawnError?: Error,
 ): string | undefined {
   if (spawnError) return `could not start the sandbox: ${spawnError.message}`;
-  if (plan.namespaces && killedFor === null && !/^\d+\n?$/.test(reported))
+  if (plan.namespaces && killedFor === null && !REPORTED_STATUS.test(reported))
     return 'the sandbox did not run the program (its namespaces or private root could not be set up)';
   return undefined;
 }

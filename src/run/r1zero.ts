@@ -220,10 +220,12 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       .map((c) => ({ ...c, value: c.value - (countedBefore[metricKey(c.name, c.labels)] ?? 0) }))
       .filter((c) => c.value !== 0);
   if (resuming) resumeCounters(metrics, state.counters ?? []);
-  // The version of the checkpoint state.json describes (a resumed run's, until it saves one).
-  let savedVersion = resuming ? state.version : undefined;
-  // What state.json holds since this run's last checkpoint.
-  let checkpointState: RunState | undefined;
+  // What state.json holds: the last checkpoint's state (a resumed run's, until it saves one).
+  let saved: RunState | undefined = resuming ? state : undefined;
+  const save = (next: RunState) => {
+    saved = next;
+    writeFileSync(statePath, JSON.stringify(next));
+  };
   // Data-order position of each group still in flight.
   const cursorOf = new Map<string, number>();
   const forget = (groupId: string) => cursorOf.delete(groupId);
@@ -377,18 +379,15 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           topology.run.checkpointEvery > 0 &&
           (step % topology.run.checkpointEvery === 0 || step >= totalSteps)
         ) {
-          const saved: RunState = { ...state, counters: ownCounters(), evals };
+          const next: RunState = { ...state, counters: ownCounters(), evals };
           await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...state } });
-          writeFileSync(statePath, JSON.stringify(saved));
-          checkpointState = saved;
-          savedVersion = step;
+          save(next);
           emit({ kind: 'checkpoint', step, dir: checkpointDir });
         }
         if (topology.eval.every > 0 && step % topology.eval.every === 0 && step < totalSteps) {
           await runEval(step);
           // The checkpoint of this step keeps this evaluation too (its counts stay the checkpoint's).
-          if (savedVersion === step && checkpointState)
-            writeFileSync(statePath, JSON.stringify({ ...checkpointState, evals } satisfies RunState));
+          if (saved?.version === step) save({ ...saved, evals });
         }
         if (step >= totalSteps) {
           done = true;
@@ -498,17 +497,13 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     rollouts.complete();
     await finished;
     // The run's final counts (drops at its end included) go with its last checkpoint's state.
-    const saveFinal = () =>
-      writeFileSync(
-        statePath,
-        JSON.stringify({ ...state, counters: ownCounters(), evals } satisfies RunState),
-      );
-    if (savedVersion === state.version) saveFinal();
+    const atCheckpoint = saved?.version === state.version;
+    if (atCheckpoint) save({ ...state, counters: ownCounters(), evals });
     // A resumed run that had already finished has evaluated this version.
     if (evals.at(-1)?.step !== state.version) {
       await runEval(state.version);
       // And its last evaluation, for a run that goes on from it.
-      if (savedVersion === state.version) saveFinal();
+      if (atCheckpoint) save({ ...saved!, evals });
     }
   } finally {
     await Promise.all([generator.close(), learner.close()]);

@@ -162,7 +162,7 @@ export function taskRuntime(topology: Topology): TaskRuntime {
       test = codeExamples('test', data.testPrompts, seed);
       // Judged under the limits the topology's code reward sets (a program that passes in training
       // passes in evaluation), on the same sandbox as that reward (one bound on programs at once).
-      correctness = rewards[topology.rewards.findIndex((spec) => spec.kind === 'code')]?.fn ?? codeReward();
+      correctness = rewards.find((_, i) => topology.rewards[i]!.kind === 'code')?.fn ?? codeReward();
       break;
     case 'jsonl':
       train = loadJsonlExamples(task.train).slice(0, data.trainPrompts);

@@ -233,12 +233,11 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       };
     }
     const resumedFrom = resuming ? state.version : undefined;
-    // A versions topic keeps the last few versions, not every one for a week: set when it holds no version
+    // A versions topic keeps the last few versions, not every one for a week: set while it holds no version
     // yet (made now, or by a first start that stopped before publishing one), unless it has a
     // retention.bytes of its own. A cluster that refuses it (no ACL to alter configs, a floor on
     // segment.bytes) runs on without it.
-    const versionsEmpty = Object.values(await endOffsets(topics.versions)).every((offset) => offset === 0);
-    if (created.includes(topics.versions) || versionsEmpty) {
+    if (Object.values(await endOffsets(topics.versions)).every((offset) => offset === 0)) {
       const bytes = Object.values(weights).reduce((n, values) => n + values.byteLength, 0);
       await retrying(() => limitVersionsTopic(admin, run, bytes)).catch((error: Error) =>
         emit({
