@@ -2,6 +2,8 @@
  * What the benches share: the learner's bench batch (the rows bench/torch/policy_bench.py builds too)
  * and timing that keeps wall and CPU time of each run.
  */
+import { readFileSync } from 'node:fs';
+import { availableParallelism, cpus } from 'node:os';
 import type { BatchSample, GradientBatch } from '../schemas/index.ts';
 import { makeGradientBatch } from '../src/operators/toGradientBatches.ts';
 
@@ -105,3 +107,37 @@ export function steadiness(ms = 2000): Steadiness {
 
 export const describeSteadiness = ({ delivered, worstMs }: Steadiness): string =>
   `machine steadiness: a CPU-bound loop ran at ${Math.round(delivered * 100)}% of its best speed (longest pause-hit pass ${Math.round(worstMs)} ms)`;
+
+/**
+ * The CPU the figures come from, e.g. `cpu: AMD EPYC (family 25, model 17), 2 cores; widest vector
+ * FMA for native code: AVX-512`. The learner's ratio to PyTorch depends on it more than on anything
+ * else: wasm's FMAs are 128 bits wide, PyTorch's as wide as the CPU allows, and CPUs run the wide ones
+ * at different rates (an AMD Zen 4 core runs 256- and 512-bit FMAs at twice the FLOPs of 128-bit ones;
+ * a CPU with two 512-bit FMA units at four times). Family, model and flags come from /proc/cpuinfo
+ * where there is one.
+ */
+export function describeCpu(): string {
+  let info = '';
+  try {
+    info = readFileSync('/proc/cpuinfo', 'utf8').split('\n\n')[0] ?? '';
+  } catch {
+    // Not Linux: the model name alone.
+  }
+  const field = (name: string): string | undefined =>
+    new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm').exec(info)?.[1]?.trim();
+  const family = field('cpu family');
+  const model = field('model');
+  const flags = new Set((field('flags') ?? '').split(/\s+/));
+  const widest = flags.has('avx512f')
+    ? 'AVX-512'
+    : flags.has('avx2') && flags.has('fma')
+      ? 'AVX2 with FMA'
+      : flags.size > 1
+        ? 'no AVX2 FMA'
+        : undefined;
+  const id = family && model ? ` (family ${family}, model ${model})` : '';
+  return (
+    `cpu: ${cpus()[0]?.model.trim() ?? 'unknown'}${id}, ${availableParallelism()} cores` +
+    (widest ? `; widest vector FMA for native code: ${widest}` : '')
+  );
+}

@@ -24,6 +24,7 @@ import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
 import {
   ascending,
   BENCH_BATCH,
+  describeCpu,
   describeSteadiness,
   learnerBatch,
   median,
@@ -70,6 +71,7 @@ const tasks = {
   'KV-cache sampling, 16 x 128 tokens': { tokens: 16 * 128, run: () => sample(model, prompts, sampling) },
 };
 
+console.log(describeCpu());
 console.log(describeSteadiness(steadiness()));
 console.log(`wasm, d=${dModel} layers=${nLayers} heads=${nHeads}, ${model.parameterCount()} parameters`);
 for (const [name, task] of Object.entries(tasks)) {

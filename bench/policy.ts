@@ -41,6 +41,7 @@ import * as tf from '@tensorflow/tfjs';
 import {
   ascending,
   BENCH_BATCH,
+  describeCpu,
   describeSteadiness,
   learnerBatch,
   median,
@@ -506,6 +507,7 @@ class TorchServer {
 // ---------------------------------------------------------------------------------------------
 // Run everything, then the summary.
 
+console.log(describeCpu());
 const steadyBefore = steadiness();
 console.log(describeSteadiness(steadyBefore));
 const fmaCeiling: FmaPeak | null = await fmaPeak(availableParallelism());
