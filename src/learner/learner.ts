@@ -42,6 +42,12 @@ export interface StepReport {
   clipRatioLow: number;
   clipRatioHigh: number;
   clipRatioRegion: number;
+  /**
+   * The lowest low and the highest high clip share among the optimiser steps a report covers (TRL's
+   * clip_ratio/low_min and high_max, taken there across processes): one step's own shares for one step.
+   */
+  clipRatioLowMin: number;
+  clipRatioHighMax: number;
   ratioMean: number;
   entropy: number;
   gradNorm: number;
@@ -244,6 +250,8 @@ export class Learner {
       clipRatioLow: low!,
       clipRatioHigh: high!,
       clipRatioRegion: region!,
+      clipRatioLowMin: low!,
+      clipRatioHighMax: high!,
       ratioMean: ratioMean!,
       entropy: entropy!,
       gradNorm,
@@ -299,7 +307,7 @@ export class Learner {
 
 /**
  * One report for a policy version's optimiser steps: the losses, ratios, entropy and norms averaged over
- * them (as TRL averages over accumulation steps), the last version, step and learning rate, and tokens/s
+ * them (as TRL averages over accumulation steps), the extreme clip shares, the last version, step and learning rate, and tokens/s
  * over all of them.
  */
 export function versionReport(reports: readonly StepReport[]): StepReport {
@@ -316,6 +324,8 @@ export function versionReport(reports: readonly StepReport[]): StepReport {
     clipRatioLow: mean('clipRatioLow'),
     clipRatioHigh: mean('clipRatioHigh'),
     clipRatioRegion: mean('clipRatioRegion'),
+    clipRatioLowMin: Math.min(...reports.map((r) => r.clipRatioLowMin)),
+    clipRatioHighMax: Math.max(...reports.map((r) => r.clipRatioHighMax)),
     ratioMean: mean('ratioMean'),
     entropy: mean('entropy'),
     gradNorm: mean('gradNorm'),
@@ -337,6 +347,8 @@ export function recordStepReport(m: Metrics, r: StepReport): void {
   m.record('train/clip_ratio/low_mean', r.clipRatioLow, step);
   m.record('train/clip_ratio/high_mean', r.clipRatioHigh, step);
   m.record('train/clip_ratio/region_mean', r.clipRatioRegion, step);
+  m.record('train/clip_ratio/low_min', r.clipRatioLowMin, step);
+  m.record('train/clip_ratio/high_max', r.clipRatioHighMax, step);
   m.record('train/ratio_mean', r.ratioMean, step);
   m.record('train/entropy', r.entropy, step);
   m.record('train/grad_norm', r.gradNorm, step);

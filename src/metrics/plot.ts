@@ -14,7 +14,7 @@ export const STANDARD_PANELS = [
   'reward/mean',
   'reward/accuracy',
   'eval/pass@1',
-  'completion_length/mean',
+  'completions/mean_length',
   'train/kl',
   'staleness/mean',
 ] as const;

@@ -78,6 +78,17 @@ export function parseMetricLine(text: string): { ok: true; metric: Metric } | { 
   return checked.ok ? { ok: true, metric: checked.value } : { ok: false, reason: checked.error.message };
 }
 
+/**
+ * Names that runs wrote before they took TRL's current ones (TRL renamed them too, in 0.17): a file of an
+ * older run is read under the new names, so `rxrl plot` and the dashboard compare old runs with new.
+ */
+export const RENAMED_METRICS: Readonly<Record<string, string>> = {
+  'completion_length/mean': 'completions/mean_length',
+  'completion_length/min': 'completions/min_length',
+  'completion_length/max': 'completions/max_length',
+  'completion_length/clipped_ratio': 'completions/clipped_ratio',
+};
+
 /** Parses lines as they come, counting them, skipping blank ones and reporting invalid ones. */
 function lineHandler(
   path: string,
@@ -89,8 +100,9 @@ function lineHandler(
     line++;
     if (text.trim() === '') return;
     const parsed = parseMetricLine(text);
-    if (parsed.ok) emit(parsed.metric);
-    else onInvalid({ path, line, reason: parsed.reason });
+    if (!parsed.ok) return onInvalid({ path, line, reason: parsed.reason });
+    const renamed = RENAMED_METRICS[parsed.metric.name];
+    emit(renamed ? { ...parsed.metric, name: renamed } : parsed.metric);
   };
 }
 

@@ -61,6 +61,11 @@ export interface RolloutStats {
   /** Share of completions cut at the token limit (finish reason `length`). */
   clippedRatio: number;
   /**
+   * Lengths of the completions that ended by themselves (EOS or a stop string, not cut at the limit):
+   * TRL's completions/*_terminated_length. Null when every completion was cut.
+   */
+  terminatedLength: { mean: number; min: number; max: number } | null;
+  /**
    * Probability mass top-k/top-p cut away before each draw, mean per completion token (the size of the
    * train/inference mismatch truncation makes); null when no sample measured it.
    */
@@ -84,6 +89,7 @@ export class RolloutWindow {
   private lengthMin = Infinity;
   private lengthMax = 0;
   private clipped = 0;
+  private terminated = { n: 0, sum: 0, min: Infinity, max: 0 };
   private truncated = 0;
   private truncatedTokens = 0;
   private tokens = 0;
@@ -107,7 +113,15 @@ export class RolloutWindow {
     this.length += length;
     this.lengthMin = Math.min(this.lengthMin, length);
     this.lengthMax = Math.max(this.lengthMax, length);
-    if (s.finishReason === 'length') this.clipped++;
+    if (s.finishReason === 'length') {
+      this.clipped++;
+    } else {
+      const t = this.terminated;
+      t.n++;
+      t.sum += length;
+      t.min = Math.min(t.min, length);
+      t.max = Math.max(t.max, length);
+    }
     if (s.truncatedMass !== undefined) {
       this.truncated += s.truncatedMass * length;
       this.truncatedTokens += length;
@@ -149,6 +163,14 @@ export class RolloutWindow {
       lengthMin: this.n > 0 ? this.lengthMin : 0,
       lengthMax: this.lengthMax,
       clippedRatio: this.clipped / n,
+      terminatedLength:
+        this.terminated.n > 0
+          ? {
+              mean: this.terminated.sum / this.terminated.n,
+              min: this.terminated.min,
+              max: this.terminated.max,
+            }
+          : null,
       truncatedMass: this.truncatedTokens > 0 ? this.truncated / this.truncatedTokens : null,
       tokensPerSecond,
       samplesPerSecond: this.seconds > 0 ? this.n / this.seconds : this.n / wallSeconds,
@@ -156,6 +178,7 @@ export class RolloutWindow {
     this.n = this.length = 0;
     this.lengthMin = Infinity;
     this.lengthMax = this.clipped = this.tokens = this.seconds = this.truncated = this.truncatedTokens = 0;
+    this.terminated = { n: 0, sum: 0, min: Infinity, max: 0 };
     this.byName = new Map();
     this.groups = new Map();
     this.started = performance.now();
@@ -190,10 +213,15 @@ export function recordStep(
   metrics.record('frac_reward_zero_std', rollout.fracRewardZeroStd, step);
   metrics.record('reward/accuracy', rollout.accuracy, step);
   metrics.record('reward/format', rollout.formatRate, step);
-  metrics.record('completion_length/mean', rollout.lengthMean, step);
-  metrics.record('completion_length/min', rollout.lengthMin, step);
-  metrics.record('completion_length/max', rollout.lengthMax, step);
-  metrics.record('completion_length/clipped_ratio', rollout.clippedRatio, step);
+  metrics.record('completions/mean_length', rollout.lengthMean, step);
+  metrics.record('completions/min_length', rollout.lengthMin, step);
+  metrics.record('completions/max_length', rollout.lengthMax, step);
+  metrics.record('completions/clipped_ratio', rollout.clippedRatio, step);
+  if (rollout.terminatedLength) {
+    metrics.record('completions/mean_terminated_length', rollout.terminatedLength.mean, step);
+    metrics.record('completions/min_terminated_length', rollout.terminatedLength.min, step);
+    metrics.record('completions/max_terminated_length', rollout.terminatedLength.max, step);
+  }
   if (rollout.truncatedMass !== null) metrics.record('rollout/truncated_mass', rollout.truncatedMass, step);
   metrics.record('rollout/tokens_per_second', rollout.tokensPerSecond, step);
   metrics.record('rollout/samples_per_second', rollout.samplesPerSecond, step);

@@ -6,7 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BatchSample, GradientBatch, Metric } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
 import { DEFAULT_GRPO_LOSS } from '../../src/grpo/loss.ts';
-import { Learner, recordStepReport, versionReport, type LearnerConfig } from '../../src/learner/learner.ts';
+import {
+  Learner,
+  recordStepReport,
+  versionReport,
+  type LearnerConfig,
+  type StepReport,
+} from '../../src/learner/learner.ts';
 import { learningRateAt } from '../../src/learner/schedule.ts';
 import { makeGradientBatch } from '../../src/operators/toGradientBatches.ts';
 import { loadCheckpoint, saveCheckpoint } from '../../src/policy/checkpoint.ts';
@@ -79,6 +85,39 @@ describe('Learner', () => {
     expect(seen.filter((name) => name.startsWith('train/kl'))).toEqual([]);
     learner.dispose();
     model.dispose();
+  });
+
+  it("reports a version's clip shares as TRL does: means, the lowest low and the highest high", () => {
+    const step = (version: number, low: number, high: number): StepReport => ({
+      version,
+      optimiserStep: version,
+      loss: 0,
+      pgLoss: 0,
+      clipRatioLow: low,
+      clipRatioHigh: high,
+      clipRatioRegion: low + high,
+      clipRatioLowMin: low,
+      clipRatioHighMax: high,
+      ratioMean: 1,
+      entropy: 1,
+      gradNorm: 1,
+      learningRate: 1e-3,
+      tokens: 10,
+      seconds: 1,
+    });
+    const report = versionReport([step(1, 0.1, 0.3), step(1, 0.05, 0.1), step(1, 0.3, 0.2)]);
+    expect(report.clipRatioLow).toBeCloseTo(0.15, 12);
+    expect(report.clipRatioHigh).toBeCloseTo(0.2, 12);
+    expect([report.clipRatioLowMin, report.clipRatioHighMax]).toEqual([0.05, 0.3]);
+    const metrics = new Metrics({ run: 't' });
+    const values = new Map<string, number>();
+    metrics.stream.subscribe((m) => {
+      if (m.kind === 'value') values.set(m.name, m.value);
+    });
+    recordStepReport(metrics, report);
+    expect(values.get('train/clip_ratio/low_min')).toBe(0.05);
+    expect(values.get('train/clip_ratio/high_max')).toBe(0.3);
+    expect(values.get('train/clip_ratio/low_mean')).toBeCloseTo(0.15, 12);
   });
 
   it('takes epochs x minibatches optimiser steps per batch, which make one policy version', () => {

@@ -146,7 +146,7 @@ describe('rxrl plot', () => {
       'reward/mean',
       'reward/accuracy',
       'eval/pass@1',
-      'completion_length/mean',
+      'completions/mean_length',
       'train/kl',
       'staleness/mean',
     ]);

@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import bundledChromium from '@sparticuz/chromium';
 import { chromium } from 'playwright-core';
 import { Subject } from 'rxjs';
 import { describe, expect, it } from 'vitest';
@@ -9,21 +10,36 @@ import { createMetricsServer } from '../../src/metrics/server.ts';
 import { scored } from '../fixtures.ts';
 import { publishStep, tempDir } from './helpers.ts';
 
-/** A Chromium to drive: $CHROMIUM_PATH, or one installed in a usual place. */
-const browserPath = [
-  process.env.CHROMIUM_PATH,
-  '/usr/bin/chromium',
-  '/usr/bin/chromium-browser',
-  '/usr/bin/google-chrome',
-  '/usr/bin/google-chrome-stable',
-  '/snap/bin/chromium',
-  '/Applications/Google Chrome.app/Contents/MacOS/Google Chrome',
-].find((path): path is string => path !== undefined && path !== '' && existsSync(path));
-if (!browserPath) {
-  console.warn(
-    'dashboard test skipped: no Chromium found. Install one (Debian/Ubuntu: apt-get install chromium) or point CHROMIUM_PATH at a Chromium or Chrome executable.',
-  );
+/**
+ * A Chromium to drive: $CHROMIUM_PATH, one installed in a usual place, or else the headless Chromium that
+ * the dev dependency @sparticuz/chromium ships inside its npm package (Linux x64 and arm64; unpacked into
+ * the temp directory on first use), so `npm test` needs no browser installed.
+ */
+async function findBrowser(): Promise<{ path: string } | { skip: string }> {
+  const installed = [
+    process.env.CHROMIUM_PATH,
+    '/usr/bin/chromium',
+    '/usr/bin/chromium-browser',
+    '/usr/bin/google-chrome',
+    '/usr/bin/google-chrome-stable',
+    '/snap/bin/chromium',
+    '/Applications/Google Chrome.app/Contents/MacOS/Google Chrome',
+  ].find((path): path is string => path !== undefined && path !== '' && existsSync(path));
+  if (installed) return { path: installed };
+  try {
+    return { path: await bundledChromium.executablePath() };
+  } catch (error) {
+    return {
+      skip:
+        `dashboard test skipped: no Chromium found, and @sparticuz/chromium's could not be unpacked ` +
+        `(${(error as Error).message}). Install one (Debian/Ubuntu: apt-get install chromium) or point ` +
+        'CHROMIUM_PATH at a Chromium or Chrome executable.',
+    };
+  }
 }
+const found = await findBrowser();
+if ('skip' in found) console.warn(found.skip);
+const browserPath = 'path' in found ? found.path : undefined;
 
 const rewardOf = (step: number) => 0.25 * step + 0.125;
 
@@ -35,7 +51,12 @@ describe('dashboard', () => {
       const completions = new Subject<ScoredRollout>();
       const server = createMetricsServer(metrics.stream, completions);
       const { url } = await server.listen(0);
-      const browser = await chromium.launch({ executablePath: browserPath! });
+      // In the C locale, as on many servers: Chromium then reports navigator.language 'en-US@posix', which
+      // Intl refuses (the page once failed to load its charts there).
+      const browser = await chromium.launch({
+        executablePath: browserPath!,
+        env: { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' },
+      });
       try {
         publishStep(metrics, 0);
         publishStep(metrics, 1);
@@ -68,7 +89,7 @@ describe('dashboard', () => {
         await page.waitForFunction("window.__rxrl.chartPoints('reward/mean').length === 5");
         expect(await chartPoints('reward/mean')).toEqual([0, 1, 2, 3, 4].map((s) => [s, rewardOf(s)]));
         expect(await chartPoints('reward/accuracy')).toHaveLength(5);
-        expect(await chartPoints('completion_length/mean')).toEqual([0, 1, 2, 3, 4].map((s) => [s, 40 - s]));
+        expect(await chartPoints('completions/mean_length')).toEqual([0, 1, 2, 3, 4].map((s) => [s, 40 - s]));
         expect(await chartPoints('staleness/mean')).toHaveLength(5);
         expect(await chartPoints('rollout/tokens_per_second')).toHaveLength(5);
         expect(await chartPoints('eval/pass@1')).toEqual([[4, 0.5]]);

@@ -19,7 +19,7 @@ export function logToJsonl(metrics: Metrics, path: string): Subscription {
 export function publishStep(metrics: Metrics, step: number): void {
   metrics.record('reward/mean', 0.25 * step + 0.125, step);
   metrics.record('reward/accuracy', Math.min(1, 0.2 * step), step);
-  metrics.record('completion_length/mean', 40 - step, step);
+  metrics.record('completions/mean_length', 40 - step, step);
   metrics.record('train/kl', 0.001 * step * step, step);
   metrics.record('staleness/mean', step % 2 === 0 ? 0.5 : 1, step);
   metrics.record('rollout/tokens_per_second', 1000 + 10 * step, step);

@@ -94,6 +94,17 @@ describe('readMetricsJsonl', () => {
     expect(invalid).toBe(0);
   });
 
+  it("reads an older run's completion_length/* under TRL's current completions/* names", async () => {
+    const path = join(tempDir(), 'metrics.jsonl');
+    const old = [metric('completion_length/mean', 12, 3), metric('completion_length/clipped_ratio', 0.5, 3)];
+    writeFileSync(path, `${old.map((m) => JSON.stringify(m)).join('\n')}\n`);
+    const read = await lastValueFrom(readMetricsJsonl(path).pipe(toArray()));
+    expect(read).toEqual([
+      metric('completions/mean_length', 12, 3),
+      metric('completions/clipped_ratio', 0.5, 3),
+    ]);
+  });
+
   it('errors when the file cannot be read', async () => {
     await expect(lastValueFrom(readMetricsJsonl(join(tempDir(), 'missing.jsonl')))).rejects.toThrow(/ENOENT/);
   });
@@ -158,7 +169,7 @@ describe('terminal views', () => {
     expect(lines[0]).toBe('r: 18 metrics, step 1');
     expect(lines[2]).toMatch(/^metric\s+kind\s+step\s+value$/);
     expect(lines.slice(3).map((l) => l.split(/\s+/)[0])).toEqual([
-      'completion_length/mean',
+      'completions/mean_length',
       'drops.samples{reason=stale}',
       'groups.open',
       'reward/accuracy',

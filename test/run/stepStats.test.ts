@@ -40,6 +40,8 @@ describe('RolloutWindow and recordStep', () => {
     expect([stats.accuracy, stats.formatRate]).toEqual([0.75, 2 / 3]);
     expect([stats.lengthMin, stats.lengthMean, stats.lengthMax]).toEqual([2, 5, 8]);
     expect(stats.clippedRatio).toBe(0.25);
+    // The three that ended by themselves (2, 6 and 4 tokens), not the one cut at the limit (8).
+    expect(stats.terminatedLength).toEqual({ mean: 4, min: 2, max: 6 });
     // Per token, over the samples that measured it: (2 x 0.1 + 8 x 0.05) / 10.
     expect(stats.truncatedMass).toBeCloseTo(0.06, 12);
     expect(stats.tokensPerSecond).toBe(10);
@@ -58,8 +60,11 @@ describe('RolloutWindow and recordStep', () => {
       'rewards/format/mean': 2 / 3,
       'rewards/accuracy/std': stats.rewardStdsByName.accuracy,
       frac_reward_zero_std: 0.5,
-      'completion_length/max': 8,
-      'completion_length/clipped_ratio': 0.25,
+      'completions/mean_length': 5,
+      'completions/max_length': 8,
+      'completions/clipped_ratio': 0.25,
+      'completions/mean_terminated_length': 4,
+      'completions/max_terminated_length': 6,
       'rollout/samples_per_second': 2,
       'rollout/truncated_mass': stats.truncatedMass,
       'staleness/mean': 0.5,
@@ -79,16 +84,23 @@ describe('RolloutWindow and recordStep', () => {
 
   it('starts a new window after take()', () => {
     const window = new RolloutWindow();
-    window.add(scored('a', 0, 1));
+    window.add(scored('a', 0, 1, { completionLength: 9 }));
     window.take();
-    window.add(scored('c', 0, 0, { completionLength: 5 }));
+    window.add({ ...scored('c', 0, 0, { completionLength: 5 }), finishReason: 'length' as const });
     const stats = window.take();
+    expect(stats.terminatedLength).toBeNull(); // the only one was cut; the 9 was the last window's
     expect(stats.rewardMean).toBe(0);
     expect(stats.rewardsByName).toEqual({ accuracy: 0 });
     expect(stats.rewardStdsByName).toEqual({}); // one sample: no std
     expect([stats.lengthMin, stats.lengthMax]).toEqual([5, 5]);
     expect(stats.fracRewardZeroStd).toBe(1); // one group, one sample: nothing to compare
     expect(stats.truncatedMass).toBeNull(); // no sample measured it
+    const metrics = new Metrics({ run: 't' });
+    const names: string[] = [];
+    metrics.stream.subscribe((m) => names.push(m.name));
+    recordStep(metrics, 1, stats, 0, []);
+    expect(names).toContain('completions/clipped_ratio');
+    expect(names.filter((n) => n.includes('terminated'))).toEqual([]); // no length to report, not a 0
   });
 });
 

@@ -8,7 +8,7 @@
   const CHARTS = [
     { title: 'Reward', series: ['reward/mean', 'reward/format'] },
     { title: 'Accuracy', series: ['reward/accuracy', 'eval/pass@1'] },
-    { title: 'Response length (tokens)', series: ['completion_length/mean', 'eval/completion_length'] },
+    { title: 'Response length (tokens)', series: ['completions/mean_length', 'eval/completion_length'] },
     { title: 'KL', series: ['train/kl'] },
     { title: 'Staleness (versions)', series: ['staleness/mean'] },
     { title: 'Throughput (tokens/s)', series: ['rollout/tokens_per_second', 'train/tokens_per_second'] },
