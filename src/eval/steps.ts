@@ -1,4 +1,4 @@
-import { extractThink } from '../rewards/answer.ts';
+import { extractReasoning } from '../rewards/answer.ts';
 import { evaluateExpression } from '../rewards/expression.ts';
 
 /** The arithmetic steps of a chain of thought and how many of them are right. */
@@ -11,14 +11,14 @@ export interface StepCheck {
 const STEP = /(-?\d+(?:\.\d+)?(?:[-+*/]-?\d+(?:\.\d+)?)+)=(-?\d+(?:\.\d+)?)/g;
 
 /**
- * Checks the arithmetic written in a completion's chain of thought (the text inside <think>, or before
- * <answer> when there is no <think>): every "expression=number" step is right when the expression's value
+ * Checks the arithmetic written in a completion's chain of thought (extractReasoning: the text inside
+ * <think>, or before <answer> when there is no <think>): every "expression=number" step is right when the expression's value
  * (usual precedence) equals the number. For tasks whose working is checkable step by step (Countdown's
  * "7*10=70,70/2=35", the column sums of addition) this tells a base model that knows the arithmetic
  * and only has to learn to aim from one that guesses.
  */
 export function checkSteps(completion: string): StepCheck {
-  const think = extractThink(completion) ?? completion.split('<answer>')[0]!;
+  const think = extractReasoning(completion);
   let steps = 0;
   let right = 0;
   for (const [, lhs, rhs] of think.matchAll(STEP)) {

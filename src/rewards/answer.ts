@@ -3,16 +3,33 @@
  * and fractions, not as strings).
  */
 
-/** The chain of thought: the text inside <think> (to the end if it is not closed), else null. */
-export function extractThink(completion: string): string | null {
-  return /<think>([\s\S]*?)(?:<\/think>|$)/.exec(completion)?.[1] ?? null;
+/** Each chain of thought: a <think> to its </think>, or to the end when it is not closed. */
+const THINK = /<think>([\s\S]*?)(?:<\/think>|$)/g;
+
+/**
+ * The reasoning of a completion, for rules that read it (language consistency, step accuracy): every
+ * <think> span, joined; without one, the text before the first <answer> (all of it when there is none),
+ * so that leaving the tags out does not leave the reasoning unread.
+ */
+export function extractReasoning(completion: string): string {
+  const spans = [...completion.matchAll(THINK)].map((m) => m[1]!);
+  return spans.length > 0 ? spans.join('\n') : completion.split('<answer>')[0]!;
 }
 
-/** The text inside the last <answer>...</answer>, else the last \boxed{...}, else null. */
+/** The completion with its chains of thought blanked out: what it says outside them. */
+export function outsideThink(completion: string): string {
+  return completion.replace(THINK, ' ');
+}
+
+/**
+ * The text inside the last <answer>...</answer>, else the last \boxed{...}, else null; only outside the
+ * chain of thought: an answer tried inside <think> (or in one cut off before its </think>) is not the answer.
+ */
 export function extractAnswer(completion: string): string | null {
-  const tags = [...completion.matchAll(/<answer>([\s\S]*?)<\/answer>/g)];
+  const outside = outsideThink(completion);
+  const tags = [...outside.matchAll(/<answer>([\s\S]*?)<\/answer>/g)];
   if (tags.length > 0) return tags[tags.length - 1]![1]!.trim();
-  const boxed = [...completion.matchAll(/\\boxed\{([^{}]*)\}/g)];
+  const boxed = [...outside.matchAll(/\\boxed\{([^{}]*)\}/g)];
   if (boxed.length > 0) return boxed[boxed.length - 1]![1]!.trim();
   return null;
 }
@@ -39,11 +56,12 @@ function rational(p: bigint, q: bigint): Rational | null {
 
 /** Parse "42", "-3.50", "1,234", "7/2", "-1 / 3", "1e3" as an exact rational; anything else is null. */
 export function parseNumber(text: string): Rational | null {
-  const s = text
+  let s = text
     .trim()
     .replace(/^\$|\$$/g, '')
-    .replace(/(\d),(\d{3})/g, '$1$2')
     .trim();
+  // Thousands separators only where every group has three digits: 1,234,567 but not 1,2345.
+  if (/^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?$/.test(s)) s = s.replace(/,/g, '');
   const frac = /^([+-]?\d+)\s*\/\s*([+-]?\d+)$/.exec(s);
   if (frac) return rational(BigInt(frac[1]!), BigInt(frac[2]!));
   const dec = /^([+-]?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$/.exec(s);

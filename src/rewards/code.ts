@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { outsideThink } from './answer.ts';
 import type { RewardFunction, RewardInput } from './rewards.ts';
 import { Sandbox, type SandboxOptions, type TestResult } from './sandbox.ts';
 
@@ -13,11 +14,11 @@ export type CodeAnswer = z.infer<typeof CodeAnswer>;
 const FENCE = /```[ \t]*(?:js|javascript|node|cjs|mjs)?[ \t]*\r?\n([\s\S]*?)```/gi;
 
 /**
- * The program of a completion: the text of the last <answer>...</answer>, or the last ```js fenced
- * block inside it when there is one. null when there is no answer or it is empty.
+ * The program of a completion: the text of the last <answer>...</answer> outside its chain of thought, or
+ * the last ```js fenced block inside it when there is one. null when there is no answer or it is empty.
  */
 export function extractProgram(completion: string): string | null {
-  const answers = [...completion.matchAll(/<answer>([\s\S]*?)<\/answer>/g)];
+  const answers = [...outsideThink(completion).matchAll(/<answer>([\s\S]*?)<\/answer>/g)];
   if (answers.length === 0) return null;
   const answer = answers[answers.length - 1]![1]!;
   const fences = [...answer.matchAll(FENCE)];

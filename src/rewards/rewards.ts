@@ -1,5 +1,5 @@
 import type { FinishReason, Prompt } from '../../schemas/index.ts';
-import { extractAnswer, extractThink, numericallyEqual } from './answer.ts';
+import { extractAnswer, extractReasoning, numericallyEqual } from './answer.ts';
 import { evaluateExpression } from './expression.ts';
 
 /** What a reward function sees of one rollout. */
@@ -32,9 +32,15 @@ export function accuracyReward(): RewardFunction {
   };
 }
 
-const FORMAT = /^\s*<think>[\s\S]*?<\/think>\s*<answer>[\s\S]*?<\/answer>\s*$/;
+/** Text holding no <think>, </think>, <answer> or </answer> tag. */
+const UNTAGGED = '(?:(?!</?(?:think|answer)>)[\\s\\S])*';
+const FORMAT = new RegExp(`^\\s*<think>${UNTAGGED}</think>\\s*<answer>${UNTAGGED}</answer>\\s*$`);
 
-/** 1 for reasoning in <think>...</think> followed by the answer in <answer>...</answer>, and nothing else. */
+/**
+ * 1 for reasoning in <think>...</think> followed by the answer in <answer>...</answer>, and nothing else:
+ * one of each, in that order, with no tag inside either (a second <answer>, a <think> nested or repeated,
+ * a stray closing tag all score 0).
+ */
 export function formatReward(): RewardFunction {
   return { name: 'format', score: ({ completion }) => (FORMAT.test(completion) ? 1 : 0) };
 }
@@ -93,15 +99,15 @@ export function countWords(text: string): Record<Language, number> {
 }
 
 /**
- * DeepSeek-R1's language consistency reward: the share of chain-of-thought words (inside <think>) in
- * the target language. null when the reasoning has no words at all (pure arithmetic).
+ * DeepSeek-R1's language consistency reward: the share of chain-of-thought words in the target language,
+ * over every <think> span (extractReasoning: without the tags, the text before the answer). null when the
+ * reasoning has no words at all (pure arithmetic).
  */
 export function languageConsistencyReward(target: Language): RewardFunction {
   return {
     name: 'language_consistency',
     score: ({ completion }) => {
-      const think = extractThink(completion) ?? '';
-      const counts = countWords(think);
+      const counts = countWords(extractReasoning(completion));
       const total = counts.en + counts.zh;
       return total === 0 ? null : counts[target] / total;
     },

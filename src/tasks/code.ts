@@ -174,13 +174,22 @@ function solutionFor(q: Question): string {
 }
 
 /**
+ * The split of a question goes by its task, the kind and its k, not by its text: the same task asked with
+ * another input layout has the same program (or nearly), so a held-out question whose task is among the
+ * training questions would measure memory, not skill.
+ */
+function splitOfTask(q: Question): 'train' | 'test' {
+  return splitOf(`${q.family.name}:${q.k}`);
+}
+
+/**
  * Small stdin/stdout programming questions in JavaScript ("read integers, print their sum / the largest /
  * them reversed / how many are even / ..."), each with 3 to 5 test cases and a reference solution. The
- * train and held-out splits are disjoint (split by a hash of the question, as for arithmetic); the seed
+ * train and held-out splits are disjoint (split by a hash of the task, splitOfTask); the seed
  * picks which questions and in which order, and a question's tests depend on the question alone.
  */
 export function codeExamples(split: 'train' | 'test', count: number, seed: number): CodeExample[] {
-  const pool = allQuestions().filter((q) => splitOf(q.question) === split);
+  const pool = allQuestions().filter((q) => splitOfTask(q) === split);
   if (count > pool.length) {
     throw new RangeError(`code: ${count} ${split} questions asked, there are ${pool.length}`);
   }
@@ -204,6 +213,6 @@ export function codeExamples(split: 'train' | 'test', count: number, seed: numbe
 
 /** How many questions each split holds. */
 export function codeSplitSizes(): { train: number; test: number } {
-  const test = allQuestions().filter((q) => splitOf(q.question) === 'test').length;
+  const test = allQuestions().filter((q) => splitOfTask(q) === 'test').length;
   return { train: allQuestions().length - test, test };
 }

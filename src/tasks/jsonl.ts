@@ -7,7 +7,15 @@ const JsonlRecord = z
   .object({
     id: z.string().min(1).optional(),
     prompt: z.string().min(1),
-    answer: z.union([z.string(), z.number(), z.record(z.string(), z.unknown())]),
+    answer: z.union([
+      z.string(),
+      // JSON.parse rounds an integer past 2^53 to the nearest double: the reference would be another number.
+      z.number().refine((n) => !Number.isInteger(n) || Number.isSafeInteger(n), {
+        message:
+          'an integer answer past 2^53 is not exact as a JSON number (it reads back rounded): quote it as a string',
+      }),
+      z.record(z.string(), z.unknown()),
+    ]),
     meta: z
       .record(z.string(), z.unknown())
       .optional()

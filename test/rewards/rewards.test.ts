@@ -28,10 +28,22 @@ describe('answers', () => {
     expect(extractAnswer('4')).toBeNull();
   });
 
+  it('reads the answer outside the chain of thought only: one tried inside <think> is not the answer', () => {
+    expect(extractAnswer('<think>try <answer>5</answer> hmm</think>')).toBeNull();
+    expect(extractAnswer('<think>guess <answer>5</answer> no wait')).toBeNull(); // cut off inside <think>
+    expect(extractAnswer('<think>maybe \\boxed{5}</think>')).toBeNull();
+    expect(extractAnswer('<think><answer>5</answer></think><answer>6</answer>')).toBe('6');
+    expect(extractAnswer('<answer>6</answer>')).toBe('6'); // no chain of thought at all
+  });
+
   it('compares integers, decimals and fractions as numbers, not strings', () => {
     expect(numericallyEqual('0.5', '1/2')).toBe(true);
     expect(numericallyEqual('3.50', '7/2')).toBe(true);
     expect(numericallyEqual('1,234', '1234')).toBe(true);
+    expect(numericallyEqual('1,234,567', '1234567')).toBe(true);
+    expect(numericallyEqual('-12,345.5', '-12345.5')).toBe(true);
+    expect(parseNumber('1,2345')).toBeNull(); // not thousands separators
+    expect(parseNumber('12,34')).toBeNull();
     expect(numericallyEqual('-0', '0')).toBe(true);
     expect(numericallyEqual('1e3', '1000')).toBe(true);
     expect(numericallyEqual('0.3333', '1/3')).toBe(false);
@@ -58,6 +70,12 @@ describe('rule-based rewards', () => {
     expect(f.score(input('<answer>17</answer><think>late</think>'), signal)).toBe(0);
     expect(f.score(input('<think>no answer</think>'), signal)).toBe(0);
     expect(f.score(input('chatter <think>a</think><answer>1</answer>'), signal)).toBe(0);
+    // One of each, no tag inside either.
+    expect(f.score(input('<think>a</think><answer>1</answer><answer>2</answer>'), signal)).toBe(0);
+    expect(f.score(input('<think>a</think>junk<think>b</think><answer>1</answer>'), signal)).toBe(0);
+    expect(f.score(input('<think>a</think><answer>1</answer>junk</answer>'), signal)).toBe(0);
+    expect(f.score(input('<think><think>a</think></think><answer>1</answer>'), signal)).toBe(0);
+    expect(f.score(input('<think>a <answer>1</answer></think><answer>1</answer>'), signal)).toBe(0);
   });
 
   it('countdown: 1 correct, 0.1 wrong or misused numbers, 0 unparsable', () => {
@@ -100,6 +118,11 @@ describe('rule-based rewards', () => {
     // Only the chain of thought counts, not the answer; pure arithmetic has no words: not applicable.
     expect(en.score(input('<think>十位</think><answer>seventeen</answer>'), signal)).toBe(0);
     expect(en.score(input('<think>12+5=17</think><answer>17</answer>'), signal)).toBeNull();
+    // Every <think> counts, not the first alone; without the tags, the text before the answer.
+    expect(
+      en.score(input('<think>add them</think><think>三加四等于七</think><answer>7</answer>'), signal),
+    ).toBe(2 / 8);
+    expect(en.score(input('Let me think: 三加四等于七 <answer>7</answer>'), signal)).toBeCloseTo(3 / 9, 12);
   });
 
   it('language consistency of the worded addition working (pretrain.reasoningLanguages), by hand', () => {

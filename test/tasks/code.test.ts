@@ -16,6 +16,9 @@ function runInProcess(program: string, stdin: string): string {
   return lines.join('\n');
 }
 
+/** A reference solution without its input-reading line (the layouts differ there and only there). */
+const programBody = (solution: string): string => solution.split('\n').slice(1).join('\n');
+
 describe('code task', () => {
   it('is fixed by its seed, with disjoint train and held-out sets', () => {
     const sizes = codeSplitSizes();
@@ -25,8 +28,12 @@ describe('code task', () => {
     expect(codeExamples('train', 200, 1)).toEqual(train);
     expect(codeExamples('train', 200, 2).map((e) => e.question)).not.toEqual(train.map((e) => e.question));
     const test = codeExamples('test', sizes.test, 1);
-    const trainQs = new Set(codeExamples('train', sizes.train, 7).map((e) => e.question));
+    const trainSet = codeExamples('train', sizes.train, 7);
+    const trainQs = new Set(trainSet.map((e) => e.question));
     expect(test.some((e) => trainQs.has(e.question))).toBe(false);
+    // Nor the same task in another input layout: no held-out question has a training question's program.
+    const trainPrograms = new Set(trainSet.map((e) => programBody(e.solution)));
+    expect(test.filter((e) => trainPrograms.has(programBody(e.solution))).map((e) => e.question)).toEqual([]);
     expect(new Set(test.map((e) => e.question)).size).toBe(test.length);
     expect(() => codeExamples('test', sizes.test + 1, 1)).toThrow(RangeError);
   });

@@ -201,6 +201,7 @@ describe('JSONL data sets', () => {
       '{"prompt":"","answer":1}',
       '{"prompt":"x","answer":1,"extra":true}',
       '[1]',
+      '{"prompt":"2^64+2","answer":18446744073709551618}',
     ].join('\n');
     let error: AggregateError | undefined;
     try {
@@ -208,10 +209,11 @@ describe('JSONL data sets', () => {
     } catch (err) {
       error = err as AggregateError;
     }
-    expect(error?.message).toMatch(/4 bad line\(s\) in data\.jsonl/);
+    expect(error?.message).toMatch(/5 bad line\(s\) in data\.jsonl/);
     expect(error?.message).toMatch(/data\.jsonl:2: not valid JSON/);
     expect(error?.message).toMatch(/data\.jsonl:3: prompt: .*>=1 characters/);
     expect(error?.message).toMatch(/data\.jsonl:4: .*Unrecognized key.*extra/);
     expect(error?.message).toMatch(/data\.jsonl:5: .*expected object/);
+    expect(error?.message).toMatch(/data\.jsonl:6: .*past 2\^53 .*quote it as a string/);
   });
 });
