@@ -43,8 +43,9 @@ export function defaultScale(estimator: AdvantageEstimator): RewardScaling {
   }
 }
 
+/** A reward that counts: a finite number (null, NaN and an infinite total are left out like a failure). */
 const isValid = (r: number | null | undefined): r is number =>
-  r !== null && r !== undefined && !Number.isNaN(r);
+  r !== null && r !== undefined && Number.isFinite(r);
 
 /**
  * Mean and sample std of the valid values; n is how many were valid. Equal values have std exactly 0
@@ -87,7 +88,8 @@ export function weightedReward(
     total += (weights[name] ?? 1) * r;
     any = true;
   }
-  return any ? total : null;
+  // A weighted sum past the float range is no score (it would make its whole group's advantages NaN).
+  return any && Number.isFinite(total) ? total : null;
 }
 
 /** Statistics of a group's valid rewards, returned beside its advantages. */

@@ -4,16 +4,82 @@ import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 import { makeGradientBatch } from './toGradientBatches.ts';
 import { forwardErrors } from './forwardErrors.ts';
 
-export interface BoundedStalenessOptions {
+export interface StalenessGateOptions {
   /** Largest admitted staleness (learner version - generating version); 0 is synchronous training. */
   eta: number;
+  /** Called with the samples removed as too stale. */
+  onStale?: (samples: BatchSample[]) => void;
+  metrics?: Metrics;
+}
+
+export interface BoundedStalenessOptions extends StalenessGateOptions {
   /** The learner's versions; the latest one judges each batch. */
   versions: Observable<number>;
   /** The version assumed until `versions` emits. */
   initialVersion?: number;
-  /** Called with the samples removed as too stale. */
-  onStale?: (samples: BatchSample[]) => void;
-  metrics?: Metrics;
+}
+
+/**
+ * The staleness rule on its own: `admit(batch, version)` keeps the samples at most `eta` versions behind
+ * `version` (counted; a batch left empty gives undefined). Call it as the learner takes each batch: a
+ * batch that waited behind others (in a concatMap's queue, say) is judged by the version it will train
+ * at, not the one it arrived at. Counters: drops.samples{reason=stale}, staleness.admitted; gauges
+ * staleness.admitted_mean and staleness.admitted_max of the last batch admitted, learner.version.
+ */
+export class StalenessGate {
+  readonly eta: number;
+  private readonly onStale: ((samples: BatchSample[]) => void) | undefined;
+  private readonly stale;
+  private readonly admitted;
+  private readonly meanGauge;
+  private readonly maxGauge;
+  private readonly versionGauge;
+
+  constructor(options: StalenessGateOptions) {
+    const { eta } = options;
+    if (!Number.isInteger(eta) || eta < 0)
+      throw new RangeError(`boundedStaleness: eta must be an integer >= 0, got ${eta}`);
+    this.eta = eta;
+    this.onStale = options.onStale;
+    const metrics = options.metrics ?? detachedMetrics();
+    this.stale = metrics.counter('drops.samples', { reason: 'stale' });
+    this.admitted = metrics.counter('staleness.admitted');
+    this.meanGauge = metrics.gauge('staleness.admitted_mean');
+    this.maxGauge = metrics.gauge('staleness.admitted_max');
+    this.versionGauge = metrics.gauge('learner.version');
+  }
+
+  /** The learner is at `version` now (the gauge; admit takes the version it judges by). */
+  setVersion(version: number): void {
+    this.versionGauge.set(version);
+  }
+
+  admit(batch: GradientBatch, version: number): GradientBatch | undefined {
+    this.versionGauge.set(version);
+    const kept: BatchSample[] = [];
+    const removed: BatchSample[] = [];
+    let sum = 0;
+    let max = 0;
+    for (const s of batch.samples) {
+      const staleness = Math.max(0, version - s.policyVersion);
+      if (staleness > this.eta) {
+        removed.push(s);
+        continue;
+      }
+      kept.push(s);
+      sum += staleness;
+      if (staleness > max) max = staleness;
+    }
+    if (removed.length > 0) {
+      this.stale.inc(removed.length);
+      this.onStale?.(removed);
+    }
+    if (kept.length === 0) return undefined;
+    this.admitted.inc(kept.length);
+    this.meanGauge.set(sum / kept.length);
+    this.maxGauge.set(max);
+    return removed.length === 0 ? batch : makeGradientBatch(kept);
+  }
 }
 
 /**
@@ -26,31 +92,24 @@ export interface BoundedStalenessOptions {
  * output:   --A-------B------------     (C is 2 versions old: dropped)
  * ```
  *
- * Pair it with StalenessAdmission (src/scheduling/admission.ts), which keeps generation from running
- * so far ahead that samples would be dropped here. Counters: drops.samples{reason=stale},
- * staleness.admitted; gauges staleness.admitted_mean and staleness.admitted_max of the last batch admitted, learner.version.
+ * It judges each batch as it arrives, by the latest version: put it right before a learner that takes
+ * batches as they come. Where batches may wait before training (behind `concatMap(train)`), judge them
+ * as they are taken instead, with a StalenessGate in the concatMap (as the runs do). Pair it with
+ * StalenessAdmission (src/scheduling/admission.ts), which keeps generation from running so far ahead
+ * that samples would be dropped here. Counters and gauges: StalenessGate's.
  */
 export function boundedStaleness(
   options: BoundedStalenessOptions,
 ): OperatorFunction<GradientBatch, GradientBatch> {
-  const { eta } = options;
-  if (!Number.isInteger(eta) || eta < 0)
-    throw new RangeError(`boundedStaleness: eta must be an integer >= 0, got ${eta}`);
-  const metrics = options.metrics ?? detachedMetrics();
-  const stale = metrics.counter('drops.samples', { reason: 'stale' });
-  const admitted = metrics.counter('staleness.admitted');
-  const meanGauge = metrics.gauge('staleness.admitted_mean');
-  const maxGauge = metrics.gauge('staleness.admitted_max');
-  const versionGauge = metrics.gauge('learner.version');
-
+  const gate = new StalenessGate(options);
   return (source) =>
     new Observable<GradientBatch>((subscriber) => {
       let version = options.initialVersion ?? 0;
-      versionGauge.set(version);
+      gate.setVersion(version);
       const versionSubscription = options.versions.subscribe({
         next: (v) => {
           version = v;
-          versionGauge.set(v);
+          gate.setVersion(v);
         },
         error: (err) => subscriber.error(err),
       });
@@ -58,29 +117,8 @@ export function boundedStaleness(
       const subscription = source.subscribe(
         forwardErrors(subscriber, {
           next: (batch: GradientBatch) => {
-            const kept: BatchSample[] = [];
-            const removed: BatchSample[] = [];
-            let sum = 0;
-            let max = 0;
-            for (const s of batch.samples) {
-              const staleness = Math.max(0, version - s.policyVersion);
-              if (staleness > eta) {
-                removed.push(s);
-                continue;
-              }
-              kept.push(s);
-              sum += staleness;
-              if (staleness > max) max = staleness;
-            }
-            if (removed.length > 0) {
-              stale.inc(removed.length);
-              options.onStale?.(removed);
-            }
-            if (kept.length === 0) return;
-            admitted.inc(kept.length);
-            meanGauge.set(sum / kept.length);
-            maxGauge.set(max);
-            subscriber.next(removed.length === 0 ? batch : makeGradientBatch(kept));
+            const admitted = gate.admit(batch, version);
+            if (admitted) subscriber.next(admitted);
           },
         }),
       );

@@ -9,11 +9,11 @@ import {
 } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
+import { EMPTY, Subject, concatMap, filter, from, lastValueFrom, tap, type Observable } from 'rxjs';
 import type { GradientBatch, Rollout, ScoredRollout } from '../../schemas/index.ts';
 import { versionReport, type StepReport } from '../learner/learner.ts';
 import { metricKey, Metrics } from '../metrics/metrics.ts';
-import { boundedStaleness } from '../operators/boundedStaleness.ts';
+import { StalenessGate } from '../operators/boundedStaleness.ts';
 import { dropZeroVariance } from '../operators/dropZeroVariance.ts';
 import { groupRelativeAdvantages } from '../operators/groupRelativeAdvantages.ts';
 import { groupSamples } from '../operators/groupSamples.ts';
@@ -318,13 +318,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   evalSeconds = 0;
 
   // --- the stream topology -------------------------------------------------------------------
-  const admission = new StalenessAdmission({
-    eta,
-    samplesPerStep: B,
-    maxConcurrent: B * (eta + 1),
-    initialVersion: state.version,
-  });
-  const versions = new Subject<number>();
+  const admission = new StalenessAdmission({ eta, samplesPerStep: B, maxConcurrent: B * (eta + 1) });
   const rollouts = new Subject<Rollout>();
   const generated = metrics.counter('samples.generated');
   // Completion tokens sampled (a Kafka rollout worker's counter of the same name), for Prometheus's rate().
@@ -362,8 +356,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           { type: 'weights', version: reply.version, weights: reply.weights },
           buffersOf(reply.weights),
         );
-        admission.setVersion(reply.version);
-        versions.next(reply.version);
+        admission.trained(batch.samples.length);
         const rollout = window.take();
         const step = reply.version;
         recordStep(metrics, step, rollout, staleness, reply.reports);
@@ -396,6 +389,15 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       })(),
     );
 
+  const stalenessGate = new StalenessGate({
+    eta,
+    metrics,
+    onStale: (stale) => {
+      admission.discarded(stale.length);
+      for (const s of stale) forget(s.groupId);
+    },
+  });
+  stalenessGate.setVersion(state.version);
   const pipeline = rollouts.pipe(
     scoreRollouts({ rewards: runtime.rewards, metrics }),
     tap((s) => {
@@ -407,7 +409,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       metrics,
       onIncomplete: (grp) => {
         forget(grp.groupId);
-        admission.discarded(grp.samples.length);
+        // All G of its samples were accepted when generated: the ones still to come arrive late (dropped).
+        admission.discarded(grp.expected);
       },
     }),
     g.dynamicSampling
@@ -421,17 +424,13 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       : filter(() => true),
     groupRelativeAdvantages({ ...advantageOptions(topology), metrics }),
     toGradientBatches({ limit: { samples: B }, metrics }),
-    boundedStaleness({
-      eta,
-      versions,
-      initialVersion: state.version,
-      metrics,
-      onStale: (stale) => {
-        admission.discarded(stale.length);
-        for (const s of stale) forget(s.groupId);
-      },
+    // Staleness is judged as the learner takes each batch, by the version it trains at: a batch that
+    // waited behind another's training is that much older.
+    concatMap((batch) => {
+      // After the last step nothing is judged: what is left ends as run_ended (train counts it).
+      const admitted = done ? batch : stalenessGate.admit(batch, state.version);
+      return admitted ? train(admitted) : EMPTY;
     }),
-    concatMap(train),
   );
   const finished = lastValueFrom(pipeline, { defaultValue: undefined });
   // Training that fails (the learner, a checkpoint, an evaluation, an onEvent that throws) stops

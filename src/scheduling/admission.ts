@@ -7,25 +7,25 @@ export interface StalenessAdmissionOptions {
   samplesPerStep: number;
   /** Most samples that may be generating at once. */
   maxConcurrent: number;
-  /** Learner version when this run (or resumed run) started. */
-  initialVersion?: number;
 }
 
 /**
  * How many more samples generation may start now so that none will be older than eta versions when
  * the learner reaches it (AReaL's admission control for bounded staleness):
  *
- *   capacity = min(maxConcurrent - running, (eta + v + 1) * B - (accepted + running))
+ *   capacity = min(maxConcurrent - running, (eta + 1) * B - (running + accepted - trained))
  *
- * where v counts versions since the start, B is samples per step, `running` samples are being
- * generated and `accepted` have been generated and not discarded. Samples discarded before training
- * (zero variance, incomplete groups) give their place back.
+ * where B is samples per step, `running` samples are being generated, `accepted` have been generated
+ * and not discarded, and `trained` have been trained on: what is generated and not yet trained may fill
+ * eta + 1 steps. Samples discarded before training (zero variance, incomplete groups, stale) give their
+ * place back. It counts the samples each step trained, not B per step: a step whose batch lost samples
+ * (stale ones) took fewer, and crediting it with B let generation run further ahead after every such
+ * step, making more samples stale.
  */
 export class StalenessAdmission {
-  private version: number;
   private running = 0;
   private accepted = 0;
-  private readonly initialVersion: number;
+  private trainedSamples = 0;
   private readonly subject: BehaviorSubject<number>;
 
   constructor(private readonly options: StalenessAdmissionOptions) {
@@ -36,8 +36,6 @@ export class StalenessAdmission {
     if (!Number.isInteger(options.eta) || options.eta < 0) {
       throw new RangeError(`StalenessAdmission: eta must be an integer >= 0, got ${options.eta}`);
     }
-    this.initialVersion = options.initialVersion ?? 0;
-    this.version = this.initialVersion;
     this.subject = new BehaviorSubject(this.compute());
   }
 
@@ -50,9 +48,9 @@ export class StalenessAdmission {
     return this.subject.value;
   }
 
-  /** The learner published version `v`. */
-  setVersion(v: number): void {
-    this.version = Math.max(this.version, v);
+  /** The learner took an optimiser step (a new version) on `n` samples. */
+  trained(n: number): void {
+    this.trainedSamples += n;
     this.update();
   }
 
@@ -79,8 +77,8 @@ export class StalenessAdmission {
 
   private compute(): number {
     const { eta, samplesPerStep, maxConcurrent } = this.options;
-    const v = this.version - this.initialVersion;
-    const byStaleness = (eta + v + 1) * samplesPerStep - (this.accepted + this.running);
+    const waiting = this.running + this.accepted - this.trainedSamples;
+    const byStaleness = (eta + 1) * samplesPerStep - waiting;
     return Math.max(0, Math.min(maxConcurrent - this.running, byStaleness));
   }
 

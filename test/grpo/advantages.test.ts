@@ -58,9 +58,9 @@ describe('hand-checked values', () => {
     expect(batch[0]![0]).toBeCloseTo(0.5 / (sd + 1e-4), 12);
   });
 
-  it('null and NaN rewards are excluded from the statistics and get advantage 0', () => {
-    const [a] = groupAdvantages([[1, null, 0, Number.NaN]], { estimator: 'dr_grpo' });
-    expect(a).toEqual([0.5, 0, -0.5, 0]);
+  it('null, NaN and infinite rewards are excluded from the statistics and get advantage 0', () => {
+    const [a] = groupAdvantages([[1, null, 0, Number.NaN, Infinity, -Infinity]], { estimator: 'dr_grpo' });
+    expect(a).toEqual([0.5, 0, -0.5, 0, 0, 0]); // an infinite one made the whole group NaN
   });
 
   it('a group of one (or one valid reward) has all advantages 0', () => {
@@ -72,6 +72,7 @@ describe('hand-checked values', () => {
     expect(weightedReward({ accuracy: 1, format: 0.5 }, { format: 0.2 })).toBeCloseTo(1.1, 12);
     expect(weightedReward({ accuracy: null, format: 1 })).toBe(1);
     expect(weightedReward({ accuracy: null })).toBeNull();
+    expect(weightedReward({ a: 1e308, b: 1e308 })).toBeNull(); // past the float range: no score
   });
 
   it('sum_then_normalize and normalize_then_sum differ when reward scales differ', () => {

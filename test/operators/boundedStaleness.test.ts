@@ -1,9 +1,9 @@
-import { map } from 'rxjs';
+import { concatMap, EMPTY, from, lastValueFrom, map, timer } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import type { BatchSample } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
-import { boundedStaleness } from '../../src/operators/boundedStaleness.ts';
+import { boundedStaleness, StalenessGate } from '../../src/operators/boundedStaleness.ts';
 import { makeGradientBatch, toBatchSample } from '../../src/operators/toGradientBatches.ts';
 import {
   DynamicSamplingBudget,
@@ -18,6 +18,34 @@ const batchAt = (name: string, ...versions: number[]) =>
     versions.map((v, i) => toBatchSample(advantaged(name, i, 1, { version: v, groupSize: versions.length }))),
   );
 const ids = map((b: { samples: BatchSample[] }) => b.samples.map((s) => s.rolloutId).join(','));
+
+describe('StalenessGate', () => {
+  it("judges a batch as the learner takes it: one that waited behind another's training is that much older", async () => {
+    const metrics = new Metrics({ run: 't' });
+    const gate = new StalenessGate({ eta: 0, metrics });
+    let version = 0;
+    const trained: string[] = [];
+    // Three batches of version 0 arrive at once; each step takes a moment and makes a new version.
+    await lastValueFrom(
+      from([batchAt('A', 0), batchAt('B', 0), batchAt('C', 1)]).pipe(
+        concatMap((batch) => {
+          const admitted = gate.admit(batch, version);
+          if (!admitted) return EMPTY;
+          return timer(5).pipe(
+            map(() => {
+              trained.push(`${admitted.samples[0]!.rolloutId}@${version}`);
+              version++;
+            }),
+          );
+        }),
+      ),
+      { defaultValue: undefined },
+    );
+    // B waited for A's step: at version 1 it is one version old (eta 0). C, of version 1, is fresh then.
+    expect(trained).toEqual(['A/0@0', 'C/0@1']);
+    expect(metrics.snapshot()).toMatchObject({ 'drops.samples{reason=stale}': 1, 'staleness.admitted': 2 });
+  });
+});
 
 describe('boundedStaleness', () => {
   it('lets through samples at most eta versions old and drops the rest, counted', () => {
@@ -106,7 +134,17 @@ describe('StalenessAdmission', () => {
     expect(a.capacity).toBe(0);
     a.finished(4);
     expect(a.capacity).toBe(0);
-    a.setVersion(1);
+    a.trained(4);
+    expect(a.capacity).toBe(4);
+  });
+
+  it('counts the samples each step trained: a step that lost stale samples does not let generation run further ahead', () => {
+    const a = new StalenessAdmission({ eta: 1, samplesPerStep: 4, maxConcurrent: 100 });
+    a.started(8);
+    a.finished(8);
+    a.discarded(2); // two of the first batch were stale
+    a.trained(2); // so its step trained the other two
+    // Waiting: 8 - 2 - 2 = 4 samples; two steps' worth may be: 4 more (crediting the step with 4: 6).
     expect(a.capacity).toBe(4);
   });
 
@@ -141,7 +179,7 @@ describe('StalenessAdmission', () => {
         const step = queue.splice(0, B);
         for (const v of step) maxStaleness = Math.max(maxStaleness, version - v);
         version++;
-        a.setVersion(version);
+        a.trained(step.length);
       }
       expect(maxStaleness, `eta ${eta}`).toBeLessThanOrEqual(eta);
     }
@@ -177,7 +215,7 @@ describe('StalenessAdmission', () => {
         while (pending >= B) {
           pending -= B;
           steps++;
-          a.setVersion(steps);
+          a.trained(B);
         }
       }
       expect(steps, `eta ${eta}`).toBe(20);
@@ -192,7 +230,7 @@ describe('StalenessAdmission', () => {
     a.capacity$.subscribe((c) => seen.push(c));
     a.started(2);
     a.finished(2);
-    a.setVersion(1);
+    a.trained(2);
     expect(seen).toEqual([2, 0, 2]);
   });
 });

@@ -136,6 +136,38 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     expect(existsSync(join(root, 'module.previous'))).toBe(false); // the earlier run was left where it was
   });
 
+  it('a group that times out gives all its places back: samples still to come arrive late, and the run goes on', async () => {
+    // Every twelfth score takes 400 ms, past the groups' 100 ms: those groups close incomplete, and their
+    // last sample comes late. At eta 0 a run that gave back only the samples received waited forever.
+    const module = join(root, 'slow.ts');
+    writeFileSync(
+      module,
+      'let calls = 0;\n' +
+        'export default async (_input: unknown) => {\n' +
+        '  if (++calls % 12 === 0) await new Promise((resolve) => setTimeout(resolve, 400));\n' +
+        '  return 0;\n' +
+        '};\n',
+    );
+    const summary = await runR1Zero({
+      topology: defineTopology({
+        ...tiny,
+        rewards: [...tiny.rewards, { kind: 'module', path: module, weight: 0.5 }],
+        grpo: { ...tiny.grpo, groupTimeoutMs: 100 },
+      }),
+      backend: 'wasm',
+      runDir: join(root, 'slow'),
+      cacheDir: join(root, 'cache'),
+      eta: 0,
+      steps: 2,
+    });
+    expect(summary.steps).toBe(2);
+    const { generated, trained, drops } = summary.accounting;
+    expect(drops['incomplete_timeout']).toBeGreaterThan(0);
+    expect(drops['late']).toBeGreaterThan(0);
+    // Nothing lost: the late samples are dropped too, and everything adds up.
+    expect(trained + Object.values(drops).reduce((a, b) => a + b, 0)).toBe(generated);
+  });
+
   it('reuses the cached base model on the next run', async () => {
     await run('warm', { steps: 1 }); // makes the base model, if no test before this one has
     const events: RunEvent[] = [];

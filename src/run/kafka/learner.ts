@@ -4,7 +4,7 @@
  * - Publishes prompts to `<run>.prompts` in the deterministic data order, as far ahead as the staleness
  *   admission allows, each naming its data-order cursor and the oldest policy version it may be sampled with.
  * - Reads `<run>.scored` (group `<run>.learner`) and assembles groups exactly as the in-memory run does:
- *   groupSamples -> dropZeroVariance -> groupRelativeAdvantages -> toGradientBatches -> boundedStaleness -> train.
+ *   groupSamples -> dropZeroVariance -> groupRelativeAdvantages -> toGradientBatches -> staleness gate -> train.
  * - After each step: checkpoint (model, optimizer and the learner state below, in one atomic directory),
  *   then the acks that let offsets commit (a restart reads from the checkpoint's positions, not the
  *   commits), then the new version with its weights on `<run>.versions`.
@@ -20,7 +20,7 @@
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Admin } from 'kafkajs';
-import { Subject, concatMap, from, identity, tap, type Observable } from 'rxjs';
+import { EMPTY, Subject, concatMap, from, identity, tap, type Observable } from 'rxjs';
 import { z } from 'zod';
 import {
   SCHEMA_VERSION,
@@ -29,7 +29,7 @@ import {
   type ScoredRollout,
 } from '../../../schemas/index.ts';
 import { versionReport } from '../../learner/learner.ts';
-import { boundedStaleness } from '../../operators/boundedStaleness.ts';
+import { StalenessGate } from '../../operators/boundedStaleness.ts';
 import { dropZeroVariance } from '../../operators/dropZeroVariance.ts';
 import { groupRelativeAdvantages } from '../../operators/groupRelativeAdvantages.ts';
 import { groupSamples } from '../../operators/groupSamples.ts';
@@ -315,12 +315,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       })}\n`,
     );
 
-    const admission = new StalenessAdmission({
-      eta,
-      samplesPerStep: B,
-      maxConcurrent: B * (eta + 1),
-      initialVersion: state.version,
-    });
+    const admission = new StalenessAdmission({ eta, samplesPerStep: B, maxConcurrent: B * (eta + 1) });
     if (pending.size > 0) {
       // Already generating: they count against the staleness bound like any other. Over capacity only when
       // a previous incarnation ran with a larger eta; nothing more is published until they are decided.
@@ -478,7 +473,6 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     else lastPublished = latest;
 
     // --- the stream topology -----------------------------------------------------------------------------
-    const versions = new Subject<number>();
     const scored = new Subject<ScoredRollout>();
     const trainedSamples = metrics.counter('samples.trained');
     const runEnded = droppedSamples('run_ended');
@@ -486,7 +480,24 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     /** Dynamic sampling's budget, counting the samples of the prompts published since the last step. */
     const budget = new DynamicSamplingBudget(g.maxGenerationRounds, B);
     const staleByGroup = new Map<string, number>();
-    const claimed = new Set<string>();
+    /** Groups in batches not yet decided, by how many such batches hold samples of them. */
+    const claimed = new Map<string, number>();
+    const claim = (id: string) => claimed.set(id, (claimed.get(id) ?? 0) + 1);
+    const unclaim = (id: string) => {
+      const n = (claimed.get(id) ?? 0) - 1;
+      if (n > 0) claimed.set(id, n);
+      else claimed.delete(id);
+    };
+    const stalenessGate = new StalenessGate({
+      eta,
+      metrics,
+      onStale: (stale) => {
+        for (const s of stale) staleByGroup.set(s.groupId, (staleByGroup.get(s.groupId) ?? 0) + 1);
+        // Swept once this batch has let go of the groups it no longer carries.
+        queueMicrotask(sweepStale);
+      },
+    });
+    stalenessGate.setVersion(state.version);
 
     const onDelivery = (delivery: Delivery<ScoredRollout>) => {
       positions.delivered(delivery.partition, Number(delivery.offset));
@@ -536,7 +547,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
             for (const [id, n] of groups) {
               const stale = staleByGroup.get(id) ?? 0;
               staleByGroup.delete(id);
-              claimed.delete(id);
+              unclaim(id);
               if (outcome === 'trained') resolve(id, 'trained', n, { stale });
               else resolve(id, outcome, 0, { [outcome]: n, stale });
             }
@@ -571,8 +582,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           });
           await checkpoint('step');
           await publishVersion(step, reply.weights, [batch.id]);
-          admission.setVersion(step);
-          versions.next(step);
+          admission.trained(batch.samples.length);
           if (step >= totalSteps) stop('finished');
         })()),
       );
@@ -596,21 +606,20 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           : identity,
         groupRelativeAdvantages({ ...advantageOptions(topology), metrics }),
         toGradientBatches({ limit: { samples: B }, metrics }),
-        boundedStaleness({
-          eta,
-          versions,
-          initialVersion: state.version,
-          metrics,
-          onStale: (stale) => {
-            for (const s of stale) staleByGroup.set(s.groupId, (staleByGroup.get(s.groupId) ?? 0) + 1);
-            // The rest of the batch (if any) is emitted right after this: its groups are claimed by then.
-            queueMicrotask(sweepStale);
-          },
-        }),
+        // A batch claims its groups as it arrives (a stale sweep leaves them to it), and is judged for
+        // staleness as the learner takes it, by the version it trains at: one that waited behind another's
+        // training is that much older. Groups it then no longer carries go back to the sweep.
         tap((batch) => {
-          for (const s of batch.samples) claimed.add(s.groupId);
+          for (const id of new Set(batch.samples.map((s) => s.groupId))) claim(id);
         }),
-        concatMap(train),
+        concatMap((batch) => {
+          // Stopped or finished: train decides what is left (pending, or run_ended), unjudged.
+          if (done) return train(batch);
+          const admitted = stalenessGate.admit(batch, state.version);
+          const kept = new Set(admitted?.samples.map((s) => s.groupId));
+          for (const id of new Set(batch.samples.map((s) => s.groupId))) if (!kept.has(id)) unclaim(id);
+          return admitted ? train(admitted) : EMPTY;
+        }),
       )
       .subscribe({ error: fail });
 
