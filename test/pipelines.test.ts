@@ -135,6 +135,23 @@ describe('loading a pipeline from a path', () => {
     expect(lines).toContain('  model: Invalid input: expected object, received undefined');
   });
 
+  it('checks a plain exported object across fields as defineTopology and defineRecipe do', async () => {
+    const topology = write(
+      'plain.mts',
+      `import base from ${JSON.stringify(join(PIPELINES_DIR, 'r1-zero-arithmetic.ts'))};\n` +
+        "export default { ...base, name: 'plain', model: { ...base.model, nHeads: 3 } };\n",
+    );
+    await expect(loadAnyPipeline(topology)).rejects.toThrow(
+      `${topology}: Topology: model.dModel must be a multiple of model.nHeads`,
+    );
+    const recipe = write(
+      'plain-recipe.mts',
+      `import base from ${JSON.stringify(join(PIPELINES_DIR, 'r1-arithmetic.ts'))};\n` +
+        'export default { ...base, stages: [...base.stages, base.stages[0]] };\n',
+    );
+    await expect(loadAnyPipeline(recipe)).rejects.toThrow(/is used twice/);
+  });
+
   it('says how to make a .ts file outside any ES package load (rxrl describe), and what files a pipeline may be', async () => {
     const file = write('cjs.ts', "export default { name: 'cjs' };\n");
     // Under vitest every module is ESM; the command line loads through Node, where this one is CommonJS.
@@ -148,6 +165,27 @@ describe('loading a pipeline from a path', () => {
     await expect(loadAnyPipeline(json)).rejects.toThrow(
       `${json} is not a TypeScript or JavaScript module (.ts, .mts, .js or .mjs)`,
     );
+  });
+});
+
+describe("checks across a topology's fields", () => {
+  const { name: _, ...input } = arithmetic;
+  const variant = (change: Partial<TopologyInput>) => () =>
+    defineTopology({ ...input, name: 'v', ...change });
+  it('names each setting that cannot work with another', () => {
+    expect(variant({ eval: { ...arithmetic.eval, prompts: 1000 } })).toThrow(
+      `eval.prompts (1000) is more than the held-out set has, data.testPrompts (${arithmetic.data.testPrompts})`,
+    );
+    expect(variant({ sampling: { ...arithmetic.sampling, maxNewTokens: 500 } })).toThrow(
+      `sampling.maxNewTokens (500) leaves no room for a prompt in the model's context, model.contextLength = ${arithmetic.model.contextLength}`,
+    );
+    expect(variant({ grpo: { ...arithmetic.grpo, epsLow: 1 } })).toThrow('grpo.epsLow (1) must be below 1');
+    const overlong = (maxLength: number, buffer: number) =>
+      variant({ rewards: [...arithmetic.rewards, { kind: 'overlong', maxLength, buffer }] });
+    const i = arithmetic.rewards.length;
+    expect(overlong(8, 16)).toThrow(`rewards[${i}] (overlong): buffer (16) is longer than maxLength (8)`);
+    expect(overlong(1000, 8)).toThrow(`rewards[${i}] (overlong): it penalises from maxLength - buffer = 992`);
+    expect(overlong(arithmetic.sampling.maxNewTokens, 8)).not.toThrow();
   });
 });
 

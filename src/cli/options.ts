@@ -31,7 +31,8 @@ export function portNumber(value: string): number {
 
 export function nonNegativeNumber(value: string): number {
   const n = Number(value);
-  if (!(n >= 0) || value.trim() === '') throw new InvalidArgumentError('expected a number >= 0.');
+  if (!(n >= 0) || !Number.isFinite(n) || value.trim() === '')
+    throw new InvalidArgumentError('expected a finite number >= 0.');
   return n;
 }
 

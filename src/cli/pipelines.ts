@@ -2,8 +2,8 @@ import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { importModule } from '../importModule.ts';
-import { isRecipe, Recipe } from '../recipe/recipe.ts';
-import { Topology, trlNameHints } from '../topology/topology.ts';
+import { defineRecipe, isRecipe, Recipe } from '../recipe/recipe.ts';
+import { defineTopology, Topology, trlNameHints } from '../topology/topology.ts';
 import { describeIssues } from '../validation.ts';
 import type { z } from 'zod';
 
@@ -31,12 +31,24 @@ export async function loadAnyPipeline(nameOrPath: string): Promise<Pipeline> {
     const parsed = Recipe.safeParse(mod.default);
     if (!parsed.success)
       throw new Error(`${file} does not export a valid recipe as default:\n${listIssues(parsed.error)}`);
-    return { kind: 'recipe', recipe: parsed.data };
+    return { kind: 'recipe', recipe: crossChecked(file, () => defineRecipe(parsed.data)) };
   }
   const parsed = Topology.safeParse(mod.default);
   if (!parsed.success)
     throw new Error(`${file} does not export a valid topology as default:\n${listIssues(parsed.error)}`);
-  return { kind: 'topology', topology: parsed.data };
+  return { kind: 'topology', topology: crossChecked(file, () => defineTopology(parsed.data)) };
+}
+
+/**
+ * The checks across fields that defineTopology and defineRecipe make beyond the schema (heads dividing
+ * the width, stages reading earlier stages, ...), for a module that exported a plain object.
+ */
+function crossChecked<T>(file: string, check: () => T): T {
+  try {
+    return check();
+  } catch (error) {
+    throw new Error(`${file}: ${(error as Error).message}`);
+  }
 }
 
 /** The files a pipeline may be. */

@@ -288,6 +288,11 @@ export function defineRecipe(input: RecipeInput): Recipe {
   const recipe = parsed.data;
   const seen = new Map<string, Stage>();
   const problems: string[] = [];
+  try {
+    defineTopology(recipe.topology);
+  } catch (error) {
+    problems.push(`topology: ${(error as Error).message}`);
+  }
   for (const [i, stage] of recipe.stages.entries()) {
     const where = `stages[${i}] (${stage.name})`;
     if (stage.type === 'import' && (stage.checkpoint === undefined) === (stage.dataset === undefined))

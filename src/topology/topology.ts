@@ -342,5 +342,28 @@ export function defineTopology(t: TopologyInput): Topology {
     throw new Error(
       `Topology: pretrain.attempts writes several Countdown attempts per document; it needs task { kind: "countdown" }, not "${task.kind}"`,
     );
+  if (topo.eval.prompts > topo.data.testPrompts)
+    throw new Error(
+      `Topology: eval.prompts (${topo.eval.prompts}) is more than the held-out set has, data.testPrompts (${topo.data.testPrompts})`,
+    );
+  if (topo.sampling.maxNewTokens >= topo.model.contextLength)
+    throw new Error(
+      `Topology: sampling.maxNewTokens (${topo.sampling.maxNewTokens}) leaves no room for a prompt in the model's context, model.contextLength = ${topo.model.contextLength}`,
+    );
+  if (topo.grpo.epsLow >= 1)
+    throw new Error(
+      `Topology: grpo.epsLow (${topo.grpo.epsLow}) must be below 1: the ratio's lower clip bound is 1 - epsLow`,
+    );
+  for (const [i, reward] of topo.rewards.entries()) {
+    if (reward.kind !== 'overlong') continue;
+    if (reward.buffer > reward.maxLength)
+      throw new Error(
+        `Topology: rewards[${i}] (overlong): buffer (${reward.buffer}) is longer than maxLength (${reward.maxLength})`,
+      );
+    if (reward.maxLength - reward.buffer >= topo.sampling.maxNewTokens)
+      throw new Error(
+        `Topology: rewards[${i}] (overlong): it penalises from maxLength - buffer = ${reward.maxLength - reward.buffer} tokens on, and no completion is longer than sampling.maxNewTokens (${topo.sampling.maxNewTokens}): it would never apply`,
+      );
+  }
   return topo;
 }

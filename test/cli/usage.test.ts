@@ -41,6 +41,15 @@ it("refuses a single run's options for a recipe instead of ignoring them", async
   );
 });
 
+it('refuses a --metrics-linger that is not a finite number of seconds setTimeout can wait', async () => {
+  expect(await usageError('r1-zero-arithmetic', '--metrics-linger', 'Infinity')).toBe(
+    "error: option '--metrics-linger <seconds>' argument 'Infinity' is invalid. expected a finite number >= 0.",
+  );
+  expect(await usageError('r1-zero-arithmetic', '--metrics-port', '0', '--metrics-linger', '3000000')).toBe(
+    'error: --metrics-linger: at most 2147483 seconds (24.8 days)',
+  );
+});
+
 it('refuses --metrics-linger without a metrics server to keep up', async () => {
   expect(await usageError('r1-zero-arithmetic', '--metrics-linger', '30')).toBe(
     'error: --metrics-linger keeps the metrics server up: give --dashboard or --metrics-port too',
@@ -60,6 +69,10 @@ it('names Kafka-only options given without --transport kafka, in the singular or
   );
   expect(await usageError('r1-zero-arithmetic', '--role', 'learner', '--worker-id', 'w')).toBe(
     'error: --role, --worker-id only apply with --transport kafka',
+  );
+  // The connection's options too, and --client-id (which has a default) only when given.
+  expect(await usageError('r1-zero-arithmetic', '--ssl', '--retries', '3', '--client-id', 'c')).toBe(
+    'error: --ssl, --retries, --client-id only apply with --transport kafka',
   );
 });
 
@@ -109,7 +122,7 @@ it('rxrl eval takes temperature 0 (greedy) and refuses a negative one', async ()
     `error: --checkpoint ${missing}: no such directory`,
   );
   expect(await usageOf('eval', 'r1-zero-arithmetic', '--temperature', '-1')).toBe(
-    "error: option '--temperature <t>' argument '-1' is invalid. expected a number >= 0.",
+    "error: option '--temperature <t>' argument '-1' is invalid. expected a finite number >= 0.",
   );
 });
 

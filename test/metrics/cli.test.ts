@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Metric } from '../../schemas/index.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
@@ -34,7 +34,15 @@ const svgPath = join(dir, 'plot.svg');
 let server: MetricsServer;
 let served: Metric[];
 // The CLI loads the whole engine (seconds): its runs go in parallel, once, and the tests read their results.
-let results: { table: Result; steps: Result; url: Result; plot: Result; misspelt: Result; allBad: Result };
+let results: {
+  table: Result;
+  steps: Result;
+  url: Result;
+  plot: Result;
+  misspelt: Result;
+  allBad: Result;
+  noFile: Result;
+};
 
 beforeAll(async () => {
   mkdirSync(join(dir, 'run-a'));
@@ -59,15 +67,17 @@ beforeAll(async () => {
   const allBad = join(dir, 'all-bad.jsonl');
   appendFileSync(allBad, 'not json\n\n{"name":"reward/mean"}\n');
 
-  const [table, steps, fromUrl, plot, misspelt, bad] = await Promise.all([
+  const [table, steps, fromUrl, plot, misspelt, bad, noFile] = await Promise.all([
     rxrl('metrics', runA),
     rxrl('metrics', runA, '--format', 'steps', '--name', 'reward/'),
     rxrl('metrics', url, '--name', 'train/', '--format', 'jsonl'),
-    rxrl('plot', runA, runB, '--out', svgPath),
+    // A run directory stands for its metrics.jsonl.
+    rxrl('plot', runA, dirname(runB), '--out', svgPath),
     rxrl('plot', runA, '--metric', 'eval/pass@1', '--metric', 'reward/meen', '--out', join(dir, 'one.svg')),
     rxrl('metrics', allBad),
+    rxrl('metrics', dir),
   ]);
-  results = { table, steps, url: fromUrl, plot, misspelt, allBad: bad };
+  results = { table, steps, url: fromUrl, plot, misspelt, allBad: bad, noFile };
 }, 300_000);
 
 afterAll(async () => {
@@ -127,6 +137,12 @@ describe('rxrl metrics', () => {
 });
 
 describe('rxrl plot', () => {
+  it('names a directory with no metrics.jsonl in it, instead of failing to read it', () => {
+    const { code, stderr } = results.noFile;
+    expect(code).toBe(1);
+    expect(stderr.trim()).toBe(`error: ${dir} is a directory with no metrics.jsonl in it`);
+  });
+
   it('says which metrics asked for it left out, as no run has them', () => {
     const { code, stdout, stderr } = results.misspelt;
     expect(code, stderr).toBe(0);

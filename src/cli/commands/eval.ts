@@ -38,7 +38,7 @@ export function registerEvalCommand(program: Command): void {
     .option('--top-p <p>', 'nucleus sampling (default: the topology eval.topP)', probability)
     .option(
       '--seed <n>',
-      "sampling seed (a recipe's eval stage samples with the topology seed + 1000 x the stage's position, counted from 1)",
+      "sampling seed (a single run evaluates step s with the topology seed + s; a recipe's eval stage with the topology seed + 1000 x the stage's position, counted from 1)",
       anyInt,
       0,
     )

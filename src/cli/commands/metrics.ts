@@ -3,9 +3,9 @@
  * one line per step, or JSON lines) from a running process, a metrics.jsonl file or a Kafka topic;
  * `rxrl plot <metrics.jsonl...>` draws the standard curves of one or more runs to an SVG or PNG file.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { dirname, extname, resolve } from 'node:path';
+import { dirname, extname, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { tap, type Observable } from 'rxjs';
 import type { Metric } from '../../../schemas/index.ts';
@@ -39,6 +39,17 @@ interface MetricsFlags extends ConnectionFlags {
 }
 
 const FORMATS = ['table', 'steps', 'jsonl'] as const;
+
+/**
+ * A run's metrics file as given: a metrics.jsonl file, or a run directory, for its metrics.jsonl. A
+ * directory without one is a usage error that says so (reading it would fail with EISDIR).
+ */
+function metricsFile(path: string, command: Command): string {
+  if (!existsSync(path) || !statSync(path).isDirectory()) return path;
+  const inside = join(path, 'metrics.jsonl');
+  if (!existsSync(inside)) command.error(`${path} is a directory with no metrics.jsonl in it`);
+  return inside;
+}
 
 /** Adds `metrics` and `plot` to the program. */
 export function registerMetricsCommands(program: Command): void {
@@ -93,11 +104,12 @@ export function registerMetricsCommands(program: Command): void {
             ),
         });
       } else {
-        if (!follow && !existsSync(source)) command.error(`No such file: ${source}`);
-        if (!existsSync(source)) process.stderr.write(`waiting for ${source} to appear (Ctrl-C to stop)\n`);
+        const file = metricsFile(source, command);
+        if (!follow && !existsSync(file)) command.error(`No such file: ${file}`);
+        if (!existsSync(file)) process.stderr.write(`waiting for ${file} to appear (Ctrl-C to stop)\n`);
         const read = follow
-          ? followMetricsJsonl(source, { onRestart: () => startedOver(source) })
-          : readMetricsJsonl(source, {
+          ? followMetricsJsonl(file, { onRestart: () => startedOver(file) })
+          : readMetricsJsonl(file, {
               onInvalid: (invalid) => {
                 lines.invalid++;
                 warnInvalid(invalid);
@@ -171,27 +183,37 @@ export function registerMetricsCommands(program: Command): void {
       'a Host name to answer besides localhost when listening on a loopback address (a reverse proxy that keeps Host, /etc/hosts); repeatable',
       collect,
     )
-    .action(async (file: string, flags: { port: number; host: string; allowedHost?: string[] }) => {
-      if (!existsSync(file))
-        process.stderr.write(`${file} does not exist yet: the dashboard fills in once it does\n`);
-      // A new run started in the same directory: the dashboard starts over with it.
-      const server: MetricsServer = createMetricsServer(
-        followMetricsJsonl(file, { onRestart: () => server.reset() }),
-        undefined,
-        { allowedHosts: flags.allowedHost ?? [] },
-      );
-      const { url } = await server.listen(flags.port, flags.host);
-      process.stdout.write(`dashboard of ${file}: ${url}/  (Ctrl-C to stop)\n`);
-      await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
-      await server.close();
-    });
+    .action(
+      async (
+        given: string,
+        flags: { port: number; host: string; allowedHost?: string[] },
+        command: Command,
+      ) => {
+        const file = metricsFile(given, command);
+        if (!existsSync(file))
+          process.stderr.write(`${file} does not exist yet: the dashboard fills in once it does\n`);
+        // A new run started in the same directory: the dashboard starts over with it.
+        const server: MetricsServer = createMetricsServer(
+          followMetricsJsonl(file, { onRestart: () => server.reset() }),
+          undefined,
+          { allowedHosts: flags.allowedHost ?? [] },
+        );
+        const { url } = await server.listen(flags.port, flags.host);
+        process.stdout.write(`dashboard of ${file}: ${url}/  (Ctrl-C to stop)\n`);
+        await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+        await server.close();
+      },
+    );
 
   program
     .command('plot')
     .description(
       'Draw the standard curves (reward, accuracy, pass@1, response length, KL, staleness) of one or more runs against the step, one panel each, runs overlaid',
     )
-    .argument('<files...>', "runs' metrics.jsonl files (each run is named after its directory)")
+    .argument(
+      '<files...>',
+      "runs' metrics.jsonl files or run directories (each run is named after its directory)",
+    )
     .requiredOption(
       '-o, --out <file>',
       'where to write the plot (required): .svg, or .png (rendered with resvg)',
@@ -215,6 +237,7 @@ export function registerMetricsCommands(program: Command): void {
         }
         if (!existsSync(dirname(resolve(flags.out))))
           command.error(`--out ${flags.out}: no such directory ${dirname(flags.out)}`);
+        files = files.map((file) => metricsFile(file, command));
         for (const file of files) if (!existsSync(file)) command.error(`No such file: ${file}`);
         const runs = await loadRuns(files);
         const spec = plotSpec(runs, {

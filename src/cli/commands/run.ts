@@ -246,9 +246,21 @@ const optionNames = (keys: readonly string[]): string[] =>
 
 /** The options that only mean something on one transport, named when given on the other. */
 function checkTransportFlags(flags: RunFlags, command: Command): void {
-  const kafkaOnly = (
-    ['role', 'run', 'workerId', 'partitions', 'replicationFactor', 'brokers'] as const
+  const kafkaOnly: string[] = (
+    [
+      'role',
+      'run',
+      'workerId',
+      'partitions',
+      'replicationFactor',
+      'brokers',
+      'ssl',
+      'saslMechanism',
+      'retries',
+    ] as const
   ).filter((key) => flags[key] !== undefined);
+  // --client-id has a default: named only when given.
+  if (command.getOptionValueSource('clientId') === 'cli') kafkaOnly.push('clientId');
   if (flags.transport === 'memory' && kafkaOnly.length > 0)
     command.error(
       `${optionNames(kafkaOnly).join(', ')} only ${kafkaOnly.length === 1 ? 'applies' : 'apply'} with --transport kafka`,
@@ -408,6 +420,9 @@ export function registerRunCommand(program: Command): void {
     const run = opts.run ?? topology.name;
     const metrics = new Metrics({ run });
     const completions = new Subject<ScoredRollout>();
+    // setTimeout's limit (2^31 - 1 ms): past it Node fires at once.
+    if (opts.metricsLinger !== undefined && opts.metricsLinger > 2_147_483)
+      command.error('--metrics-linger: at most 2147483 seconds (24.8 days)');
     if (opts.metricsLinger !== undefined && opts.dashboard === undefined && opts.metricsPort === undefined)
       command.error('--metrics-linger keeps the metrics server up: give --dashboard or --metrics-port too');
     const server = await serveMetrics(metrics, completions, opts);
