@@ -11,6 +11,9 @@ import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 import { withAdvantage } from './records.ts';
 import { forwardErrors } from './forwardErrors.ts';
 
+/** A total that counts (as the plain path's statistics take it): null, NaN and infinities get no signal. */
+const isScored = (reward: number | null): boolean => reward !== null && Number.isFinite(reward);
+
 export interface GroupRelativeAdvantagesOptions extends AdvantageOptions {
   /** With batch scaling: how many groups share one batch std (the groups of one GradientBatch). */
   groupsPerBatch?: number;
@@ -58,7 +61,7 @@ export function groupRelativeAdvantages(
         // rewards count as none (a failed one reads null, like one that does not apply).
         const recomputed = recompute
           ? multiRewardAdvantages(
-              groups.map((g) => g.samples.map((s) => (s.reward === null ? {} : s.rewards))),
+              groups.map((g) => g.samples.map((s) => (isScored(s.reward) ? s.rewards : {}))),
               options,
             )
           : undefined;
@@ -74,7 +77,7 @@ export function groupRelativeAdvantages(
           if (stats.std === 0) zeroStd.inc();
           // A null total (a reward failed, or none applied) gets no signal.
           for (let i = 0; i < samples.length; i++)
-            subscriber.next(withAdvantage(samples[i]!, samples[i]!.reward === null ? 0 : final[i]!));
+            subscriber.next(withAdvantage(samples[i]!, isScored(samples[i]!.reward) ? final[i]! : 0));
         }
       };
 

@@ -65,28 +65,31 @@ describe('groupRelativeAdvantages', () => {
     expect(run(2)[1]).toBeCloseTo(0.5 / (Math.sqrt((5 * 0.375 ** 2 + 3 * 0.625 ** 2) / 7) + 1e-4), 12);
   });
 
-  it('recomputing totals from the named rewards, a sample whose total failed (null) gets 0 and stays out of the statistics', () => {
-    // Sample 1's format reward failed, so scoreRollouts made its total null; its accuracy is still there.
-    const group = groupOf('F', [1, 0, 1]);
-    group.samples[0] = { ...group.samples[0]!, rewards: { accuracy: 1, format: 1 }, reward: 1.5 };
-    group.samples[1] = { ...group.samples[1]!, rewards: { accuracy: 1, format: null }, reward: null };
-    group.samples[2] = { ...group.samples[2]!, rewards: { accuracy: 0, format: 1 }, reward: 0.5 };
-    const weights = { accuracy: 1, format: 0.5 };
-    for (const aggregation of ['sum_then_normalize', 'normalize_then_sum'] as const) {
-      const out: number[] = [];
-      of(group)
-        .pipe(groupRelativeAdvantages({ estimator: 'grpo', rewardWeights: weights, aggregation }))
-        .subscribe((s) => out.push(s.advantage));
-      // The same as the group of the two valid samples alone.
-      const alone: number[] = [];
-      of({ ...group, samples: [group.samples[0]!, group.samples[2]!] })
-        .pipe(groupRelativeAdvantages({ estimator: 'grpo', rewardWeights: weights, aggregation }))
-        .subscribe((s) => alone.push(s.advantage));
-      expect(out[1], aggregation).toBe(0);
-      expect([out[0], out[2]], aggregation).toEqual(alone);
-      expect(out[0]).toBeGreaterThan(0);
-    }
-  });
+  it.each([null, Number.NaN])(
+    'recomputing totals from the named rewards, a sample whose total failed (%s) gets 0 and stays out of the statistics',
+    (failed) => {
+      // Sample 1's format reward failed, so its total is no score; its accuracy is still there.
+      const group = groupOf('F', [1, 0, 1]);
+      group.samples[0] = { ...group.samples[0]!, rewards: { accuracy: 1, format: 1 }, reward: 1.5 };
+      group.samples[1] = { ...group.samples[1]!, rewards: { accuracy: 1, format: null }, reward: failed };
+      group.samples[2] = { ...group.samples[2]!, rewards: { accuracy: 0, format: 1 }, reward: 0.5 };
+      const weights = { accuracy: 1, format: 0.5 };
+      for (const aggregation of ['sum_then_normalize', 'normalize_then_sum'] as const) {
+        const out: number[] = [];
+        of(group)
+          .pipe(groupRelativeAdvantages({ estimator: 'grpo', rewardWeights: weights, aggregation }))
+          .subscribe((s) => out.push(s.advantage));
+        // The same as the group of the two valid samples alone.
+        const alone: number[] = [];
+        of({ ...group, samples: [group.samples[0]!, group.samples[2]!] })
+          .pipe(groupRelativeAdvantages({ estimator: 'grpo', rewardWeights: weights, aggregation }))
+          .subscribe((s) => alone.push(s.advantage));
+        expect(out[1], aggregation).toBe(0);
+        expect([out[0], out[2]], aggregation).toEqual(alone);
+        expect(out[0]).toBeGreaterThan(0);
+      }
+    },
+  );
 
   it('passes errors through and unsubscribes', () => {
     newScheduler().run(({ cold, expectObservable, expectSubscriptions }) => {
