@@ -3,7 +3,7 @@
  * separate processes with a rollout worker killed mid-run; then with the learner killed and restarted from
  * its checkpoint. Each checks that every prompt published ends trained or dropped with a counted reason.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
@@ -15,6 +15,7 @@ import { createRunTopics, deleteRunTopics, topicName } from '../../src/transport
 import { publishPolicyVersion } from '../../src/transport/kafka/weights.ts';
 import { readTopicSince } from '../../src/run/kafka/common.ts';
 import { runOverKafka, type KafkaRunEvent } from '../../src/run/kafka/index.ts';
+import { defineTopology } from '../../src/topology/topology.ts';
 import { connection, unique, waitFor } from './helpers.ts';
 import {
   finished,
@@ -135,6 +136,40 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
     );
     expect(reported.length).toBeGreaterThan(0);
     expect(Math.max(...reported.map((m) => m.value))).toBe(summary.rollout!.version);
+  });
+
+  it('a sample that comes after its group was dropped (incomplete, or none in time) counts as late, not as a duplicate', async () => {
+    // Every twelfth score takes 2 s, past the groups' 0.5 s: those groups are dropped incomplete, and their
+    // last sample reaches the learner afterwards.
+    const module = join(root, 'slow.ts');
+    writeFileSync(
+      module,
+      'let calls = 0;\n' +
+        'export default async (_input: unknown) => {\n' +
+        '  if (++calls % 12 === 0) await new Promise((resolve) => setTimeout(resolve, 2_000));\n' +
+        '  return 0;\n' +
+        '};\n',
+    );
+    const run = newRun('run-late');
+    const summary = await runOverKafka({
+      topology: defineTopology({
+        ...tiny,
+        rewards: [...tiny.rewards, { kind: 'module', path: module, weight: 0.5 }],
+        grpo: { ...tiny.grpo, groupTimeoutMs: 500 },
+      }),
+      backend: 'wasm',
+      role: 'all',
+      connection,
+      run,
+      runDir: join(root, run),
+      cacheDir,
+      steps: 8,
+      sessionTimeoutMs: 6_000,
+    });
+    const { prompts, samples } = summary.learner!;
+    expect(prompts.dropped['incomplete_timeout']).toBeGreaterThan(0);
+    expect(samples.dropped['late']).toBeGreaterThan(0);
+    expect(samples.duplicates).toBe(0); // nothing was delivered twice
   });
 
   it('refuses to start a second learner of a run while one is a member of its group', async () => {

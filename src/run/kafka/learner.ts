@@ -352,12 +352,23 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     const admission$ = new Changes();
     admission.capacity$.subscribe(() => admission$.notify());
 
+    /**
+     * The sample indices each group dropped incomplete (or with no rollouts in time) had received, the
+     * latest few thousand, in memory: a sample of another index that comes after is late, a dropped
+     * sample, not a duplicate.
+     */
+    const receivedWhenDropped = new Map<string, Set<number>>();
     /** Decides a prompt's group: trained, or dropped for `outcome`, with its samples by outcome. */
     const resolve = (id: string, outcome: string, trained: number, dropped: Record<string, number> = {}) => {
       const p = pending.get(id);
       if (!p) return;
       pending.delete(id);
       rememberResolved(id, outcome);
+      if (outcome.startsWith('incomplete_') || outcome === 'no_rollouts') {
+        receivedWhenDropped.set(id, p.indices);
+        if (receivedWhenDropped.size > 4 * RESOLVED_IN_CHECKPOINT)
+          receivedWhenDropped.delete(receivedWhenDropped.keys().next().value!);
+      }
       for (const delivery of p.deliveries) settle(delivery, id);
       p.deliveries = [];
       if (outcome === 'trained') {
@@ -504,7 +515,13 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       const s = delivery.value;
       const p = pending.get(s.groupId);
       if (!p) {
-        if (resolved.has(s.groupId)) {
+        const received = receivedWhenDropped.get(s.groupId);
+        if (received && !received.has(s.index)) {
+          // Its group was dropped incomplete before it came: late, counted with the drops.
+          received.add(s.index);
+          droppedSamples('late').inc();
+          bump(state.samples.dropped, 'late');
+        } else if (resolved.has(s.groupId)) {
           state.samples.duplicates++;
           duplicates.inc();
         } else {
