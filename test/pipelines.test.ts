@@ -206,4 +206,24 @@ describe("a topology written with TRL's names", () => {
       "sampling.max_completion_length: TRL's or verl's max_completion_length is sampling.maxNewTokens here",
     );
   });
+
+  it('names the field of the section the name was written in, and paths with [index]', () => {
+    const { name: _, ...input } = arithmetic;
+    const attempt = () =>
+      defineTopology({
+        ...input,
+        name: 'trl-habits',
+        eval: { ...arithmetic.eval, top_p: 0.9, num_generations: 8 } as TopologyInput['eval'],
+        pretrain: { ...arithmetic.pretrain, learning_rate: 1e-3 } as TopologyInput['pretrain'],
+        rewards: [{ ...arithmetic.rewards[0]!, reward_weights: [1] } as TopologyInput['rewards'][number]],
+      });
+    expect(attempt).toThrow("eval.top_p: TRL's or verl's top_p is eval.topP here");
+    expect(attempt).toThrow("eval.num_generations: TRL's or verl's num_generations is eval.k here");
+    expect(attempt).toThrow(
+      "pretrain.learning_rate: TRL's or verl's learning_rate is pretrain.learningRate here",
+    );
+    expect(attempt).toThrow(
+      "rewards[0].reward_weights: TRL's or verl's reward_weights is rewards[].weight here",
+    );
+  });
 });

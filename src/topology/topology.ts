@@ -259,8 +259,10 @@ export const TRL_NAMES: Readonly<Record<string, string>> = {
   num_generations: 'grpo.groupSize',
   generation_batch_size: 'grpo.groupSize x grpo.promptsPerStep',
   ppo_mini_batch_size: 'grpo.minibatches (promptsPerStep divided by it: verl counts prompts)',
-  epsilon: 'grpo.epsLow',
+  epsilon: 'grpo.epsLow (and grpo.epsHigh, which TRL sets to it too)',
   epsilon_high: 'grpo.epsHigh',
+  clip_ratio: 'grpo.epsLow and grpo.epsHigh (verl sets both to it)',
+  train_batch_size: 'grpo.promptsPerStep (verl counts prompts)',
   clip_ratio_low: 'grpo.epsLow',
   clip_ratio_high: 'grpo.epsHigh',
   clip_ratio_c: 'grpo.dualClip',
@@ -292,21 +294,42 @@ export const TRL_NAMES: Readonly<Record<string, string>> = {
   eval_steps: 'eval.every',
 };
 
+/** Where a name means a field of the section it is written in, not TRL_NAMES' (top_p in eval is eval.topP). */
+const TRL_NAMES_IN: Readonly<Record<string, Readonly<Record<string, string>>>> = {
+  eval: {
+    top_p: 'eval.topP',
+    num_generations: 'eval.k',
+    eval_steps: 'eval.every',
+  },
+  pretrain: {
+    learning_rate: 'pretrain.learningRate',
+    max_steps: 'pretrain.steps',
+    per_device_train_batch_size: 'pretrain.batchSize',
+  },
+};
+
 /**
  * For each unknown key of a failed validation that is TRL's or verl's name for a field, a line saying
- * rxrl's (`grpo.num_generations: TRL's num_generations is grpo.groupSize here`).
+ * rxrl's (`grpo.num_generations: TRL's num_generations is grpo.groupSize here`), for the section it was
+ * written in (`eval.top_p` is eval.topP, not sampling.topP).
  */
 export function trlNameHints(error: z.ZodError): string[] {
-  return error.issues.flatMap((issue) =>
-    issue.code === 'unrecognized_keys'
-      ? issue.keys
-          .filter((key) => Object.hasOwn(TRL_NAMES, key))
-          .map((key) => {
-            const at = [...issue.path, key].join('.');
-            return `${at}: TRL's or verl's ${key} is ${TRL_NAMES[key]} here`;
-          })
-      : [],
-  );
+  return error.issues.flatMap((issue) => {
+    if (issue.code !== 'unrecognized_keys') return [];
+    const section = TRL_NAMES_IN[String(issue.path[0])] ?? {};
+    return issue.keys.flatMap((key) => {
+      const field = Object.hasOwn(section, key)
+        ? section[key]
+        : Object.hasOwn(TRL_NAMES, key)
+          ? TRL_NAMES[key]
+          : undefined;
+      if (field === undefined) return [];
+      const at = [...issue.path, key]
+        .map((part, i) => (typeof part === 'number' ? `[${part}]` : `${i > 0 ? '.' : ''}${String(part)}`))
+        .join('');
+      return [`${at}: TRL's or verl's ${key} is ${field} here`];
+    });
+  });
 }
 
 /** Validate a topology declaration; the error names every field at fault. */
