@@ -215,7 +215,9 @@ describe("a topology written with TRL's names", () => {
         name: 'trl-habits',
         eval: { ...arithmetic.eval, top_p: 0.9, num_generations: 8 } as TopologyInput['eval'],
         pretrain: { ...arithmetic.pretrain, learning_rate: 1e-3 } as TopologyInput['pretrain'],
-        rewards: [{ ...arithmetic.rewards[0]!, reward_weights: [1] } as TopologyInput['rewards'][number]],
+        rewards: [
+          { ...arithmetic.rewards[0]!, reward_weights: [1] } as unknown as TopologyInput['rewards'][number],
+        ],
       });
     expect(attempt).toThrow("eval.top_p: TRL's or verl's top_p is eval.topP here");
     expect(attempt).toThrow("eval.num_generations: TRL's or verl's num_generations is eval.k here");

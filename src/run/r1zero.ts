@@ -368,9 +368,10 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           rollout,
           staleness,
         });
+        // Every checkpointEvery steps, and always the last (0: the last only), as a recipe stage does.
         if (
-          topology.run.checkpointEvery > 0 &&
-          (step % topology.run.checkpointEvery === 0 || step >= totalSteps)
+          (topology.run.checkpointEvery > 0 && step % topology.run.checkpointEvery === 0) ||
+          step >= totalSteps
         ) {
           const next: RunState = { ...state, counters: ownCounters(), evals };
           await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...state } });

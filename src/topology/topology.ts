@@ -246,7 +246,10 @@ export const Topology = z
     run: z
       .object({
         steps: z.int().positive(),
-        checkpointEvery: z.int().nonnegative(),
+        checkpointEvery: z
+          .int()
+          .nonnegative()
+          .describe('Save a checkpoint every this many steps; the last step is always saved (0: only it).'),
       })
       .strict(),
   })
