@@ -55,8 +55,9 @@ interface OpenGroup {
  * timer serves every open group: groups open in time order, so the oldest deadline is always first.
  *
  * Counters: groups.emitted; drops and drops.samples with reason incomplete_timeout, incomplete_evicted,
- * incomplete_source_completed; drops.samples{reason=late} (a sample whose group already closed);
- * samples.duplicate (re-deliveries, not a loss). Gauge: groups.open.
+ * incomplete_source_completed; drops.samples{reason=late} (a sample of a group closed incomplete that it
+ * had not received, counted once); samples.duplicate (re-deliveries, not a loss: a sample the group
+ * already held, open or closed). Gauge: groups.open.
  */
 export function groupSamples(options: GroupSamplesOptions): OperatorFunction<ScoredRollout, Group> {
   const scheduler = options.scheduler ?? asyncScheduler;
@@ -82,28 +83,30 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
     new Observable<Group>((subscriber) => {
       // Map iteration order is insertion order, which is deadline order.
       const open = new Map<string, OpenGroup>();
-      // Closed group ids -> whether they completed: a sample for a completed group is a re-delivery.
+      // Closed group ids -> true if they completed (a sample for one is a re-delivery), else the indices
+      // they had received (a sample of one of those is a re-delivery, of another index late).
       // Two generations: ids go into the young one; when it holds half the memory it becomes the old
       // one and the previous old one is dropped whole. No per-id deletes: a Map that deletes as much
       // as it inserts keeps its dead slots until it rehashes, and lookups walked them (bench/operators).
       const half = Math.max(1, Math.ceil(closedMemory / 2));
-      let closedYoung = new Map<string, boolean>();
-      let closedOld = new Map<string, boolean>();
+      let closedYoung = new Map<string, true | Set<number>>();
+      let closedOld = new Map<string, true | Set<number>>();
       let timer: Subscription | undefined;
 
-      const rememberClosed = (id: string, complete: boolean) => {
+      const rememberClosed = (id: string, complete: true | Set<number>) => {
         if (closedYoung.size >= half) {
           closedOld = closedYoung;
           closedYoung = new Map();
         }
         closedYoung.set(id, complete);
       };
-      const wasClosed = (id: string): boolean | undefined => closedYoung.get(id) ?? closedOld.get(id);
+      const wasClosed = (id: string): true | Set<number> | undefined =>
+        closedYoung.get(id) ?? closedOld.get(id);
 
       const close = (id: string, group: OpenGroup, reason: IncompleteReason) => {
         open.delete(id);
-        rememberClosed(id, false);
         const samples = group.samples.filter((s): s is ScoredRollout => s !== undefined);
+        rememberClosed(id, new Set(samples.map((s) => s.index)));
         dropped[reason].groups.inc();
         dropped[reason].samples.inc(samples.length);
         options.onIncomplete?.({ groupId: id, reason, expected: group.samples.length, samples });
@@ -135,9 +138,14 @@ export function groupSamples(options: GroupSamplesOptions): OperatorFunction<Sco
             const id = sample.groupId;
             let group = open.get(id);
             if (!group) {
-              const completed = wasClosed(id);
-              if (completed !== undefined) {
-                (completed ? duplicates : late).inc();
+              const closed = wasClosed(id);
+              if (closed === true || closed?.has(sample.index)) {
+                duplicates.inc();
+                return;
+              }
+              if (closed) {
+                closed.add(sample.index); // counted once: a re-delivery of it is a duplicate
+                late.inc();
                 return;
               }
               if (open.size >= maxOpen) {

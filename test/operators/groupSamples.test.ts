@@ -121,18 +121,21 @@ describe('groupSamples', () => {
   it('ignores re-delivered samples and counts them; samples of an expired group are late drops', () => {
     const scheduler = newScheduler();
     const metrics = new Metrics({ run: 't', scheduler });
+    const f = scored('C', 1, 0);
     scheduler.run(({ cold, expectObservable }) => {
-      const source = cold('-a-a-b-b-e 20ms e-|', values);
+      const source = cold('-a-a-b-b-e 20ms f-e-f-|', { ...values, f });
       expectObservable(source.pipe(groupSamples({ maxWaitMs: 5, metrics, scheduler }))).toBe(
-        '-----A 26ms |',
+        '-----A 30ms |',
         {
           A: groupA,
         },
       );
     });
     const counts = metrics.snapshot();
-    expect(counts['samples.duplicate']).toBe(2); // a again while open; b after A completed
-    expect(counts['drops.samples{reason=late}']).toBe(1); // e after C timed out
+    // a again while open; b after A completed; e and f again after C timed out (each counted once)
+    expect(counts['samples.duplicate']).toBe(4);
+    expect(counts['drops.samples{reason=late}']).toBe(1); // f, which C had not received when it timed out
+    expect(counts['drops.samples{reason=incomplete_timeout}']).toBe(1); // e
   });
 
   it('recognises re-deliveries for at least half of closedIdMemory groups back, and forgets older ones', () => {
