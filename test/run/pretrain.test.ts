@@ -19,6 +19,7 @@ async function pretrain(drill: number, cacheDir: string, positionEncoding?: 'lea
   const topology = defineTopology({
     ...countdown,
     data: { trainPrompts: 50, testPrompts: 4 },
+    eval: { ...countdown.eval, prompts: 4 },
     model: {
       contextLength: countdown.model.contextLength,
       dModel: 16,
@@ -92,6 +93,7 @@ describe('ensureBaseModel', { timeout: 120_000 }, () => {
     const topology = defineTopology({
       ...countdown,
       data: { trainPrompts: 50, testPrompts: 4 },
+      eval: { ...countdown.eval, prompts: 4 },
       model: { contextLength: countdown.model.contextLength, dModel: 16, nLayers: 1, nHeads: 2 },
       pretrain: { ...countdown.pretrain, steps: 6, batchSize: 4 },
     });

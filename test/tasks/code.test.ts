@@ -102,6 +102,7 @@ describe('code task in a topology', () => {
       name: 'code-task',
       task: { kind: 'code' },
       data: { trainPrompts: 20, testPrompts: 5 },
+      eval: { ...base.eval, prompts: 5 },
       rewards: [{ kind: 'code', weight: 1, timeoutMs: 5_000 }],
     });
     const runtime = taskRuntime(topology);
