@@ -59,10 +59,10 @@ describe('base-model cache keys', () => {
   // A corpus or tokenizer option added later must not change the base models the shipped pipelines have
   // cached (.cache/base-models/<name>-<key>): unset options stay out of the key.
   it.each([
-    ['r1-zero-arithmetic', 'a5d1693299a9'],
-    ['r1-arithmetic', 'a5d1693299a9'],
-    ['r1-zero-arithmetic-paper', 'a5d1693299a9'], // the same base as r1-zero-arithmetic: only GRPO differs
-    ['r1-zero-countdown', '54a69523b2d7'],
+    ['r1-zero-arithmetic', '2f16535f7ada'],
+    ['r1-arithmetic', '2f16535f7ada'],
+    ['r1-zero-arithmetic-paper', '2f16535f7ada'], // the same base as r1-zero-arithmetic: only GRPO differs
+    ['r1-zero-countdown', '4439ca5bae88'],
   ])('%s keeps its key', async (name, key) => {
     const topology = await loadPipeline(name);
     expect(baseModelKey(topology, new CharTokenizer(taskRuntime(topology).alphabet))).toBe(key);
@@ -84,6 +84,13 @@ describe('base-model cache keys', () => {
       `the ${topology.task.kind} corpus writes other documents than before: bump CORPUS_REVISION.${topology.task.kind} ` +
         'in src/tasks/corpus.ts (so cached base models are retrained), then update this fingerprint',
     ).toBe(fingerprint);
+  });
+
+  it('the number of training questions changes the key: pretraining draws its rows from them', async () => {
+    const topology = await loadPipeline('r1-zero-arithmetic');
+    const tokenizer = new CharTokenizer(taskRuntime(topology).alphabet);
+    const fewer = { ...topology, data: { ...topology.data, trainPrompts: 100 } };
+    expect(baseModelKey(fewer, tokenizer)).not.toBe(baseModelKey(topology, tokenizer));
   });
 
   it('a corpus revision changes the key', async () => {

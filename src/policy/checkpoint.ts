@@ -105,22 +105,63 @@ export async function saveCheckpoint(
 
   await mkdir(path.dirname(target), { recursive: true });
   const temporary = siblingName(target, 'tmp');
+  inFlight.add(temporary);
   await mkdir(temporary);
+  let previous: string[] = [];
   try {
     await writeDurably(path.join(temporary, TENSORS), Buffer.concat(chunks));
     await writeDurably(path.join(temporary, MANIFEST), JSON.stringify(manifest, null, 2) + '\n');
     await syncDirectory(temporary);
-    const previous = (await exists(target)) ? siblingName(target, 'old') : undefined;
-    if (previous) await rename(target, previous);
-    await rename(temporary, target);
+    previous = await swapIn(temporary, target);
     await syncDirectory(path.dirname(target));
-    if (previous) await rm(previous, { recursive: true, force: true });
+    await Promise.all(previous.map((dir) => rm(dir, { recursive: true, force: true })));
   } catch (error) {
     await rm(temporary, { recursive: true, force: true });
     throw error;
+  } finally {
+    for (const dir of [temporary, ...previous]) inFlight.delete(dir);
   }
   // What a save stopped part-way left beside the target (this one's own are gone by now).
   await Promise.all(leftBeside(target).map((d) => rm(d, { recursive: true, force: true })));
+}
+
+/**
+ * The directories this process's saves are writing or have renamed aside and not yet removed: another
+ * save of the same target in this process leaves them alone (those of processes that are gone, it clears).
+ */
+const inFlight = new Set<string>();
+
+/** The error code of a failed fs call (ENOENT, ENOTEMPTY, ...). */
+const codeOf = (error: unknown): string | undefined => (error as { code?: string }).code;
+
+/**
+ * Puts the directory `temporary` where `target` is, the target there before renamed aside; returns the
+ * directories renamed aside, for the caller to remove. Another process saving the same target at the
+ * same moment (two runs pretraining the same cached base model) can put its own target back between
+ * the two renames (the second rename then fails with ENOTEMPTY or EEXIST) or move it away before the
+ * first (ENOENT): each time the swap starts over, a few times, so both saves succeed, the later one's
+ * directory staying.
+ */
+async function swapIn(temporary: string, target: string): Promise<string[]> {
+  const previous: string[] = [];
+  for (let attempt = 1; ; attempt++) {
+    const aside = (await exists(target)) ? siblingName(target, 'old') : undefined;
+    try {
+      if (aside) {
+        inFlight.add(aside);
+        await rename(target, aside);
+        previous.push(aside);
+      }
+      await rename(temporary, target);
+      return previous;
+    } catch (error) {
+      const code = codeOf(error);
+      if (aside && !previous.includes(aside)) inFlight.delete(aside);
+      if (attempt < 8 && (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOENT')) continue;
+      for (const dir of previous) inFlight.delete(dir);
+      throw error;
+    }
+  }
 }
 
 /** Removes a checkpoint directory and whatever a save of it stopped part-way left beside it. */
@@ -147,7 +188,7 @@ function leftBeside(target: string, kinds: readonly ('old' | 'tmp')[] = ['old', 
   return names
     .filter((name) => {
       const m = pattern.exec(name);
-      return m !== null && !alive(Number(m[2]));
+      return m !== null && !alive(Number(m[2])) && !inFlight.has(path.join(parent, name));
     })
     .map((name) => path.join(parent, name));
 }

@@ -27,7 +27,8 @@ export function modelConfig(topology: Topology, tokenizer: Tokenizer): GPTConfig
 
 /**
  * The cache key of a base model: a hash of everything that shapes it (model, pretraining and corpus
- * settings, task, template, seed, tokenizer, the corpus generator's revision). Settings left unset are
+ * settings, task, the number of training questions, template, seed, tokenizer, the corpus generator's
+ * revision). Settings left unset are
  * absent from it, so an optional setting added later keeps the keys, and the cached models, of the
  * pipelines that do not use it.
  */
@@ -38,6 +39,8 @@ export function baseModelKey(topology: Topology, tokenizer: Tokenizer): string {
         modelConfig(topology, tokenizer),
         topology.pretrain,
         topology.task,
+        // Pretraining draws its rows from the training questions: how many there are shapes the weights.
+        topology.data.trainPrompts,
         topology.template,
         topology.seed,
         tokenizer.spec(),
@@ -82,7 +85,11 @@ export async function ensureBaseModel(options: {
   if (cached) return { model: (await loadCheckpoint(cached)).model, dir: cached, cached: true };
   const corpus = runtime.corpusCompletion;
   if (!corpus && topology.pretrain.steps > 0) {
-    throw new Error(`pretrain: the ${runtime.name} task has no pretraining corpus; set pretrain.steps to 0`);
+    const only =
+      topology.task.kind === 'arithmetic' ? ' (its corpus writes addition alone: task.operations ["+"])' : '';
+    throw new Error(
+      `pretrain: the ${runtime.name} task has no pretraining corpus${only}; set pretrain.steps to 0`,
+    );
   }
   // Progress is saved beside the cache entry every `checkpointEvery` steps, so a pretraining stopped
   // part-way (Ctrl-C, a machine's time running out) goes on from there: the same weights, optimiser
@@ -121,7 +128,14 @@ export async function ensureBaseModel(options: {
         return { tokens: [...prompt, ...tokenizer.encode(text)], lossStart: prompt.length };
       }
       const completion = tokenizer.encode(corpus!(example, rand));
-      return { tokens: [...prompt, ...completion, tokenizer.eosId], lossStart: prompt.length };
+      const tokens = [...prompt, ...completion, tokenizer.eosId];
+      if (tokens.length > config.contextLength)
+        throw new Error(
+          `pretrain: a corpus document and its prompt take ${tokens.length} tokens, more than model.contextLength ` +
+            `(${config.contextLength}): raise model.contextLength, or shorten the documents (pretrain.attempts, ` +
+            "the task's digits or numbers)",
+        );
+      return { tokens, lossStart: prompt.length };
     });
   const every = options.checkpointEvery ?? 100;
   await withBackendThreads(options.threads ?? availableParallelism(), async () => {

@@ -95,6 +95,18 @@ describe('checkpoint', () => {
     [first, second, third, standing.model].forEach((m) => m.dispose());
   });
 
+  it('saves of one directory at the same moment all succeed, and one whole checkpoint stands', async () => {
+    // Two runs pretraining the same cached base model save it at the same moments.
+    const own = path.join(root, 'together');
+    const dir = path.join(own, 'base');
+    const models = [51, 52, 53, 54, 55, 56].map((seed) => tinyModel(seed));
+    await Promise.all(models.map((model, i) => saveCheckpoint(dir, { model, tokenizer, policyVersion: i })));
+    const loaded = await loadCheckpoint(dir);
+    expect(logProbs(loaded.model)).toEqual(logProbs(models[loaded.policyVersion]!));
+    expect(await readdir(own)).toEqual(['base']);
+    [...models, loaded.model].forEach((m) => m.dispose());
+  });
+
   it('rejects a damaged checkpoint with the reason', async () => {
     const dir = path.join(root, 'damaged');
     const model = tinyModel(41);

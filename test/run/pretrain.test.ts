@@ -132,3 +132,21 @@ describe('ensureBaseModel', { timeout: 120_000 }, () => {
     for (const m of [straight.model, resumed.model, initial]) m.dispose();
   });
 });
+
+describe('pretraining rows', () => {
+  it('a corpus document longer than the context names the setting to change, before it trains', async () => {
+    const topology = defineTopology({
+      ...countdown,
+      data: { trainPrompts: 50, testPrompts: 4 },
+      eval: { ...countdown.eval, prompts: 4 },
+      model: { contextLength: 48, dModel: 16, nLayers: 1, nHeads: 2 },
+      sampling: { ...countdown.sampling, maxNewTokens: 16 },
+      pretrain: { ...countdown.pretrain, steps: 2, batchSize: 4 },
+    });
+    const runtime = taskRuntime(topology);
+    const tokenizer = new CharTokenizer(runtime.alphabet);
+    await expect(
+      ensureBaseModel({ topology, runtime, tokenizer, cacheDir: join(root, 'short-context') }),
+    ).rejects.toThrow(/take \d+ tokens, more than model.contextLength \(48\): raise model.contextLength/);
+  });
+});
