@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import {
   SCHEMA_VERSION,
   type AdvantagedSample,
@@ -51,4 +52,20 @@ export function advantaged(
   options: Parameters<typeof scored>[3] = {},
 ): AdvantagedSample {
   return { ...scored(groupId, index, 1, options), advantage };
+}
+
+/**
+ * Writes a reward module (TRL's reward_funcs) scoring 0, whose every `every`-th score waits `ms` first:
+ * for runs in which some groups time out and their last sample comes late. Returns its path.
+ */
+export function writeSlowReward(path: string, every: number, ms: number): string {
+  writeFileSync(
+    path,
+    'let calls = 0;\n' +
+      'export default async (_input: unknown) => {\n' +
+      `  if (++calls % ${every} === 0) await new Promise((resolve) => setTimeout(resolve, ${ms}));\n` +
+      '  return 0;\n' +
+      '};\n',
+  );
+  return path;
 }

@@ -3,7 +3,7 @@
  * separate processes with a rollout worker killed mid-run; then with the learner killed and restarted from
  * its checkpoint. Each checks that every prompt published ends trained or dropped with a counted reason.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
@@ -29,6 +29,7 @@ import {
   startRole,
 } from './runProcesses.ts';
 import { tiny } from './runTopology.ts';
+import { writeSlowReward } from '../fixtures.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'rxrl-kafka-run-'));
 const cacheDir = join(root, 'cache');
@@ -141,15 +142,7 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
   it('a sample that comes after its group was dropped (incomplete, or none in time) counts as late, not as a duplicate', async () => {
     // Every twelfth score takes 2 s, past the groups' 0.5 s: those groups are dropped incomplete, and their
     // last sample reaches the learner afterwards.
-    const module = join(root, 'slow.ts');
-    writeFileSync(
-      module,
-      'let calls = 0;\n' +
-        'export default async (_input: unknown) => {\n' +
-        '  if (++calls % 12 === 0) await new Promise((resolve) => setTimeout(resolve, 2_000));\n' +
-        '  return 0;\n' +
-        '};\n',
-    );
+    const module = writeSlowReward(join(root, 'slow.ts'), 12, 2_000);
     const run = newRun('run-late');
     const summary = await runOverKafka({
       topology: defineTopology({

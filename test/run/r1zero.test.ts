@@ -8,6 +8,7 @@ import { evaluateCheckpoint } from '../../src/run/evaluate.ts';
 import { defaultLearnerThreads, runR1Zero, type RunEvent } from '../../src/run/r1zero.ts';
 import { defineTopology } from '../../src/topology/topology.ts';
 import { validateMessage } from '../../src/validation.ts';
+import { writeSlowReward } from '../fixtures.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'rxrl-run-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -139,15 +140,7 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
   it('a group that times out gives all its places back: samples still to come arrive late, and the run goes on', async () => {
     // Every twelfth score takes 400 ms, past the groups' 100 ms: those groups close incomplete, and their
     // last sample comes late. At eta 0 a run that gave back only the samples received waited forever.
-    const module = join(root, 'slow.ts');
-    writeFileSync(
-      module,
-      'let calls = 0;\n' +
-        'export default async (_input: unknown) => {\n' +
-        '  if (++calls % 12 === 0) await new Promise((resolve) => setTimeout(resolve, 400));\n' +
-        '  return 0;\n' +
-        '};\n',
-    );
+    const module = writeSlowReward(join(root, 'slow.ts'), 12, 400);
     const summary = await runR1Zero({
       topology: defineTopology({
         ...tiny,
