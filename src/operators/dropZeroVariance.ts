@@ -7,6 +7,11 @@ export interface DropZeroVarianceOptions {
   tolerance?: number;
   /** Called with each dropped group. */
   onDrop?: (group: Group) => void;
+  /**
+   * As groupRelativeAdvantages' option of the same name: with `normalize_then_sum` each named reward is
+   * normalised on its own, so a group carries signal when any one of them varies, even if the totals agree.
+   */
+  aggregation?: 'sum_then_normalize' | 'normalize_then_sum';
   metrics?: Metrics;
 }
 
@@ -19,7 +24,7 @@ export interface DropZeroVarianceOptions {
  * output:  --A-----C--|
  * ```
  *
- * Null rewards are ignored; a group with fewer than two valid rewards is dropped too.
+ * Null (and non-finite) rewards are ignored; a group with fewer than two valid rewards is dropped too.
  * Counters: drops{reason=zero_variance} (groups), drops.samples{reason=zero_variance}.
  */
 export function dropZeroVariance(options: DropZeroVarianceOptions = {}): OperatorFunction<Group, Group> {
@@ -27,15 +32,24 @@ export function dropZeroVariance(options: DropZeroVarianceOptions = {}): Operato
   const metrics = options.metrics ?? detachedMetrics();
   const dropped = metrics.counter('drops', { reason: 'zero_variance' });
   const droppedSamples = metrics.counter('drops.samples', { reason: 'zero_variance' });
-  return filter((group) => {
+  const varies = (values: (number | null | undefined)[]): boolean => {
     let min = Infinity;
     let max = -Infinity;
-    for (const s of group.samples) {
-      if (s.reward === null || Number.isNaN(s.reward)) continue;
-      if (s.reward < min) min = s.reward;
-      if (s.reward > max) max = s.reward;
+    for (const v of values) {
+      if (v === null || v === undefined || !Number.isFinite(v)) continue;
+      if (v < min) min = v;
+      if (v > max) max = v;
     }
-    if (max - min > tolerance) return true;
+    return max - min > tolerance;
+  };
+  return filter((group) => {
+    const scored = group.samples.filter((s) => s.reward !== null && Number.isFinite(s.reward));
+    const names = new Set(scored.flatMap((s) => Object.keys(s.rewards)));
+    const signal =
+      options.aggregation === 'normalize_then_sum'
+        ? [...names].some((name) => varies(scored.map((s) => s.rewards[name])))
+        : varies(scored.map((s) => s.reward));
+    if (signal) return true;
     dropped.inc();
     droppedSamples.inc(group.samples.length);
     options.onDrop?.(group);

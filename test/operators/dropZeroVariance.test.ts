@@ -32,6 +32,25 @@ describe('dropZeroVariance', () => {
     });
   });
 
+  it('with normalize_then_sum keeps a group whose totals agree but whose named rewards vary', () => {
+    // Totals 1 and 1, from accuracy 1 + format 0 and accuracy 0 + format 1: each reward has a spread.
+    const group = groupOf('E', [1, 1]);
+    group.samples[0] = { ...group.samples[0]!, rewards: { accuracy: 1, format: 0 } };
+    group.samples[1] = { ...group.samples[1]!, rewards: { accuracy: 0, format: 1 } };
+    const kept = (aggregation?: 'normalize_then_sum') => {
+      const out: string[] = [];
+      newScheduler().run(({ cold, flush }) => {
+        cold('-E-|', { E: group })
+          .pipe(dropZeroVariance(aggregation ? { aggregation } : {}))
+          .subscribe((g) => out.push(g.groupId));
+        flush();
+      });
+      return out;
+    };
+    expect(kept()).toEqual([]); // by totals: no spread
+    expect(kept('normalize_then_sum')).toEqual(['E']);
+  });
+
   it('passes errors through and stops on unsubscription', () => {
     newScheduler().run(({ cold, expectObservable, expectSubscriptions }) => {
       const failing = cold('-A-#', groups, new Error('x'));
