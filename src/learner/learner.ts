@@ -48,6 +48,11 @@ export interface StepReport {
    */
   clipRatioLowMin: number;
   clipRatioHighMax: number;
+  /**
+   * Share of tokens the dual clip bounded (negative advantages past c; verl's pg_clipfrac_lower); absent
+   * without a dual clip.
+   */
+  clipRatioDual?: number;
   ratioMean: number;
   entropy: number;
   gradNorm: number;
@@ -216,6 +221,7 @@ export class Learner {
         r.clipRatioLow,
         r.clipRatioHigh,
         r.clipRatioRegion,
+        r.dualClipRatio,
         r.ratioMean,
         entropy as tf.Scalar,
       ].map((t) => tf.keep(t));
@@ -235,7 +241,7 @@ export class Learner {
       this.reference.assignWeights(this.model.params);
     }
 
-    const [pgLoss, klLoss, kl, low, high, region, ratioMean, entropy] = diagnostics.map(
+    const [pgLoss, klLoss, kl, low, high, region, dual, ratioMean, entropy] = diagnostics.map(
       (d) => d.dataSync()[0]!,
     );
     const loss = value.dataSync()[0]!;
@@ -252,6 +258,7 @@ export class Learner {
       clipRatioRegion: region!,
       clipRatioLowMin: low!,
       clipRatioHighMax: high!,
+      ...(this.config.loss.dualClip !== undefined ? { clipRatioDual: dual! } : {}),
       ratioMean: ratioMean!,
       entropy: entropy!,
       gradNorm,
@@ -289,10 +296,14 @@ export class Learner {
       ids.set(s.completionTokenIds, b * T + P);
       tokens += P + C;
       const trained = !(this.config.maskTruncated && s.finishReason === 'length');
-      for (let j = 0; j < C; j++) {
-        if (trained) mask[b * T + P + j] = 1;
-        // Completion token j sits at position P + j; its log-prob is next-token output P + j - 1.
-        old[b * (T - 1) + P + j - 1] = s.behaviourLogProbs[j]!;
+      // Masked rows keep old = 0: their ratio is computed before the mask, and exp(-old) of a very
+      // unlikely token (old < -88.7) would overflow to Infinity, which the mask's 0 turns into NaN.
+      if (trained) {
+        for (let j = 0; j < C; j++) {
+          mask[b * T + P + j] = 1;
+          // Completion token j sits at position P + j; its log-prob is next-token output P + j - 1.
+          old[b * (T - 1) + P + j - 1] = s.behaviourLogProbs[j]!;
+        }
       }
     });
     return {
@@ -326,6 +337,7 @@ export function versionReport(reports: readonly StepReport[]): StepReport {
     clipRatioRegion: mean('clipRatioRegion'),
     clipRatioLowMin: Math.min(...reports.map((r) => r.clipRatioLowMin)),
     clipRatioHighMax: Math.max(...reports.map((r) => r.clipRatioHighMax)),
+    ...(last.clipRatioDual !== undefined ? { clipRatioDual: mean('clipRatioDual') } : {}),
     ratioMean: mean('ratioMean'),
     entropy: mean('entropy'),
     gradNorm: mean('gradNorm'),
@@ -349,6 +361,7 @@ export function recordStepReport(m: Metrics, r: StepReport): void {
   m.record('train/clip_ratio/region_mean', r.clipRatioRegion, step);
   m.record('train/clip_ratio/low_min', r.clipRatioLowMin, step);
   m.record('train/clip_ratio/high_max', r.clipRatioHighMax, step);
+  if (r.clipRatioDual !== undefined) m.record('train/clip_ratio/dual_mean', r.clipRatioDual, step);
   m.record('train/ratio_mean', r.ratioMean, step);
   m.record('train/entropy', r.entropy, step);
   m.record('train/grad_norm', r.gradNorm, step);
@@ -356,9 +369,18 @@ export function recordStepReport(m: Metrics, r: StepReport): void {
   m.record('train/tokens_per_second', r.tokens / r.seconds, step);
 }
 
+/**
+ * `parts` runs of items, their sizes apart by one at most (a short batch, after stale samples left it,
+ * still makes `parts` optimiser steps of even size: not 3, 3, 3 and 1 for 10 items in 4).
+ */
 function split<T>(items: readonly T[], parts: number): T[][] {
+  const n = Math.min(parts, items.length);
   const out: T[][] = [];
-  const size = Math.ceil(items.length / parts);
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  let start = 0;
+  for (let i = 0; i < n; i++) {
+    const size = Math.floor(items.length / n) + (i < items.length % n ? 1 : 0);
+    out.push(items.slice(start, start + size));
+    start += size;
+  }
   return out;
 }

@@ -181,6 +181,58 @@ describe('Learner', () => {
     model.dispose();
   });
 
+  it("with maskTruncated, a truncated token far below exp's range (log-prob -100) gives no NaN", () => {
+    const model = new GPT({ ...TINY, seed: 6 });
+    const learner = new Learner(model, { ...config, maskTruncated: true });
+    const batch = onPolicyBatch(model, [
+      ...rows.slice(0, 2),
+      { ...rows[2]!, finish: 'length' as const },
+      rows[3]!,
+    ]);
+    const samples = batch.samples.map((s, i) =>
+      i === 2 ? { ...s, behaviourLogProbs: s.behaviourLogProbs.map(() => -100) } : s,
+    );
+    const [r] = learner.train({ ...batch, samples });
+    expect(Number.isFinite(r!.loss)).toBe(true);
+    expect(Number.isFinite(r!.gradNorm)).toBe(true);
+    learner.dispose();
+    model.dispose();
+  });
+
+  it('cuts a short batch into even minibatches: 5 samples in 4 make 4 optimiser steps', () => {
+    const model = new GPT({ ...TINY, seed: 8 });
+    const learner = new Learner(model, { ...config, minibatches: 4 });
+    // 5 samples in 4 minibatches: 2, 1, 1, 1 (a ceil-sized cut made 2, 2, 1: three steps).
+    const five = onPolicyBatch(model, [...rows, rows[0]!]);
+    expect(learner.train(five).map((r) => r.tokens)).toHaveLength(4);
+    learner.dispose();
+    model.dispose();
+  });
+
+  it('reports the dual clip share when a dual clip is set, and no such metric without one', () => {
+    const model = new GPT({ ...TINY, seed: 5 });
+    const published = (dualClip?: number) => {
+      const metrics = new Metrics({ run: 't' });
+      const names: string[] = [];
+      metrics.stream.subscribe((m) => names.push(m.name));
+      const learner = new Learner(
+        model,
+        { ...config, loss: { ...config.loss, ...(dualClip ? { dualClip } : {}) } },
+        { metrics },
+      );
+      const [r] = learner.train(onPolicyBatch(model, rows));
+      learner.dispose();
+      return { names, dual: r!.clipRatioDual };
+    };
+    const withDual = published(3);
+    expect(withDual.dual).toBe(0); // on-policy: every ratio is 1, nothing past c
+    expect(withDual.names).toContain('train/clip_ratio/dual_mean');
+    const without = published();
+    expect(without.dual).toBeUndefined();
+    expect(without.names.filter((n) => n.includes('dual'))).toEqual([]);
+    model.dispose();
+  });
+
   it('clips the global gradient norm', async () => {
     // After one step Adam's first moment is (1 - beta1) x the gradient it was given: its global norm is
     // 0.1 x the clipped norm (maxGradNorm), or 0.1 x the reported norm with clipping off (0).
