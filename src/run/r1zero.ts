@@ -114,6 +114,26 @@ export interface RunSummary {
   backend: { generator: string; learner: string };
 }
 
+/**
+ * The state a resumed run goes on from: state.json when it is at the checkpoint's version; else (a run
+ * stopped after saving the checkpoint and before state.json, or during its write) the state the checkpoint
+ * was saved with.
+ */
+function resumeState(statePath: string, checkpoint: { policyVersion: number; metadata?: unknown }): RunState {
+  let fromFile: RunState | undefined;
+  try {
+    fromFile = JSON.parse(readFileSync(statePath, 'utf8')) as RunState;
+  } catch {
+    // Unreadable (cut off mid-write): the checkpoint's own state below.
+  }
+  if (fromFile?.version === checkpoint.policyVersion) return fromFile;
+  const saved = checkpoint.metadata as Partial<RunState> | undefined;
+  if (saved?.version === checkpoint.policyVersion && typeof saved.trainedCursor === 'number')
+    return saved as RunState;
+  if (fromFile) return fromFile; // the version check after the workers start names the mismatch
+  throw new Error(`resume: ${statePath} cannot be read, and the checkpoint holds no run state`);
+}
+
 interface RunState {
   /**
    * Position in the data order (a pure function of seed and cursor) just past the last prompt trained
@@ -209,9 +229,10 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   );
   const tokenizer = new CharTokenizer(runtime.alphabet);
   const started = performance.now();
-  let state: RunState = resuming
-    ? (JSON.parse(readFileSync(statePath, 'utf8')) as RunState)
-    : { trainedCursor: 0, version: 0 };
+  // The checkpoint a resumed run goes on from, loaded first: its metadata holds the run state it was saved
+  // with, which stands in for a state.json left one checkpoint behind (a run stopped between the two).
+  const resumedFrom = resuming ? await loadCheckpoint(checkpointDir) : undefined;
+  let state: RunState = resumedFrom ? resumeState(statePath, resumedFrom) : { trainedCursor: 0, version: 0 };
   let cursor = state.trainedCursor;
   // This run's own counts, to save with its state.
   const ownCounters = () =>
@@ -222,9 +243,12 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   if (resuming) resumeCounters(metrics, state.counters ?? []);
   // What state.json holds: the last checkpoint's state (a resumed run's, until it saves one).
   let saved: RunState | undefined = resuming ? state : undefined;
+  // Written whole or not at all (a crash mid-write left truncated JSON that --resume could not read).
   const save = (next: RunState) => {
     saved = next;
-    writeFileSync(statePath, JSON.stringify(next));
+    const temporary = `${statePath}.tmp-${process.pid}`;
+    writeFileSync(temporary, JSON.stringify(next));
+    renameSync(temporary, statePath);
   };
   // Data-order position of each group still in flight.
   const cursorOf = new Map<string, number>();
@@ -232,11 +256,11 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
 
   let weights: WeightArrays;
   let modelShape = modelConfig(topology, tokenizer);
-  if (resuming) {
-    const ckpt = await loadCheckpoint(checkpointDir);
-    modelShape = ckpt.model.config;
-    weights = exportWeights(ckpt.model);
-    ckpt.model.dispose();
+  if (resumedFrom) {
+    modelShape = resumedFrom.model.config;
+    weights = exportWeights(resumedFrom.model);
+    resumedFrom.model.dispose();
+    for (const tensor of resumedFrom.optimizer.values()) tensor.dispose();
   } else if (options.init) {
     const ckpt = await loadCheckpoint(options.init);
     if (JSON.stringify(ckpt.tokenizer.spec()) !== JSON.stringify(tokenizer.spec())) {
@@ -277,6 +301,13 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     version: state.version,
   };
   const g = topology.grpo;
+  // A failure before the run's own try/finally (an init the workers refuse, a checkpoint of another
+  // version, the first evaluation) closes the workers too, so a caller's process is not kept alive.
+  const failSetUp = async (error: unknown): Promise<never> => {
+    await Promise.all([generator.close(), learner.close()]).catch(() => undefined);
+    logSubscription.unsubscribe();
+    throw error;
+  };
   const [genReady, learnReady] = await Promise.all([
     generator.request<Extract<GeneratorReply, { type: 'ready' }>>({ type: 'init', ...init, weights }),
     learner.request<Extract<LearnerReply, { type: 'ready' }>>({
@@ -287,11 +318,13 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       config: learnerConfig(topology),
       threads: options.learnerThreads ?? defaultLearnerThreads(),
     }),
-  ]);
+  ]).catch(failSetUp);
   const backend = { generator: genReady.backend, learner: withThreads(learnReady) };
   emit({ kind: 'backend', ...backend });
   if (learnReady.version !== state.version) {
-    throw new Error(`resume: checkpoint is at version ${learnReady.version}, run state at ${state.version}`);
+    await failSetUp(
+      new Error(`resume: checkpoint is at version ${learnReady.version}, run state at ${state.version}`),
+    );
   }
 
   const evalSettings = { ...topology.eval, maxNewTokens: topology.sampling.maxNewTokens };
@@ -313,7 +346,18 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     if (result.stepAccuracy !== null) metrics.record('eval/step_accuracy', result.stepAccuracy, step);
     emit({ kind: 'eval', step, result });
   };
-  if (!resuming) await runEval(0);
+  if (!resuming) await runEval(0).catch(failSetUp);
+  // A run stopped during the evaluation of its checkpoint's step evaluates that step now.
+  else if (
+    topology.eval.every > 0 &&
+    state.version > 0 &&
+    state.version < totalSteps &&
+    state.version % topology.eval.every === 0 &&
+    evals.at(-1)?.step !== state.version
+  ) {
+    await runEval(state.version).catch(failSetUp);
+    if (saved?.version === state.version) save({ ...saved, evals });
+  }
   rlStarted = performance.now();
   evalSeconds = 0;
 
@@ -374,7 +418,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           step >= totalSteps
         ) {
           const next: RunState = { ...state, counters: ownCounters(), evals };
-          await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...state } });
+          await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...next } });
           save(next);
           emit({ kind: 'checkpoint', step, dir: checkpointDir });
         }
@@ -412,6 +456,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
         forget(grp.groupId);
         // All G of its samples were accepted when generated: the ones still to come arrive late (dropped).
         admission.discarded(grp.expected);
+        budget.dropped(grp.expected, `incomplete_${grp.reason}`);
       },
     }),
     g.dynamicSampling
@@ -420,6 +465,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           onDrop: (grp) => {
             forget(grp.groupId);
             admission.discarded(grp.samples.length);
+            budget.dropped(grp.samples.length, 'zero_variance');
           },
         })
       : filter(() => true),
@@ -469,7 +515,6 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
       });
       const seed = topology.seed * 7919 + cursor;
       cursor += n;
-      budget.spend(n * G);
       admission.started(n * G);
       const reply = await generator.request<Extract<GeneratorReply, { type: 'rollouts' }>>({
         type: 'generate',

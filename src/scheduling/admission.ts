@@ -105,27 +105,34 @@ export function nextRoundPrompts(
 }
 
 /**
- * Dynamic sampling's budget (DAPO): the samples whose generation started since the last policy version.
- * Groups that all scored the same are dropped and replaced by more rounds; once `maxRounds` rounds' worth
- * (maxRounds x batchSize samples) have started without filling a batch, the run gives up with an error
- * that says why, instead of generating forever.
+ * Dynamic sampling's budget (DAPO): the samples dropped since the last policy version because their group
+ * carried no signal (zero variance) or did not complete (incomplete_*, no_rollouts). They are replaced by
+ * more generation; once `maxRounds` batches' worth (maxRounds x batchSize samples) have been dropped
+ * without a step, the run gives up with an error that says why, instead of generating forever. Counting
+ * drops, not samples started, leaves out what generation runs ahead under the staleness bound, and
+ * spends nothing when nothing is dropped (dynamic sampling off, every group complete).
  */
 export class DynamicSamplingBudget {
   private sinceStep = 0;
+  private byReason = new Map<string, number>();
 
   constructor(
     private readonly maxRounds: number,
     private readonly batchSize: number,
   ) {}
 
-  /** A round of `samples` is about to start. Throws if that spends more than the budget. */
-  spend(samples: number): void {
+  /** `samples` were dropped for `reason`. Throws once more than the budget has been dropped since the last step. */
+  dropped(samples: number, reason: string): void {
     this.sinceStep += samples;
+    this.byReason.set(reason, (this.byReason.get(reason) ?? 0) + samples);
     if (this.sinceStep > this.maxRounds * this.batchSize) {
+      const reasons = [...this.byReason].map(([r, n]) => `${r} ${n}`).join(', ');
       throw new Error(
-        `dynamic sampling: ${this.maxRounds} rounds' worth of samples (${this.maxRounds * this.batchSize}) did not fill one batch of ${this.batchSize}, because ` +
-          'almost every group scored the same for all its samples. The policy may be too weak (more pretraining) ' +
-          'or the task too hard; or set grpo.dynamicSampling to false, or raise grpo.maxGenerationRounds.',
+        `dynamic sampling: ${this.sinceStep} samples were dropped since the last step (${reasons}), more than ` +
+          `${this.maxRounds} batches of ${this.batchSize}, without filling one: almost every group scored the same ` +
+          'for all its samples (zero_variance), or did not complete in time (incomplete_*, no_rollouts). The policy ' +
+          'may be too weak (more pretraining) or the task too hard; or set grpo.dynamicSampling to false, raise ' +
+          'grpo.maxGenerationRounds, or give groups longer (grpo.groupTimeoutMs).',
       );
     }
   }
@@ -133,5 +140,6 @@ export class DynamicSamplingBudget {
   /** The learner trained a batch (a new version): the budget starts over. */
   stepped(): void {
     this.sinceStep = 0;
+    this.byReason = new Map();
   }
 }

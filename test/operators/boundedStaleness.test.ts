@@ -236,16 +236,19 @@ describe('StalenessAdmission', () => {
 });
 
 describe('DynamicSamplingBudget', () => {
-  it('allows maxRounds batches of samples between steps, then names the problem and the settings to change', () => {
+  it('allows maxRounds batches of dropped samples between steps, then names the reasons and the settings to change', () => {
     const budget = new DynamicSamplingBudget(3, 8);
-    for (let i = 0; i < 6; i++) budget.spend(4); // 24 = 3 rounds' worth
-    expect(() => budget.spend(1)).toThrow(
-      /3 rounds' worth of samples \(24\) did not fill one batch of 8.*grpo.dynamicSampling.*grpo.maxGenerationRounds/,
+    for (let i = 0; i < 5; i++) budget.dropped(4, 'zero_variance');
+    budget.dropped(4, 'incomplete_timeout'); // 24 = 3 batches' worth
+    expect(() => budget.dropped(1, 'zero_variance')).toThrow(
+      /25 samples were dropped since the last step \(zero_variance 21, incomplete_timeout 4\), more than 3 batches of 8.*grpo.dynamicSampling.*grpo.maxGenerationRounds.*grpo.groupTimeoutMs/,
     );
     const again = new DynamicSamplingBudget(3, 8);
-    again.spend(20);
+    again.dropped(20, 'zero_variance');
     again.stepped();
-    again.spend(24);
-    expect(() => again.spend(1)).toThrow(/did not fill one batch/);
+    again.dropped(24, 'zero_variance');
+    expect(() => again.dropped(1, 'zero_variance')).toThrow(
+      /dropped since the last step \(zero_variance 25\)/,
+    );
   });
 });

@@ -1,6 +1,8 @@
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import base from '../../pipelines/r1-zero-arithmetic.ts';
 import { loadCheckpoint } from '../../src/policy/checkpoint.ts';
@@ -161,6 +163,17 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     expect(trained + Object.values(drops).reduce((a, b) => a + b, 0)).toBe(generated);
   });
 
+  it('generation running ahead under the staleness bound does not spend the dynamic-sampling budget', async () => {
+    // One batch's worth of drops allowed, and generation up to two batches ahead: nothing is dropped here
+    // (dynamic sampling off), so nothing is spent (counting samples started, this run failed at once).
+    const summary = await run('ahead', {
+      topology: defineTopology({ ...tiny, grpo: { ...tiny.grpo, maxGenerationRounds: 1 } }),
+      eta: 2,
+      steps: 3,
+    });
+    expect(summary.steps).toBe(3);
+  });
+
   it('reuses the cached base model on the next run', async () => {
     await run('warm', { steps: 1 }); // makes the base model, if no test before this one has
     const events: RunEvent[] = [];
@@ -253,6 +266,56 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     const again = await run('split', { eta: 0, resume: true, onEvent: (e) => events.push(e) });
     expect(events.filter((e) => e.kind === 'step')).toEqual([]);
     expect(again.evals).toEqual(resumed.evals);
+  });
+
+  it("a run stopped between its checkpoint and state.json resumes from the checkpoint's own state", async () => {
+    await run('cut', { eta: 0, steps: 2 });
+    // A state.json cut off mid-write (or left one checkpoint behind): the checkpoint's metadata has the state.
+    writeFileSync(join(root, 'cut', 'state.json'), '{"trainedCursor": 1');
+    const resumed = await run('cut', { eta: 0, resume: true });
+    expect(resumed.steps).toBe(4);
+    const { generated, trained, drops } = resumed.accounting;
+    expect(trained).toBe(4 * 8); // the first two steps' counts came back from the checkpoint
+    expect(generated).toBe(trained + Object.values(drops).reduce((a, b) => a + b, 0));
+  });
+
+  it('a run stopped during the evaluation of its checkpoint step evaluates that step when resumed', async () => {
+    const evalEvery2 = defineTopology({ ...tiny, eval: { ...tiny.eval, every: 2 } });
+    const failure = new Error('stopped during the evaluation');
+    await expect(
+      run('eval-cut', {
+        topology: evalEvery2,
+        eta: 0,
+        onEvent: (e) => {
+          if (e.kind === 'eval' && e.step === 2) throw failure;
+        },
+      }),
+    ).rejects.toBe(failure);
+    const resumed = await run('eval-cut', { topology: evalEvery2, eta: 0, resume: true });
+    expect(resumed.evals.map((e) => e.step)).toEqual([0, 2, 4]);
+  });
+
+  it('a failure in the first evaluation closes the workers: the calling process can end', async () => {
+    // In a process of its own: worker threads left running would keep it alive after the rejection.
+    const script = join(root, 'eval-fails.mts');
+    const src = (file: string) => JSON.stringify(fileURLToPath(new URL(file, import.meta.url)));
+    writeFileSync(
+      script,
+      `import { runR1Zero } from ${src('../../src/run/r1zero.ts')};\n` +
+        `import { defineTopology } from ${src('../../src/topology/topology.ts')};\n` +
+        `const tiny = defineTopology(${JSON.stringify(tiny)});\n` +
+        'runR1Zero({ topology: tiny, backend: "wasm", eta: 0,\n' +
+        `  runDir: ${JSON.stringify(join(root, 'eval-fails'))}, cacheDir: ${JSON.stringify(join(root, 'cache'))},\n` +
+        '  onEvent: (e) => { if (e.kind === "eval") throw new Error("no evaluation today"); },\n' +
+        '}).catch((e) => console.log(`rejected: ${e.message}`));\n',
+    );
+    const child = spawnSync(process.execPath, ['--import', 'tsx', script], {
+      encoding: 'utf8',
+      timeout: 90_000,
+    });
+    expect(child.stdout).toContain('rejected: no evaluation today');
+    expect(child.signal, 'the process was still alive when the timeout killed it').toBeNull();
+    expect(child.status).toBe(0);
   });
 
   it("runs the learner's kernels on helper threads when asked, says so, and trains the same weights", async () => {

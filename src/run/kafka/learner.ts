@@ -316,6 +316,8 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     );
 
     const admission = new StalenessAdmission({ eta, samplesPerStep: B, maxConcurrent: B * (eta + 1) });
+    /** Dynamic sampling's budget: the samples of the prompts dropped since the last step. */
+    const budget = new DynamicSamplingBudget(g.maxGenerationRounds, B);
     if (pending.size > 0) {
       // Already generating: they count against the staleness bound like any other. Over capacity only when
       // a previous incarnation ran with a larger eta; nothing more is published until they are decided.
@@ -381,6 +383,8 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
       state.samples.trained += trained;
       for (const [reason, n] of Object.entries(dropped)) bump(state.samples.dropped, reason, n);
       admission.discarded(G - trained);
+      if (outcome === 'zero_variance' || outcome === 'no_rollouts' || outcome.startsWith('incomplete_'))
+        budget.dropped(G, outcome);
     };
 
     // --- stopping ---------------------------------------------------------------------------------------
@@ -488,8 +492,6 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     const trainedSamples = metrics.counter('samples.trained');
     const runEnded = droppedSamples('run_ended');
     const window = new RolloutWindow();
-    /** Dynamic sampling's budget, counting the samples of the prompts published since the last step. */
-    const budget = new DynamicSamplingBudget(g.maxGenerationRounds, B);
     const staleByGroup = new Map<string, number>();
     /** Groups in batches not yet decided, by how many such batches hold samples of them. */
     const claimed = new Map<string, number>();
@@ -700,7 +702,6 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
           await Promise.race([admission$.wait(), stopChanges.wait()]);
           continue;
         }
-        budget.spend(n * G);
         await publishRound(n);
       }
     })();
