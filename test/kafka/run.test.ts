@@ -140,15 +140,15 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
   });
 
   it('a sample that comes after its group was dropped (incomplete, or none in time) counts as late, not as a duplicate', async () => {
-    // Every twelfth score takes 2 s, past the groups' 0.5 s: those groups are dropped incomplete, and their
-    // last sample reaches the learner afterwards.
-    const module = writeSlowReward(join(root, 'slow.ts'), 12, 2_000);
+    // Every twelfth score takes 1 s, past the groups' 0.3 s: those groups are dropped incomplete, and their
+    // last sample reaches the learner afterwards, while the run (16 steps) goes on.
+    const module = writeSlowReward(join(root, 'slow.ts'), 12, 1_000);
     const run = newRun('run-late');
     const summary = await runOverKafka({
       topology: defineTopology({
         ...tiny,
         rewards: [...tiny.rewards, { kind: 'module', path: module, weight: 0.5 }],
-        grpo: { ...tiny.grpo, groupTimeoutMs: 500 },
+        grpo: { ...tiny.grpo, groupTimeoutMs: 300 },
       }),
       backend: 'wasm',
       role: 'all',
@@ -156,7 +156,7 @@ describe('runOverKafka', { timeout: 900_000 }, () => {
       run,
       runDir: join(root, run),
       cacheDir,
-      steps: 8,
+      steps: 16,
       sessionTimeoutMs: 6_000,
     });
     const { prompts, samples } = summary.learner!;
