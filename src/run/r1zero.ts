@@ -200,6 +200,12 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   await selectBackend(options.backend);
   // Likewise a reward that cannot score (a module of one's own that does not load).
   const runtime = taskRuntime(topology);
+  // A jsonl test file shorter than data.testPrompts: say so now, as rxrl eval does, rather than evaluate
+  // on fewer prompts than the topology asks for.
+  if (topology.eval.prompts > runtime.test.length)
+    throw new Error(
+      `eval: asked for ${topology.eval.prompts} prompts but the held-out set of ${topology.name} has ${runtime.test.length}`,
+    );
   await rewardsReady(runtime.rewards);
   if (!resuming && existsSync(statePath)) {
     // A new run where an earlier one left its state: the earlier run moves aside whole (checkpoint,

@@ -375,6 +375,20 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     expect(events.filter((e) => e.kind === 'step').map((e) => (e as { step: number }).step)).toEqual([1, 2]);
   }, 120_000);
 
+  it('refuses to start when a jsonl test file holds fewer prompts than its evaluation asks for', async () => {
+    writeFileSync(join(root, 'train.jsonl'), '{"prompt":"1+1","answer":2}\n{"prompt":"2+5","answer":7}\n');
+    writeFileSync(join(root, 'test.jsonl'), '{"prompt":"3+4","answer":7}\n');
+    const topology = defineTopology({
+      ...tiny,
+      name: 'short-test-file',
+      task: { kind: 'jsonl', train: join(root, 'train.jsonl'), test: join(root, 'test.jsonl') },
+      pretrain: { ...tiny.pretrain, steps: 0 },
+    });
+    await expect(run('short-test-file', { topology })).rejects.toThrow(
+      'eval: asked for 4 prompts but the held-out set of short-test-file has 1',
+    );
+  });
+
   it('says so when there is nothing to resume', async () => {
     await expect(run('nothing', { resume: true })).rejects.toThrow(
       /no checkpoint in .*nothing to resume from/,
