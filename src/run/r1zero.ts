@@ -152,6 +152,8 @@ interface RunState {
    * summary starts with them, so that its first figure is still the one from before RL.
    */
   evals?: RunSummary['evals'];
+  /** RL wall-clock seconds up to the checkpoint, evaluations excluded: a resumed run's evaluations go on from it. */
+  rlSeconds?: number;
 }
 
 /**
@@ -337,11 +339,14 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   const evals: RunSummary['evals'] = resuming ? [...(state.evals ?? [])] : [];
   let rlStarted = performance.now();
   let evalSeconds = 0;
+  // RL seconds before this process (a resumed run's), so that its evaluations' seconds go on from them.
+  const rlBefore = resuming ? (state.rlSeconds ?? evals.at(-1)?.seconds ?? 0) : 0;
+  const rlSeconds = () => rlBefore + (performance.now() - rlStarted) / 1000 - evalSeconds;
   const runEval = async (step: number) => {
     const evalStarted = performance.now();
     const result = await evaluate(generator, runtime, evalSettings, topology.seed + step);
     evalSeconds += (performance.now() - evalStarted) / 1000;
-    evals.push({ step, seconds: (performance.now() - rlStarted) / 1000 - evalSeconds, result });
+    evals.push({ step, seconds: rlSeconds(), result });
     metrics.record('eval/pass@1', result.pass1, step);
     metrics.record(`eval/pass@${topology.eval.k}`, result.passAtK[topology.eval.k] ?? result.pass1, step);
     metrics.record(`eval/cons@${topology.eval.k}`, result.consAtK, step);
@@ -423,7 +428,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           (topology.run.checkpointEvery > 0 && step % topology.run.checkpointEvery === 0) ||
           step >= totalSteps
         ) {
-          const next: RunState = { ...state, counters: ownCounters(), evals };
+          const next: RunState = { ...state, counters: ownCounters(), evals, rlSeconds: rlSeconds() };
           await learner.request({ type: 'save', dir: checkpointDir, metadata: { ...next } });
           save(next);
           emit({ kind: 'checkpoint', step, dir: checkpointDir });

@@ -230,6 +230,9 @@ describe('runR1Zero', { timeout: 240_000 }, () => {
     // Its evaluations go on from the first part's: the first is still the one from before RL.
     expect(resumed.evals.map((e) => e.step)).toEqual([0, 2, 4]);
     expect(resumed.evals[0]).toEqual(firstPart.evals[0]);
+    // Their seconds go on from the first part's RL time instead of starting again from 0.
+    const seconds = resumed.evals.map((e) => e.seconds);
+    expect(seconds[2]).toBeGreaterThan(seconds[1]!);
     const state = (dir: string) => {
       const { trainedCursor, version, counters } = JSON.parse(
         readFileSync(join(root, dir, 'state.json'), 'utf8'),
