@@ -2,8 +2,8 @@ import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { importModule } from '../importModule.ts';
-import { defineRecipe, isRecipe, Recipe } from '../recipe/recipe.ts';
-import { defineTopology, Topology, trlNameHints } from '../topology/topology.ts';
+import { checkRecipe, isRecipe, Recipe } from '../recipe/recipe.ts';
+import { checkTopology, Topology, trlNameHints } from '../topology/topology.ts';
 import { describeIssues } from '../validation.ts';
 import type { z } from 'zod';
 
@@ -31,17 +31,17 @@ export async function loadAnyPipeline(nameOrPath: string): Promise<Pipeline> {
     const parsed = Recipe.safeParse(mod.default);
     if (!parsed.success)
       throw new Error(`${file} does not export a valid recipe as default:\n${listIssues(parsed.error)}`);
-    return { kind: 'recipe', recipe: crossChecked(file, () => defineRecipe(parsed.data)) };
+    return { kind: 'recipe', recipe: crossChecked(file, () => checkRecipe(parsed.data)) };
   }
   const parsed = Topology.safeParse(mod.default);
   if (!parsed.success)
     throw new Error(`${file} does not export a valid topology as default:\n${listIssues(parsed.error)}`);
-  return { kind: 'topology', topology: crossChecked(file, () => defineTopology(parsed.data)) };
+  return { kind: 'topology', topology: crossChecked(file, () => checkTopology(parsed.data)) };
 }
 
 /**
- * The checks across fields that defineTopology and defineRecipe make beyond the schema (heads dividing
- * the width, stages reading earlier stages, ...), for a module that exported a plain object.
+ * The checks across fields beyond the schema (checkTopology, checkRecipe: heads dividing the width,
+ * stages reading earlier stages, ...), for a module that exported a plain object, named by its file.
  */
 function crossChecked<T>(file: string, check: () => T): T {
   try {

@@ -44,7 +44,7 @@ export function defaultScale(estimator: AdvantageEstimator): RewardScaling {
 }
 
 /** A reward that counts: a finite number (null, NaN and an infinite total are left out like a failure). */
-const isValid = (r: number | null | undefined): r is number =>
+export const isValid = (r: number | null | undefined): r is number =>
   r !== null && r !== undefined && Number.isFinite(r);
 
 /**

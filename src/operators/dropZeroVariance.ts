@@ -1,5 +1,6 @@
 import { filter, type OperatorFunction } from 'rxjs';
 import type { Group } from '../../schemas/index.ts';
+import { isValid } from '../grpo/advantages.ts';
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 
 export interface DropZeroVarianceOptions {
@@ -36,14 +37,14 @@ export function dropZeroVariance(options: DropZeroVarianceOptions = {}): Operato
     let min = Infinity;
     let max = -Infinity;
     for (const v of values) {
-      if (v === null || v === undefined || !Number.isFinite(v)) continue;
+      if (!isValid(v)) continue;
       if (v < min) min = v;
       if (v > max) max = v;
     }
     return max - min > tolerance;
   };
   return filter((group) => {
-    const scored = group.samples.filter((s) => s.reward !== null && Number.isFinite(s.reward));
+    const scored = group.samples.filter((s) => isValid(s.reward));
     const names = new Set(scored.flatMap((s) => Object.keys(s.rewards)));
     const signal =
       options.aggregation === 'normalize_then_sum'

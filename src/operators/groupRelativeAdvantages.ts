@@ -2,6 +2,7 @@ import { Observable, type OperatorFunction } from 'rxjs';
 import type { AdvantagedSample, Group } from '../../schemas/index.ts';
 import {
   defaultScale,
+  isValid,
   multiRewardAdvantages,
   oneGroupAdvantages,
   validStats,
@@ -10,9 +11,6 @@ import {
 import { detachedMetrics, type Metrics } from '../metrics/metrics.ts';
 import { withAdvantage } from './records.ts';
 import { forwardErrors } from './forwardErrors.ts';
-
-/** A total that counts (as the plain path's statistics take it): null, NaN and infinities get no signal. */
-const isScored = (reward: number | null): boolean => reward !== null && Number.isFinite(reward);
 
 export interface GroupRelativeAdvantagesOptions extends AdvantageOptions {
   /** With batch scaling: how many groups share one batch std (the groups of one GradientBatch). */
@@ -61,7 +59,7 @@ export function groupRelativeAdvantages(
         // rewards count as none (a failed one reads null, like one that does not apply).
         const recomputed = recompute
           ? multiRewardAdvantages(
-              groups.map((g) => g.samples.map((s) => (isScored(s.reward) ? s.rewards : {}))),
+              groups.map((g) => g.samples.map((s) => (isValid(s.reward) ? s.rewards : {}))),
               options,
             )
           : undefined;
@@ -77,7 +75,7 @@ export function groupRelativeAdvantages(
           if (stats.std === 0) zeroStd.inc();
           // A null total (a reward failed, or none applied) gets no signal.
           for (let i = 0; i < samples.length; i++)
-            subscriber.next(withAdvantage(samples[i]!, isScored(samples[i]!.reward) ? final[i]! : 0));
+            subscriber.next(withAdvantage(samples[i]!, isValid(samples[i]!.reward) ? final[i]! : 0));
         }
       };
 

@@ -105,21 +105,23 @@ export async function saveCheckpoint(
 
   await mkdir(path.dirname(target), { recursive: true });
   const temporary = siblingName(target, 'tmp');
-  inFlight.add(temporary);
+  // This save's directories: its temporary one, and each it renames the target aside to (swapIn).
+  const own = [temporary];
+  for (const dir of own) inFlight.add(dir);
   await mkdir(temporary);
-  let previous: string[] = [];
   try {
     await writeDurably(path.join(temporary, TENSORS), Buffer.concat(chunks));
     await writeDurably(path.join(temporary, MANIFEST), JSON.stringify(manifest, null, 2) + '\n');
     await syncDirectory(temporary);
-    previous = await swapIn(temporary, target);
+    await swapIn(temporary, target, own);
     await syncDirectory(path.dirname(target));
-    await Promise.all(previous.map((dir) => rm(dir, { recursive: true, force: true })));
+    await Promise.all(own.slice(1).map((dir) => rm(dir, { recursive: true, force: true })));
   } catch (error) {
+    // The target renamed aside stays if the swap failed: readers take it, the next save clears it.
     await rm(temporary, { recursive: true, force: true });
     throw error;
   } finally {
-    for (const dir of [temporary, ...previous]) inFlight.delete(dir);
+    for (const dir of own) inFlight.delete(dir);
   }
   // What a save stopped part-way left beside the target (this one's own are gone by now).
   await Promise.all(leftBeside(target).map((d) => rm(d, { recursive: true, force: true })));
@@ -135,30 +137,27 @@ const inFlight = new Set<string>();
 const codeOf = (error: unknown): string | undefined => (error as { code?: string }).code;
 
 /**
- * Puts the directory `temporary` where `target` is, the target there before renamed aside; returns the
- * directories renamed aside, for the caller to remove. Another process saving the same target at the
+ * Puts the directory `temporary` where `target` is, the target there before renamed aside to a name it
+ * adds to `asides` (and to inFlight) first, for the caller to remove and forget. Another process saving the same target at the
  * same moment (two runs pretraining the same cached base model) can put its own target back between
  * the two renames (the second rename then fails with ENOTEMPTY or EEXIST) or move it away before the
  * first (ENOENT): each time the swap starts over, a few times, so both saves succeed, the later one's
  * directory staying.
  */
-async function swapIn(temporary: string, target: string): Promise<string[]> {
-  const previous: string[] = [];
+async function swapIn(temporary: string, target: string, asides: string[]): Promise<void> {
   for (let attempt = 1; ; attempt++) {
-    const aside = (await exists(target)) ? siblingName(target, 'old') : undefined;
     try {
-      if (aside) {
+      if (await exists(target)) {
+        const aside = siblingName(target, 'old');
+        asides.push(aside);
         inFlight.add(aside);
         await rename(target, aside);
-        previous.push(aside);
       }
       await rename(temporary, target);
-      return previous;
+      return;
     } catch (error) {
       const code = codeOf(error);
-      if (aside && !previous.includes(aside)) inFlight.delete(aside);
       if (attempt < 8 && (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOENT')) continue;
-      for (const dir of previous) inFlight.delete(dir);
       throw error;
     }
   }

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { defineTopology, Topology, type TopologyInput } from '../topology/topology.ts';
+import { checkTopology, defineTopology, Topology, type TopologyInput } from '../topology/topology.ts';
 
 /**
  * A recipe is the DeepSeek-R1 pipeline as data: named stages, each reading the named outputs of earlier
@@ -285,11 +285,19 @@ export function defineRecipe(input: RecipeInput): Recipe {
   if (!parsed.success) {
     throw new Error(`Recipe "${input.name}" is invalid:\n${z.prettifyError(parsed.error)}`);
   }
-  const recipe = parsed.data;
+  return checkRecipe(parsed.data);
+}
+
+/**
+ * The checks across a parsed recipe's stages that its schema cannot make (names used once, inputs that
+ * are earlier stages of the right kind, each stage's topology, the recipe's own); the recipe, or an error
+ * listing every problem.
+ */
+export function checkRecipe(recipe: Recipe): Recipe {
   const seen = new Map<string, Stage>();
   const problems: string[] = [];
   try {
-    defineTopology(recipe.topology);
+    checkTopology(recipe.topology);
   } catch (error) {
     problems.push(`topology: ${(error as Error).message}`);
   }

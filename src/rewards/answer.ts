@@ -22,14 +22,19 @@ export function outsideThink(completion: string): string {
 }
 
 /**
- * The text inside the last <answer>...</answer>, else the last \boxed{...}, else null; only outside the
- * chain of thought: an answer tried inside <think> (or in one cut off before its </think>) is not the answer.
+ * The text inside the last <answer>...</answer> outside the chain of thought, as written (untrimmed), else
+ * null: an answer tried inside <think> (or in one cut off before its </think>) is not the answer.
  */
+export function lastAnswerTag(completion: string): string | null {
+  const tags = [...outsideThink(completion).matchAll(/<answer>([\s\S]*?)<\/answer>/g)];
+  return tags.length > 0 ? tags[tags.length - 1]![1]! : null;
+}
+
+/** The text inside the last <answer>...</answer> (lastAnswerTag), else the last \boxed{...}, else null. */
 export function extractAnswer(completion: string): string | null {
-  const outside = outsideThink(completion);
-  const tags = [...outside.matchAll(/<answer>([\s\S]*?)<\/answer>/g)];
-  if (tags.length > 0) return tags[tags.length - 1]![1]!.trim();
-  const boxed = [...outside.matchAll(/\\boxed\{([^{}]*)\}/g)];
+  const tag = lastAnswerTag(completion);
+  if (tag !== null) return tag.trim();
+  const boxed = [...outsideThink(completion).matchAll(/\\boxed\{([^{}]*)\}/g)];
   if (boxed.length > 0) return boxed[boxed.length - 1]![1]!.trim();
   return null;
 }

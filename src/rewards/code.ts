@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { outsideThink } from './answer.ts';
+import { lastAnswerTag } from './answer.ts';
 import type { RewardFunction, RewardInput } from './rewards.ts';
 import { Sandbox, type SandboxOptions, type TestResult } from './sandbox.ts';
 
@@ -18,9 +18,8 @@ const FENCE = /```[ \t]*(?:js|javascript|node|cjs|mjs)?[ \t]*\r?\n([\s\S]*?)```/
  * the last ```js fenced block inside it when there is one. null when there is no answer or it is empty.
  */
 export function extractProgram(completion: string): string | null {
-  const answers = [...outsideThink(completion).matchAll(/<answer>([\s\S]*?)<\/answer>/g)];
-  if (answers.length === 0) return null;
-  const answer = answers[answers.length - 1]![1]!;
+  const answer = lastAnswerTag(completion);
+  if (answer === null) return null;
   const fences = [...answer.matchAll(FENCE)];
   const program = (fences.length > 0 ? fences[fences.length - 1]![1]! : answer).trim();
   return program === '' ? null : program;

@@ -179,17 +179,24 @@ export async function openCheckpointGenerator(
   }
 }
 
+/**
+ * Refuses an evaluation of more prompts than the held-out set has (a jsonl test file shorter than
+ * data.testPrompts), rather than evaluating on fewer than asked.
+ */
+export function checkHeldOut(name: string, runtime: TaskRuntime, prompts: number): void {
+  if (prompts > runtime.test.length)
+    throw new Error(
+      `eval: asked for ${prompts} prompts but the held-out set of ${name} has ${runtime.test.length}`,
+    );
+}
+
 /** `rxrl eval`: the R1 protocol on the held-out prompts of a topology's task, for one checkpoint. */
 export async function evaluateCheckpoint(
   options: CheckpointEvalOptions,
 ): Promise<EvalResult & { backend: string; policyVersion: number }> {
   const { topology } = options;
   const runtime = taskRuntime(topology);
-  if (options.settings.prompts > runtime.test.length) {
-    throw new Error(
-      `eval: asked for ${options.settings.prompts} prompts but the held-out set of ${topology.name} has ${runtime.test.length}`,
-    );
-  }
+  checkHeldOut(topology.name, runtime, options.settings.prompts);
   const opened = await openCheckpointGenerator(options.checkpoint, runtime, options.backend);
   try {
     const result = await evaluate(opened.generator, runtime, options.settings, options.seed);

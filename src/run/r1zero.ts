@@ -24,7 +24,7 @@ import { loadCheckpoint } from '../policy/checkpoint.ts';
 import { CharTokenizer } from '../policy/tokenizer.ts';
 import { DynamicSamplingBudget, nextRoundPrompts, StalenessAdmission } from '../scheduling/admission.ts';
 import type { Topology } from '../topology/topology.ts';
-import { evaluate, type EvalResult } from './evaluate.ts';
+import { checkHeldOut, evaluate, type EvalResult } from './evaluate.ts';
 import { ensureBaseModel, modelConfig } from './pretrain.ts';
 import {
   DataOrder,
@@ -202,12 +202,8 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
   await selectBackend(options.backend);
   // Likewise a reward that cannot score (a module of one's own that does not load).
   const runtime = taskRuntime(topology);
-  // A jsonl test file shorter than data.testPrompts: say so now, as rxrl eval does, rather than evaluate
-  // on fewer prompts than the topology asks for.
-  if (topology.eval.prompts > runtime.test.length)
-    throw new Error(
-      `eval: asked for ${topology.eval.prompts} prompts but the held-out set of ${topology.name} has ${runtime.test.length}`,
-    );
+  // A jsonl test file shorter than data.testPrompts is refused now, before any training, as rxrl eval does.
+  checkHeldOut(topology.name, runtime, topology.eval.prompts);
   await rewardsReady(runtime.rewards);
   if (!resuming && existsSync(statePath)) {
     // A new run where an earlier one left its state: the earlier run moves aside whole (checkpoint,
@@ -357,18 +353,18 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     if (result.stepAccuracy !== null) metrics.record('eval/step_accuracy', result.stepAccuracy, step);
     emit({ kind: 'eval', step, result });
   };
+  /** Whether the schedule evaluates after `step` (step 0 and the last are evaluated anyway). */
+  const evaluatesAt = (step: number) =>
+    topology.eval.every > 0 && step > 0 && step % topology.eval.every === 0 && step < totalSteps;
+  /** The scheduled evaluation of `step`; the checkpoint of this step keeps it too (its counts stay the checkpoint's). */
+  const scheduledEval = async (step: number) => {
+    await runEval(step);
+    if (saved?.version === step) save({ ...saved, evals });
+  };
   if (!resuming) await runEval(0).catch(failSetUp);
   // A run stopped during the evaluation of its checkpoint's step evaluates that step now.
-  else if (
-    topology.eval.every > 0 &&
-    state.version > 0 &&
-    state.version < totalSteps &&
-    state.version % topology.eval.every === 0 &&
-    evals.at(-1)?.step !== state.version
-  ) {
-    await runEval(state.version).catch(failSetUp);
-    if (saved?.version === state.version) save({ ...saved, evals });
-  }
+  else if (evaluatesAt(state.version) && evals.at(-1)?.step !== state.version)
+    await scheduledEval(state.version).catch(failSetUp);
   rlStarted = performance.now();
   evalSeconds = 0;
 
@@ -433,11 +429,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
           save(next);
           emit({ kind: 'checkpoint', step, dir: checkpointDir });
         }
-        if (topology.eval.every > 0 && step % topology.eval.every === 0 && step < totalSteps) {
-          await runEval(step);
-          // The checkpoint of this step keeps this evaluation too (its counts stay the checkpoint's).
-          if (saved?.version === step) save({ ...saved, evals });
-        }
+        if (evaluatesAt(step)) await scheduledEval(step);
         if (step >= totalSteps) {
           done = true;
           stopGeneration();
@@ -554,7 +546,7 @@ export async function runR1Zero(options: RunOptions): Promise<RunSummary> {
     await finished;
     // The run's final counts (drops at its end included) go with its last checkpoint's state.
     const atCheckpoint = saved?.version === state.version;
-    if (atCheckpoint) save({ ...state, counters: ownCounters(), evals });
+    if (atCheckpoint) save({ ...saved!, counters: ownCounters(), evals });
     // A resumed run that had already finished has evaluated this version.
     if (evals.at(-1)?.step !== state.version) {
       await runEval(state.version);

@@ -74,6 +74,26 @@ export interface RolloutStats {
   samplesPerSecond: number;
 }
 
+/** Count, sum, least and most of some completion lengths. */
+class Lengths {
+  n = 0;
+  sum = 0;
+  private min = Infinity;
+  private max = 0;
+
+  add(length: number): void {
+    this.n++;
+    this.sum += length;
+    this.min = Math.min(this.min, length);
+    this.max = Math.max(this.max, length);
+  }
+
+  /** Mean, least and most; null when none was added. */
+  stats(): { mean: number; min: number; max: number } | null {
+    return this.n > 0 ? { mean: this.sum / this.n, min: this.min, max: this.max } : null;
+  }
+}
+
 /**
  * Sums over the scored samples since the last policy version, for the version's rollout statistics. Throughput
  * is generated tokens over generation seconds where the generator reports them (`generated`), otherwise
@@ -85,11 +105,10 @@ export class RolloutWindow {
   private byName = new Map<string, { sum: number; sumSq: number; n: number }>();
   // Per group: its samples' total rewards (null where a reward failed or none applied).
   private groups = new Map<string, (number | null)[]>();
-  private length = 0;
-  private lengthMin = Infinity;
-  private lengthMax = 0;
+  private lengths = new Lengths();
   private clipped = 0;
-  private terminated = { n: 0, sum: 0, min: Infinity, max: 0 };
+  // The completions that ended by themselves (not cut at the token limit).
+  private terminated = new Lengths();
   private truncated = 0;
   private truncatedTokens = 0;
   private tokens = 0;
@@ -110,18 +129,9 @@ export class RolloutWindow {
     if (group) group.push(s.reward);
     else this.groups.set(s.groupId, [s.reward]);
     const length = s.completionTokenIds.length;
-    this.length += length;
-    this.lengthMin = Math.min(this.lengthMin, length);
-    this.lengthMax = Math.max(this.lengthMax, length);
-    if (s.finishReason === 'length') {
-      this.clipped++;
-    } else {
-      const t = this.terminated;
-      t.n++;
-      t.sum += length;
-      t.min = Math.min(t.min, length);
-      t.max = Math.max(t.max, length);
-    }
+    this.lengths.add(length);
+    if (s.finishReason === 'length') this.clipped++;
+    else this.terminated.add(length);
     if (s.truncatedMass !== undefined) {
       this.truncated += s.truncatedMass * length;
       this.truncatedTokens += length;
@@ -136,8 +146,9 @@ export class RolloutWindow {
   /** The statistics so far; starts a new window. */
   take(): RolloutStats {
     const n = Math.max(this.n, 1);
+    const all = this.lengths.stats();
     const wallSeconds = Math.max((performance.now() - this.started) / 1000, 1e-9);
-    const tokensPerSecond = this.seconds > 0 ? this.tokens / this.seconds : this.length / wallSeconds;
+    const tokensPerSecond = this.seconds > 0 ? this.tokens / this.seconds : this.lengths.sum / wallSeconds;
     const groups = [...this.groups.values()].map((totals) => validStats(totals));
     const spread = groups.filter((g) => g.n >= 2);
     const valid = groups.reduce((n, g) => n + g.n, 0);
@@ -159,26 +170,18 @@ export class RolloutWindow {
       fracRewardZeroStd: groups.length > 0 ? groups.filter((g) => g.std === 0).length / groups.length : 0,
       accuracy: rewardsByName['accuracy'] ?? rewardsByName['countdown'] ?? 0,
       formatRate: rewardsByName['format'] ?? 0,
-      lengthMean: this.length / n,
-      lengthMin: this.n > 0 ? this.lengthMin : 0,
-      lengthMax: this.lengthMax,
+      lengthMean: all?.mean ?? 0,
+      lengthMin: all?.min ?? 0,
+      lengthMax: all?.max ?? 0,
       clippedRatio: this.clipped / n,
-      terminatedLength:
-        this.terminated.n > 0
-          ? {
-              mean: this.terminated.sum / this.terminated.n,
-              min: this.terminated.min,
-              max: this.terminated.max,
-            }
-          : null,
+      terminatedLength: this.terminated.stats(),
       truncatedMass: this.truncatedTokens > 0 ? this.truncated / this.truncatedTokens : null,
       tokensPerSecond,
       samplesPerSecond: this.seconds > 0 ? this.n / this.seconds : this.n / wallSeconds,
     };
-    this.n = this.length = 0;
-    this.lengthMin = Infinity;
-    this.lengthMax = this.clipped = this.tokens = this.seconds = this.truncated = this.truncatedTokens = 0;
-    this.terminated = { n: 0, sum: 0, min: Infinity, max: 0 };
+    this.n = this.clipped = this.tokens = this.seconds = this.truncated = this.truncatedTokens = 0;
+    this.lengths = new Lengths();
+    this.terminated = new Lengths();
     this.byName = new Map();
     this.groups = new Map();
     this.started = performance.now();

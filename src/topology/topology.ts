@@ -344,7 +344,14 @@ export function defineTopology(t: TopologyInput): Topology {
       `Topology "${(t as { name?: string }).name ?? '?'}" is invalid:\n${z.prettifyError(parsed.error)}${hints.join('')}`,
     );
   }
-  const topo = parsed.data;
+  return checkTopology(parsed.data);
+}
+
+/**
+ * The checks across a parsed topology's fields that its schema cannot make (heads dividing the width,
+ * minibatches dividing the batch, settings that fit together); the topology, or an error naming them.
+ */
+export function checkTopology(topo: Topology): Topology {
   if (topo.model.dModel % topo.model.nHeads !== 0)
     throw new Error('Topology: model.dModel must be a multiple of model.nHeads');
   const batch = topo.grpo.groupSize * topo.grpo.promptsPerStep;

@@ -493,6 +493,7 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
     const runEnded = droppedSamples('run_ended');
     const window = new RolloutWindow();
     const staleByGroup = new Map<string, number>();
+    const groupIdsOf = (batch: GradientBatch) => new Set(batch.samples.map((s) => s.groupId));
     /** Groups in batches not yet decided, by how many such batches hold samples of them. */
     const claimed = new Map<string, number>();
     const claim = (id: string) => claimed.set(id, (claimed.get(id) ?? 0) + 1);
@@ -629,14 +630,14 @@ export async function runLearner(ctx: RoleContext): Promise<LearnerSummary> {
         // staleness as the learner takes it, by the version it trains at: one that waited behind another's
         // training is that much older. Groups it then no longer carries go back to the sweep.
         tap((batch) => {
-          for (const id of new Set(batch.samples.map((s) => s.groupId))) claim(id);
+          for (const id of groupIdsOf(batch)) claim(id);
         }),
         concatMap((batch) => {
           // Stopped or finished: train decides what is left (pending, or run_ended), unjudged.
           if (done) return train(batch);
           const admitted = stalenessGate.admit(batch, state.version);
-          const kept = new Set(admitted?.samples.map((s) => s.groupId));
-          for (const id of new Set(batch.samples.map((s) => s.groupId))) if (!kept.has(id)) unclaim(id);
+          const kept = admitted ? groupIdsOf(admitted) : new Set<string>();
+          for (const id of groupIdsOf(batch)) if (!kept.has(id)) unclaim(id);
           return admitted ? train(admitted) : EMPTY;
         }),
       )
